@@ -1,0 +1,144 @@
+"""Decoding a discrete architecture from architecture logits: plain numpy, no torch.
+
+* :func:`decode_cell` keeps, for every block, the two incoming edges with the strongest
+  non-``none`` operation and, on each, the argmax operation excluding ``none``.
+* :func:`decode_path` runs Viterbi over the per-node normalised betas (softmax over each node's
+  valid outgoing moves) and returns the maximum-probability path from the stem.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from autodeeplab import space
+from autodeeplab.genotype import Block, Genotype
+
+
+def _as_array(x: object, name: str, ndim: int) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must be a {ndim}-d array, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return arr
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    z = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def blocks_from_edges(edges: int) -> int:
+    """Number of blocks ``B`` with ``B (B + 3) / 2 == edges``."""
+    for b in range(1, edges + 1):
+        if space.num_edges(b) == edges:
+            return b
+        if space.num_edges(b) > edges:
+            break
+    raise ValueError(f"{edges} edges does not match any number of blocks (2+3+...+(B+1) edges)")
+
+
+# ---------------------------------------------------------------------------- cell
+
+
+def cell_weights(alpha_logits: np.ndarray) -> np.ndarray:
+    """Softmax over operations of every edge: ``(E, 8)``."""
+    alpha = _as_array(alpha_logits, "alpha logits", 2)
+    if alpha.shape[1] != space.NUM_OPS:
+        raise ValueError(f"alpha logits must have {space.NUM_OPS} columns, got {alpha.shape}")
+    return softmax(alpha, axis=1)
+
+
+def decode_cell(alpha_logits: np.ndarray) -> tuple[Block, ...]:
+    """Decode a cell from alpha logits of shape ``(E, 8)`` (``E = 20`` for five blocks)."""
+    weights = cell_weights(alpha_logits)
+    blocks = blocks_from_edges(weights.shape[0])
+    ops = np.array([i for i in range(space.NUM_OPS) if i != space.NONE_INDEX])
+    cell = []
+    for b in range(blocks):
+        start = space.block_edge_offset(b)
+        w = weights[start : start + b + 2][:, ops]  # (inputs, 7) without `none`
+        best_op = ops[np.argmax(w, axis=1)]
+        strength = w.max(axis=1)
+        # Stable sort: ties go to the lower input index.
+        keep = np.argsort(-strength, kind="stable")[:2]
+        cell.append(tuple((int(j), space.PRIMITIVES[best_op[j]]) for j in keep))
+    return Genotype(cell=tuple(cell), path=(0,)).cell
+
+
+# ---------------------------------------------------------------------------- network
+
+
+def transition_log_probs(beta_logits: np.ndarray) -> np.ndarray:
+    """Log transition probabilities ``(L, 4, 3)``; invalid moves are ``-inf``.
+
+    Each node's logits are normalised by a softmax over its valid outgoing moves only, so values
+    stored at invalid entries have no influence at all.
+    """
+    beta = _as_array(beta_logits, "beta logits", 3)
+    if beta.shape[1:] != (space.NUM_LEVELS, space.NUM_MOVES):
+        raise ValueError(
+            f"beta logits must have shape (L, {space.NUM_LEVELS}, {space.NUM_MOVES}), got {beta.shape}"
+        )
+    mask = np.array(space.valid_move_mask())  # (4, 3)
+    masked = np.where(mask, beta, -np.inf)
+    top = masked.max(axis=2, keepdims=True)
+    lse = top + np.log(np.exp(masked - top).sum(axis=2, keepdims=True))
+    return np.where(mask, masked - lse, -np.inf)
+
+
+def transition_probs(beta_logits: np.ndarray) -> np.ndarray:
+    """Transition probabilities ``(L, 4, 3)``; each node's valid moves sum to one, invalid are 0."""
+    return np.exp(transition_log_probs(beta_logits))
+
+
+def path_log_prob(beta_logits: np.ndarray, path: tuple[int, ...] | list[int]) -> float:
+    """Log probability of ``path`` (one level per layer, starting from the stem at level 0)."""
+    logp = transition_log_probs(beta_logits)
+    if len(path) != logp.shape[0]:
+        raise ValueError(f"path has {len(path)} layers, betas have {logp.shape[0]}")
+    total, prev = 0.0, space.STEM_LEVEL
+    for layer, level in enumerate(path):
+        total += float(logp[layer, prev, space.move_between(prev, int(level))])
+        prev = int(level)
+    return total
+
+
+def decode_path(beta_logits: np.ndarray) -> tuple[int, ...]:
+    """Maximum-probability network path (Viterbi) for beta logits of shape ``(L, 4, 3)``."""
+    logp = transition_log_probs(beta_logits)
+    layers = logp.shape[0]
+    if layers == 0:
+        raise ValueError("beta logits have zero layers")
+    score = np.full(space.NUM_LEVELS, -np.inf)
+    score[space.STEM_LEVEL] = 0.0
+    back = np.zeros((layers, space.NUM_LEVELS), dtype=np.int64)
+    for layer in range(layers):
+        new = np.full(space.NUM_LEVELS, -np.inf)
+        for dst in range(space.NUM_LEVELS):
+            for src in (dst + 1, dst, dst - 1):  # moves finer, same, coarser into dst
+                if not 0 <= src < space.NUM_LEVELS or score[src] == -np.inf:
+                    continue
+                cand = score[src] + logp[layer, src, space.move_between(src, dst)]
+                if cand > new[dst]:
+                    new[dst], back[layer, dst] = cand, src
+        score = new
+    level = int(np.argmax(score))
+    path = [level]
+    for layer in range(layers - 1, 0, -1):
+        level = int(back[layer, level])
+        path.append(level)
+    return tuple(reversed(path))
+
+
+def decode_genotype(alpha_logits: np.ndarray, beta_logits: np.ndarray) -> Genotype:
+    """Cell and path decoded together."""
+    return Genotype(cell=decode_cell(alpha_logits), path=decode_path(beta_logits))
+
+
+def entropy(probs: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Shannon entropy (nats) along ``axis``; zero probabilities contribute nothing."""
+    p = np.asarray(probs, dtype=np.float64)
+    logs = np.log(np.where(p > 0, p, 1.0))
+    return -(p * logs).sum(axis=axis)

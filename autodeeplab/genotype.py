@@ -1,0 +1,232 @@
+"""A discrete Auto-DeepLab architecture: one cell plus a network-level path.
+
+A :class:`Genotype` is a frozen, validated value: every instance that exists is a valid
+architecture, it round-trips losslessly through JSON and has a short canonical string.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autodeeplab import space
+
+Branch = tuple[int, str]
+"""``(input_index, op_name)``: one of the two branches of a block."""
+Block = tuple[Branch, Branch]
+
+JSON_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Genotype:
+    """Cell (``B`` blocks of two ``(input, op)`` branches) and path (one level per layer).
+
+    Within a block the two branches are kept sorted by input index (a block adds them, so the
+    order carries no meaning).
+    """
+
+    cell: tuple[Block, ...]
+    path: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cell", _normalise_cell(self.cell))
+        object.__setattr__(self, "path", _normalise_path(self.path))
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def blocks(self) -> int:
+        return len(self.cell)
+
+    @property
+    def layers(self) -> int:
+        return len(self.path)
+
+    @property
+    def output_stride(self) -> int:
+        """Downsample rate of the last cell."""
+        return space.LEVEL_STRIDES[self.path[-1]]
+
+    @property
+    def max_stride(self) -> int:
+        """Deepest downsample rate along the path."""
+        return space.LEVEL_STRIDES[max(self.path)]
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": JSON_FORMAT_VERSION,
+            "path": list(self.path),
+            "cell": [[[i, op] for i, op in block] for block in self.cell],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Genotype:
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"a genotype must be a JSON object with keys 'path' and 'cell', got {type(data).__name__}"
+            )
+        unknown = set(data) - {"format_version", "path", "cell"}
+        if unknown:
+            raise ValueError(
+                f"unknown genotype keys {sorted(unknown)}; expected 'path', 'cell' and optionally 'format_version'"
+            )
+        missing = {"path", "cell"} - set(data)
+        if missing:
+            raise ValueError(f"genotype is missing {sorted(missing)}")
+        version = data.get("format_version", JSON_FORMAT_VERSION)
+        if version != JSON_FORMAT_VERSION:
+            raise ValueError(
+                f"genotype format_version {version!r} is not supported (expected {JSON_FORMAT_VERSION})"
+            )
+        return cls(cell=data["cell"], path=data["path"])
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> Genotype:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"genotype is not valid JSON: {err}") from None
+        return cls.from_dict(data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json(indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Genotype:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"genotype file not found: {path}")
+        try:
+            return cls.from_json(path.read_text())
+        except ValueError as err:
+            raise ValueError(f"invalid genotype file {path}: {err}") from None
+
+    def __str__(self) -> str:
+        """Short canonical form, e.g. ``path=0-0-1|cell=0:atr_conv_5x5+1:sep_conv_3x3/...``."""
+        path = "-".join(str(s) for s in self.path)
+        cell = "/".join("+".join(f"{i}:{op}" for i, op in block) for block in self.cell)
+        return f"path={path}|cell={cell}"
+
+    @classmethod
+    def from_string(cls, text: str) -> Genotype:
+        """Parse the canonical form produced by ``str(genotype)``."""
+        try:
+            path_part, cell_part = text.strip().split("|")
+            if not path_part.startswith("path=") or not cell_part.startswith("cell="):
+                raise ValueError
+            path = tuple(int(s) for s in path_part[len("path=") :].split("-"))
+            cell = tuple(
+                tuple((int(b.split(":")[0]), b.split(":")[1]) for b in block.split("+"))
+                for block in cell_part[len("cell=") :].split("/")
+            )
+        except (ValueError, IndexError):
+            raise ValueError(
+                f"cannot parse genotype string {text!r}; expected 'path=0-0-1|cell=0:op+1:op/...'"
+            ) from None
+        return cls(cell=cell, path=path)
+
+
+# ---------------------------------------------------------------------- validation
+
+
+def _normalise_path(path: Any) -> tuple[int, ...]:
+    if isinstance(path, (str, bytes)) or not hasattr(path, "__iter__"):
+        raise ValueError(f"path must be a sequence of levels, got {path!r}")
+    levels = tuple(path)
+    if not levels:
+        raise ValueError("path must have at least one layer")
+    for layer, level in enumerate(levels):
+        if isinstance(level, bool) or not isinstance(level, int):
+            raise ValueError(f"path[{layer}] must be an integer level, got {level!r}")
+        if not 0 <= level < space.NUM_LEVELS:
+            raise ValueError(
+                f"path[{layer}] = {level} is out of range; levels are 0..{space.NUM_LEVELS - 1} "
+                f"(strides {space.LEVEL_STRIDES})"
+            )
+    prev = space.STEM_LEVEL
+    for layer, level in enumerate(levels):
+        if abs(level - prev) > 1:
+            where = "the stem (level 0)" if layer == 0 else f"path[{layer - 1}] = {prev}"
+            raise ValueError(
+                f"path[{layer}] = {level} jumps more than one level from {where}; "
+                "consecutive layers may move by at most one level"
+            )
+        prev = level
+    return levels
+
+
+def _normalise_cell(cell: Any) -> tuple[Block, ...]:
+    if isinstance(cell, (str, bytes)) or not hasattr(cell, "__iter__"):
+        raise ValueError(f"cell must be a sequence of blocks, got {cell!r}")
+    blocks = tuple(cell)
+    if not blocks:
+        raise ValueError("cell must have at least one block")
+    out: list[Block] = []
+    for b, block in enumerate(blocks):
+        if isinstance(block, (str, bytes)) or not hasattr(block, "__iter__"):
+            raise ValueError(f"block {b} must be two (input, op) pairs, got {block!r}")
+        branches = tuple(block)
+        if len(branches) != 2:
+            raise ValueError(f"block {b} must have exactly 2 branches, got {len(branches)}")
+        norm: list[Branch] = []
+        for branch in branches:
+            if isinstance(branch, (str, bytes)) or not hasattr(branch, "__iter__"):
+                raise ValueError(f"block {b}: a branch is an (input, op) pair, got {branch!r}")
+            pair = tuple(branch)
+            if len(pair) != 2:
+                raise ValueError(f"block {b}: a branch is an (input, op) pair, got {branch!r}")
+            inp, op = pair
+            if isinstance(inp, bool) or not isinstance(inp, int):
+                raise ValueError(f"block {b}: input index must be an integer, got {inp!r}")
+            if not 0 <= inp < b + 2:
+                raise ValueError(
+                    f"block {b} reads input {inp}, which does not exist yet; block {b} can read "
+                    f"0 (H^(l-2)), 1 (H^(l-1)) and 2..{b + 1} (outputs of blocks 0..{b - 1})"
+                    if b > 0
+                    else f"block 0 reads input {inp}, which does not exist yet; block 0 can only "
+                    "read 0 (H^(l-2)) and 1 (H^(l-1))"
+                )
+            if op == "none" or not isinstance(op, str) or op not in space.PRIMITIVES:
+                valid = ", ".join(p for p in space.PRIMITIVES if p != "none")
+                raise ValueError(f"block {b}: unknown operation {op!r}; valid operations: {valid}")
+            norm.append((inp, op))
+        if norm[0][0] == norm[1][0]:
+            raise ValueError(
+                f"block {b} reads input {norm[0][0]} twice; the two branches need distinct inputs"
+            )
+        # A block adds its two branches, so their order carries no meaning: keep them sorted by
+        # input index so that equal architectures compare (and hash) equal.
+        norm.sort(key=lambda br: br[0])
+        out.append((norm[0], norm[1]))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------- presets
+
+RELEASED = Genotype(cell=space.RELEASED_CELL, path=space.RELEASED_PATH)
+
+GENOTYPES: dict[str, Genotype] = {
+    "autodeeplab": RELEASED,
+    # Hand-designed networks expressed in the same space, with the released cell.
+    "deeplabv3": Genotype(cell=space.RELEASED_CELL, path=(0, 0, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2)),
+    "conv-deconv": Genotype(cell=space.RELEASED_CELL, path=(0, 0, 1, 1, 2, 2, 3, 3, 2, 2, 1, 0)),
+    "stacked-hourglass": Genotype(
+        cell=space.RELEASED_CELL, path=(0, 1, 2, 3, 2, 1, 0, 1, 2, 3, 2, 1)
+    ),
+}
+"""Named genotypes. Look them up with :func:`get_genotype`."""
+
+
+def get_genotype(name: str) -> Genotype:
+    try:
+        return GENOTYPES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown genotype preset {name!r}; available: {', '.join(sorted(GENOTYPES))}"
+        ) from None
