@@ -1,0 +1,567 @@
+"""The Auto-DeepLab supernet: continuous relaxation over cells and over the network path.
+
+Layout of the computation (the mathematics is the paper's; only the batching is ours):
+
+* Every trellis node ``(layer l, level s)`` owns **one** search cell ``Cell(., .; alpha)``. The
+  node update of the paper,
+
+      sH^l = sum over sources s' of  beta(s' -> s) * Cell(s' H^{l-1} -> s, sH^{l-2}),
+
+  applies that cell to up to three sources. The sources are stacked along the batch dimension
+  and run through the cell in one pass; every BatchNorm keeps separate statistics (batch and
+  running) per source, so the result equals three separate applications of the cell.
+* Inside a cell, all edges that leave the same input (a cell input or a block output) are fused:
+  their convolutions run as one grouped convolution, the parameter-free ops (pooling, identity)
+  are computed once and shared by every edge, and ``none`` costs nothing.
+* Input 0 (``H^{l-2}``) is the same tensor for every source of a node, so its edges are
+  computed once and broadcast to the sources.
+
+Memory options (off by default, the paper's mathematics is the default):
+
+* ``checkpoint_cells``: gradient checkpointing of every node's cell.
+* ``partial_channels = K``: PC-DARTS partial-channel connections; only ``1/K`` of the channels of
+  an edge go through the mixed operation, the rest bypass it, followed by a channel shuffle; the
+  block inputs are weighted by edge-normalisation logits (an extra architecture parameter).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import itertools
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from autodeeplab import decode, space
+from autodeeplab.genotype import Genotype
+
+# True while torch.utils.checkpoint recomputes a forward pass: BatchNorm must not update its
+# running statistics a second time.
+_RECOMPUTING: contextvars.ContextVar[bool] = contextvars.ContextVar("recomputing", default=False)
+
+
+@contextlib.contextmanager
+def _recompute_context() -> Iterator[None]:
+    token = _RECOMPUTING.set(True)
+    try:
+        yield
+    finally:
+        _RECOMPUTING.reset(token)
+
+
+def _checkpoint_contexts() -> tuple[
+    contextlib.AbstractContextManager, contextlib.AbstractContextManager
+]:
+    return contextlib.nullcontext(), _recompute_context()
+
+
+class GroupBatchNorm(nn.Module):
+    """BatchNorm without affine parameters and with separate statistics per group.
+
+    The input ``(N * groups, C, H, W)`` holds ``groups`` interleaved sub-batches (sample ``n`` of
+    group ``g`` at index ``n * groups + g``); each group is normalised with its own batch
+    statistics and keeps its own running statistics.
+    """
+
+    def __init__(
+        self, num_features: int, groups: int = 1, momentum: float = 0.1, eps: float = 1e-5
+    ):
+        super().__init__()
+        self.num_features, self.groups = num_features, groups
+        self.momentum, self.eps = momentum, eps
+        self.register_buffer("running_mean", torch.zeros(groups * num_features))
+        self.register_buffer("running_var", torch.ones(groups * num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        y = x.reshape(n // self.groups, self.groups * c, h, w)  # free view: groups -> channels
+        if self.training:
+            mean, var = self.running_mean, self.running_var
+            if _RECOMPUTING.get():  # same autograd graph as the first pass, no second update
+                mean, var = mean.clone(), var.clone()
+            y = F.batch_norm(
+                y,
+                mean,
+                var,
+                training=True,
+                momentum=self.momentum,
+                eps=self.eps,
+            )
+        else:
+            y = F.batch_norm(y, self.running_mean, self.running_var, training=False, eps=self.eps)
+        return y.reshape(n, c, h, w)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, groups={self.groups}"
+
+
+def _bn(num_features: int, affine: bool = False) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(num_features, affine=affine)
+
+
+class MixedEdges(nn.Module):
+    """All mixed-operation edges leaving one cell input, fused.
+
+    ``forward(x, weights)`` maps ``x: (M, C, H, W)`` and the op weights of the ``E`` edges,
+    ``weights: (E, 8)``, to the ``E`` edge outputs ``(M, E, C, H, W)``.
+    """
+
+    def __init__(self, channels: int, num_edges: int, groups: int, partial_channels: int = 1):
+        super().__init__()
+        if channels % partial_channels:
+            raise ValueError(
+                f"partial_channels={partial_channels} must divide the cell channels {channels}"
+            )
+        self.channels, self.num_edges, self.groups = channels, num_edges, groups
+        self.partial = partial_channels
+        c = channels // partial_channels  # channels that go through the operations
+        ec = num_edges * c
+        self.sep = nn.ModuleDict()
+        for name, k in (("sep_conv_3x3", 3), ("sep_conv_5x5", 5)):
+            self.sep[name] = nn.ModuleList(
+                [
+                    nn.Conv2d(ec, ec, k, padding=k // 2, groups=ec, bias=False),  # depthwise
+                    nn.Conv2d(ec, ec, 1, groups=num_edges, bias=False),  # pointwise per edge
+                    GroupBatchNorm(ec, groups),
+                    nn.Conv2d(ec, ec, k, padding=k // 2, groups=ec, bias=False),
+                    nn.Conv2d(ec, ec, 1, groups=num_edges, bias=False),
+                    GroupBatchNorm(ec, groups),
+                ]
+            )
+        self.atr = nn.ModuleDict()
+        for name, k in (("atr_conv_3x3", 3), ("atr_conv_5x5", 5)):
+            self.atr[name] = nn.ModuleList(
+                [
+                    nn.Conv2d(c, ec, k, padding=2 * (k // 2), dilation=2, bias=False),
+                    GroupBatchNorm(ec, groups),
+                ]
+            )
+
+    def forward(
+        self, x: torch.Tensor, weights: torch.Tensor, edge_scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``edge_scale: (E,)`` (PC-DARTS edge normalisation) scales each whole edge output."""
+        m, _, h, w = x.shape
+        e, c = self.num_edges, self.channels // self.partial
+        xp = x[:, :c] if self.partial > 1 else x  # (M, c, H, W)
+
+        def mix(op_out: torch.Tensor, k: int) -> torch.Tensor:  # (M, E*c, H, W) -> (M, E, c, H, W)
+            return op_out.view(m, e, c, h, w) * weights[:, k].view(1, e, 1, 1, 1)
+
+        # Parameter-free ops are shared by all edges: (M, 1, c, H, W) x (E,) -> (M, E, c, H, W)
+        free = torch.stack(
+            (
+                F.max_pool2d(xp, 3, 1, 1),
+                F.avg_pool2d(xp, 3, 1, 1, count_include_pad=False),
+                xp,
+            ),
+            dim=1,
+        )  # (M, 3, c, H, W)
+        w_free = weights[:, 1:4]  # (E, 3): max_pool, avg_pool, skip
+        out = torch.einsum("mpchw,ep->mechw", free, w_free)
+
+        r = F.relu(xp)
+        r_rep = r.repeat(1, e, 1, 1)  # (M, E*c, H, W)
+        for k, name in ((4, "sep_conv_3x3"), (5, "sep_conv_5x5")):
+            dw1, pw1, bn1, dw2, pw2, bn2 = self.sep[name]
+            y = bn1(pw1(dw1(r_rep)))
+            y = bn2(pw2(dw2(F.relu(y))))
+            out = out + mix(y, k)
+        for k, name in ((6, "atr_conv_3x3"), (7, "atr_conv_5x5")):
+            conv, bn = self.atr[name]
+            out = out + mix(bn(conv(r)), k)
+
+        if self.partial > 1:
+            rest = x[:, c:].unsqueeze(1).expand(m, e, self.channels - c, h, w)
+            out = _channel_shuffle(torch.cat((out, rest), dim=2), self.partial)
+        if edge_scale is not None:
+            out = out * edge_scale.view(1, e, 1, 1, 1)
+        return out
+
+
+def _channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Channel shuffle of ``(M, E, C, H, W)`` along ``C`` (PC-DARTS)."""
+    m, e, c, h, w = x.shape
+    return x.view(m, e, groups, c // groups, h, w).transpose(2, 3).reshape(m, e, c, h, w)
+
+
+class SearchCell(nn.Module):
+    """A cell with all 8 operations on every edge, applied to ``sources`` inputs at once.
+
+    ``forward(s0, s1, alpha_weights)``: ``s0: (N, C, H, W)`` is ``H^{l-2}`` (shared by all
+    sources), ``s1: (N * sources, C, H, W)`` the per-source ``H^{l-1}`` (interleaved, sample
+    ``n`` of source ``g`` at ``n * sources + g``), ``alpha_weights: (E, 8)``. Returns the cell
+    outputs ``(N * sources, B * C, H, W)``.
+    """
+
+    def __init__(self, channels: int, blocks: int, sources: int, partial_channels: int = 1):
+        super().__init__()
+        self.channels, self.blocks, self.sources = channels, blocks, sources
+        # one fused group of edges per cell input (block B-1's output feeds no edge)
+        self.edges = nn.ModuleList(
+            MixedEdges(
+                channels,
+                len(space.edges_from_input(j, blocks)),
+                1 if j == 0 else sources,
+                partial_channels,
+            )
+            for j in range(blocks + 1)
+        )
+        self.register_buffer(
+            "edge_ids",
+            torch.tensor([i for j in range(blocks + 1) for i in space.edges_from_input(j, blocks)]),
+            persistent=False,
+        )
+        bounds = np.cumsum(
+            [0] + [len(space.edges_from_input(j, blocks)) for j in range(blocks + 1)]
+        )
+        self._slices = tuple(slice(int(a), int(b)) for a, b in itertools.pairwise(bounds))
+
+    def forward(
+        self,
+        s0: torch.Tensor,
+        s1: torch.Tensor,
+        alpha_weights: torch.Tensor,
+        edge_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        n, g = s0.shape[0], self.sources
+        w = alpha_weights[self.edge_ids]  # (E, 8), rows ordered by input
+        ew = edge_weights[self.edge_ids] if edge_weights is not None else None
+        sl = self._slices
+
+        def edges(j: int, x: torch.Tensor) -> torch.Tensor:
+            return self.edges[j](x, w[sl[j]], None if ew is None else ew[sl[j]])
+
+        # inputs 0 and 1 feed every block
+        y0 = edges(0, s0)  # (N, B, C, H, W)
+        y1 = edges(1, s1)  # (N*G, B, C, H, W)
+        _, _, c, h, wd = y1.shape
+        acc = (y1.view(n, g, self.blocks, c, h, wd) + y0.unsqueeze(1)).view(
+            n * g, self.blocks, c, h, wd
+        )
+        partial = [acc[:, b] for b in range(self.blocks)]
+        outs = []
+        for b in range(self.blocks):
+            h_b = partial[b]  # (N*G, C, H, W): block b is complete
+            outs.append(h_b)
+            if b + 1 < self.blocks:
+                y = edges(b + 2, h_b)  # (N*G, B-b-1, C, H, W)
+                for k, target in enumerate(range(b + 1, self.blocks)):
+                    partial[target] = partial[target] + y[:, k]
+        return torch.cat(outs, dim=1)
+
+
+class ReLUConvBN(nn.Sequential):
+    """ReLU -> conv -> BatchNorm (no affine; safe under gradient checkpointing)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int = 1, stride: int = 1):
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False),
+            GroupBatchNorm(c_out),
+        )
+
+
+class SearchNode(nn.Module):
+    """Node ``(layer, level)``: preprocessing of its inputs, the shared cell, beta mixing."""
+
+    def __init__(
+        self,
+        level: int,
+        source_levels: tuple[int, ...],
+        source_channels: tuple[int, ...],
+        prev_prev_channels: int,
+        channels: int,
+        blocks: int,
+        partial_channels: int = 1,
+    ):
+        super().__init__()
+        self.level, self.source_levels = level, source_levels
+        self.pre_prev_prev = ReLUConvBN(prev_prev_channels, channels)
+        pre = []
+        for src, c_src in zip(source_levels, source_channels, strict=True):
+            if src < level:  # from the finer level: stride-2 convolution
+                pre.append(ReLUConvBN(c_src, channels, kernel=3, stride=2))
+            else:  # same level, or from the coarser level after bilinear upsampling
+                pre.append(ReLUConvBN(c_src, channels))
+        self.pre_prev = nn.ModuleList(pre)
+        self.cell = SearchCell(channels, blocks, len(source_levels), partial_channels)
+
+    def forward(
+        self,
+        prev: list[torch.Tensor],
+        prev_prev: torch.Tensor,
+        source_weights: torch.Tensor,
+        alpha_weights: torch.Tensor,
+        edge_weights: torch.Tensor | None,
+        size: tuple[int, int],
+    ) -> torch.Tensor:
+        """``prev``: source tensors; ``source_weights``: ``(G,)`` betas; returns ``(N, B*C, H, W)``."""
+        if prev_prev.shape[-2:] != size:
+            prev_prev = F.interpolate(prev_prev, size=size, mode="bilinear", align_corners=False)
+        s0 = self.pre_prev_prev(prev_prev)
+        s1 = []
+        for x, src, pre in zip(prev, self.source_levels, self.pre_prev, strict=True):
+            if src > self.level:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            s1.append(pre(x))
+        n, g = s0.shape[0], len(s1)
+        s1_all = torch.stack(s1, dim=1).flatten(0, 1)  # (N*G, C, H, W), source-interleaved
+        out = self.cell(s0, s1_all, alpha_weights, edge_weights)  # (N*G, B*C, H, W)
+        out = out.view(n, g, *out.shape[1:])
+        return torch.einsum("ng...,g->n...", out, source_weights)
+
+
+class SearchASPP(nn.Module):
+    """Search head of one level: 1x1 conv, one 3x3 conv with atrous rate ``96 / stride``,
+    image pooling; concatenated and projected to class logits.
+
+    The image-pooling branch has no BatchNorm so that batch size 1 works in training mode.
+    """
+
+    def __init__(self, in_channels: int, channels: int, num_classes: int, rate: int):
+        super().__init__()
+        self.conv1 = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 1, bias=False), _bn(channels, True), nn.ReLU()
+        )
+        self.atrous = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, padding=rate, dilation=rate, bias=False),
+            _bn(channels, True),
+            nn.ReLU(),
+        )
+        self.pool = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, channels, 1), nn.ReLU()
+        )
+        self.project = nn.Conv2d(3 * channels, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.pool(x).expand(-1, -1, *x.shape[-2:])
+        return self.project(torch.cat((self.conv1(x), self.atrous(x), pooled), dim=1))
+
+
+class SearchStem(nn.Module):
+    """Three 3x3 convs (64 s2, 64, 128 s2); returns the 1/2 and 1/4 outputs (pre-activation)."""
+
+    def __init__(self, in_channels: int = 3, channels: tuple[int, int, int] = (64, 64, 128)):
+        super().__init__()
+        c0, c1, c2 = channels
+        self.conv0 = nn.Sequential(nn.Conv2d(in_channels, c0, 3, 2, 1, bias=False), _bn(c0, True))
+        self.conv1 = nn.Sequential(nn.Conv2d(c0, c1, 3, 1, 1, bias=False), _bn(c1, True))
+        self.conv2 = nn.Sequential(nn.Conv2d(c1, c2, 3, 2, 1, bias=False), _bn(c2, True))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        half = self.conv1(F.relu(self.conv0(x)))
+        quarter = self.conv2(F.relu(half))
+        return half, quarter
+
+
+class SearchNetwork(nn.Module):
+    """The Auto-DeepLab supernet.
+
+    Args:
+        num_classes: number of segmentation classes.
+        layers: number of cell layers ``L`` (12 in the paper).
+        blocks: blocks per cell ``B`` (5).
+        filter_multiplier: ``F``; a node at level ``k`` has ``B * F * 2**k`` channels (8).
+        in_channels: image channels.
+        stem_channels: output channels of the three stem convolutions.
+        partial_channels: PC-DARTS ``K`` (1 = off, the paper's mixed op on all channels).
+        checkpoint_cells: recompute every cell in the backward pass instead of storing its
+            activations (saves memory, costs about one extra forward pass).
+
+    ``forward(images)`` returns logits ``(N, num_classes, H, W)`` at input size.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        layers: int = space.DEFAULT_LAYERS,
+        blocks: int = space.DEFAULT_BLOCKS,
+        filter_multiplier: int = 8,
+        in_channels: int = 3,
+        stem_channels: tuple[int, int, int] = (64, 64, 128),
+        partial_channels: int = 1,
+        checkpoint_cells: bool = False,
+    ):
+        super().__init__()
+        if num_classes < 1 or layers < 1 or blocks < 1 or filter_multiplier < 1:
+            raise ValueError(
+                "num_classes, layers, blocks and filter_multiplier must be positive, got "
+                f"{num_classes}, {layers}, {blocks}, {filter_multiplier}"
+            )
+        if partial_channels < 1 or filter_multiplier % partial_channels:
+            raise ValueError(
+                f"partial_channels must be a positive divisor of filter_multiplier={filter_multiplier}, "
+                f"got {partial_channels}"
+            )
+        self.num_classes, self.layers, self.blocks = num_classes, layers, blocks
+        self.filter_multiplier, self.in_channels = filter_multiplier, in_channels
+        self.partial_channels, self.checkpoint_cells = partial_channels, checkpoint_cells
+
+        self.stem = SearchStem(in_channels, stem_channels)
+        half_c, quarter_c = stem_channels[1], stem_channels[2]
+
+        def node_channels(level: int) -> int:
+            return blocks * filter_multiplier * 2**level
+
+        self.nodes = nn.ModuleDict()
+        for layer in range(layers):
+            for level in space.levels_at_layer(layer):
+                sources = self.source_levels(layer, level)
+                src_c = (quarter_c,) if layer == 0 else tuple(node_channels(s) for s in sources)
+                pp_level = self.prev_prev_level(layer, level)
+                pp_c = (
+                    (half_c if pp_level < 0 else quarter_c)
+                    if layer < 2
+                    else node_channels(pp_level)
+                )
+                self.nodes[self._key(layer, level)] = SearchNode(
+                    level,
+                    sources,
+                    src_c,
+                    pp_c,
+                    filter_multiplier * 2**level,
+                    blocks,
+                    partial_channels,
+                )
+        last_levels = space.levels_at_layer(layers - 1)
+        self.heads = nn.ModuleList(
+            SearchASPP(
+                node_channels(s), node_channels(s), num_classes, 96 // space.LEVEL_STRIDES[s]
+            )
+            for s in last_levels
+        )
+
+        n_edges = space.num_edges(blocks)
+        self.alphas = nn.Parameter(1e-3 * torch.randn(n_edges, space.NUM_OPS))
+        self.betas = nn.Parameter(1e-3 * torch.randn(layers, space.NUM_LEVELS, space.NUM_MOVES))
+        self.edge_logits = (
+            nn.Parameter(1e-3 * torch.randn(n_edges)) if partial_channels > 1 else None
+        )
+        self.register_buffer("_move_mask", torch.tensor(space.valid_move_mask()), persistent=False)
+
+    # ------------------------------------------------------------------ trellis structure
+    @staticmethod
+    def _key(layer: int, level: int) -> str:
+        return f"{layer}_{level}"
+
+    @staticmethod
+    def source_levels(layer: int, level: int) -> tuple[int, ...]:
+        """Levels at ``layer - 1`` that feed node ``(layer, level)`` (the stem sits at level 0)."""
+        if layer == 0:
+            return (space.STEM_LEVEL,)
+        existing = space.levels_at_layer(layer - 1)
+        return tuple(s for s in (level - 1, level, level + 1) if s in existing)
+
+    @staticmethod
+    def prev_prev_level(layer: int, level: int) -> int:
+        """Level of the tensor used as ``sH^{l-2}``: the same level if it exists at layer
+        ``l - 2``, else the existing tensor of nearest spatial size (the stem's 1/2 output is
+        level -1, its 1/4 output level 0)."""
+        if layer == 0:
+            return -1
+        if layer == 1:
+            return space.STEM_LEVEL
+        return min(level, max(space.levels_at_layer(layer - 2)))
+
+    # ------------------------------------------------------------------ parameters
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """Architecture parameters: alphas ``(E, 8)``, betas ``(L, 4, 3)`` (+ PC edge logits)."""
+        params = [self.alphas, self.betas]
+        if self.edge_logits is not None:
+            params.append(self.edge_logits)
+        return params
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def alpha_weights(self) -> torch.Tensor:
+        return F.softmax(self.alphas, dim=-1)
+
+    def beta_weights(self) -> torch.Tensor:
+        """Transition probabilities ``(L, 4, 3)``: softmax over each node's valid moves; invalid
+        entries are exactly 0 and receive no gradient."""
+        masked = self.betas.masked_fill(~self._move_mask, float("-inf"))
+        return F.softmax(masked, dim=-1).masked_fill(~self._move_mask, 0.0)
+
+    def edge_weights(self) -> torch.Tensor | None:
+        """PC-DARTS edge normalisation: softmax over the incoming edges of every block."""
+        if self.edge_logits is None:
+            return None
+        parts = []
+        for b in range(self.blocks):
+            start = space.block_edge_offset(b)
+            parts.append(F.softmax(self.edge_logits[start : start + b + 2], dim=0))
+        return torch.cat(parts)
+
+    def used_beta_mask(self) -> torch.Tensor:
+        """True for the beta entries that take part in the forward pass."""
+        mask = torch.zeros(self.layers, space.NUM_LEVELS, space.NUM_MOVES, dtype=torch.bool)
+        for layer in range(self.layers):
+            for level in space.levels_at_layer(layer):
+                for src in self.source_levels(layer, level):
+                    mask[layer, src, space.move_between(src, level)] = True
+        return mask
+
+    # ------------------------------------------------------------------ decoding
+    def genotype(self) -> Genotype:
+        """Decode the current architecture (cell by top-2 edges, path by Viterbi)."""
+        alphas = self.alphas.detach().cpu().double().numpy()
+        betas = self.betas.detach().cpu().double().numpy()
+        return Genotype(cell=decode.decode_cell(alphas), path=decode.decode_path(betas))
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"expected images of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
+            )
+        min_size = 2 ** (space.NUM_LEVELS + 1)
+        if min(x.shape[-2:]) < min_size:
+            raise ValueError(
+                f"input {tuple(x.shape[-2:])} is too small: the supernet reaches stride 32, so "
+                f"H and W must be at least {min_size}"
+            )
+        alpha_w = self.alpha_weights()
+        beta_w = self.beta_weights()
+        edge_w = self.edge_weights()
+
+        half, quarter = self.stem(x)
+        sizes = [tuple(quarter.shape[-2:])]
+        for _ in range(space.NUM_LEVELS - 1):
+            sizes.append(tuple(math.ceil(d / 2) for d in sizes[-1]))
+
+        prev_prev: dict[int, torch.Tensor] = {-1: half}  # layer l-2, by level
+        prev: dict[int, torch.Tensor] = {space.STEM_LEVEL: quarter}  # layer l-1, by level
+        for layer in range(self.layers):
+            current = {}
+            for level in space.levels_at_layer(layer):
+                node = self.nodes[self._key(layer, level)]
+                srcs = node.source_levels
+                weights = torch.stack(
+                    [beta_w[layer, s, space.move_between(s, level)] for s in srcs]
+                )
+                pp = prev_prev[self.prev_prev_level(layer, level)]
+                inputs = ([prev[s] for s in srcs], pp, weights, alpha_w, edge_w, sizes[level])
+                if self.checkpoint_cells and torch.is_grad_enabled():
+                    current[level] = checkpoint(
+                        node, *inputs, use_reentrant=False, context_fn=_checkpoint_contexts
+                    )
+                else:
+                    current[level] = node(*inputs)
+            prev_prev, prev = prev, current
+
+        logits = None
+        for level, head in zip(space.levels_at_layer(self.layers - 1), self.heads, strict=True):
+            y = F.interpolate(
+                head(prev[level]), size=x.shape[-2:], mode="bilinear", align_corners=False
+            )
+            logits = y if logits is None else logits + y
+        return logits

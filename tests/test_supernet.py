@@ -1,0 +1,298 @@
+"""The supernet against a plain reference implementation (loops over sources, edges and ops)."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from autodeeplab import decode, space
+from autodeeplab.supernet import SearchNetwork
+
+# --------------------------------------------------------------------------- reference
+
+
+def ref_beta_weights(betas):
+    """Per-node softmax over valid moves, written out with explicit loops."""
+    out = torch.zeros_like(betas)
+    for layer in range(betas.shape[0]):
+        for s in range(4):
+            moves = [m for m in range(3) if 0 <= s + m - 1 <= 3]
+            w = torch.softmax(betas[layer, s, moves], dim=0)
+            for i, m in enumerate(moves):
+                out[layer, s, m] = w[i]
+    return out
+
+
+def ref_bn(x, bn, start, stop, training, update=True):
+    rm = bn.running_mean[start:stop]
+    rv = bn.running_var[start:stop]
+    if not update:
+        rm, rv = rm.clone(), rv.clone()
+    return F.batch_norm(x, rm, rv, training=training, momentum=bn.momentum, eps=bn.eps)
+
+
+def ref_edge(group, x, k, g, w, training, edge_scale=None, update=True):
+    """Edge ``k`` of fused edge group ``group``, source ``g``, with op weights ``w`` (8,).
+
+    Input 0 is the same tensor for every source, so its per-source statistics are identical and
+    stored once: only the first source updates them (``update``).
+    """
+    C = group.channels
+    c = C // group.partial
+    ec = group.num_edges * c
+    off = g * ec + k * c  # position of (source g, edge k) in the per-group BN statistics
+    xp = x[:, :c]
+    rows = slice(k * c, (k + 1) * c)
+    total = torch.zeros_like(xp)
+    for op, name in enumerate(space.PRIMITIVES):
+        if name == "none":
+            y = torch.zeros_like(xp)
+        elif name == "max_pool_3x3":
+            y = F.max_pool2d(xp, 3, 1, 1)
+        elif name == "avg_pool_3x3":
+            y = F.avg_pool2d(xp, 3, 1, 1, count_include_pad=False)
+        elif name == "skip_connect":
+            y = xp
+        elif name.startswith("sep"):
+            dw1, pw1, bn1, dw2, pw2, bn2 = group.sep[name]
+            ks = dw1.kernel_size[0]
+            y = F.conv2d(F.relu(xp), dw1.weight[rows], padding=ks // 2, groups=c)
+            y = F.conv2d(y, pw1.weight[rows])
+            y = ref_bn(y, bn1, off, off + c, training, update)
+            y = F.conv2d(F.relu(y), dw2.weight[rows], padding=ks // 2, groups=c)
+            y = F.conv2d(y, pw2.weight[rows])
+            y = ref_bn(y, bn2, off, off + c, training, update)
+        else:
+            conv, bn = group.atr[name]
+            ks = conv.kernel_size[0]
+            y = F.conv2d(F.relu(xp), conv.weight[rows], padding=2 * (ks // 2), dilation=2)
+            y = ref_bn(y, bn, off, off + c, training, update)
+        total = total + w[op] * y
+    if group.partial > 1:
+        total = torch.cat((total, x[:, c:]), dim=1)
+        n, _, h, wd = total.shape
+        total = (
+            total.view(n, group.partial, C // group.partial, h, wd)
+            .transpose(1, 2)
+            .reshape(n, C, h, wd)
+        )
+    if edge_scale is not None:
+        total = total * edge_scale
+    return total
+
+
+def ref_cell(cell, s0, s1, g, alpha_w, edge_w, training):
+    states = [s0, s1]
+    for b in range(cell.blocks):
+        acc = 0
+        for j in range(b + 2):
+            e = space.edge_index(b, j)
+            k = space.edges_from_input(j, cell.blocks).index(e)
+            acc = acc + ref_edge(
+                cell.edges[j],
+                states[j],
+                k,
+                0 if j == 0 else g,
+                alpha_w[e],
+                training,
+                None if edge_w is None else edge_w[e],
+                update=j > 0 or g == 0,
+            )
+        states.append(acc)
+    return torch.cat(states[2:], dim=1)
+
+
+def ref_edge_weights(model):
+    if model.edge_logits is None:
+        return None
+    out = []
+    for b in range(model.blocks):
+        start = space.block_edge_offset(b)
+        out.append(torch.softmax(model.edge_logits[start : start + b + 2], 0))
+    return torch.cat(out)
+
+
+def ref_forward(model, x):
+    training = model.training
+    alpha_w = torch.softmax(model.alphas, dim=-1)
+    beta_w = ref_beta_weights(model.betas)
+    edge_w = ref_edge_weights(model)
+    half, quarter = model.stem(x)
+    sizes = [quarter.shape[-2:]]
+    for _ in range(3):
+        sizes.append(tuple((d + 1) // 2 for d in sizes[-1]))
+    pprev, prev = {-1: half}, {0: quarter}
+    for layer in range(model.layers):
+        cur = {}
+        for level in range(min(layer + 2, 4)):
+            node = model.nodes[f"{layer}_{level}"]
+            srcs = [0] if layer == 0 else [s for s in (level - 1, level, level + 1) if s in prev]
+            if layer == 0:
+                pp = pprev[-1]
+            elif layer == 1:
+                pp = pprev[0]
+            else:
+                pp = pprev[level] if level in pprev else pprev[max(pprev)]
+            if tuple(pp.shape[-2:]) != tuple(sizes[level]):
+                pp = F.interpolate(
+                    pp, size=tuple(sizes[level]), mode="bilinear", align_corners=False
+                )
+            s0 = node.pre_prev_prev(pp)
+            out = 0
+            for g, src in enumerate(srcs):
+                h = prev[src]
+                if src > level:
+                    h = F.interpolate(
+                        h, size=tuple(sizes[level]), mode="bilinear", align_corners=False
+                    )
+                s1 = node.pre_prev[g](h)
+                out = out + beta_w[layer, src, level - src + 1] * ref_cell(
+                    node.cell, s0, s1, g, alpha_w, edge_w, training
+                )
+            cur[level] = out
+        pprev, prev = prev, cur
+    logits = 0
+    for level, head in enumerate(model.heads):
+        logits = logits + F.interpolate(
+            head(prev[level]), size=x.shape[-2:], mode="bilinear", align_corners=False
+        )
+    return logits
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def _tiny(**kw):
+    torch.manual_seed(0)
+    cfg = dict(num_classes=3, layers=4, blocks=3, filter_multiplier=4, stem_channels=(8, 8, 16))
+    cfg.update(kw)
+    model = SearchNetwork(**cfg).double()
+    with torch.no_grad():  # larger arch logits than the 1e-3 init make mixing errors visible
+        for p in model.arch_parameters():
+            p.normal_()
+    return model
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"checkpoint_cells": True},
+        {"partial_channels": 2},
+        {"partial_channels": 2, "checkpoint_cells": True},
+    ],
+    ids=["exact", "checkpoint", "pc", "pc+checkpoint"],
+)
+def test_matches_plain_reference(options):
+    model = _tiny(**options)
+    ref = copy.deepcopy(model)
+    x = torch.randn(2, 3, 37, 45, dtype=torch.float64)
+    probe = torch.randn(2, 3, 37, 45, dtype=torch.float64)
+
+    # training mode: outputs and gradients of every parameter
+    out = model(x)
+    expected = ref_forward(ref, x)
+    torch.testing.assert_close(out, expected, rtol=1e-8, atol=1e-10)
+    (out * probe).sum().backward()
+    (expected * probe).sum().backward()
+    for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters(), strict=True):
+        assert p.grad is not None or q.grad is None, name
+        if q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-7, atol=1e-10, msg=name)
+
+    # running statistics updated exactly once per forward, per source
+    for (name, b), (_, c) in zip(model.named_buffers(), ref.named_buffers(), strict=True):
+        torch.testing.assert_close(b, c, rtol=1e-8, atol=1e-12, msg=name)
+
+    # eval mode uses the per-source running statistics
+    model.eval()
+    ref.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref_forward(ref, x), rtol=1e-8, atol=1e-10)
+
+
+def test_float32_matches_reference_within_1e5():
+    model = _tiny().float()
+    ref = copy.deepcopy(model)
+    x = torch.randn(1, 3, 40, 40)
+    torch.testing.assert_close(model(x), ref_forward(ref, x), rtol=1e-5, atol=1e-5)
+
+
+def test_arch_parameter_shapes_and_registration():
+    model = SearchNetwork(5, layers=3, blocks=5, filter_multiplier=2, stem_channels=(4, 4, 8))
+    alphas, betas = model.arch_parameters()
+    assert alphas.shape == (20, 8) and betas.shape == (3, 4, 3)
+    state = model.state_dict()
+    assert "alphas" in state and "betas" in state
+    ids = {id(p) for p in model.weight_parameters()}
+    assert id(alphas) not in ids and id(betas) not in ids
+    assert len(ids) + 2 == len(list(model.parameters()))
+    assert float(alphas.detach().abs().max()) < 0.01  # N(0, 1) x 1e-3
+
+
+def test_gradients_reach_every_alpha_and_every_used_beta():
+    torch.manual_seed(0)
+    model = SearchNetwork(4, layers=4, blocks=5, filter_multiplier=2, stem_channels=(4, 4, 8))
+    x = torch.randn(1, 3, 64, 64)  # batch size 1 in training mode
+    loss = F.cross_entropy(model(x), torch.randint(0, 4, (1, 64, 64)))
+    loss.backward()
+    assert torch.all(model.alphas.grad[:, 1:] != 0)  # `none` gets gradient only via the softmax
+    used = model.used_beta_mask()
+    assert torch.all(model.betas.grad[used] != 0)
+    assert torch.all(model.betas.grad[~used] == 0)
+    # used entries by hand: layer 0 from the stem (level 0) only; layer 1 from levels 0, 1
+    assert used[0].nonzero().tolist() == [[0, 1], [0, 2]]
+    assert used[1].nonzero().tolist() == [[0, 1], [0, 2], [1, 0], [1, 1], [1, 2]]
+    assert int(used.sum()) == 2 + 5 + 8 + 10  # layer 2 has no level-3 source
+
+
+def test_invalid_betas_have_no_influence():
+    model = _tiny().eval()
+    x = torch.randn(1, 3, 33, 33, dtype=torch.float64)
+    with torch.no_grad():
+        before = model(x)
+        model.betas[:, 0, 0] = 1e4
+        model.betas[:, 3, 2] = -1e4
+        after = model(x)
+    torch.testing.assert_close(before, after)
+
+
+@pytest.mark.parametrize("size", [(33, 33), (65, 47), (64, 96)])
+def test_logits_at_input_size(size):
+    model = _tiny()
+    assert model(torch.randn(1, 3, *size, dtype=torch.float64)).shape == (1, 3, *size)
+
+
+def test_genotype_decodes_arch_parameters():
+    model = _tiny(layers=5, blocks=5)
+    g = model.genotype()
+    a = model.alphas.detach().numpy()
+    b = model.betas.detach().numpy()
+    assert g.cell == decode.decode_cell(a)
+    assert g.path == decode.decode_path(b)
+    np.testing.assert_allclose(
+        model.beta_weights().detach().numpy(), decode.transition_probs(b), atol=1e-12
+    )
+
+
+def test_bad_input_shapes():
+    model = _tiny()
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        model(torch.randn(1, 1, 64, 64, dtype=torch.float64))
+    with pytest.raises(ValueError, match="at least 32"):
+        model(torch.randn(1, 3, 16, 64, dtype=torch.float64))
+    with pytest.raises(ValueError, match="divisor"):
+        SearchNetwork(3, filter_multiplier=6, partial_channels=4)
+
+
+def test_paper_sized_supernet_forward_backward():
+    """F=8, L=12, B=5 at 64x64, batch 2 (the configuration of the issue)."""
+    torch.manual_seed(0)
+    model = SearchNetwork(19)
+    x = torch.randn(2, 3, 64, 64)
+    loss = F.cross_entropy(model(x), torch.randint(0, 19, (2, 64, 64)))
+    loss.backward()
+    assert model.alphas.grad is not None and torch.isfinite(model.alphas.grad).all()
+    assert model.betas.grad[model.used_beta_mask()].abs().min() > 0
