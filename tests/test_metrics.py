@@ -96,3 +96,20 @@ def test_bad_input():
         cm.update(torch.tensor([0, 1]), torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="cannot merge"):
         cm.merge(ConfusionMatrix(4))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    rng = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 5, (2, 16, 16), generator=rng)
+    target[:, :2] = 255
+    logits = torch.randn(2, 5, 16, 16, generator=rng)
+    cpu, gpu = ConfusionMatrix(5), ConfusionMatrix(5)
+    cpu.update(logits, target)
+    gpu.update(logits.cuda(), target.cuda())
+    assert gpu.matrix.device.type == "cuda"
+    assert torch.equal(gpu.matrix.cpu(), cpu.matrix)
+    assert gpu.to_dict() == cpu.to_dict()
+    cpu.merge(gpu)  # counts move to the receiving matrix's device
+    assert cpu.matrix.device.type == "cpu" and cpu.total == 2 * gpu.total
