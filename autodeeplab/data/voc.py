@@ -30,7 +30,7 @@ def voc_colormap(n: int = 256) -> np.ndarray:
 PALETTE = voc_colormap(len(CLASS_NAMES))  # (21, 3)
 
 LAYOUT = """\
-<root>/                                  (the VOC2012 folder of VOCdevkit)
+<root>/                                  (VOCdevkit/VOC2012, or a parent of it)
   JPEGImages/<id>.jpg
   SegmentationClass/<id>.png             (palette PNG: 0..20 classes, 255 = ignore border)
   ImageSets/Segmentation/{train,val,trainval}.txt
@@ -58,9 +58,12 @@ class VOCSegmentation(SegmentationDataset):
         self, root: str | Path, split: str = "train", transform: JointTransform | None = None
     ) -> None:
         check_split(self.name, split, self.splits)
-        self.root = root = Path(root)
-        if root.name != "VOC2012" and (root / "VOC2012" / "JPEGImages").is_dir():
-            root = self.root = root / "VOC2012"
+        root = Path(root)
+        for sub in ("VOC2012", "VOCdevkit/VOC2012"):  # accept the parent folders too
+            if (root / sub / "JPEGImages").is_dir():
+                root = root / sub
+                break
+        self.root = root
         mask_dir = root / ("SegmentationClassAug" if split == "train_aug" else "SegmentationClass")
         list_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
         for path in (root / "JPEGImages", mask_dir):

@@ -84,6 +84,11 @@ def test_voc_palette_masks(tmp_path, rng):
     assert len(VOCSegmentation(tmp_path / "VOC2012", "val")) == 1
 
 
+def test_voc_devkit_parent(tmp_path, rng):
+    make_voc(tmp_path / "VOCdevkit" / "VOC2012", rng)
+    assert VOCSegmentation(tmp_path, "val").root == tmp_path / "VOCdevkit" / "VOC2012"
+
+
 def test_voc_train_aug(tmp_path, rng):
     root = tmp_path / "VOC2012"
     make_voc(root, rng)
