@@ -1,7 +1,16 @@
 """Auto-DeepLab: hierarchical neural architecture search for semantic segmentation."""
 
 from autodeeplab.genotype import GENOTYPES, RELEASED, Genotype, get_genotype
+from autodeeplab.network import AutoDeepLab, NetworkConfig
 
 __version__ = "0.1.0"
 
-__all__ = ["GENOTYPES", "RELEASED", "Genotype", "__version__", "get_genotype"]
+__all__ = [
+    "GENOTYPES",
+    "RELEASED",
+    "AutoDeepLab",
+    "Genotype",
+    "NetworkConfig",
+    "__version__",
+    "get_genotype",
+]
