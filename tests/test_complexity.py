@@ -1,12 +1,9 @@
 import pytest
-import torch
 
 from autodeeplab.complexity import PARTS, complexity, count_multiply_adds, count_parameters
 from autodeeplab.genotype import RELEASED, Genotype
 from autodeeplab.models import model_config
 from autodeeplab.network import AutoDeepLab
-
-torch.set_num_threads(1)
 
 # One cell at /4 whose ops have no multiply-adds: every MAC below is countable by hand.
 TINY = Genotype(cell=[[(0, "skip_connect"), (1, "max_pool_3x3")]], path=(0,))

@@ -8,8 +8,6 @@ from autodeeplab.genotype import RELEASED, Genotype
 from autodeeplab.models import MODELS, create_model, list_models, model_config
 from autodeeplab.network import AutoDeepLab
 
-torch.set_num_threads(1)
-
 PAPER_TABLE2 = {"autodeeplab-s": 10.15e6, "autodeeplab-m": 21.62e6, "autodeeplab-l": 44.42e6}
 
 

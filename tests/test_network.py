@@ -8,8 +8,6 @@ from autodeeplab.genotype import GENOTYPES, RELEASED, Genotype
 from autodeeplab.heads import ASPP, DeepLabV3PlusDecoder, atrous_rates_for_stride
 from autodeeplab.network import AutoDeepLab, NetworkConfig, drop_path, low_level_cell_index
 
-torch.set_num_threads(1)
-
 OPS = [p for p in space.PRIMITIVES if p != "none"]
 
 
