@@ -1,8 +1,18 @@
 """Auto-DeepLab: hierarchical neural architecture search for semantic segmentation."""
 
 from autodeeplab.genotype import GENOTYPES, RELEASED, Genotype, get_genotype
+from autodeeplab.network import AutoDeepLab, NetworkConfig
 from autodeeplab.supernet import SearchNetwork
 
 __version__ = "0.1.0"
 
-__all__ = ["GENOTYPES", "RELEASED", "Genotype", "SearchNetwork", "__version__", "get_genotype"]
+__all__ = [
+    "GENOTYPES",
+    "RELEASED",
+    "AutoDeepLab",
+    "Genotype",
+    "NetworkConfig",
+    "SearchNetwork",
+    "__version__",
+    "get_genotype",
+]

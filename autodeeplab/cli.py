@@ -31,7 +31,78 @@ def _run_genotypes(args: argparse.Namespace) -> int:
     return 0
 
 
-_PARSERS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_genotypes,)
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "info",
+        help="parameters and Multi-Adds of a model preset or a genotype file",
+        description="Parameters (by part) and Multi-Adds (multiply-accumulates of convolutions, "
+        "FLOPs / 2) of one forward pass, counted without allocating the model.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--preset", metavar="NAME", help="model preset (see --list)")
+    src.add_argument("--genotype", metavar="FILE", help="genotype JSON file")
+    src.add_argument("--list", action="store_true", help="list the model presets and exit")
+    p.add_argument("--num-classes", type=int, default=19, help="classes (default: 19)")
+    p.add_argument(
+        "--input-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=(1024, 2048),
+        help="input height and width for Multi-Adds (default: 1024 2048)",
+    )
+    p.add_argument(
+        "--filter-multiplier",
+        type=int,
+        metavar="F",
+        help="filter multiplier F (default: the preset's, 20 for a genotype file)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_run_info)
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    import json
+
+    from autodeeplab.models import model_info
+
+    if args.list:
+        from autodeeplab.models import MODELS
+
+        for name, spec in MODELS.items():
+            print(f"{name:20s} F={spec.filter_multiplier:<3d} {spec.description}")
+        return 0
+    info = model_info(
+        preset=args.preset,
+        genotype_file=args.genotype,
+        num_classes=args.num_classes,
+        filter_multiplier=args.filter_multiplier,
+        input_size=tuple(args.input_size),
+    )
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    h, w = info["input_size"]
+    print(f"model              {info['model']}")
+    print(f"genotype           {info['genotype']}")
+    print(f"filter multiplier  {info['filter_multiplier']}")
+    print(f"output stride      {info['output_stride']} (ASPP rates {info['aspp_rates']})")
+    print(f"parameters         {info['params'] / 1e6:.2f}M")
+    for part, n in info["params_by_part"].items():
+        print(f"  {part:16s} {n / 1e6:.3f}M")
+    print(f"Multi-Adds {h}x{w}  {info['multiply_adds'] / 1e9:.2f}B")
+    for part, n in info["multiply_adds_by_part"].items():
+        print(f"  {part:16s} {n / 1e9:.2f}B")
+    if info.get("paper"):
+        paper = info["paper"]
+        print(
+            f"paper (Table 2)    {paper['params'] / 1e6:.2f}M params, "
+            f"{paper['multiply_adds'] / 1e9:.2f}B Multi-Adds"
+        )
+    return 0
+
+
+_PARSERS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_genotypes, _add_info)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,362 @@
+"""The discrete Auto-DeepLab network that is retrained after search (SPEC section 4).
+
+``AutoDeepLab = Encoder (stem + cells along the path) -> ASPP -> DeepLabv3+ decoder``.
+
+Stem
+    Three 3x3 convs (64 stride 2, 64, 128 stride 2), BN after each, ReLU between. Its stride-2
+    (64 ch) and stride-4 (128 ch) outputs are the two inputs of the first cell.
+Cells
+    Cell ``l`` at level ``k`` has ``f = F * 2^k`` filters per block and outputs ``B * f``
+    channels. See :class:`Cell` for the preprocessing and the resolution changes.
+Low-level features for the decoder
+    The output of the last cell of the path's initial run at level 0 (the stride-4 cells before
+    the path first goes deeper; cell index 2 of the released path). A path that starts at level 1
+    has no such cell: the stem's stride-4 output (128 ch) is used.
+Spatial sizes
+    Level ``k`` has size ``ceil(H / 2^(k + 2))`` (what stride-2 convs with "same" padding give).
+    Height and width must exceed the path's deepest stride so that the deepest map is at least
+    2x2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autodeeplab import space
+from autodeeplab.genotype import Block, Genotype
+from autodeeplab.heads import (
+    ASPP,
+    DEFAULT_ASPP_CHANNELS,
+    DEFAULT_DECODER_CHANNELS,
+    DEFAULT_LOW_LEVEL_CHANNELS,
+    DeepLabV3PlusDecoder,
+    atrous_rates_for_stride,
+)
+from autodeeplab.ops import ReLUConvBN, build_op
+
+STEM_CHANNELS: tuple[int, int, int] = (64, 64, 128)
+
+
+def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Drop whole samples of a branch with probability ``rate``, rescaling the kept ones."""
+    if not training or rate <= 0.0:
+        return x
+    keep = 1.0 - rate
+    mask = torch.empty((x.shape[0], 1, 1, 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
+    return x * mask / keep
+
+
+def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class Stem(nn.Module):
+    """``(N, C_in, H, W) -> {"stride2": (N, 64, H/2, W/2), "stride4": (N, 128, H/4, W/4)}``."""
+
+    def __init__(self, in_channels: int = 3, channels: tuple[int, int, int] = STEM_CHANNELS):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.out_channels = {"stride2": c2, "stride4": c3}
+        self.conv1 = nn.Sequential(
+            nn.Conv2d(in_channels, c1, 3, 2, 1, bias=False), nn.BatchNorm2d(c1)
+        )
+        self.conv2 = nn.Sequential(
+            nn.ReLU(inplace=False), nn.Conv2d(c1, c2, 3, 1, 1, bias=False), nn.BatchNorm2d(c2)
+        )
+        self.conv3 = nn.Sequential(
+            nn.ReLU(inplace=False), nn.Conv2d(c2, c3, 3, 2, 1, bias=False), nn.BatchNorm2d(c3)
+        )
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        s2 = self.conv2(self.conv1(x))  # (N, 64, H/2, W/2)
+        s4 = self.conv3(s2)  # (N, 128, H/4, W/4)
+        return {"stride2": s2, "stride4": s4}
+
+
+class Cell(nn.Module):
+    """One discrete cell: ``(H^{l-2}, H^{l-1}) -> H^l`` with ``len(cell) * channels`` outputs.
+
+    ``move`` is the level change from the previous cell: ``-1`` finer (``H^{l-1}`` is upsampled
+    to ``out_size`` before its 1x1 conv), ``0`` same, ``+1`` coarser (the ops reading the two
+    cell inputs use stride 2). ``H^{l-1}`` goes through ReLU-1x1conv-BN to ``channels``;
+    ``H^{l-2}`` is resized to the size of the (preprocessed) ``H^{l-1}`` and, only if its
+    channel count differs, goes through ReLU-1x1conv-BN too.
+    """
+
+    def __init__(
+        self,
+        cell: tuple[Block, ...],
+        prev_prev_channels: int,
+        prev_channels: int,
+        channels: int,
+        move: int,
+    ) -> None:
+        super().__init__()
+        if move not in (-1, 0, 1):
+            raise ValueError(f"move must be -1 (finer), 0 (same) or 1 (coarser), got {move}")
+        self.move = move
+        self.blocks = len(cell)
+        self.out_channels = self.blocks * channels
+        self.drop_path_rate = 0.0
+        # Block 0 reads both cell inputs (a validated genotype guarantees it).
+        self.preprocess0: nn.Module = (
+            ReLUConvBN(prev_prev_channels, channels, 1)
+            if prev_prev_channels != channels
+            else nn.Identity()
+        )
+        self.preprocess1 = ReLUConvBN(prev_channels, channels, 1)
+        self.inputs: tuple[int, ...] = tuple(inp for block in cell for inp, _ in block)
+        stride_in = 2 if move == 1 else 1
+        self.ops = nn.ModuleList(
+            build_op(op, channels, stride_in if inp < 2 else 1)
+            for block in cell
+            for inp, op in block
+        )
+        # Identity branches are never dropped (as in DARTS): dropping them removes no compute.
+        self._droppable = tuple(not isinstance(op, nn.Identity) for op in self.ops)
+
+    def set_drop_path_rate(self, rate: float) -> None:
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop path rate must be in [0, 1), got {rate}")
+        self.drop_path_rate = float(rate)
+
+    def forward(
+        self, prev_prev: torch.Tensor, prev: torch.Tensor, out_size: tuple[int, int]
+    ) -> torch.Tensor:
+        if self.move == -1:
+            prev = _resize(prev, out_size)  # (N, C_prev, h_out, w_out)
+        in_size = tuple(prev.shape[-2:])
+        states = [
+            self.preprocess0(_resize(prev_prev, in_size)),  # (N, f, h_in, w_in)
+            self.preprocess1(prev),  # (N, f, h_in, w_in)
+        ]
+        for b in range(self.blocks):
+            out = None
+            for j in (2 * b, 2 * b + 1):
+                x = self.ops[j](states[self.inputs[j]])
+                if self._droppable[j]:
+                    x = drop_path(x, self.drop_path_rate, self.training)
+                out = x if out is None else out + x
+            states.append(out)  # (N, f, h_out, w_out)
+        return torch.cat(states[2:], dim=1)  # (N, B * f, h_out, w_out)
+
+
+class Encoder(nn.Module):
+    """Stem + cells along ``genotype.path``: returns named features by stride.
+
+    ``forward(x)`` returns ``{"stride4": low-level feature, "out": last cell output}``;
+    :attr:`out_channels` and :attr:`strides` describe them.
+    """
+
+    def __init__(self, genotype: Genotype, filter_multiplier: int, in_channels: int = 3) -> None:
+        super().__init__()
+        if filter_multiplier < 1:
+            raise ValueError(f"filter_multiplier must be >= 1, got {filter_multiplier}")
+        self.genotype = genotype
+        self.in_channels = in_channels
+        self.stem = Stem(in_channels)
+        prev_prev = self.stem.out_channels["stride2"]
+        prev = self.stem.out_channels["stride4"]
+        prev_level = space.STEM_LEVEL
+        cells = []
+        for level in genotype.path:
+            cell = Cell(
+                genotype.cell, prev_prev, prev, filter_multiplier * 2**level, level - prev_level
+            )
+            cells.append(cell)
+            prev_prev, prev, prev_level = prev, cell.out_channels, level
+        self.cells = nn.ModuleList(cells)
+        self.low_level_index = low_level_cell_index(genotype.path)
+        low_channels = (
+            self.stem.out_channels["stride4"]
+            if self.low_level_index is None
+            else cells[self.low_level_index].out_channels
+        )
+        self.out_channels = {"stride4": low_channels, "out": prev}
+        self.strides = {"stride4": space.LEVEL_STRIDES[0], "out": genotype.output_stride}
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` saying what works if ``x`` cannot go through this encoder."""
+        if x.ndim != 4:
+            raise ValueError(
+                f"expected an image batch of shape (N, {self.in_channels}, H, W), "
+                f"got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"expected {self.in_channels} input channels, got {x.shape[1]} "
+                f"(input shape {tuple(x.shape)}); pass tensors of shape (N, {self.in_channels}, H, W)"
+            )
+        deepest = self.genotype.max_stride
+        h, w = x.shape[-2:]
+        if min(h, w) <= deepest:
+            raise ValueError(
+                f"input {h}x{w} is too small for this path: its deepest level has stride "
+                f"{deepest}, so height and width must be at least {deepest + 1} pixels "
+                "(for a deepest feature map of at least 2x2)"
+            )
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.check_input(x)
+        stem = self.stem(x)
+        h, w = stem["stride4"].shape[-2:]
+        sizes = [(h, w)]
+        for _ in range(1, space.NUM_LEVELS):
+            sizes.append((-(-sizes[-1][0] // 2), -(-sizes[-1][1] // 2)))
+        prev_prev, prev = stem["stride2"], stem["stride4"]
+        low = stem["stride4"]
+        for i, (cell, level) in enumerate(zip(self.cells, self.genotype.path, strict=True)):
+            prev_prev, prev = prev, cell(prev_prev, prev, sizes[level])  # (N, B*f, h_k, w_k)
+            if i == self.low_level_index:
+                low = prev
+        return {"stride4": low, "out": prev}
+
+
+def low_level_cell_index(path: Sequence[int]) -> int | None:
+    """Index of the cell whose output feeds the decoder, or ``None`` for the stem's stride 4.
+
+    The last cell of the path's initial run at level 0 (index 2 for the released path); a path
+    whose first cell is at level 1 has no such cell.
+    """
+    index = None
+    for i, level in enumerate(path):
+        if level != 0:
+            break
+        index = i
+    return index
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Everything that defines an :class:`AutoDeepLab` (besides its weights)."""
+
+    genotype: Genotype
+    num_classes: int = 19
+    filter_multiplier: int = 20
+    in_channels: int = 3
+    aspp_channels: int = DEFAULT_ASPP_CHANNELS
+    aspp_rates: tuple[int, ...] | None = None
+    decoder_channels: int = DEFAULT_DECODER_CHANNELS
+    low_level_reduced: int = DEFAULT_LOW_LEVEL_CHANNELS
+    drop_path_rate: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["genotype"] = self.genotype.to_dict()
+        d["aspp_rates"] = None if self.aspp_rates is None else list(self.aspp_rates)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NetworkConfig:
+        valid = {f.name for f in fields(cls)}
+        unknown = set(data) - valid
+        if unknown:
+            raise ValueError(
+                f"unknown network config keys {sorted(unknown)}; valid keys: {sorted(valid)}"
+            )
+        data = dict(data)
+        if "genotype" not in data:
+            raise ValueError("network config needs a 'genotype'")
+        if not isinstance(data["genotype"], Genotype):
+            data["genotype"] = Genotype.from_dict(data["genotype"])
+        if data.get("aspp_rates") is not None:
+            data["aspp_rates"] = tuple(data["aspp_rates"])
+        return cls(**data)
+
+
+class AutoDeepLab(nn.Module):
+    """Discrete Auto-DeepLab: ``(N, in_channels, H, W) -> logits (N, num_classes, H, W)``.
+
+    Parts: :attr:`encoder` (stem + cells), :attr:`aspp`, :attr:`decoder`. ASPP atrous rates
+    default to DeepLab's convention for the output stride of the last cell
+    (:func:`~autodeeplab.heads.atrous_rates_for_stride`).
+
+    Scheduled Drop Path: cell ``i`` (0-based) of ``L`` drops each non-identity branch with
+    probability ``drop_path_rate * (i + 1) / L * progress``; the training loop sets
+    ``progress`` in ``[0, 1]`` with :meth:`set_drop_path` (it starts at 1, the full rate).
+    Drop path never acts in eval mode.
+    """
+
+    def __init__(
+        self,
+        genotype: Genotype,
+        num_classes: int = 19,
+        filter_multiplier: int = 20,
+        *,
+        in_channels: int = 3,
+        aspp_channels: int = DEFAULT_ASPP_CHANNELS,
+        aspp_rates: tuple[int, ...] | None = None,
+        decoder_channels: int = DEFAULT_DECODER_CHANNELS,
+        low_level_reduced: int = DEFAULT_LOW_LEVEL_CHANNELS,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(genotype, Genotype):
+            raise ValueError(f"genotype must be a Genotype, got {type(genotype).__name__}")
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+        rates = (
+            atrous_rates_for_stride(genotype.output_stride)
+            if aspp_rates is None
+            else tuple(aspp_rates)
+        )
+        self.config = NetworkConfig(
+            genotype=genotype,
+            num_classes=num_classes,
+            filter_multiplier=filter_multiplier,
+            in_channels=in_channels,
+            aspp_channels=aspp_channels,
+            aspp_rates=None if aspp_rates is None else rates,
+            decoder_channels=decoder_channels,
+            low_level_reduced=low_level_reduced,
+            drop_path_rate=drop_path_rate,
+        )
+        self.genotype = genotype
+        self.num_classes = num_classes
+        self.encoder = Encoder(genotype, filter_multiplier, in_channels)
+        self.aspp = ASPP(self.encoder.out_channels["out"], rates, aspp_channels)
+        self.decoder = DeepLabV3PlusDecoder(
+            self.encoder.out_channels["stride4"],
+            num_classes,
+            aspp_channels=aspp_channels,
+            channels=decoder_channels,
+            low_level_reduced=low_level_reduced,
+        )
+        self.drop_path_rate = drop_path_rate
+        self.set_drop_path(1.0)
+
+    @classmethod
+    def from_config(cls, config: NetworkConfig) -> AutoDeepLab:
+        kwargs = {f.name: getattr(config, f.name) for f in fields(config)}
+        return cls(**kwargs)
+
+    @property
+    def output_stride(self) -> int:
+        return self.genotype.output_stride
+
+    def set_drop_path(self, progress: float) -> tuple[float, ...]:
+        """Set training progress in ``[0, 1]``; returns the per-cell drop rates now in use."""
+        if not 0.0 <= progress <= 1.0:
+            raise ValueError(f"drop path progress must be in [0, 1], got {progress}")
+        n = len(self.encoder.cells)
+        for i, cell in enumerate(self.encoder.cells):
+            cell.set_drop_path_rate(self.drop_path_rate * (i + 1) / n * progress)
+        return self.drop_path_rates()
+
+    def drop_path_rates(self) -> tuple[float, ...]:
+        """Current drop probability of each cell (applies in training mode only)."""
+        return tuple(cell.drop_path_rate for cell in self.encoder.cells)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.encoder(x)  # {"stride4": (N, C_low, H/4, W/4), "out": (N, C, H/s, W/s)}
+        y = self.aspp(feats["out"])  # (N, 256, H/s, W/s)
+        y = self.decoder(y, feats["stride4"])  # (N, classes, H/4, W/4)
+        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
