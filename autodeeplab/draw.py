@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
+import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -443,7 +443,7 @@ def draw_beta_heatmap(
     if show_path and path is None:
         path = decode.decode_path(beta)
     layers = beta.shape[0] if beta.ndim == 3 else 12
-    fig = _new_figure((max(8.0, 0.5 * space.NUM_MOVES * layers + 2.0), 2.6))
+    fig = _new_figure((max(8.0, 0.3 * space.NUM_MOVES * layers + 2.0), 2.8))
     _plot_betas(fig, beta, path if show_path else None)
     return fig
 
@@ -483,13 +483,15 @@ def save_figure(fig: Figure, path: str | Path, *, dpi: int = 150) -> Path:
     path = check_figure_path(path)
     suffix = path.suffix.lower()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # A sibling temp file (same file system, so os.replace is atomic); opened with "x" rather
+    # than mkstemp so that the result gets the usual umask permissions, not 0600.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "xb") as fh:
             fig.savefig(fh, format=suffix[1:], dpi=dpi)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
