@@ -147,18 +147,21 @@ def _cell_node_label(node: int, blocks: int) -> str:
     return "concat" if node == blocks + 2 else str(node - 2)
 
 
-def _bezier(p0: np.ndarray, p1: np.ndarray, rad: float, t: float) -> np.ndarray:
-    """Point at ``t`` on matplotlib's ``arc3,rad=rad`` curve (valid with equal aspect)."""
+def _bezier(p0: np.ndarray, p1: np.ndarray, rad: float, t: float | np.ndarray) -> np.ndarray:
+    """Point(s) at ``t`` on matplotlib's ``arc3,rad=rad`` curve (valid with equal aspect):
+    ``(2,)`` for a scalar ``t``, ``(T, 2)`` for ``T`` values."""
     d = p1 - p0
     ctrl = (p0 + p1) / 2 + rad * np.array([d[1], -d[0]])
+    t = np.asarray(t, dtype=float)[..., None]
     return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * ctrl + t**2 * p1
 
 
-def _clearance(q: np.ndarray, centre: np.ndarray, is_box: bool) -> float:
-    """Distance from ``q`` to the outline of a node (negative inside it)."""
+def _clearance(q: np.ndarray, centre: np.ndarray, is_box: bool) -> np.ndarray:
+    """Distance from points ``q`` ``(..., 2)`` to the outline of a node (negative inside it)."""
+    d = np.abs(np.asarray(q) - centre)
     if is_box:
-        return float(max(abs(q[0] - centre[0]) - _BOX_W / 2, abs(q[1] - centre[1]) - _BOX_H / 2))
-    return float(np.linalg.norm(q - centre)) - _BLOCK_RADIUS
+        return np.maximum(d[..., 0] - _BOX_W / 2, d[..., 1] - _BOX_H / 2)
+    return np.hypot(d[..., 0], d[..., 1]) - _BLOCK_RADIUS
 
 
 _RADS: tuple[float, ...] = (0.0, 0.15, -0.15, 0.25, -0.25, 0.35, -0.35, 0.5, -0.5)
@@ -179,8 +182,8 @@ def _route_edges(
         obstacles = [(xy[n], n in boxes) for n in xy if n not in (a, b)]
         best_rad, best_cost = _RADS[0], math.inf
         for rad in _RADS:
-            pts = np.array([_bezier(xy[a], xy[b], rad, t) for t in _SAMPLES])
-            gap = min([_clearance(q, c, box) for q in pts for c, box in obstacles] + [math.inf])
+            pts = _bezier(xy[a], xy[b], rad, _SAMPLES)
+            gap = min([float(_clearance(pts, c, box).min()) for c, box in obstacles] + [math.inf])
             cost = abs(rad) + (10.0 if gap < 0.2 else 0.0)
             if routed:
                 inner = pts[8:-8]  # near the end points edges meet anyway
@@ -189,7 +192,7 @@ def _route_edges(
             if cost < best_cost:
                 best_rad, best_cost = rad, cost
         rads.append(best_rad)
-        routed.append(np.array([_bezier(xy[a], xy[b], best_rad, t) for t in _SAMPLES]))
+        routed.append(_bezier(xy[a], xy[b], best_rad, _SAMPLES))
     return rads
 
 
@@ -247,8 +250,7 @@ def _plot_cell(ax: Axes, genotype: Genotype) -> None:
 
     # Edges: the two branches of every block (labelled) and every block into concat.
     curves = [
-        np.array([_bezier(xy[a], xy[b], rad, t) for t in _SAMPLES])
-        for (a, b, _), rad in zip(edges, rads, strict=True)
+        _bezier(xy[a], xy[b], rad, _SAMPLES) for (a, b, _), rad in zip(edges, rads, strict=True)
     ]
     for (src, dst, op), rad in zip(edges, rads, strict=True):
         ax.add_patch(
@@ -280,7 +282,7 @@ def _plot_cell(ax: Axes, genotype: Genotype) -> None:
         for t in np.linspace(0.25, 0.75, 21):
             centre, angle, extent = _label_extent(xy[src], xy[dst], rad, float(t), op)
             d_edges = float(np.linalg.norm(others[:, None] - extent[None], axis=2).min())
-            d_nodes = min(_clearance(q, xy[n], n in boxes) for q in extent for n in xy)
+            d_nodes = min(float(_clearance(extent, xy[n], n in boxes).min()) for n in xy)
             d_labels = min(
                 [float(np.linalg.norm(p[:, None] - extent[None], axis=2).min()) for p in placed]
                 + [2.0]
@@ -337,10 +339,7 @@ def _cell_extent(
     """``(xmin, xmax, ymin, ymax)`` of nodes and routed edges, with a margin."""
     pts = np.concatenate(
         [np.array(list(xy.values()))]
-        + [
-            np.array([_bezier(xy[a], xy[b], r, t) for t in _SAMPLES])
-            for (a, b, _), r in zip(edges, rads, strict=True)
-        ]
+        + [_bezier(xy[a], xy[b], r, _SAMPLES) for (a, b, _), r in zip(edges, rads, strict=True)]
     )
     lo, hi = pts.min(axis=0), pts.max(axis=0)
     return float(lo[0] - 0.9), float(hi[0] + 0.9), float(lo[1] - 0.5), float(hi[1] + 0.5)
