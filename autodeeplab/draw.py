@@ -439,9 +439,9 @@ def draw_beta_heatmap(
     of the betas) are circled.
     """
     beta = np.asarray(beta_logits, dtype=np.float64)
+    layers = decode.transition_probs(beta).shape[0]  # also checks the shape
     if show_path and path is None:
         path = decode.decode_path(beta)
-    layers = beta.shape[0] if beta.ndim == 3 else 12
     fig = _new_figure((max(8.0, 0.3 * space.NUM_MOVES * layers + 2.0), 2.8))
     _plot_betas(fig, beta, path if show_path else None)
     return fig
