@@ -102,7 +102,43 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
-_PARSERS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_genotypes, _add_info)
+def _add_draw(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "draw",
+        help="draw an architecture (network path, cell and beta heat maps) to PNG or SVG",
+        description="Draw the network path and the cell of a genotype JSON file, or of the "
+        "architecture decoded from a search checkpoint (then with the beta transition maps).",
+    )
+    p.add_argument(
+        "source",
+        metavar="GENOTYPE.json|CHECKPOINT",
+        help="a genotype JSON file, or a checkpoint holding {'model': state_dict} or a "
+        "state_dict with 'alphas' and 'betas'",
+    )
+    p.add_argument("--out", required=True, metavar="FILE", help="output figure, .png or .svg")
+    p.set_defaults(func=_run_draw)
+
+
+def _run_draw(args: argparse.Namespace) -> int:
+    from autodeeplab.draw import (
+        check_figure_path,
+        draw_architecture,
+        load_architecture,
+        save_figure,
+    )
+
+    check_figure_path(args.out)  # fail before loading a large checkpoint
+    genotype, betas = load_architecture(args.source)
+    path = save_figure(draw_architecture(genotype, betas), args.out)
+    print(f"wrote {path} ({genotype})")
+    return 0
+
+
+_PARSERS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_genotypes,
+    _add_info,
+    _add_draw,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
