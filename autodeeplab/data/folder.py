@@ -1,0 +1,131 @@
+"""A generic folder data set: your own images and masks with matching file stems."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from autodeeplab.data.base import (
+    IGNORE_INDEX,
+    DatasetError,
+    JointTransform,
+    SegmentationDataset,
+    default_palette,
+    identity_lut,
+    layout_error,
+    list_files,
+)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+META_FILES = ("classes.yaml", "classes.yml", "classes.json")
+META_KEYS = ("class_names", "palette")
+
+LAYOUT = """\
+<root>/
+  classes.yaml            (or classes.json: class_names: [...], optional palette: [[r, g, b], ...])
+  images/{split}/<stem>.png|.jpg|.jpeg
+  masks/{split}/<stem>.png  (8-bit grayscale or palette PNG: 0..num_classes-1, 255 = ignore)"""
+
+
+def write_metadata(
+    path: str | Path, class_names: Sequence[str], palette: np.ndarray | None = None
+) -> None:
+    """Write ``classes.yaml`` / ``classes.json`` (chosen by suffix) for a folder data set."""
+    path = Path(path)
+    meta: dict[str, Any] = {"class_names": list(class_names)}
+    if palette is not None:
+        meta["palette"] = np.asarray(palette, dtype=np.uint8).tolist()
+    if path.suffix == ".json":
+        path.write_text(json.dumps(meta, indent=2) + "\n")
+    else:
+        path.write_text(yaml.safe_dump(meta, sort_keys=False))
+
+
+def read_metadata(path: Path) -> tuple[tuple[str, ...], np.ndarray]:
+    """Class names and palette ``(C, 3)`` from a metadata file; every problem names the file."""
+    try:
+        text = path.read_text()
+        meta = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        raise DatasetError(f"cannot parse class metadata {path}: {err}") from err
+    if not isinstance(meta, dict) or "class_names" not in meta:
+        raise DatasetError(f"class metadata {path} must be a mapping with a 'class_names' list")
+    unknown = sorted(set(meta) - set(META_KEYS))
+    if unknown:
+        raise DatasetError(
+            f"class metadata {path} has unknown keys {unknown}; valid keys: {list(META_KEYS)}"
+        )
+    names = meta["class_names"]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise DatasetError(
+            f"class metadata {path}: 'class_names' must be a non-empty list of strings"
+        )
+    if len(names) >= IGNORE_INDEX:
+        raise DatasetError(
+            f"class metadata {path}: at most {IGNORE_INDEX - 1} classes, got {len(names)}"
+        )
+    if len(set(names)) != len(names):
+        raise DatasetError(f"class metadata {path}: class names must be unique")
+    if meta.get("palette") is None:
+        return tuple(names), default_palette(len(names))
+    palette = np.asarray(meta["palette"])
+    if palette.shape != (len(names), 3) or palette.min() < 0 or palette.max() > 255:
+        raise DatasetError(
+            f"class metadata {path}: 'palette' must be {len(names)} [r, g, b] triples in 0..255, "
+            f"got shape {palette.shape}"
+        )
+    return tuple(names), palette.astype(np.uint8)
+
+
+class FolderDataset(SegmentationDataset):
+    """Images in ``images/{split}/`` and train-id masks in ``masks/{split}/`` with the same stems."""
+
+    name = "folder"
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        transform: JointTransform | None = None,
+        metadata: str | Path | None = None,
+    ) -> None:
+        self.root = root = Path(root)
+        if not root.is_dir():
+            raise layout_error(self.name, root, "root folder does not exist", LAYOUT)
+        meta = (
+            Path(metadata)
+            if metadata is not None
+            else next((root / m for m in META_FILES if (root / m).is_file()), None)
+        )
+        if meta is None or not meta.is_file():
+            missing = meta if meta is not None else root / META_FILES[0]
+            raise layout_error(self.name, root, f"missing class metadata {missing}", LAYOUT)
+        class_names, palette = read_metadata(meta)
+        image_dir, mask_dir = root / "images" / split, root / "masks" / split
+        for path in (image_dir, mask_dir):
+            if not path.is_dir():
+                raise layout_error(self.name, root, f"missing folder {path}", LAYOUT)
+        images = list_files(image_dir, IMAGE_SUFFIXES)
+        if not images:
+            raise layout_error(
+                self.name,
+                root,
+                f"split {split!r} is empty: no {'/'.join(IMAGE_SUFFIXES)} files in {image_dir}",
+                LAYOUT,
+            )
+        stems = [p.stem for p in images]
+        if len(set(stems)) != len(stems):
+            dup = sorted({s for s in stems if stems.count(s) > 1})
+            raise DatasetError(f"{image_dir} holds several images with the same stem: {dup[:5]}")
+        samples = []
+        for img in images:
+            mask = mask_dir / f"{img.stem}.png"
+            if not mask.is_file():
+                raise layout_error(self.name, root, f"image {img} has no mask {mask}", LAYOUT)
+            samples.append((img, mask))
+        super().__init__(samples, class_names, palette, identity_lut(len(class_names)), transform)

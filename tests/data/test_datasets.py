@@ -1,0 +1,256 @@
+import json
+
+import numpy as np
+import pytest
+from layouts import (
+    make_ade,
+    make_cityscapes,
+    make_folder,
+    make_voc,
+    save_gray,
+    save_rgb,
+    voc_colormap_reference,
+)
+from PIL import Image
+
+from autodeeplab.data import (
+    ADE20K,
+    DATASETS,
+    Cityscapes,
+    DatasetError,
+    DatasetLayoutError,
+    FolderDataset,
+    VOCSegmentation,
+    build_dataset,
+    label_to_train_ids,
+    train_to_label_ids,
+    voc,
+)
+from autodeeplab.data import cityscapes as cs
+
+# The official cityscapesScripts table (helpers/labels.py), written out independently:
+# (name, id, trainId).
+OFFICIAL_CITYSCAPES = [
+    ("unlabeled", 0, 255), ("ego vehicle", 1, 255), ("rectification border", 2, 255),
+    ("out of roi", 3, 255), ("static", 4, 255), ("dynamic", 5, 255), ("ground", 6, 255),
+    ("road", 7, 0), ("sidewalk", 8, 1), ("parking", 9, 255), ("rail track", 10, 255),
+    ("building", 11, 2), ("wall", 12, 3), ("fence", 13, 4), ("guard rail", 14, 255),
+    ("bridge", 15, 255), ("tunnel", 16, 255), ("pole", 17, 5), ("polegroup", 18, 255),
+    ("traffic light", 19, 6), ("traffic sign", 20, 7), ("vegetation", 21, 8),
+    ("terrain", 22, 9), ("sky", 23, 10), ("person", 24, 11), ("rider", 25, 12),
+    ("car", 26, 13), ("truck", 27, 14), ("bus", 28, 15), ("caravan", 29, 255),
+    ("trailer", 30, 255), ("train", 31, 16), ("motorcycle", 32, 17), ("bicycle", 33, 18),
+    ("license plate", -1, -1),
+]  # fmt: skip
+
+
+def test_cityscapes_table_matches_official():
+    assert [(lab.name, lab.id, lab.train_id) for lab in cs.LABELS] == OFFICIAL_CITYSCAPES
+    for name, label_id, train_id in OFFICIAL_CITYSCAPES:
+        expected = train_id if 0 <= train_id < 255 else 255
+        assert label_to_train_ids(np.array([label_id]))[0] == expected, name
+        if 0 <= train_id < 255:
+            assert train_to_label_ids(np.array([train_id]))[0] == label_id
+            assert cs.CLASS_NAMES[train_id] == name
+    assert len(cs.CLASS_NAMES) == 19
+    assert train_to_label_ids(np.array([255]))[0] == 0
+
+
+def test_cityscapes_loads_and_maps(tmp_path, rng):
+    label_masks = make_cityscapes(tmp_path, rng)
+    ds = Cityscapes(tmp_path, "train")
+    assert len(ds) == 3 and ds.num_classes == 19 and ds.ignore_index == 255
+    lut = {lid: (t if 0 <= t < 255 else 255) for _, lid, t in OFFICIAL_CITYSCAPES if lid >= 0}
+    for i in range(len(ds)):
+        image, mask = ds[i]
+        assert image.shape == (12, 20, 3) and image.dtype == np.uint8
+        # samples are sorted by city then name
+        ref = label_masks[[0, 2, 1][i]]
+        np.testing.assert_array_equal(mask, np.vectorize(lut.get)(ref))
+    # round trip for submissions: evaluated pixels map back to their label ids
+    keep = mask != 255
+    np.testing.assert_array_equal(train_to_label_ids(mask)[keep], ref[keep])
+
+
+def test_voc_palette_masks(tmp_path, rng):
+    masks = make_voc(tmp_path / "VOC2012", rng)
+    np.testing.assert_array_equal(voc.voc_colormap(), voc_colormap_reference())
+    ds = build_dataset("voc", tmp_path, "train")  # the parent folder of VOC2012 works too
+    assert ds.num_classes == 21 and ds.palette.shape == (21, 3)
+    image, mask = ds[1]
+    assert image.shape == (10, 14, 3)
+    np.testing.assert_array_equal(mask, masks["2007_000039"])
+    assert (mask[0] == 255).all()
+    assert len(VOCSegmentation(tmp_path / "VOC2012", "val")) == 1
+
+
+def test_voc_devkit_parent(tmp_path, rng):
+    make_voc(tmp_path / "VOCdevkit" / "VOC2012", rng)
+    assert VOCSegmentation(tmp_path, "val").root == tmp_path / "VOCdevkit" / "VOC2012"
+
+
+def test_voc_train_aug(tmp_path, rng):
+    root = tmp_path / "VOC2012"
+    make_voc(root, rng)
+    aug = rng.integers(0, 21, (10, 14))
+    save_gray(root / "SegmentationClassAug" / "2007_000032.png", aug)
+    (root / "ImageSets" / "Segmentation" / "train_aug.txt").write_text(
+        "/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png\n"
+    )
+    ds = VOCSegmentation(root, "train_aug")
+    np.testing.assert_array_equal(ds[0][1], aug)
+
+
+def test_ade20k_shift(tmp_path, rng):
+    masks = make_ade(tmp_path, rng)
+    ds = ADE20K(tmp_path, "train")
+    assert ds.num_classes == 150 and len(ds.class_names) == len(set(ds.class_names))
+    _, mask = ds[0]
+    expected = np.where(masks[0] == 0, 255, masks[0] - 1)
+    np.testing.assert_array_equal(mask, expected)
+    assert ds.class_names[0] == "wall" and ds.class_names[-1] == "flag"
+
+
+def test_folder_yaml_and_json(tmp_path, rng):
+    masks = make_folder(tmp_path, rng)
+    ds = FolderDataset(tmp_path, "train")
+    assert ds.class_names == ("c0", "c1", "c2", "c3")
+    np.testing.assert_array_equal(ds[2][1], masks[2])
+    (tmp_path / "classes.yaml").unlink()
+    meta = {
+        "class_names": ["a", "b", "c", "d"],
+        "palette": [[1, 2, 3], [4, 5, 6], [7, 8, 9], [0, 0, 0]],
+    }
+    (tmp_path / "classes.json").write_text(json.dumps(meta))
+    ds = build_dataset("folder", tmp_path, "train")
+    assert ds.class_names == ("a", "b", "c", "d") and ds.palette[1].tolist() == [4, 5, 6]
+    assert ds.verify() == 3
+
+
+def test_registry_errors():
+    with pytest.raises(ValueError, match="valid names: cityscapes, voc"):
+        build_dataset("coco", "/nowhere")
+    with pytest.raises(ValueError, match="valid splits"):
+        build_dataset("cityscapes", "/nowhere", "training")
+    assert set(DATASETS) == {"cityscapes", "voc", "ade20k", "folder", "synthetic"}
+
+
+# -- bad input: every error names the file or folder and the problem ---------------------
+
+
+@pytest.mark.parametrize("name", ["cityscapes", "voc", "ade20k", "folder"])
+def test_missing_root_shows_layout(tmp_path, name):
+    root = tmp_path / "nothing_here"
+    with pytest.raises(DatasetLayoutError) as err:
+        build_dataset(name, root, "train")
+    msg = str(err.value)
+    assert str(root) in msg and "Expected layout" in msg
+    assert isinstance(err.value, FileNotFoundError)
+
+
+def test_wrong_layout_names_missing_folder(tmp_path, rng):
+    make_cityscapes(tmp_path, rng)
+    import shutil
+
+    shutil.rmtree(tmp_path / "gtFine")
+    with pytest.raises(
+        DatasetLayoutError, match=r"missing folder .*gtFine.*train[\s\S]*leftImg8bit/\{split\}"
+    ):
+        Cityscapes(tmp_path, "train")
+
+
+def test_missing_mask_named(tmp_path, rng):
+    make_folder(tmp_path, rng)
+    (tmp_path / "masks" / "train" / "s1.png").unlink()
+    with pytest.raises(DatasetLayoutError, match=r"s1\.png has no mask .*masks.train.s1\.png"):
+        FolderDataset(tmp_path, "train")
+
+
+def test_size_mismatch_names_both_files(tmp_path, rng):
+    make_folder(tmp_path, rng)
+    save_gray(tmp_path / "masks" / "train" / "s0.png", np.zeros((5, 5)))
+    ds = FolderDataset(tmp_path, "train")
+    with pytest.raises(DatasetError) as err:
+        ds[0]
+    msg = str(err.value)
+    assert (
+        "images/train/s0.png" in msg
+        and "masks/train/s0.png" in msg
+        and "10x8" in msg
+        and "5x5" in msg
+    )
+
+
+def test_bad_mask_values_named(tmp_path, rng):
+    make_folder(tmp_path, rng)
+    bad = np.zeros((8, 10))
+    bad[0, 0], bad[1, 1] = 7, 200
+    save_gray(tmp_path / "masks" / "train" / "s2.png", bad)
+    ds = FolderDataset(tmp_path, "train")
+    with pytest.raises(
+        DatasetError,
+        match=r"masks/train/s2\.png holds values \[7, 200\].*valid values are \{0\.\.3, 255\}",
+    ):
+        ds[2]
+    with pytest.raises(DatasetError, match=r"1 of 3 samples are unusable[\s\S]*s2\.png"):
+        ds.verify()
+
+
+def test_cityscapes_bad_label_id(tmp_path, rng):
+    make_cityscapes(tmp_path, rng, n=1)
+    path = next((tmp_path / "gtFine" / "train").glob("*/*.png"))
+    save_gray(path, np.full((12, 20), 34))
+    with pytest.raises(DatasetError, match=rf"{path.name} holds values \[34\].*0\.\.33"):
+        Cityscapes(tmp_path, "train")[0]
+
+
+def test_rgb_mask_rejected(tmp_path, rng):
+    make_folder(tmp_path, rng)
+    save_rgb(tmp_path / "masks" / "train" / "s0.png", np.zeros((8, 10, 3)))
+    with pytest.raises(DatasetError, match=r"s0\.png has image mode 'RGB'"):
+        FolderDataset(tmp_path, "train")[0]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_image_named(tmp_path, rng, damage):
+    make_folder(tmp_path, rng)
+    path = tmp_path / "images" / "train" / "s1.png"
+    if damage == "truncate":
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3)).astype(np.uint8)).save(path)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        save_gray(tmp_path / "masks" / "train" / "s1.png", np.zeros((64, 64)))
+    else:
+        path.write_bytes(b"not an image at all")
+    ds = FolderDataset(tmp_path, "train")
+    with pytest.raises(DatasetError, match=r"cannot read image .*images/train/s1\.png"):
+        ds[1]
+
+
+def test_empty_split_names_folder(tmp_path, rng):
+    make_folder(tmp_path, rng)
+    (tmp_path / "images" / "val").mkdir()
+    (tmp_path / "masks" / "val").mkdir()
+    with pytest.raises(DatasetLayoutError, match=r"split 'val' is empty: .* in .*images/val"):
+        FolderDataset(tmp_path, "val")
+
+
+def test_empty_voc_list_and_missing_listed_file(tmp_path, rng):
+    root = tmp_path / "VOC2012"
+    make_voc(root, rng)
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("")
+    with pytest.raises(DatasetLayoutError, match=r"val\.txt names no images"):
+        VOCSegmentation(root, "val")
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("2099_000001\n")
+    with pytest.raises(
+        DatasetLayoutError,
+        match=r"lists '2099_000001' but .*JPEGImages.2099_000001\.jpg does not exist",
+    ):
+        VOCSegmentation(root, "val")
+
+
+def test_bad_metadata_named(tmp_path, rng):
+    make_folder(tmp_path, rng)
+    (tmp_path / "classes.yaml").write_text("class_names: [a, b]\ncolours: [1]\n")
+    with pytest.raises(DatasetError, match=r"classes\.yaml has unknown keys \['colours'\]"):
+        FolderDataset(tmp_path, "train")
