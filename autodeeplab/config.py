@@ -208,7 +208,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     unknown = [k for k in data if k not in names]
     if unknown:
         raise ConfigError(
-            f"unknown config key {prefix}{unknown[0]!r}; valid keys"
+            f"unknown config key '{prefix}{unknown[0]}'; valid keys"
             f"{' under ' + prefix.rstrip('.') if prefix else ''}: {', '.join(names)}"
         )
     kwargs = {k: _convert(v, hints[k], prefix + k) for k, v in data.items()}
