@@ -144,6 +144,7 @@ def unrolled_arch_gradients(
     weight_decay: float = 0.0,
     momentum_buffers: Sequence[torch.Tensor | None] | None = None,
     reduce: ReduceFn | None = None,
+    fd_scale: float = 0.01,
 ) -> list[torch.Tensor]:
     """DARTS second-order gradient of the validation loss w.r.t. the architecture parameters.
 
@@ -153,7 +154,8 @@ def unrolled_arch_gradients(
 
     The Hessian-vector product is the central difference
     ``(dL_train(w + eps v)/da - dL_train(w - eps v)/da) / (2 eps)`` with
-    ``v = dL_val/dw'`` and ``eps = 0.01 / |v|``. Weights and BatchNorm buffers are restored
+    ``v = dL_val/dw'`` and ``eps = fd_scale / |v|`` (DARTS: 0.01; in float64 a much smaller
+    value gives the exact product, see the tests). Weights and BatchNorm buffers are restored
     afterwards; ``reduce`` averages gradient lists across processes (in place).
     """
     weights, arch = model.weight_parameters(), model.arch_parameters()
@@ -180,7 +182,7 @@ def unrolled_arch_gradients(
             reduce(val_grads)
         d_arch, v = val_grads[: len(arch)], val_grads[len(arch) :]
         # 3. finite-difference Hessian-vector product around the original w
-        eps = 0.01 / float(torch.sqrt(sum((x * x).sum() for x in v)).clamp_min(1e-12))
+        eps = fd_scale / float(torch.sqrt(sum((x * x).sum() for x in v)).clamp_min(1e-12))
         _set_requires_grad(weights, False)
         hvp_parts = []
         for sign in (1.0, -1.0):
@@ -347,16 +349,17 @@ class SearchEngine:
 
     def _datasets(self) -> tuple[SegmentationDataset, SegmentationDataset]:
         d = self.cfg.data
-        train = build_dataset(
-            d.name,
-            d.root,
-            d.train_split,
-            train_transform(d.crop_size, scale=d.scale, flip=d.flip),
-            **d.options,
-        )
-        evaluation = build_dataset(
-            d.name, d.root, d.eval_split, eval_transform(d.eval_size), **d.options
-        )
+
+        def build(split: str, transform: Any) -> SegmentationDataset:
+            try:
+                return build_dataset(d.name, d.root, split, transform, **d.options)
+            except TypeError as err:  # an option the data set class does not take
+                raise ValueError(
+                    f"data.options {d.options} are not accepted by the {d.name!r} data set: {err}"
+                ) from err
+
+        train = build(d.train_split, train_transform(d.crop_size, scale=d.scale, flip=d.flip))
+        evaluation = build(d.eval_split, eval_transform(d.eval_size))
         if len(train) < 2:
             raise ValueError(
                 f"the {d.train_split!r} split of {d.name!r} has {len(train)} samples; need >= 2"
