@@ -63,7 +63,7 @@ def _run_search(args: argparse.Namespace) -> int:
     except NonFiniteLossError as err:
         print(f"autodeeplab search: error: {err}", file=sys.stderr)
         return 3
-    if result.finished:
+    if result.finished and result.rank == 0:
         print(f"genotype {result.genotype}")
         print(f"wrote {result.output / 'genotype.json'}")
     return 0

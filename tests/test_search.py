@@ -224,7 +224,7 @@ def test_unrolled_gradient_matches_autograd_of_the_unrolled_objective():
     exact = torch.autograd.grad(loss({**w_prime, **a}, val), list(a.values()))
     w_fixed = {n: p.detach() for n, p in w_prime.items()}
     first_order = torch.autograd.grad(loss({**w_fixed, **a}, val), list(a.values()))
-    for f, e, fo in zip(fd, exact, first_order, strict=True):
+    for f, e in zip(fd, exact, strict=True):
         torch.testing.assert_close(f, e, rtol=1e-6, atol=1e-8)
     # the second-order term is really there: dropping it would fail the comparison
     hvp_part = torch.cat([(e - fo).flatten() for e, fo in zip(exact, first_order, strict=True)])

@@ -77,6 +77,8 @@ class SearchResult:
     """False when the run stopped early at ``max_steps``."""
     history: list[dict[str, Any]] = field(default_factory=list)
     """One summary per completed epoch (the ``epoch`` records of ``metrics.jsonl``)."""
+    rank: int = 0
+    """Process rank in a multi-process run (0 writes the run folder)."""
 
 
 # ---------------------------------------------------------------------------- data order
@@ -668,6 +670,7 @@ class SearchEngine:
             global_step=self.global_step,
             finished=finished,
             history=list(self.history),
+            rank=self.rank,
         )
 
     def _progress(self, epoch: int) -> Any:
