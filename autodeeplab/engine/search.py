@@ -230,6 +230,11 @@ def arch_entropies(model: SearchNetwork) -> tuple[float, float]:
     return float(decode.entropy(alpha).mean()), float(decode.entropy(beta)[used].mean())
 
 
+def print_flush(text: str) -> None:
+    """Default log sink: print and flush (epoch lines show up promptly in piped output)."""
+    print(text, flush=True)
+
+
 def _dist_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -248,7 +253,7 @@ class SearchEngine:
         self,
         config: SearchConfig,
         resume: bool = False,
-        log: Callable[[str], None] | None = print,
+        log: Callable[[str], None] | None = print_flush,
     ) -> None:
         self.cfg = config
         self._log = log
@@ -784,7 +789,7 @@ class SearchEngine:
 
 
 def run_search(
-    config: SearchConfig, resume: bool = False, log: Callable[[str], None] | None = print
+    config: SearchConfig, resume: bool = False, log: Callable[[str], None] | None = print_flush
 ) -> SearchResult:
     """Run (or resume) an architecture search described by ``config``."""
     engine = SearchEngine(config, resume=resume, log=log)
