@@ -68,7 +68,7 @@ def test_epoch_batches_shard_a_global_batch():
 
 
 def test_search_writes_run_folder_and_moves_architecture(tmp_path, capsys):
-    cfg = tiny(tmp_path)
+    cfg = tiny(tmp_path, "checkpoint_interval=1")
     result = run_search(cfg)
     out = capsys.readouterr().out
     assert result.finished and result.epoch == 2 and result.global_step == 8
@@ -79,6 +79,11 @@ def test_search_writes_run_folder_and_moves_architecture(tmp_path, capsys):
         "epoch_002.json",
     ]
     assert load_config(run / "config.yaml") == cfg
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "epoch_001.pt",
+        "epoch_002.pt",
+    ]
+    assert load_checkpoint(run / "checkpoints" / "epoch_001.pt")["epoch"] == 1
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r["type"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2]
