@@ -131,6 +131,75 @@ def _run_draw(args: argparse.Namespace) -> int:
     genotype, betas = load_architecture(args.source)
     path = save_figure(draw_architecture(genotype, betas), args.out)
     print(f"wrote {path} ({genotype})")
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "search",
+        help="run an architecture search",
+        description="Search cell and network-level architecture on a data set. Extra "
+        "key=value arguments override config entries (dotted keys, e.g. optim.w_lr=0.01).",
+    )
+    p.add_argument("--config", required=True, help="YAML search config (see configs/search/)")
+    p.add_argument("--data-root", help="data set folder (overrides data.root)")
+    p.add_argument("--output", help="run folder (overrides output)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in the output folder (last.pt)"
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.set_defaults(func=_run_search)
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    from autodeeplab.config import load_config
+    from autodeeplab.engine.search import NonFiniteLossError, run_search
+
+    overrides = list(args.overrides)
+    if args.data_root is not None:
+        overrides.append(f"data.root={args.data_root}")
+    if args.output is not None:
+        overrides.append(f"output={args.output}")
+    config = load_config(args.config, overrides)
+    try:
+        result = run_search(config, resume=args.resume)
+    except NonFiniteLossError as err:
+        print(f"autodeeplab search: error: {err}", file=sys.stderr)
+        return 3
+    if result.finished and result.rank == 0:
+        print(f"genotype {result.genotype}")
+        print(f"wrote {result.output / 'genotype.json'}")
+    return 0
+
+
+def _add_decode(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "decode", help="decode the architecture of a search checkpoint into a genotype"
+    )
+    p.add_argument("checkpoint", help="search checkpoint (e.g. runs/search/last.pt) or run folder")
+    p.add_argument(
+        "--out", help="genotype JSON to write (default: <checkpoint>.genotype.json beside it)"
+    )
+    p.set_defaults(func=_run_decode)
+
+
+def _run_decode(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from autodeeplab.checkpoint import load_checkpoint
+    from autodeeplab.decode import decode_genotype
+
+    path = Path(args.checkpoint)
+    if path.is_dir():
+        path = path / "last.pt"
+    state = load_checkpoint(path)
+    model = state.get("model", {})
+    if "alphas" not in model or "betas" not in model:
+        raise ValueError(
+            f"{path} holds no architecture parameters (alphas, betas); is it a search checkpoint?"
+        )
+    genotype = decode_genotype(model["alphas"].double().numpy(), model["betas"].double().numpy())
+    out = Path(args.out) if args.out else path.with_suffix(".genotype.json")
+    genotype.save(out)
+    print(genotype)
+    print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
@@ -138,6 +207,8 @@ _PARSERS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_genotypes,
     _add_info,
     _add_draw,
+    _add_search,
+    _add_decode,
 )
 
 

@@ -1,0 +1,303 @@
+"""Typed run configurations: nested dataclasses loaded from YAML with dotted overrides.
+
+A config file mirrors the dataclass tree; every key must be a field (an unknown key raises an
+error naming it and listing the valid ones) and every value must match the field's type::
+
+    cfg = load_config("configs/search/synthetic.yaml", ["optim.w_lr=0.01", "epochs=2"])
+    save_config(cfg, "runs/x/config.yaml")
+
+The loader is generic over dataclasses, so a training config reuses it unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is not valid; the message says which key and why."""
+
+
+# ---------------------------------------------------------------------------- search config
+@dataclass
+class DataConfig:
+    """Which data set to read and how to turn it into batches."""
+
+    name: str = "synthetic"
+    root: str | None = None
+    train_split: str = "train"
+    eval_split: str = "val"
+    options: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for the data set class (e.g. ``length``, ``size`` for synthetic)."""
+    crop_size: int = 321
+    scale: tuple[float, float] = (0.5, 2.0)
+    """Random rescale range before cropping; ``[0.5, 0.5]`` = fixed half resolution."""
+    flip: bool = True
+    eval_size: tuple[int, int] | None = None
+    """Resize evaluation images to ``[height, width]``; ``null`` keeps their size."""
+    max_eval_samples: int | None = None
+    batch_size: int = 2
+    """Batch per process for both trainA and trainB steps."""
+    eval_batch_size: int = 1
+    workers: int = 0
+    split_fraction: float = 0.5
+    """Share of the training split that goes to trainA (weights); the rest is trainB."""
+
+
+@dataclass
+class ModelConfig:
+    """Arguments of :class:`autodeeplab.supernet.SearchNetwork` (``num_classes`` comes from data)."""
+
+    layers: int = 12
+    blocks: int = 5
+    filter_multiplier: int = 8
+    stem_channels: tuple[int, int, int] = (64, 64, 128)
+    partial_channels: int = 1
+    checkpoint_cells: bool = False
+
+
+@dataclass
+class OptimConfig:
+    """Weight optimiser (SGD + cosine), architecture optimiser (Adam), loss."""
+
+    w_lr: float = 0.025
+    w_lr_min: float = 0.001
+    w_momentum: float = 0.9
+    w_weight_decay: float = 3e-4
+    grad_clip: float | None = 5.0
+    """Clip the weight gradient norm to this value (``null`` = no clipping)."""
+    arch_lr: float = 3e-3
+    arch_betas: tuple[float, float] = (0.5, 0.999)
+    arch_weight_decay: float = 1e-3
+    ignore_index: int = 255
+
+
+@dataclass
+class SearchConfig:
+    """Everything that defines an architecture search run."""
+
+    seed: int = 0
+    epochs: int = 40
+    arch_start_epoch: int = 20
+    """Architecture steps run in epochs ``>= arch_start_epoch`` (0-based), i.e. after it."""
+    unrolled: bool = False
+    """DARTS second-order architecture gradient (finite-difference Hessian-vector product)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    output: str = "runs/search"
+    device: str = "auto"
+    """``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda``, ``cuda:1``, ..."""
+    threads: int | None = None
+    """``torch.set_num_threads`` value; ``null`` leaves PyTorch's default (or OMP_NUM_THREADS)."""
+    eval_interval: int = 1
+    checkpoint_interval: int = 0
+    """Keep a copy ``checkpoints/epoch_NNN.pt`` every N epochs (0 = only ``last.pt``)."""
+    log_interval: int = 10
+    """Write a step record to ``metrics.jsonl`` every N steps."""
+    max_steps: int | None = None
+    """Stop (with a checkpoint) after this many steps in total; resume continues the run."""
+    progress: bool = True
+    tensorboard: bool = True
+
+
+RUNTIME_KEYS: frozenset[str] = frozenset(
+    {
+        "output",
+        "device",
+        "threads",
+        "progress",
+        "tensorboard",
+        "max_steps",
+        "epochs",
+        "log_interval",
+        "checkpoint_interval",
+        "eval_interval",
+        "data.root",
+        "data.workers",
+        "data.eval_batch_size",
+        "data.max_eval_samples",
+    }
+)
+"""Keys that may change between an interrupted run and its resumption."""
+
+
+# ---------------------------------------------------------------------------- generic loader
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert lists to tuples etc."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, prefix=key + ".")
+    if origin in (tuple, list, Sequence):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list ({_type_name(tp)}), got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(
+                    f"{key}: expected {len(args)} values, got {len(value)}: {value!r}"
+                )
+            return tuple(
+                _convert(v, a, f"{key}[{i}]")
+                for i, (v, a) in enumerate(zip(value, args, strict=True))
+            )
+        inner = args[0] if args else Any
+        items = [_convert(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported field type {_type_name(tp)}")
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a nested mapping; unknown keys and wrong types raise."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}'; valid keys"
+            f"{' under ' + prefix.rstrip('.') if prefix else ''}: {', '.join(names)}"
+        )
+    kwargs = {k: _convert(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples become lists) suitable for YAML and JSON."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Set ``a.b.c=value`` entries in a nested dict; values are parsed with ``yaml.safe_load``."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. optim.w_lr=0.01)")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r} has an empty key part")
+        node = data
+        for p in parts[:-1]:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(
+    path: str | Path | None, overrides: Sequence[str] = (), cls: type[T] = SearchConfig
+) -> T:
+    """Read YAML ``path`` (or start from the defaults), apply overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys")
+        data = loaded or {}
+    return from_dict(cls, apply_overrides(data, overrides))
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}`` (the ``options`` dicts stay values)."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, Mapping) and k != "options":
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def identity(cfg: Any, ignore: frozenset[str] = RUNTIME_KEYS) -> dict[str, Any]:
+    """The flattened config without the keys in ``ignore``: what a resumed run must match."""
+    return {k: v for k, v in flatten(to_dict(cfg)).items() if k not in ignore}
+
+
+def config_hash(cfg: Any, ignore: frozenset[str] = RUNTIME_KEYS) -> str:
+    """Short SHA-256 of :func:`identity`."""
+    blob = json.dumps(identity(cfg, ignore), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def config_diff(
+    old: Mapping[str, Any], new: Mapping[str, Any], ignore: frozenset[str] = RUNTIME_KEYS
+) -> list[str]:
+    """Lines ``key: old -> new`` for every differing key of two nested config dicts."""
+    a, b = flatten(old), flatten(new)
+    keys = sorted((set(a) | set(b)) - ignore)
+    return [
+        f"{k}: {a.get(k, '<missing>')!r} -> {b.get(k, '<missing>')!r}"
+        for k in keys
+        if a.get(k) != b.get(k)
+    ]

@@ -1,0 +1,5 @@
+"""Engines: the loops that search, train and evaluate, driven by a config dataclass."""
+
+from autodeeplab.engine.search import NonFiniteLossError, SearchEngine, SearchResult, run_search
+
+__all__ = ["NonFiniteLossError", "SearchEngine", "SearchResult", "run_search"]

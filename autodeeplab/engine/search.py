@@ -1,0 +1,799 @@
+"""The architecture search loop (SPEC section 3).
+
+Every step is a weight step (SGD) on a trainA batch followed, from ``arch_start_epoch`` on, by
+an architecture step (Adam on alphas/betas) on a trainB batch. During a weight step the
+architecture parameters do not require gradients and vice versa, so neither step computes
+gradients it does not use.
+
+Data order and augmentation are pure functions of ``(seed, epoch, position)``: the batches of
+an epoch come from a seeded permutation, and sample ``i`` is augmented with a generator seeded
+by ``(seed, epoch, i)``. A run resumed in the middle of an epoch therefore skips exactly the
+batches already consumed and sees the same data as an uninterrupted run.
+
+Multi-process runs (``torchrun``) give each rank its slice of every global batch; weight and
+architecture gradients are averaged with ``all_reduce`` after each backward pass. Rank 0
+writes checkpoints, logs and genotypes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from autodeeplab import decode
+from autodeeplab.checkpoint import (
+    CheckpointError,
+    copy_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from autodeeplab.config import SearchConfig, config_diff, config_hash, save_config, to_dict
+from autodeeplab.data import (
+    SegmentationDataset,
+    build_dataset,
+    eval_transform,
+    search_split,
+    train_transform,
+)
+from autodeeplab.genotype import Genotype
+from autodeeplab.metrics import ConfusionMatrix
+from autodeeplab.supernet import SearchNetwork
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # images (N, 3, H, W), masks (N, H, W)
+LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+ReduceFn = Callable[[Sequence[torch.Tensor]], None]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stopped without overwriting the checkpoint."""
+
+
+@dataclass
+class SearchResult:
+    """What a search run leaves behind."""
+
+    output: Path
+    genotype: Genotype
+    epoch: int
+    """Completed epochs."""
+    global_step: int
+    finished: bool
+    """False when the run stopped early at ``max_steps``."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """One summary per completed epoch (the ``epoch`` records of ``metrics.jsonl``)."""
+    rank: int = 0
+    """Process rank in a multi-process run (0 writes the run folder)."""
+
+
+# ---------------------------------------------------------------------------- data order
+class KeyedSamples(torch.utils.data.Dataset):
+    """Item ``(epoch, index)`` is sample ``index`` augmented with a generator seeded by
+    ``(seed, epoch, index)``: the same on every rank, worker and resumption."""
+
+    def __init__(self, dataset: SegmentationDataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        return self.dataset.get(index, np.random.default_rng([self.seed, epoch, index]))
+
+
+def epoch_batches(
+    indices: Sequence[int],
+    seed: int,
+    stream: int,
+    epoch: int,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> list[list[tuple[int, int]]]:
+    """This rank's batches of ``(epoch, index)`` keys for one epoch (last partial batch dropped).
+
+    A global batch of ``batch_size * world_size`` samples is cut from a permutation seeded by
+    ``(seed, stream, epoch)``; rank ``r`` takes its ``r``-th slice.
+    """
+    perm = np.random.default_rng([seed, stream, epoch]).permutation(np.asarray(indices))
+    g = batch_size * world_size
+    lo, hi = rank * batch_size, (rank + 1) * batch_size
+    return [
+        [(epoch, int(i)) for i in perm[s * g : (s + 1) * g][lo:hi]] for s in range(len(perm) // g)
+    ]
+
+
+# ---------------------------------------------------------------------------- arch gradients
+def segmentation_loss(model: nn.Module, batch: Batch, ignore_index: int = 255) -> torch.Tensor:
+    """Pixel-wise cross-entropy of the model's logits (ignore label skipped)."""
+    images, masks = batch
+    return F.cross_entropy(model(images), masks, ignore_index=ignore_index)
+
+
+def _set_requires_grad(params: Sequence[nn.Parameter], flag: bool) -> None:
+    for p in params:
+        p.requires_grad_(flag)
+
+
+def _grads(loss: torch.Tensor, params: Sequence[nn.Parameter]) -> list[torch.Tensor]:
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+
+
+def unrolled_arch_gradients(
+    model: SearchNetwork,
+    loss_fn: LossFn,
+    train_batch: Batch,
+    val_batch: Batch,
+    xi: float,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    momentum_buffers: Sequence[torch.Tensor | None] | None = None,
+    reduce: ReduceFn | None = None,
+    fd_scale: float = 0.01,
+) -> list[torch.Tensor]:
+    """DARTS second-order gradient of the validation loss w.r.t. the architecture parameters.
+
+    With the virtual step ``w' = w - xi * (momentum * m + dL_train/dw + weight_decay * w)``::
+
+        grad = dL_val(w', a)/da - xi * d2L_train(w, a)/(da dw) . dL_val(w', a)/dw'
+
+    The Hessian-vector product is the central difference
+    ``(dL_train(w + eps v)/da - dL_train(w - eps v)/da) / (2 eps)`` with
+    ``v = dL_val/dw'`` and ``eps = fd_scale / |v|`` (DARTS: 0.01; in float64 a much smaller
+    value gives the exact product, see the tests). Weights and BatchNorm buffers are restored
+    afterwards; ``reduce`` averages gradient lists across processes (in place).
+    """
+    weights, arch = model.weight_parameters(), model.arch_parameters()
+    buffers = [b.detach().clone() for b in model.buffers()]
+    originals = [w.detach().clone() for w in weights]
+    try:
+        # 1. virtual weight step on the training batch
+        _set_requires_grad(arch, False)
+        _set_requires_grad(weights, True)
+        g_train = _grads(loss_fn(model, train_batch), weights)
+        if reduce is not None:
+            reduce(g_train)
+        bufs = momentum_buffers or [None] * len(weights)
+        with torch.no_grad():
+            for w, g, m in zip(weights, g_train, bufs, strict=True):
+                d = g + weight_decay * w
+                if m is not None:
+                    d = d + momentum * m
+                w.sub_(xi * d)
+        # 2. validation gradients at w'
+        _set_requires_grad(arch, True)
+        val_grads = _grads(loss_fn(model, val_batch), [*arch, *weights])
+        if reduce is not None:
+            reduce(val_grads)
+        d_arch, v = val_grads[: len(arch)], val_grads[len(arch) :]
+        # 3. finite-difference Hessian-vector product around the original w
+        eps = fd_scale / float(torch.sqrt(sum((x * x).sum() for x in v)).clamp_min(1e-12))
+        _set_requires_grad(weights, False)
+        hvp_parts = []
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                for w, w0, vi in zip(weights, originals, v, strict=True):
+                    w.copy_(w0 + sign * eps * vi)
+            hvp_parts.append(_grads(loss_fn(model, train_batch), arch))
+        if reduce is not None:
+            reduce(hvp_parts[0])
+            reduce(hvp_parts[1])
+        return [
+            da - xi * (gp - gn) / (2 * eps)
+            for da, gp, gn in zip(d_arch, hvp_parts[0], hvp_parts[1], strict=True)
+        ]
+    finally:
+        with torch.no_grad():
+            for w, w0 in zip(weights, originals, strict=True):
+                w.copy_(w0)
+            for b, b0 in zip(model.buffers(), buffers, strict=True):
+                b.copy_(b0)
+
+
+# ---------------------------------------------------------------------------- helpers
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA if available else CPU; anything else is passed to ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"device {name!r} is not valid; use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available; use auto or cpu")
+    return device
+
+
+def arch_entropies(model: SearchNetwork) -> tuple[float, float]:
+    """Mean entropy (nats) of the op distributions per edge and of the used move distributions."""
+    with torch.no_grad():
+        alpha = model.alpha_weights().cpu().double().numpy()  # (E, 8)
+        beta = model.beta_weights().cpu().double().numpy()  # (L, 4, 3)
+        used = model.used_beta_mask().any(dim=-1).numpy()  # (L, 4)
+    return float(decode.entropy(alpha).mean()), float(decode.entropy(beta)[used].mean())
+
+
+def print_flush(text: str) -> None:
+    """Default log sink: print and flush (epoch lines show up promptly in piped output)."""
+    print(text, flush=True)
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+# ---------------------------------------------------------------------------- engine
+class SearchEngine:
+    """Holds the model, optimisers, data and position of one search run.
+
+    ``SearchEngine(config, resume=True)`` continues from ``<output>/last.pt``. ``run()`` trains
+    to the end (or to ``max_steps``) and returns a :class:`SearchResult`.
+    """
+
+    def __init__(
+        self,
+        config: SearchConfig,
+        resume: bool = False,
+        log: Callable[[str], None] | None = print_flush,
+    ) -> None:
+        self.cfg = config
+        self._log = log
+        self._owns_process_group = False
+        self._init_distributed()
+        self.rank, self.world_size = _dist_info()
+        if config.threads is not None:
+            if config.threads < 1:
+                raise ValueError(f"threads must be >= 1 or null, got {config.threads}")
+            torch.set_num_threads(config.threads)
+        self.device = self._device()
+        self.output = Path(config.output)
+        self.last_path = self.output / "last.pt"
+        self._validate()
+
+        random.seed(config.seed)
+        np.random.seed(config.seed)
+        torch.manual_seed(config.seed)
+
+        self.train_set, self.eval_set = self._datasets()
+        train_a, train_b = search_split(
+            self.train_set, seed=config.seed, fraction=config.data.split_fraction
+        )
+        self.train_a: list[int] = list(train_a.indices)
+        self.train_b: list[int] = list(train_b.indices)
+        self.keyed = KeyedSamples(self.train_set, config.seed)
+        self.global_batch = config.data.batch_size * self.world_size
+        self.steps_per_epoch = min(len(self.train_a), len(self.train_b)) // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"trainA/trainB have {len(self.train_a)}/{len(self.train_b)} samples, fewer than "
+                f"one global batch of {self.global_batch} (batch_size {config.data.batch_size} x "
+                f"{self.world_size} processes); use more samples or a smaller data.batch_size"
+            )
+
+        m = config.model
+        self.model = SearchNetwork(
+            self.train_set.num_classes,
+            layers=m.layers,
+            blocks=m.blocks,
+            filter_multiplier=m.filter_multiplier,
+            stem_channels=m.stem_channels,
+            partial_channels=m.partial_channels,
+            checkpoint_cells=m.checkpoint_cells,
+        ).to(self.device)
+        self.weights = self.model.weight_parameters()
+        self.arch = self.model.arch_parameters()
+        o = config.optim
+        self.w_opt = torch.optim.SGD(
+            self.weights, lr=o.w_lr, momentum=o.w_momentum, weight_decay=o.w_weight_decay
+        )
+        self.a_opt = torch.optim.Adam(
+            self.arch, lr=o.arch_lr, betas=o.arch_betas, weight_decay=o.arch_weight_decay
+        )
+        self.w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.w_opt, T_max=max(1, config.epochs), eta_min=o.w_lr_min
+        )
+        self.epoch = 0  # current epoch (0-based)
+        self.step = 0  # next step inside the epoch
+        self.global_step = 0
+        self.history: list[dict[str, Any]] = []
+        self.epoch_sums = {"loss": 0.0, "arch_loss": 0.0, "steps": 0, "arch_steps": 0}
+        if resume:
+            self._resume()
+        elif self.last_path.exists():
+            raise ValueError(
+                f"{self.output} already holds a search run ({self.last_path}); pass --resume to "
+                "continue it or choose another output folder"
+            )
+        self._jsonl: Any = None
+        self._tb: Any = None
+
+    # -------------------------------------------------------------- setup
+    def _init_distributed(self) -> None:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1 and dist.is_available() and not dist.is_initialized():
+            on_cuda = resolve_device(self.cfg.device).type == "cuda"
+            dist.init_process_group(backend="nccl" if on_cuda else "gloo")
+            self._owns_process_group = True
+
+    def _device(self) -> torch.device:
+        device = resolve_device(self.cfg.device)
+        if device.type == "cuda" and device.index is None and self.world_size > 1:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return device
+
+    def _validate(self) -> None:
+        c = self.cfg
+        if c.epochs < 1 or c.arch_start_epoch < 0:
+            raise ValueError(
+                f"need epochs >= 1 and arch_start_epoch >= 0, got {c.epochs}, {c.arch_start_epoch}"
+            )
+        if c.data.batch_size < 1 or c.data.eval_batch_size < 1:
+            raise ValueError("data.batch_size and data.eval_batch_size must be >= 1")
+        if c.data.name != "synthetic" and c.data.root is None:
+            raise ValueError(
+                f"data set {c.data.name!r} needs a root folder: set data.root in the config or "
+                "pass --data-root DIR"
+            )
+
+    def _datasets(self) -> tuple[SegmentationDataset, SegmentationDataset]:
+        d = self.cfg.data
+
+        def build(split: str, transform: Any) -> SegmentationDataset:
+            try:
+                return build_dataset(d.name, d.root, split, transform, **d.options)
+            except TypeError as err:  # an option the data set class does not take
+                raise ValueError(
+                    f"data.options {d.options} are not accepted by the {d.name!r} data set: {err}"
+                ) from err
+
+        train = build(d.train_split, train_transform(d.crop_size, scale=d.scale, flip=d.flip))
+        evaluation = build(d.eval_split, eval_transform(d.eval_size))
+        if len(train) < 2:
+            raise ValueError(
+                f"the {d.train_split!r} split of {d.name!r} has {len(train)} samples; need >= 2"
+            )
+        return train, evaluation
+
+    # -------------------------------------------------------------- distributed helpers
+    def _average(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Average a list of tensors over all processes in place (one flat all_reduce)."""
+        if self.world_size == 1 or not tensors:
+            return
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+    def _average_grads(self, params: Sequence[nn.Parameter]) -> None:
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        self._average([p.grad for p in params])  # type: ignore[misc]
+
+    def _sync_buffers(self) -> None:
+        """Average BatchNorm running statistics so every rank holds the same model."""
+        floats = [b for b in self.model.buffers() if b.is_floating_point()]
+        self._average(floats)
+
+    def _mean_loss(self, loss: torch.Tensor) -> float:
+        value = loss.detach().reshape(1).clone()
+        self._average([value])
+        return float(value)
+
+    # -------------------------------------------------------------- steps
+    def _loss(self, batch: Batch) -> torch.Tensor:
+        return segmentation_loss(self.model, batch, self.cfg.optim.ignore_index)
+
+    def _loss_fn(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return segmentation_loss(model, batch, self.cfg.optim.ignore_index)
+
+    def _to_device(self, batch: Sequence[torch.Tensor]) -> Batch:
+        images, masks = batch
+        return images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
+
+    def _check_finite(self, value: float, kind: str) -> None:
+        if math.isfinite(value):
+            return
+        where = (
+            f"the last good checkpoint {self.last_path} is kept"
+            if self.last_path.exists()
+            else "no checkpoint was written yet"
+        )
+        raise NonFiniteLossError(
+            f"the {kind} loss became {value} at epoch {self.epoch + 1}, step {self.step + 1} "
+            f"(global step {self.global_step + 1}); the search stopped and {where}. Lower the "
+            "learning rate (optim.w_lr / optim.arch_lr) or check the data."
+        )
+
+    def weight_step(self, batch: Batch) -> float:
+        """One SGD step on the weights; returns the (process-averaged) loss."""
+        _set_requires_grad(self.arch, False)
+        _set_requires_grad(self.weights, True)
+        loss = self._loss(batch)
+        value = self._mean_loss(loss)
+        self._check_finite(value, "weight")
+        self.w_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self._average_grads(self.weights)
+        if self.cfg.optim.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.weights, self.cfg.optim.grad_clip)
+        self.w_opt.step()
+        return value
+
+    def arch_gradients(self, val_batch: Batch, train_batch: Batch | None = None) -> float:
+        """Fill ``.grad`` of the architecture parameters (averaged over processes)."""
+        self.a_opt.zero_grad(set_to_none=True)
+        if self.cfg.unrolled:
+            if train_batch is None:
+                raise ValueError("the unrolled architecture step needs the trainA batch too")
+            o = self.cfg.optim
+            value = self._mean_loss(self._loss(val_batch).detach())
+            self._check_finite(value, "architecture")
+            grads = unrolled_arch_gradients(
+                self.model,
+                self._loss_fn,
+                train_batch,
+                val_batch,
+                xi=self.w_opt.param_groups[0]["lr"],
+                momentum=o.w_momentum,
+                weight_decay=o.w_weight_decay,
+                momentum_buffers=[
+                    self.w_opt.state.get(w, {}).get("momentum_buffer") for w in self.weights
+                ],
+                reduce=self._average,
+            )
+            for p, g in zip(self.arch, grads, strict=True):
+                p.grad = g
+            return value
+        _set_requires_grad(self.weights, False)
+        _set_requires_grad(self.arch, True)
+        loss = self._loss(val_batch)
+        value = self._mean_loss(loss)
+        self._check_finite(value, "architecture")
+        loss.backward()
+        self._average_grads(self.arch)
+        return value
+
+    def arch_step(self, val_batch: Batch, train_batch: Batch | None = None) -> float:
+        """One Adam step on alphas/betas using a trainB batch; returns its loss."""
+        value = self.arch_gradients(val_batch, train_batch)
+        self.a_opt.step()
+        return value
+
+    # -------------------------------------------------------------- data
+    def _loader(self, batches: list[list[tuple[int, int]]], epoch: int) -> Iterator[Any]:
+        if not batches:
+            return iter(())
+        workers = self.cfg.data.workers
+        return iter(
+            torch.utils.data.DataLoader(
+                self.keyed,
+                batch_sampler=batches,
+                num_workers=workers,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=False,
+                generator=torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch),
+            )
+        )
+
+    def batches(self, stream: int, epoch: int) -> list[list[tuple[int, int]]]:
+        """This rank's batch keys of trainA (stream 0) or trainB (stream 1) for ``epoch``."""
+        indices = self.train_a if stream == 0 else self.train_b
+        b = epoch_batches(
+            indices,
+            self.cfg.seed,
+            stream,
+            epoch,
+            self.cfg.data.batch_size,
+            self.rank,
+            self.world_size,
+        )
+        return b[: self.steps_per_epoch]
+
+    # -------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Supernet mIoU on the held-out split (this rank's share, summed over ranks)."""
+        self.model.eval()
+        n = len(self.eval_set)
+        if self.cfg.data.max_eval_samples is not None:
+            n = min(n, self.cfg.data.max_eval_samples)
+        indices = list(range(self.rank, n, self.world_size))
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(self.eval_set, indices),
+            batch_size=self.cfg.data.eval_batch_size,
+            num_workers=self.cfg.data.workers,
+            generator=torch.Generator().manual_seed(self.cfg.seed),
+        )
+        cm = ConfusionMatrix(self.model.num_classes, self.cfg.optim.ignore_index)
+        for batch in loader:
+            images, masks = self._to_device(batch)
+            cm.update(self.model(images), masks)
+        cm.matrix = cm.matrix.to(self.device)
+        cm.all_reduce()
+        self.model.train()
+        return cm.mean_iou()
+
+    # -------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "search",
+            "model": self.model.state_dict(),
+            "w_opt": self.w_opt.state_dict(),
+            "a_opt": self.a_opt.state_dict(),
+            "w_sched": self.w_sched.state_dict(),
+            "rng": rng_state(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "global_step": self.global_step,
+            "epoch_sums": dict(self.epoch_sums),
+            "history": list(self.history),
+            "split": {"train_a": self.train_a, "train_b": self.train_b},
+            "world_size": self.world_size,
+            "config": to_dict(self.cfg),
+            "config_hash": config_hash(self.cfg),
+            "genotype": self.model.genotype().to_dict(),
+        }
+
+    def save(self) -> None:
+        """Write ``last.pt`` (rank 0; every rank waits for it)."""
+        self._sync_buffers()
+        if self.rank == 0:
+            save_checkpoint(self.state_dict(), self.last_path)
+            every = self.cfg.checkpoint_interval
+            if every > 0 and self.step == 0 and self.epoch % every == 0:
+                copy_checkpoint(
+                    self.last_path, self.output / "checkpoints" / f"epoch_{self.epoch:03d}.pt"
+                )
+        if self.world_size > 1:
+            dist.barrier()
+
+    def _resume(self) -> None:
+        if not self.last_path.exists():
+            raise FileNotFoundError(
+                f"cannot resume: {self.last_path} does not exist; run without --resume to start "
+                "a new search in this folder"
+            )
+        state = load_checkpoint(self.last_path, map_location=self.device)
+        if state.get("kind") != "search":
+            raise CheckpointError(f"{self.last_path} is not a search checkpoint")
+        if state["config_hash"] != config_hash(self.cfg):
+            diff = config_diff(state["config"], to_dict(self.cfg))
+            raise CheckpointError(
+                f"cannot resume from {self.last_path}: it was written with another configuration "
+                f"(hash {state['config_hash']} vs {config_hash(self.cfg)}); differing keys:\n  "
+                + "\n  ".join(diff or ["<none reported>"])
+                + "\nUse the same config (only runtime keys such as epochs, output, device may "
+                "change) or start a new run in another output folder."
+            )
+        if state["world_size"] != self.world_size:
+            raise CheckpointError(
+                f"{self.last_path} was written by {state['world_size']} processes, this run has "
+                f"{self.world_size}; resume with the same number of processes"
+            )
+        split = state["split"]
+        if split["train_a"] != self.train_a or split["train_b"] != self.train_b:
+            raise CheckpointError(
+                f"the trainA/trainB split in {self.last_path} differs from the one of the data "
+                "set now (was the data set changed?); start a new run"
+            )
+        self.model.load_state_dict(state["model"])
+        self.w_opt.load_state_dict(state["w_opt"])
+        self.a_opt.load_state_dict(state["a_opt"])
+        self.w_sched.load_state_dict(state["w_sched"])
+        set_rng_state(state["rng"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.global_step = state["global_step"]
+        self.epoch_sums = dict(state["epoch_sums"])
+        self.history = list(state["history"])
+        if self.epoch > self.cfg.epochs:
+            raise ValueError(
+                f"the checkpoint is at epoch {self.epoch} but epochs={self.cfg.epochs}; raise epochs"
+            )
+
+    # -------------------------------------------------------------- logging
+    def _record(self, record: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        if self._jsonl is None:
+            self._jsonl = (self.output / "metrics.jsonl").open("a")
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            prefix = record["type"]
+            for k, v in record.items():
+                if isinstance(v, int | float) and k not in ("epoch", "step", "global_step"):
+                    self._tb.add_scalar(f"{prefix}/{k}", v, record["global_step"])
+
+    def _open_tensorboard(self) -> None:
+        if self.rank != 0 or not self.cfg.tensorboard:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            return
+        self._tb = SummaryWriter(str(self.output / "tensorboard"))
+
+    def _close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def _say(self, text: str) -> None:
+        if self.rank == 0 and self._log is not None:
+            self._log(text)
+
+    # -------------------------------------------------------------- main loop
+    def run(self) -> SearchResult:
+        """Search until ``epochs`` (or ``max_steps``); write genotypes, metrics, checkpoints."""
+        if self.rank == 0:
+            self.output.mkdir(parents=True, exist_ok=True)
+            (self.output / "genotypes").mkdir(exist_ok=True)
+            save_config(self.cfg, self.output / "config.yaml")
+        self._open_tensorboard()
+        try:
+            while self.epoch < self.cfg.epochs:
+                if not self._run_epoch():
+                    return self._result(finished=False)
+            genotype = self.model.genotype()
+            if self.rank == 0:
+                genotype.save(self.output / "genotype.json")
+            return self._result(finished=True)
+        finally:
+            self._close()
+
+    def _result(self, finished: bool) -> SearchResult:
+        return SearchResult(
+            output=self.output,
+            genotype=self.model.genotype(),
+            epoch=self.epoch,
+            global_step=self.global_step,
+            finished=finished,
+            history=list(self.history),
+            rank=self.rank,
+        )
+
+    def _progress(self, epoch: int) -> Any:
+        from tqdm import tqdm
+
+        enabled = self.cfg.progress and self.rank == 0 and sys.stderr.isatty()
+        return tqdm(
+            total=self.steps_per_epoch,
+            initial=self.step,
+            desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+            disable=not enabled,
+            leave=False,
+            dynamic_ncols=True,
+        )
+
+    def _run_epoch(self) -> bool:
+        """Run the rest of the current epoch; False if ``max_steps`` stopped it."""
+        epoch, cfg = self.epoch, self.cfg
+        search_arch = epoch >= cfg.arch_start_epoch
+        start = time.perf_counter()
+        it_a = self._loader(self.batches(0, epoch)[self.step :], epoch)
+        it_b = self._loader(self.batches(1, epoch)[self.step :], epoch) if search_arch else None
+        sums = self.epoch_sums
+        bar = self._progress(epoch)
+        try:
+            for _ in range(self.step, self.steps_per_epoch):
+                batch_a = self._to_device(next(it_a))
+                loss = self.weight_step(batch_a)
+                sums["loss"] += loss
+                sums["steps"] += 1
+                record: dict[str, Any] = {"loss": loss}
+                if it_b is not None:
+                    arch_loss = self.arch_step(self._to_device(next(it_b)), batch_a)
+                    sums["arch_loss"] += arch_loss
+                    sums["arch_steps"] += 1
+                    record["arch_loss"] = arch_loss
+                self.step += 1
+                self.global_step += 1
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4f}" for k, v in record.items()})
+                if self.global_step % max(1, cfg.log_interval) == 0:
+                    self._record(
+                        {
+                            "type": "step",
+                            "epoch": epoch + 1,
+                            "step": self.step,
+                            "global_step": self.global_step,
+                            "lr": self.w_opt.param_groups[0]["lr"],
+                            **record,
+                        }
+                    )
+                if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
+                    self.save()
+                    self._say(
+                        f"stopped at max_steps={cfg.max_steps} (epoch {epoch + 1}, step "
+                        f"{self.step}); continue with --resume"
+                    )
+                    return False
+        finally:
+            bar.close()
+        self._end_epoch(epoch, start, search_arch)
+        return True
+
+    def _end_epoch(self, epoch: int, start: float, search_arch: bool) -> None:
+        cfg, sums = self.cfg, self.epoch_sums
+        self.w_sched.step()
+        self.epoch, self.step = epoch + 1, 0
+        self._sync_buffers()
+        miou = None
+        if cfg.eval_interval > 0 and (
+            self.epoch % cfg.eval_interval == 0 or self.epoch == cfg.epochs
+        ):
+            miou = self.evaluate()
+        h_alpha, h_beta = arch_entropies(self.model)
+        genotype = self.model.genotype()
+        summary = {
+            "type": "epoch",
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "loss": sums["loss"] / max(1, sums["steps"]),
+            "arch_loss": sums["arch_loss"] / sums["arch_steps"] if sums["arch_steps"] else None,
+            "mIoU": miou,
+            "alpha_entropy": h_alpha,
+            "beta_entropy": h_beta,
+            "arch_search": search_arch,
+            "genotype": str(genotype),
+            "time_s": time.perf_counter() - start,
+        }
+        self.history.append(summary)
+        self.epoch_sums = {"loss": 0.0, "arch_loss": 0.0, "steps": 0, "arch_steps": 0}
+        if self.rank == 0:
+            genotype.save(self.output / "genotypes" / f"epoch_{self.epoch:03d}.json")
+        self._record(summary)
+        arch_part = (
+            f" arch_loss {summary['arch_loss']:.4f}" if summary["arch_loss"] is not None else ""
+        )
+        miou_part = f" mIoU {100 * miou:.2f}" if miou is not None and math.isfinite(miou) else ""
+        self._say(
+            f"epoch {self.epoch}/{cfg.epochs} loss {summary['loss']:.4f}{arch_part}{miou_part} "
+            f"H(alpha) {h_alpha:.4f} H(beta) {h_beta:.4f} {genotype} "
+            f"({summary['time_s']:.1f}s)"
+        )
+        self.save()
+
+    def close(self) -> None:
+        """Release the process group if this engine created it."""
+        self._close()
+        if self._owns_process_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self._owns_process_group = False
+
+
+def run_search(
+    config: SearchConfig, resume: bool = False, log: Callable[[str], None] | None = print_flush
+) -> SearchResult:
+    """Run (or resume) an architecture search described by ``config``."""
+    engine = SearchEngine(config, resume=resume, log=log)
+    try:
+        return engine.run()
+    finally:
+        engine.close()
