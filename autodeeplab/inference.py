@@ -21,11 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from autodeeplab.metrics import IGNORE_INDEX, ConfusionMatrix
 from autodeeplab.network import AutoDeepLab
@@ -196,3 +198,81 @@ def evaluate(
         )
         cm.update(logits.argmax(dim=1), masks)
     return cm
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """The confusion matrix of an evaluation and a JSON-ready report of it."""
+
+    matrix: ConfusionMatrix
+    class_names: tuple[str, ...]
+    report: dict[str, Any]
+
+    def format_table(self) -> str:
+        return self.matrix.format_table(self.class_names)
+
+
+def evaluate_model_folder(
+    model_dir: str | Path,
+    *,
+    data_root: str | Path | None,
+    dataset: str | None = None,
+    split: str = "val",
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    sliding_window: SlidingWindow | None = None,
+    batch_size: int = 1,
+    max_samples: int | None = None,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+) -> EvalResult:
+    """Evaluate a saved model on a data set split (normalised with the model's mean/std).
+
+    ``dataset`` defaults to the data set named in the model's ``config.json``; ``max_samples``
+    evaluates only the first samples of the split.
+    """
+    from autodeeplab.data import build_dataset, eval_transform
+    from autodeeplab.saved_model import load_model
+
+    loaded = load_model(model_dir, device)
+    cfg = loaded.config
+    name = dataset or cfg.dataset
+    if name is None:
+        raise ValueError(
+            f"the config.json of {model_dir} names no data set; pass one (e.g. --dataset cityscapes)"
+        )
+    ds = build_dataset(name, data_root, split, eval_transform(mean=cfg.mean, std=cfg.std))
+    if ds.num_classes != cfg.num_classes:
+        raise ValueError(
+            f"data set {name!r} has {ds.num_classes} classes but the model predicts "
+            f"{cfg.num_classes}; evaluate on the data set the model was trained for"
+        )
+    if max_samples is not None:
+        if max_samples < 1:
+            raise ValueError(f"max_samples must be >= 1, got {max_samples}")
+        ds = Subset(ds, range(min(max_samples, len(ds))))  # type: ignore[assignment]
+    cm = evaluate(
+        loaded.model,
+        ds,
+        cfg.num_classes,
+        scales=scales,
+        flip=flip,
+        sliding_window=sliding_window,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        ignore_index=cfg.ignore_index,
+        device=device,
+    )
+    report = {
+        "model": str(model_dir),
+        "dataset": name,
+        "split": split,
+        "samples": len(ds),
+        "scales": [float(s) for s in scales],
+        "flip": flip,
+        "sliding_window": None
+        if sliding_window is None
+        else {"crop": list(sliding_window.crop), "stride": list(sliding_window.stride)},
+        **cm.to_dict(cfg.class_names),
+    }
+    return EvalResult(cm, cfg.class_names, report)
