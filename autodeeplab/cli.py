@@ -106,7 +106,7 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_inference_options(p: argparse.ArgumentParser, *, windows: bool) -> None:
+def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--scales",
         type=float,
@@ -117,28 +117,27 @@ def _add_inference_options(p: argparse.ArgumentParser, *, windows: bool) -> None
         "(default: 1.0)",
     )
     p.add_argument("--flip", action="store_true", help="also average horizontally flipped views")
-    if windows:
-        p.add_argument(
-            "--sliding-window",
-            action="store_true",
-            help="run each view in overlapping windows of --crop, --stride apart",
-        )
-        p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="window size")
-        p.add_argument(
-            "--stride",
-            type=int,
-            nargs=2,
-            metavar=("H", "W"),
-            help="window step (default: two thirds of the crop, rounded up)",
-        )
+    p.add_argument(
+        "--sliding-window",
+        action="store_true",
+        help="run each view in overlapping windows of --crop, --stride apart",
+    )
+    p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="window size")
+    p.add_argument(
+        "--stride",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="window step (default: two thirds of the crop, rounded up)",
+    )
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
 
 def _sliding_window(args: argparse.Namespace) -> SlidingWindow | None:
     from autodeeplab.inference import SlidingWindow
 
-    if not getattr(args, "sliding_window", False):
-        if getattr(args, "crop", None) or getattr(args, "stride", None):
+    if not args.sliding_window:
+        if args.crop or args.stride:
             raise ValueError("--crop and --stride need --sliding-window")
         return None
     if args.crop is None:
@@ -161,7 +160,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "--dataset", metavar="NAME", help="data set name (default: the one in config.json)"
     )
     p.add_argument("--split", default="val", help="split to evaluate (default: val)")
-    _add_inference_options(p, windows=True)
+    _add_inference_options(p)
     p.add_argument("--batch-size", type=int, default=1, help="images per batch (default: 1)")
     p.add_argument("--workers", type=int, default=0, help="data loader workers (default: 0)")
     p.add_argument("--max-samples", type=int, metavar="N", help="evaluate only the first N samples")
@@ -218,7 +217,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="write Cityscapes label ids instead of train ids (benchmark server format)",
     )
-    _add_inference_options(p, windows=True)
+    _add_inference_options(p)
     p.set_defaults(func=_run_predict)
 
 
