@@ -2,6 +2,7 @@
 
 from autodeeplab.genotype import GENOTYPES, RELEASED, Genotype, get_genotype
 from autodeeplab.network import AutoDeepLab, NetworkConfig
+from autodeeplab.saved_model import LoadedModel, ModelConfig, load_model, save_model
 from autodeeplab.supernet import SearchNetwork
 
 __version__ = "0.1.0"
@@ -11,8 +12,12 @@ __all__ = [
     "RELEASED",
     "AutoDeepLab",
     "Genotype",
+    "LoadedModel",
+    "ModelConfig",
     "NetworkConfig",
     "SearchNetwork",
     "__version__",
     "get_genotype",
+    "load_model",
+    "save_model",
 ]

@@ -8,8 +8,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from autodeeplab import __version__
+
+if TYPE_CHECKING:
+    from autodeeplab.inference import SlidingWindow
 
 
 def _add_genotypes(sub: argparse._SubParsersAction) -> None:
@@ -200,6 +204,178 @@ def _run_decode(args: argparse.Namespace) -> int:
     genotype.save(out)
     print(genotype)
     print(f"wrote {out}", file=sys.stderr)
+def _add_inference_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--scales",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        metavar="S",
+        help="input scales whose logits are averaged, e.g. 0.5 0.75 1.0 1.25 1.5 1.75 "
+        "(default: 1.0)",
+    )
+    p.add_argument("--flip", action="store_true", help="also average horizontally flipped views")
+    p.add_argument(
+        "--sliding-window",
+        action="store_true",
+        help="run each view in overlapping windows of --crop, --stride apart",
+    )
+    p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="window size")
+    p.add_argument(
+        "--stride",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="window step (default: two thirds of the crop, rounded up)",
+    )
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+
+
+def _sliding_window(args: argparse.Namespace) -> SlidingWindow | None:
+    from autodeeplab.inference import SlidingWindow
+
+    if not args.sliding_window:
+        if args.crop or args.stride:
+            raise ValueError("--crop and --stride need --sliding-window")
+        return None
+    if args.crop is None:
+        raise ValueError("--sliding-window needs --crop H W")
+    stride = args.stride or [-(-2 * c // 3) for c in args.crop]
+    return SlidingWindow(tuple(args.crop), tuple(stride))
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a saved model on a data set split (mIoU, per-class IoU)",
+        description="Per-class IoU and accuracy, mIoU, pixel accuracy of a saved model.",
+    )
+    p.add_argument("--model", required=True, metavar="DIR", help="saved model folder")
+    p.add_argument(
+        "--data-root", metavar="DIR", help="data set root folder (not needed for synthetic)"
+    )
+    p.add_argument(
+        "--dataset", metavar="NAME", help="data set name (default: the one in config.json)"
+    )
+    p.add_argument("--split", default="val", help="split to evaluate (default: val)")
+    _add_inference_options(p)
+    p.add_argument("--batch-size", type=int, default=1, help="images per batch (default: 1)")
+    p.add_argument("--workers", type=int, default=0, help="data loader workers (default: 0)")
+    p.add_argument("--max-samples", type=int, metavar="N", help="evaluate only the first N samples")
+    p.add_argument("--json", metavar="FILE", help="also write the metrics as JSON to FILE")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from autodeeplab.inference import evaluate_model_folder
+
+    result = evaluate_model_folder(
+        args.model,
+        data_root=args.data_root,
+        dataset=args.dataset,
+        split=args.split,
+        scales=args.scales,
+        flip=args.flip,
+        sliding_window=_sliding_window(args),
+        batch_size=args.batch_size,
+        max_samples=args.max_samples,
+        num_workers=args.workers,
+        device=args.device,
+    )
+    r = result.report
+    print(
+        f"{r['dataset']} {r['split']}: {r['samples']} images, scales {r['scales']}"
+        f"{', flip' if r['flip'] else ''}"
+        f"{', sliding window' if r['sliding_window'] else ''}"
+    )
+    print(result.format_table())
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="segment images: label, colour and overlay PNGs",
+        description="Writes <stem>_labels.png (8-bit train ids), <stem>_color.png (palette "
+        "colours) and <stem>_overlay.png (image blended with the colours) per input image.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
+    p.add_argument("--model", required=True, metavar="DIR", help="saved model folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument(
+        "--cityscapes-ids",
+        action="store_true",
+        help="write Cityscapes label ids instead of train ids (benchmark server format)",
+    )
+    _add_inference_options(p)
+    p.set_defaults(func=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from autodeeplab.predict import predict_images
+    from autodeeplab.saved_model import load_model
+
+    files = predict_images(
+        load_model(args.model, args.device),
+        args.inputs,
+        args.out,
+        cityscapes_ids=args.cityscapes_ids,
+        scales=args.scales,
+        flip=args.flip,
+        sliding_window=_sliding_window(args),
+        device=args.device,
+    )
+    print(f"wrote {3 * len(files)} files for {len(files)} images to {args.out}")
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a saved model to ONNX (dynamic batch, height and width)",
+        description="Input 'image': normalised (N, 3, H, W) float32; output 'logits' "
+        "(N, C, H, W). Class names and mean/std are stored in the ONNX metadata.",
+    )
+    p.add_argument("--model", required=True, metavar="DIR", help="saved model folder")
+    p.add_argument("--onnx", required=True, metavar="FILE", help="ONNX file to write")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    p.add_argument("--height", type=int, default=512, help="tracing height (default: 512)")
+    p.add_argument("--width", type=int, default=512, help="tracing width (default: 512)")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="compare ONNX Runtime with PyTorch at the export size and an odd other size",
+    )
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from autodeeplab.export import export_onnx, onnx_max_abs_diff
+    from autodeeplab.saved_model import load_model
+
+    loaded = load_model(args.model)
+    path = export_onnx(
+        loaded.model,
+        args.onnx,
+        height=args.height,
+        width=args.width,
+        opset=args.opset,
+        config=loaded.config,
+    )
+    print(f"wrote {path}")
+    if args.verify:
+        h, w = args.height, args.width
+        shapes = [(1, 3, h, w), (2, 3, h + h // 4 + 1, w - w // 4 + 1)]
+        diff = onnx_max_abs_diff(loaded.model, path, shapes)
+        print(f"ONNX Runtime vs PyTorch, shapes {shapes}: max abs difference {diff:.2e}")
     return 0
 
 
@@ -209,6 +385,9 @@ _PARSERS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_draw,
     _add_search,
     _add_decode,
+    _add_eval,
+    _add_predict,
+    _add_export,
 )
 
 

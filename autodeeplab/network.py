@@ -210,7 +210,9 @@ class Encoder(nn.Module):
         h, w = stem["stride4"].shape[-2:]
         sizes = [(h, w)]
         for _ in range(1, space.NUM_LEVELS):
-            sizes.append((-(-sizes[-1][0] // 2), -(-sizes[-1][1] // 2)))
+            # ceil(h / 2) written as (h + 1) // 2: ONNX export traces these sizes, and its
+            # integer division truncates, so the -(-h // 2) idiom would round the wrong way.
+            sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
         prev_prev, prev = stem["stride2"], stem["stride4"]
         low = stem["stride4"]
         for i, (cell, level) in enumerate(zip(self.cells, self.genotype.path, strict=True)):

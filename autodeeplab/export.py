@@ -1,0 +1,115 @@
+"""ONNX export of a model folder, with dynamic batch size, height and width.
+
+The exported graph maps a normalised ``(N, 3, H, W)`` float32 batch named ``image`` to logits
+``(N, C, H, W)`` named ``logits``; normalise with the mean/std of ``config.json`` (also stored
+in the ONNX metadata, with the class names). It uses the TorchScript-based exporter
+(``dynamo=False``): on the pinned PyTorch it records the bilinear resizes from the input's
+shape, so one file serves every size. The graph does not check its input: height and width
+must exceed the deepest stride of the path, as for the PyTorch model.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autodeeplab.inference import min_input_size
+from autodeeplab.network import AutoDeepLab
+from autodeeplab.saved_model import ModelConfig
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+DEFAULT_OPSET = 17
+
+
+def export_onnx(
+    model: AutoDeepLab,
+    path: str | Path,
+    *,
+    height: int = 512,
+    width: int = 512,
+    opset: int = DEFAULT_OPSET,
+    config: ModelConfig | None = None,
+) -> Path:
+    """Trace ``model`` on a ``(1, 3, height, width)`` input and write ONNX to ``path``.
+
+    ``config`` adds its class names, palette and normalisation as ONNX metadata.
+    """
+    m = min_input_size(model)
+    if min(height, width) < m:
+        raise ValueError(f"export height and width must be at least {m} for this model")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    param = next(model.parameters())
+    example = torch.zeros(
+        1, model.config.in_channels, height, width, dtype=param.dtype, device=param.device
+    )
+    axes = {0: "batch", 2: "height", 3: "width"}
+    try:
+        with warnings.catch_warnings():
+            # The input-size check and the same-size shortcuts in the network are Python
+            # branches; the tracer warns about them, and they hold for every valid size.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
+            )
+    finally:
+        model.train(was_training)
+    if config is not None:
+        _add_metadata(path, config)
+    return path
+
+
+def _add_metadata(path: Path, config: ModelConfig) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    meta = {
+        "class_names": json.dumps(list(config.class_names)),
+        "palette": json.dumps([list(c) for c in config.palette]),
+        "mean": json.dumps(list(config.mean)),
+        "std": json.dumps(list(config.std)),
+        "network": json.dumps(config.network.to_dict()),
+    }
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+
+
+def onnx_max_abs_diff(
+    model: AutoDeepLab, path: str | Path, shapes: Sequence[tuple[int, int, int, int]], seed: int = 0
+) -> float:
+    """Run the ONNX file with ONNX Runtime and the model with PyTorch on random inputs of
+    each ``(N, 3, H, W)`` in ``shapes``; return the largest absolute difference of the logits."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(seed)
+    param = next(model.parameters())
+    worst = 0.0
+    model.eval()
+    for shape in shapes:
+        x = torch.randn(*shape, generator=gen)
+        with torch.no_grad():
+            ref = model(x.to(param.device, param.dtype)).float().cpu().numpy()
+        (out,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})
+        if out.shape != ref.shape:
+            raise ValueError(f"ONNX output shape {out.shape} differs from PyTorch's {ref.shape}")
+        worst = max(worst, float(np.abs(out - ref).max()))
+    return worst
