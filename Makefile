@@ -37,8 +37,13 @@ lint: install-test
 	$(VENV)/bin/ruff check autodeeplab tests benchmarks
 	$(VENV)/bin/ruff format --check autodeeplab tests benchmarks
 
+# The pipeline stages that exist today: synthetic search -> decoded genotype -> drawing.
+# (Retraining, evaluation and the report join here with `autodeeplab train` / `demo`.)
 demo: install
-	$(VENV)/bin/autodeeplab demo --output runs/demo
+	rm -rf runs/demo
+	$(VENV)/bin/autodeeplab search --config configs/search/synthetic.yaml --output runs/demo/search
+	$(VENV)/bin/autodeeplab draw runs/demo/search/last.pt --out runs/demo/architecture.png
+	@echo "demo outputs in runs/demo: search/genotype.json, search/metrics.jsonl, architecture.png"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
