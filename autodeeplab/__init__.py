@@ -2,7 +2,7 @@
 
 from autodeeplab.genotype import GENOTYPES, RELEASED, Genotype, get_genotype
 from autodeeplab.network import AutoDeepLab, NetworkConfig
-from autodeeplab.saved_model import LoadedModel, ModelConfig, load_model, save_model
+from autodeeplab.saved_model import LoadedModel, SavedModelConfig, load_model, save_model
 from autodeeplab.supernet import SearchNetwork
 
 __version__ = "0.1.0"
@@ -13,8 +13,8 @@ __all__ = [
     "AutoDeepLab",
     "Genotype",
     "LoadedModel",
-    "ModelConfig",
     "NetworkConfig",
+    "SavedModelConfig",
     "SearchNetwork",
     "__version__",
     "get_genotype",

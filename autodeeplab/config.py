@@ -57,7 +57,7 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class SupernetConfig:
     """Arguments of :class:`autodeeplab.supernet.SearchNetwork` (``num_classes`` comes from data)."""
 
     layers: int = 12
@@ -95,7 +95,7 @@ class SearchConfig:
     unrolled: bool = False
     """DARTS second-order architecture gradient (finite-difference Hessian-vector product)."""
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: SupernetConfig = field(default_factory=SupernetConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     output: str = "runs/search"
     device: str = "auto"

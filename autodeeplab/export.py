@@ -20,7 +20,7 @@ import torch
 
 from autodeeplab.inference import min_input_size
 from autodeeplab.network import AutoDeepLab
-from autodeeplab.saved_model import ModelConfig
+from autodeeplab.saved_model import SavedModelConfig
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
@@ -34,7 +34,7 @@ def export_onnx(
     height: int = 512,
     width: int = 512,
     opset: int = DEFAULT_OPSET,
-    config: ModelConfig | None = None,
+    config: SavedModelConfig | None = None,
 ) -> Path:
     """Trace ``model`` on a ``(1, 3, height, width)`` input and write ONNX to ``path``.
 
@@ -75,7 +75,7 @@ def export_onnx(
     return path
 
 
-def _add_metadata(path: Path, config: ModelConfig) -> None:
+def _add_metadata(path: Path, config: SavedModelConfig) -> None:
     import onnx
 
     proto = onnx.load(str(path))

@@ -38,7 +38,7 @@ IGNORE_INDEX = 255
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class SavedModelConfig:
     """The contents of ``config.json``: the network and how to feed and read it."""
 
     network: NetworkConfig
@@ -85,7 +85,7 @@ class ModelConfig:
         }
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = CONFIG_FILE) -> ModelConfig:
+    def from_dict(cls, data: Any, source: str = CONFIG_FILE) -> SavedModelConfig:
         """Parse and validate; errors name ``source`` and the offending key."""
         if not isinstance(data, dict):
             raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}")
@@ -175,7 +175,7 @@ class LoadedModel:
     """A model ready for inference (eval mode) and the config it was saved with."""
 
     model: AutoDeepLab
-    config: ModelConfig
+    config: SavedModelConfig
     path: Path
 
 
@@ -194,7 +194,7 @@ def save_model(
     """Write ``model`` as a model folder at ``path`` (replacing a model folder already there)."""
     if not isinstance(model, AutoDeepLab):
         raise ValueError(f"save_model takes an AutoDeepLab, got {type(model).__name__}")
-    config = ModelConfig(
+    config = SavedModelConfig(
         network=model.config,
         class_names=tuple(class_names),
         palette=tuple(tuple(int(c) for c in rgb) for rgb in np.asarray(palette).tolist()),
@@ -236,7 +236,7 @@ def _replace_dir(src: Path, dst: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def read_config(path: str | Path) -> ModelConfig:
+def read_config(path: str | Path) -> SavedModelConfig:
     """Read and validate ``config.json`` of the model folder ``path`` (weights untouched)."""
     path = Path(path)
     if not path.is_dir():
@@ -251,7 +251,7 @@ def read_config(path: str | Path) -> ModelConfig:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{file}: not valid JSON ({err})") from None
-    return ModelConfig.from_dict(data, source=str(file))
+    return SavedModelConfig.from_dict(data, source=str(file))
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
