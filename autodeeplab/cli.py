@@ -173,6 +173,106 @@ def _run_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="retrain a searched or preset architecture from scratch",
+        description="Train a discrete architecture with SGD + poly learning rate and Scheduled "
+        "Drop Path; evaluates periodically and keeps the best model folder. Extra key=value "
+        "arguments override config entries (e.g. iterations=1000 optim.lr=0.01). Run under "
+        "torchrun for several processes.",
+    )
+    p.add_argument("--config", required=True, help="YAML train config (see configs/train/)")
+    arch = p.add_mutually_exclusive_group()
+    arch.add_argument("--genotype", metavar="FILE", help="genotype JSON (e.g. from a search run)")
+    arch.add_argument(
+        "--preset", metavar="NAME", help="model preset (autodeeplab info --list)"
+    )
+    p.add_argument("--data-root", help="data set folder (overrides data.root)")
+    p.add_argument("--output", help="run folder (overrides output)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in the output folder (last.pt)"
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from autodeeplab.config import TrainConfig, load_config
+    from autodeeplab.engine.search import NonFiniteLossError
+    from autodeeplab.engine.train import run_train
+
+    overrides = list(args.overrides)
+    if args.data_root is not None:
+        overrides.append(f"data.root={args.data_root}")
+    if args.output is not None:
+        overrides.append(f"output={args.output}")
+    config = load_config(args.config, overrides, cls=TrainConfig)
+    if args.genotype is not None:
+        config.model.genotype, config.model.preset = args.genotype, None
+    if args.preset is not None:
+        config.model.genotype, config.model.preset = None, args.preset
+    try:
+        result = run_train(config, resume=args.resume)
+    except NonFiniteLossError as err:
+        print(f"autodeeplab train: error: {err}", file=sys.stderr)
+        return 3
+    if result.finished and result.rank == 0:
+        if result.best_miou is not None:
+            print(
+                f"best mIoU {100 * result.best_miou:.2f} at iteration {result.best_iteration}: "
+                f"{result.output / 'best'}"
+            )
+        print(f"final model: {result.output / 'model'}")
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the whole pipeline on the synthetic data set, with a report",
+        description="Synthetic data -> search -> decode -> retrain -> evaluate -> predict -> "
+        "report.html / report.md. A few minutes on 2 CPU cores.",
+    )
+    p.add_argument("--output", default="runs/demo", help="demo folder (default: runs/demo)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the output folder if it is not empty"
+    )
+    p.add_argument("--threads", type=int, help="torch threads (default: the configs' choice)")
+    p.add_argument(
+        "--samples", type=int, default=6, help="validation images to segment (default: 6)"
+    )
+    p.add_argument(
+        "--search",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides of the search config (e.g. epochs=2)",
+    )
+    p.add_argument(
+        "--train",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides of the training config (e.g. iterations=100)",
+    )
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from autodeeplab.demo import run_demo
+
+    run_demo(
+        args.output,
+        overwrite=args.overwrite,
+        search_overrides=args.search,
+        train_overrides=args.train,
+        samples=args.samples,
+        threads=args.threads,
+    )
+    return 0
+
+
 def _add_decode(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "decode", help="decode the architecture of a search checkpoint into a genotype"
@@ -385,9 +485,11 @@ _PARSERS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_draw,
     _add_search,
     _add_decode,
+    _add_train,
     _add_eval,
     _add_predict,
     _add_export,
+    _add_demo,
 )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+_FLOAT_LITERAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 class ConfigError(ValueError):
@@ -189,6 +191,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _FLOAT_LITERAL.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-5 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
@@ -301,3 +305,117 @@ def config_diff(
         for k in keys
         if a.get(k) != b.get(k)
     ]
+
+
+# ---------------------------------------------------------------------------- train config
+@dataclass
+class TrainDataConfig:
+    """Which data set to train on and how to turn it into batches."""
+
+    name: str = "synthetic"
+    root: str | None = None
+    train_split: str = "train"
+    eval_split: str = "val"
+    options: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for the data set class (e.g. ``length``, ``size`` for synthetic)."""
+    crop_size: int = 769
+    scale: tuple[float, float] = (0.5, 2.0)
+    """Random rescale range before cropping."""
+    flip: bool = True
+    eval_size: tuple[int, int] | None = None
+    """Resize evaluation images to ``[height, width]``; ``null`` keeps their size."""
+    max_eval_samples: int | None = None
+    """Evaluate on the first N samples of the evaluation split only (``null`` = all)."""
+    batch_size: int = 8
+    """Batch per process; the global batch is ``batch_size x processes``."""
+    eval_batch_size: int = 1
+    workers: int = 0
+
+
+@dataclass
+class TrainModelConfig:
+    """The network to retrain: a genotype (file or preset) and the :class:`AutoDeepLab` options."""
+
+    genotype: str | None = None
+    """Genotype JSON file (e.g. a search run's ``genotype.json``)."""
+    preset: str | None = None
+    """Model preset (``autodeeplab-s``, ...; see ``autodeeplab info --list``) instead of a file."""
+    filter_multiplier: int | None = None
+    """F; ``null`` = the preset's value (20 for a genotype file)."""
+    aspp_channels: int = 256
+    decoder_channels: int = 256
+    low_level_reduced: int = 48
+    drop_path_rate: float = 0.2
+    """Scheduled Drop Path: final drop probability of the last cell (0 = off)."""
+    sync_bn: bool = True
+    """BatchNorm statistics over the global batch when several processes train."""
+
+
+@dataclass
+class TrainOptimConfig:
+    """SGD with the poly schedule ``lr * (1 - it / iterations) ** power`` and optional warm-up."""
+
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    poly_power: float = 0.9
+    min_lr: float = 0.0
+    warmup_iters: int = 0
+    """Linear warm-up from ``warmup_ratio * lr`` over the first N iterations (0 = none)."""
+    warmup_ratio: float = 0.1
+    grad_clip: float | None = None
+    """Clip the gradient norm to this value (``null`` = no clipping)."""
+    ignore_index: int = 255
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a retraining run."""
+
+    seed: int = 0
+    iterations: int = 1_500_000
+    """Optimiser steps in total (the poly schedule and Scheduled Drop Path span them)."""
+    data: TrainDataConfig = field(default_factory=TrainDataConfig)
+    model: TrainModelConfig = field(default_factory=TrainModelConfig)
+    optim: TrainOptimConfig = field(default_factory=TrainOptimConfig)
+    amp: bool = True
+    """Mixed precision on CUDA (ignored on CPU)."""
+    amp_dtype: str = "float16"
+    """``float16`` (with loss scaling) or ``bfloat16``."""
+    output: str = "runs/train"
+    device: str = "auto"
+    threads: int | None = None
+    eval_interval: int = 5000
+    """Evaluate (and update ``best/``) every N iterations and at the end (0 = only at the end)."""
+    checkpoint_interval: int = 1000
+    """Write ``last.pt`` every N iterations (also after each evaluation and at the end)."""
+    log_interval: int = 20
+    """Write a step record to ``metrics.jsonl`` every N iterations."""
+    max_steps: int | None = None
+    """Stop (with a checkpoint) after this many iterations in total; resume continues the run."""
+    progress: bool = True
+    tensorboard: bool = True
+
+
+TRAIN_RUNTIME_KEYS: frozenset[str] = frozenset(
+    {
+        "output",
+        "device",
+        "threads",
+        "progress",
+        "tensorboard",
+        "max_steps",
+        "log_interval",
+        "checkpoint_interval",
+        "eval_interval",
+        "data.root",
+        "data.workers",
+        "data.eval_batch_size",
+        "data.max_eval_samples",
+        "model.genotype",
+        "model.preset",
+    }
+)
+"""Keys that may change between an interrupted training run and its resumption (the genotype
+is compared by content, not by file name)."""

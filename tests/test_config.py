@@ -85,3 +85,15 @@ def test_hash_and_diff_ignore_runtime_keys():
     assert config_hash(a) != config_hash(c)
     diff = config_diff(to_dict(a), to_dict(c))
     assert len(diff) == 2 and diff[0].startswith("model.layers: 12 -> 6")
+
+
+def test_float_fields_accept_yaml_1_1_exponent_strings(tmp_path):
+    # PyYAML reads "1e-5" (no dot) as a string; float fields still take it
+    file = tmp_path / "c.yaml"
+    file.write_text("optim:\n  w_lr: 1e-3\n  w_weight_decay: 3E-4\n")
+    cfg = load_config(file, ["optim.arch_lr=+2e-4"])
+    assert (cfg.optim.w_lr, cfg.optim.w_weight_decay, cfg.optim.arch_lr) == (1e-3, 3e-4, 2e-4)
+    with pytest.raises(ConfigError, match="optim.w_lr: expected a number"):
+        load_config(None, ["optim.w_lr=1e-3x"])
+    with pytest.raises(ConfigError, match="expected an integer"):
+        load_config(None, ["epochs=1e3"])  # only float fields convert

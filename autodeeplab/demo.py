@@ -1,0 +1,377 @@
+"""The whole pipeline in one command, on the built-in synthetic data set.
+
+``run_demo("runs/demo")`` searches (supernet on trainA/trainB), decodes the architecture,
+retrains it from scratch, evaluates it on the validation split against a majority-class
+baseline, segments a few validation images and writes a report::
+
+    runs/demo/
+      search/            search run (metrics.jsonl, genotype.json, last.pt, ...)
+      genotype.json      the decoded architecture
+      architecture.png   path, cell and beta heat maps
+      train/             training run (metrics.jsonl, best/, model/, curves.png, ...)
+      eval.json          per-class metrics of the retrained model and of the baseline
+      predictions/       input images and their label / colour / overlay PNGs
+      report.html        self-contained report (images embedded)
+      report.md          the same report in Markdown (images in report_files/)
+      demo.json          timings and headline figures
+
+The stage configs are the package's ``resources/demo_search.yaml`` and
+``resources/demo_train.yaml`` (copies of ``configs/search/synthetic.yaml`` and
+``configs/train/synthetic.yaml``); overrides change them like on the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from autodeeplab.config import SearchConfig, TrainConfig, load_config
+from autodeeplab.data import SegmentationDataset, build_dataset, eval_transform
+from autodeeplab.engine.search import print_flush
+from autodeeplab.genotype import Genotype
+from autodeeplab.metrics import ConfusionMatrix
+
+STAGES: tuple[str, ...] = ("search", "decode", "train", "evaluate", "predict", "report")
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """Headline figures and files of a demo run."""
+
+    output: Path
+    genotype: Genotype
+    miou: float
+    """mIoU of the retrained model on the validation split (0..1)."""
+    baseline_miou: float
+    """mIoU of predicting the most frequent training class everywhere."""
+    timings: dict[str, float]
+    """Seconds per stage (``STAGES``) and ``total``."""
+    report_html: Path
+    report_md: Path
+
+
+def resource_config(name: str) -> Path:
+    """Path of a config shipped with the package (``demo_search.yaml``, ``demo_train.yaml``)."""
+    return Path(str(resources.files("autodeeplab") / "resources" / name))
+
+
+def demo_configs(
+    output: str | Path,
+    search_overrides: Sequence[str] = (),
+    train_overrides: Sequence[str] = (),
+) -> tuple[SearchConfig, TrainConfig]:
+    """The search and training configs of a demo writing into ``output``."""
+    out = Path(output)
+    search = load_config(
+        resource_config("demo_search.yaml"),
+        [*search_overrides, f"output={out / 'search'}"],
+        cls=SearchConfig,
+    )
+    train = load_config(
+        resource_config("demo_train.yaml"),
+        [*train_overrides, f"output={out / 'train'}"],
+        cls=TrainConfig,
+    )
+    train.model.genotype, train.model.preset = str(out / "genotype.json"), None
+    return search, train
+
+
+def _prepare_output(output: Path, overwrite: bool) -> None:
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        if not overwrite:
+            raise ValueError(
+                f"{output} exists and is not empty; pass --overwrite to replace it or choose "
+                "another --output folder"
+            )
+        if output.is_dir():
+            shutil.rmtree(output)
+        else:
+            output.unlink()
+    output.mkdir(parents=True, exist_ok=True)
+
+
+def majority_baseline(
+    train_set: SegmentationDataset, eval_set: SegmentationDataset, ignore_index: int = 255
+) -> tuple[int, ConfusionMatrix]:
+    """``(class, confusion matrix)`` of predicting the most frequent training class (counted
+    over the raw training masks) for every pixel of ``eval_set``."""
+    counts = np.zeros(train_set.num_classes, dtype=np.int64)
+    for i in range(len(train_set)):
+        mask = train_set.load(i)[1]  # (H, W) train ids, ignore_index for ignored pixels
+        valid = mask[mask != ignore_index].astype(np.int64)
+        counts += np.bincount(valid, minlength=train_set.num_classes)[: train_set.num_classes]
+    majority = int(counts.argmax())
+    cm = ConfusionMatrix(train_set.num_classes, ignore_index)
+    for i in range(len(eval_set)):
+        mask = torch.from_numpy(eval_set.load(i)[1].astype(np.int64))  # (H, W)
+        cm.update(torch.full_like(mask, majority)[None], mask[None])
+    return majority, cm
+
+
+class _Clock:
+    """Times the stages and says when each starts and ends."""
+
+    def __init__(self, log: Callable[[str], None] | None) -> None:
+        self.log, self.timings, self._start = log, {}, 0.0
+        self._begin = time.perf_counter()
+
+    def start(self, stage: str, what: str) -> None:
+        self._say(f"[{STAGES.index(stage) + 1}/{len(STAGES)}] {stage}: {what}")
+        self._start = time.perf_counter()
+
+    def stop(self, stage: str) -> None:
+        self.timings[stage] = time.perf_counter() - self._start
+        self._say(f"    {stage} done in {self.timings[stage]:.1f}s")
+
+    def total(self) -> float:
+        return time.perf_counter() - self._begin
+
+    def _say(self, text: str) -> None:
+        if self.log is not None:
+            self.log(text)
+
+
+def run_demo(
+    output: str | Path = "runs/demo",
+    *,
+    overwrite: bool = False,
+    search_overrides: Sequence[str] = (),
+    train_overrides: Sequence[str] = (),
+    samples: int = 6,
+    threads: int | None = None,
+    log: Callable[[str], None] | None = print_flush,
+) -> DemoResult:
+    """Run search -> decode -> retrain -> evaluate -> predict -> report into ``output``."""
+    from autodeeplab.draw import draw_architecture, load_architecture, save_figure
+    from autodeeplab.engine.search import run_search
+    from autodeeplab.engine.train import run_train
+    from autodeeplab.inference import evaluate
+    from autodeeplab.predict import predict_images
+    from autodeeplab.saved_model import load_model
+
+    output = Path(output)
+    search_cfg, train_cfg = demo_configs(output, search_overrides, train_overrides)
+    if threads is not None:
+        search_cfg.threads = train_cfg.threads = threads
+    _prepare_output(output, overwrite)
+    clock = _Clock(log)
+
+    clock.start("search", "supernet search over cells and network paths on synthetic data")
+    search = run_search(search_cfg, log=log)
+    clock.stop("search")
+
+    clock.start("decode", "decode the architecture and draw it")
+    genotype, betas = load_architecture(search.output / "last.pt")
+    genotype.save(output / "genotype.json")
+    save_figure(draw_architecture(genotype, betas), output / "architecture.png")
+    clock.stop("decode")
+
+    clock.start("train", f"retrain {genotype} from scratch")
+    trained = run_train(train_cfg, log=log)
+    clock.stop("train")
+
+    clock.start("evaluate", "evaluate the best model and a majority-class baseline")
+    loaded = load_model(trained.output / "best")
+    d = train_cfg.data
+    val = build_dataset(
+        d.name, d.root, d.eval_split, eval_transform(mean=loaded.config.mean, std=loaded.config.std),
+        **d.options,
+    )
+    train_set = build_dataset(d.name, d.root, d.train_split, None, **d.options)
+    cm = evaluate(
+        loaded.model, val, loaded.config.num_classes, batch_size=d.eval_batch_size,
+        ignore_index=loaded.config.ignore_index,
+    )
+    majority, baseline = majority_baseline(train_set, val, loaded.config.ignore_index)
+    names = loaded.config.class_names
+    evaluation = {
+        "split": d.eval_split,
+        "samples": len(val),
+        "model": cm.to_dict(names),
+        "baseline": {"class": names[majority], **baseline.to_dict(names)},
+    }
+    (output / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+    if log is not None:
+        log(cm.format_table(names))
+        log(
+            f"mIoU {100 * cm.mean_iou():.2f} vs majority-class baseline "
+            f"{100 * baseline.mean_iou():.2f} ('{names[majority]}' everywhere) on "
+            f"{len(val)} validation images"
+        )
+    clock.stop("evaluate")
+
+    clock.start("predict", f"segment {samples} validation images")
+    inputs = output / "predictions" / "inputs"
+    inputs.mkdir(parents=True, exist_ok=True)
+    shown = []
+    for i in range(min(samples, len(val))):
+        image, mask = val.load(i)
+        Image.fromarray(image).save(inputs / f"val_{i:03d}.png")
+        shown.append((image, mask))
+    files = predict_images(loaded, [inputs], output / "predictions")
+    clock.stop("predict")
+
+    clock.start("report", "write report.html and report.md")
+    clock.timings["report"] = 0.0
+    report_html, report_md = _write_report(
+        output,
+        genotype=genotype,
+        search_records=search.output / "metrics.jsonl",
+        train_records=trained.output / "metrics.jsonl",
+        evaluation=evaluation,
+        cm=cm,
+        baseline=baseline,
+        class_names=names,
+        palette=loaded.config.palette_array(),
+        samples=shown,
+        predictions=[np.asarray(Image.open(f.labels)) for f in files],
+        timings=clock.timings,
+        total=clock.total(),
+        best_iteration=trained.best_iteration,
+    )
+    clock.stop("report")
+    timings = {**clock.timings, "total": clock.total()}
+    result = DemoResult(
+        output, genotype, cm.mean_iou(), baseline.mean_iou(), timings, report_html, report_md
+    )
+    summary = {
+        "genotype": str(genotype),
+        "mIoU": result.miou,
+        "baseline_mIoU": result.baseline_miou,
+        "baseline_class": names[majority],
+        "timings_s": timings,
+        "report": str(report_html),
+    }
+    (output / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if log is not None:
+        log("stage timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
+        log(f"report: {report_html} (and {report_md.name})")
+    return result
+
+
+def _prediction_figure(
+    samples: Sequence[tuple[np.ndarray, np.ndarray]],
+    predictions: Sequence[np.ndarray],
+    palette: np.ndarray,
+    class_names: Sequence[str],
+    ignore_index: int = 255,
+) -> Any:
+    """Rows of image | ground truth | prediction overlay, with a colour legend."""
+    from matplotlib.patches import Patch
+
+    from autodeeplab.draw import _new_figure
+    from autodeeplab.predict import blend, colorize
+
+    rows = len(samples)
+    fig = _new_figure((7.5, 2.4 * rows + 0.8))
+    axes = fig.subplots(rows, 3, squeeze=False)
+    for r, ((image, mask), pred) in enumerate(zip(samples, predictions, strict=True)):
+        truth = colorize(np.where(mask == ignore_index, 0, mask), palette)
+        panels = (image, truth, blend(image, colorize(pred, palette)))
+        for c, (panel, title) in enumerate(
+            zip(panels, ("image", "ground truth", "prediction"), strict=True)
+        ):
+            ax = axes[r, c]
+            ax.imshow(panel, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title)
+    handles = [
+        Patch(facecolor=np.asarray(rgb) / 255.0, edgecolor="0.5", label=name)
+        for name, rgb in zip(class_names, palette, strict=True)
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), frameon=False)
+    return fig
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:.2f}"
+
+
+def _write_report(
+    output: Path,
+    *,
+    genotype: Genotype,
+    search_records: Path,
+    train_records: Path,
+    evaluation: dict[str, Any],
+    cm: ConfusionMatrix,
+    baseline: ConfusionMatrix,
+    class_names: Sequence[str],
+    palette: np.ndarray,
+    samples: Sequence[tuple[np.ndarray, np.ndarray]],
+    predictions: Sequence[np.ndarray],
+    timings: dict[str, float],
+    total: float,
+    best_iteration: int | None,
+) -> tuple[Path, Path]:
+    from autodeeplab.report import Report, draw_search_curves, draw_training_curves, load_jsonl
+
+    report = Report("Auto-DeepLab demo: synthetic data set")
+    report.paragraph(
+        f"The retrained model reaches {_pct(cm.mean_iou())} % mIoU on the "
+        f"{evaluation['samples']} validation images, against {_pct(baseline.mean_iou())} % for "
+        f"a majority-class baseline (predicting '{evaluation['baseline']['class']}' "
+        f"everywhere). The whole pipeline took {total:.0f} s."
+    )
+    report.heading("Stages")
+    report.table(
+        ["stage", "seconds"],
+        [[stage, f"{timings.get(stage, 0.0):.1f}"] for stage in STAGES[:-1]]
+        + [["total (to the report)", f"{total:.1f}"]],
+    )
+    report.heading("Architecture")
+    report.paragraph(f"Decoded genotype: `{genotype}`")
+    report.image(
+        output / "architecture.png",
+        "Network-level path (top), cell (middle) and the searched beta distributions (bottom)",
+    )
+    report.heading("Search")
+    report.figure(
+        draw_search_curves(load_jsonl(search_records)),
+        "search_curves",
+        "Supernet losses, mIoU and architecture entropies during the search",
+    )
+    report.heading("Training")
+    report.figure(
+        draw_training_curves(load_jsonl(train_records)),
+        "training_curves",
+        f"Retraining loss, learning rate and validation mIoU (best at iteration "
+        f"{best_iteration})",
+    )
+    report.heading("Evaluation")
+    iou, acc, base_iou = cm.per_class_iou(), cm.per_class_accuracy(), baseline.per_class_iou()
+    rows = [
+        [name, _pct(iou[i]), _pct(acc[i]), _pct(base_iou[i])]
+        for i, name in enumerate(class_names)
+    ]
+    rows.append(["mean", _pct(cm.mean_iou()), _pct(cm.mean_accuracy()), _pct(baseline.mean_iou())])
+    report.table(["class", "IoU %", "accuracy %", "baseline IoU %"], rows)
+    report.paragraph(f"Pixel accuracy {_pct(cm.pixel_accuracy())} %.")
+    report.heading("Predictions")
+    report.figure(
+        _prediction_figure(samples, predictions, palette, class_names),
+        "predictions",
+        "Validation images, their ground truth and the retrained model's prediction",
+    )
+    report.heading("Reproduce")
+    report.code(
+        "make demo                      # or: autodeeplab demo --output runs/demo\n"
+        "autodeeplab search --config configs/search/synthetic.yaml --output runs/s\n"
+        "autodeeplab train --config configs/train/synthetic.yaml "
+        "--genotype runs/s/genotype.json --output runs/t\n"
+        "autodeeplab eval --model runs/t/best --dataset synthetic\n"
+        "autodeeplab predict --model runs/t/best IMAGE... --out predictions/"
+    )
+    return report.write(output)

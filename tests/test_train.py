@@ -1,0 +1,336 @@
+"""Retraining engine: schedules, loss, run folder, exact resume, errors, multi-process."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from autodeeplab import load_model
+from autodeeplab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from autodeeplab.cli import main
+from autodeeplab.config import TrainConfig, load_config
+from autodeeplab.engine import train as train_engine
+from autodeeplab.engine.distributed import SyncBatchNorm2d, convert_sync_batchnorm
+from autodeeplab.engine.search import NonFiniteLossError
+from autodeeplab.engine.train import TrainEngine, global_batch_loss, poly_lr, run_train
+from autodeeplab.genotype import RELEASED, Genotype
+
+ROOT = Path(__file__).resolve().parents[1]
+SYNTHETIC = ROOT / "configs" / "train" / "synthetic.yaml"
+TINY = [
+    "iterations=6",
+    "data.options={length: 16, size: 32, seed: 0}",
+    "data.crop_size=32",
+    "data.batch_size=2",
+    "data.eval_batch_size=4",
+    "data.max_eval_samples=4",
+    "model.filter_multiplier=2",
+    "model.aspp_channels=8",
+    "model.decoder_channels=8",
+    "model.low_level_reduced=4",
+    "model.drop_path_rate=0.3",
+    "optim.lr=0.02",
+    "optim.warmup_iters=2",
+    "eval_interval=3",
+    "checkpoint_interval=0",
+    "log_interval=1",
+    "progress=false",
+    "tensorboard=false",
+]
+
+
+def genotype_file(tmp_path: Path, path=(0, 1, 1), name: str = "genotype.json") -> Path:
+    file = tmp_path / name
+    Genotype(cell=RELEASED.cell, path=path).save(file)
+    return file
+
+
+def tiny(tmp_path: Path, *extra: str, name: str = "run") -> TrainConfig:
+    cfg = load_config(SYNTHETIC, [*TINY, f"output={tmp_path / name}", *extra], cls=TrainConfig)
+    cfg.model.genotype = str(genotype_file(tmp_path))
+    return cfg
+
+
+# ---------------------------------------------------------------------------- schedules, loss
+def test_poly_lr_matches_hand_computed_values():
+    assert poly_lr(0, 100, 0.05) == 0.05
+    assert poly_lr(50, 100, 0.05) == pytest.approx(0.05 * 0.5**0.9)
+    assert poly_lr(100, 100, 0.05) == 0.0
+    assert poly_lr(100, 100, 0.05, min_lr=1e-4) == pytest.approx(1e-4)
+    assert poly_lr(90, 100, 0.05, power=1.0, min_lr=0.01) == pytest.approx(0.04 * 0.1 + 0.01)
+    # warm-up: factor 0.1 -> 1 over 10 iterations, times the poly value
+    assert poly_lr(0, 100, 0.05, warmup_iters=10) == pytest.approx(0.005)
+    assert poly_lr(5, 100, 0.05, warmup_iters=10) == pytest.approx(0.05 * 0.95**0.9 * 0.55)
+    assert poly_lr(10, 100, 0.05, warmup_iters=10) == pytest.approx(0.05 * 0.9**0.9)
+    with pytest.raises(ValueError):
+        poly_lr(101, 100, 0.05)
+
+
+def test_global_batch_loss_is_the_mean_over_valid_pixels():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 5, 6, requires_grad=True)
+    masks = torch.randint(0, 4, (2, 5, 6))
+    masks[0, :2] = 255
+    loss, value = global_batch_loss(logits, masks, 255, world_size=1)
+    reference = F.cross_entropy(logits, masks, ignore_index=255)
+    torch.testing.assert_close(loss, reference)
+    assert value == pytest.approx(reference.item())
+    masks[:] = 255  # nothing valid: zero loss, not NaN
+    loss, value = global_batch_loss(logits, masks, 255, world_size=1)
+    assert loss.item() == 0.0 and value == 0.0
+
+
+# ---------------------------------------------------------------------------- sync batch norm
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sync_bn_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        x = torch.randn(4, 3, 5, 5, dtype=torch.float64) * 3 + 1  # same on both ranks
+        w = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+        bn = torch.nn.BatchNorm2d(3).double()
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-0.5, 0.5)
+        sync = convert_sync_batchnorm(torch.nn.Sequential(bn), torch.device("cpu"))
+        assert isinstance(sync[0], SyncBatchNorm2d)
+        part = x[2 * rank : 2 * rank + 2].clone().requires_grad_(True)
+        y = sync(part)
+        (y * w[2 * rank : 2 * rank + 2]).sum().backward()
+        grads = [part.grad] + [p.grad.clone() for p in sync.parameters()]
+        for g in grads[1:]:
+            dist.all_reduce(g)  # what DDP does (before averaging) for parameters
+        torch.save(
+            {"y": y.detach(), "grads": grads, "state": sync[0].state_dict()},
+            Path(out) / f"rank{rank}.pt",
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sync_batch_norm_on_cpu_equals_batch_norm_on_the_global_batch(tmp_path):
+    mp.spawn(_sync_bn_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    torch.manual_seed(0)
+    x = (torch.randn(4, 3, 5, 5, dtype=torch.float64) * 3 + 1).requires_grad_(True)
+    w = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    bn = torch.nn.BatchNorm2d(3).double()
+    bn.weight.data.uniform_(0.5, 1.5)
+    bn.bias.data.uniform_(-0.5, 0.5)
+    y = bn(x)
+    (y * w).sum().backward()
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    torch.testing.assert_close(torch.cat([r["y"] for r in ranks]), y.detach())
+    torch.testing.assert_close(torch.cat([r["grads"][0] for r in ranks]), x.grad)
+    for r in ranks:
+        torch.testing.assert_close(r["grads"][1], bn.weight.grad)
+        torch.testing.assert_close(r["grads"][2], bn.bias.grad)
+        for k, v in bn.state_dict().items():
+            torch.testing.assert_close(r["state"][k], v)
+
+
+# ---------------------------------------------------------------------------- runs
+def test_train_writes_run_folder_and_learns(tmp_path, capsys):
+    cfg = tiny(tmp_path, "iterations=12", "eval_interval=6", "model.drop_path_rate=0.0")
+    result = run_train(cfg)
+    out = tmp_path / "run"
+    assert result.finished and result.iteration == 12
+    for name in ("config.yaml", "genotype.json", "metrics.jsonl", "last.pt", "curves.png"):
+        assert (out / name).is_file(), name
+    assert Genotype.load(out / "genotype.json") == Genotype.load(cfg.model.genotype)
+    records = [__import__("json").loads(line) for line in (out / "metrics.jsonl").open()]
+    steps = [r for r in records if r["type"] == "step"]
+    evals = [r for r in records if r["type"] == "eval"]
+    assert [r["iteration"] for r in steps] == list(range(1, 13))
+    assert [r["iteration"] for r in evals] == [6, 12]
+    for r in steps:
+        assert r["lr"] == pytest.approx(poly_lr(r["iteration"] - 1, 12, 0.02, warmup_iters=2))
+    assert steps[-1]["loss"] < steps[0]["loss"]
+    best = max(evals, key=lambda r: r["mIoU"])
+    assert result.best_miou == pytest.approx(best["mIoU"])
+    # best/ and model/ are model folders holding the weights of their iteration
+    loaded = load_model(out / "best")
+    assert loaded.config.extra["iteration"] == best["iteration"]
+    assert loaded.config.class_names[0] == "background"
+    final = load_model(out / "model")
+    state = load_checkpoint(out / "last.pt")["model"]
+    for k, v in final.model.state_dict().items():
+        torch.testing.assert_close(v, state[k])
+    # the best model's evaluation reproduces the logged mIoU
+    engine = TrainEngine(tiny(tmp_path, name="check"), log=None)
+    engine.model.load_state_dict(loaded.model.state_dict())
+    assert engine.evaluate().mean_iou() == pytest.approx(best["mIoU"], abs=1e-6)
+    assert "mIoU" in capsys.readouterr().out
+
+
+def test_scheduled_drop_path_grows_with_progress(tmp_path):
+    cfg = tiny(tmp_path, "iterations=4", "eval_interval=0", "model.drop_path_rate=0.4")
+    run_train(cfg)
+    records = [
+        __import__("json").loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()
+    ]
+    rates = [r["drop_path"] for r in records if r["type"] == "step"]
+    assert rates == pytest.approx([0.0, 0.1, 0.2, 0.3])  # last cell: 0.4 * (it - 1) / 4
+
+
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
+    full = run_train(tiny(tmp_path, name="full"))
+    first = run_train(tiny(tmp_path, "max_steps=4", name="split"))
+    assert not first.finished and first.iteration == 4
+    resumed = run_train(tiny(tmp_path, name="split"), resume=True)
+    assert resumed.finished and resumed.iteration == 6
+    a = load_checkpoint(tmp_path / "full" / "last.pt")
+    b = load_checkpoint(tmp_path / "split" / "last.pt")
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    for sa, sb in zip(
+        a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True
+    ):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    drop = ("time_s",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in full.history] == [
+        {k: v for k, v in r.items() if k not in drop} for r in resumed.history
+    ]
+
+
+def test_resume_errors(tmp_path):
+    run_train(tiny(tmp_path, "max_steps=2"))
+    with pytest.raises(ValueError, match="--resume"):
+        run_train(tiny(tmp_path))
+    with pytest.raises(CheckpointError, match="optim.lr"):
+        run_train(tiny(tmp_path, "optim.lr=0.5"), resume=True)
+    other = tiny(tmp_path)
+    other.model.genotype = str(genotype_file(tmp_path, (0, 1, 2), name="other.json"))
+    with pytest.raises(CheckpointError, match="network"):
+        run_train(other, resume=True)
+    with pytest.raises(FileNotFoundError, match="--resume"):
+        run_train(tiny(tmp_path, name="empty"), resume=True)
+    # a search checkpoint in the folder is refused by kind
+    save_checkpoint({"kind": "search"}, tmp_path / "search" / "last.pt")
+    with pytest.raises(CheckpointError, match="not a training checkpoint"):
+        run_train(tiny(tmp_path, name="search"), resume=True)
+    # runtime keys may change
+    result = run_train(tiny(tmp_path, "eval_interval=2", "log_interval=2"), resume=True)
+    assert result.finished
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    original = train_engine.global_batch_loss
+    calls = {"n": 0}
+
+    def poisoned(logits, masks, ignore_index, world_size):
+        calls["n"] += 1
+        loss, value = original(logits, masks, ignore_index, world_size)
+        return (loss * float("nan"), float("nan")) if calls["n"] == 4 else (loss, value)
+
+    monkeypatch.setattr(train_engine, "global_batch_loss", poisoned)
+    cfg = tiny(tmp_path, "checkpoint_interval=2", "eval_interval=0")
+    with pytest.raises(NonFiniteLossError, match="iteration 4"):
+        run_train(cfg)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["iteration"] == 2
+    calls["n"] = 0
+    code = main(
+        ["train", "--config", str(SYNTHETIC), "--genotype", cfg.model.genotype]
+        + [*TINY, f"output={tmp_path / 'cli'}", "checkpoint_interval=2", "eval_interval=0"]
+    )
+    assert code == 3
+    assert "last good checkpoint" in capsys.readouterr().err
+
+
+def test_cli_errors(tmp_path, capsys):
+    base = ["train", "--config", str(SYNTHETIC), *TINY]
+    assert main(base + [f"output={tmp_path / 'a'}"]) == 2
+    assert "--genotype FILE" in capsys.readouterr().err
+    assert main(base + ["--genotype", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json" in capsys.readouterr().err
+    assert main(["train", "--config", str(SYNTHETIC), "--preset", "nope"]) == 2
+    assert "autodeeplab-s" in capsys.readouterr().err
+    code = main(
+        ["train", "--config", str(ROOT / "configs" / "train" / "cityscapes.yaml")]
+        + ["--preset", "autodeeplab-s", "--data-root", str(tmp_path / "nowhere")]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "leftImg8bit" in err
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"path": [0, 2], "cell": []}')
+    assert main(base + [f"output={tmp_path / 'b'}", "--genotype", str(bad)]) == 2
+    assert "bad.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(base + ["--genotype", "a.json", "--preset", "autodeeplab-s"])
+
+
+def test_train_configs_load():
+    for name in ("cityscapes", "voc", "ade20k", "synthetic"):
+        cfg = load_config(ROOT / "configs" / "train" / f"{name}.yaml", cls=TrainConfig)
+        assert cfg.optim.lr == 0.05 and cfg.optim.poly_power == 0.9
+    assert load_config(ROOT / "configs/train/cityscapes.yaml", cls=TrainConfig).data.crop_size == 769
+    for name in ("voc", "ade20k"):
+        cfg = load_config(ROOT / "configs" / "train" / f"{name}.yaml", cls=TrainConfig)
+        assert cfg.data.crop_size == 513
+
+
+# ---------------------------------------------------------------------------- torchrun
+def _torchrun_train(tmp_path: Path, name: str, nproc: int, batch: int, genotype: Path) -> dict:
+    out = tmp_path / name
+    common = [
+        "--config",
+        str(SYNTHETIC),
+        "--genotype",
+        str(genotype),
+        *TINY,
+        "model.drop_path_rate=0.2",  # zero at the first step (Scheduled Drop Path)
+        "optim.warmup_iters=0",
+        "optim.lr=0.5",
+        f"data.batch_size={batch}",
+        "iterations=10",
+        "max_steps=1",
+        "threads=1",
+        f"output={out}",
+    ]
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "autodeeplab", "train", *common]
+    else:
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={nproc}",
+            "--master_addr=127.0.0.1",
+            f"--master_port={_free_port()}",
+            "-m",
+            "autodeeplab",
+            "train",
+            *common,
+        ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return load_checkpoint(out / "last.pt")
+
+
+def test_torchrun_two_processes_match_one_process_on_the_global_batch(tmp_path):
+    """2 gloo processes with 2 samples each vs 1 process with the same 4 samples: BatchNorm
+    statistics over the global batch (SyncBatchNorm2d) and the global-batch loss make the
+    first update the same. One process on half the batch is the control: it differs."""
+    genotype = genotype_file(tmp_path)
+    ddp = _torchrun_train(tmp_path, "ddp", 2, 2, genotype)
+    single = _torchrun_train(tmp_path, "single", 1, 4, genotype)
+    half = _torchrun_train(tmp_path, "half", 1, 2, genotype)
+    assert ddp["world_size"] == 2 and ddp["iteration"] == 1
+    err_ddp = max((ddp["model"][k] - v).abs().max() for k, v in single["model"].items())
+    err_half = max((half["model"][k] - v).abs().max() for k, v in single["model"].items())
+    assert err_half > 1e-3 and err_ddp < 1e-5
+    for k, v in single["model"].items():
+        torch.testing.assert_close(ddp["model"][k], v, rtol=1e-4, atol=1e-5)
