@@ -103,14 +103,14 @@ def _latest(records: Iterable[Mapping[str, Any]], kind: str, key: str) -> list[M
     return [by_key[k] for k in sorted(by_key)]
 
 
-def _number(record: Mapping[str, Any], key: str) -> float | None:
+def _number(record: Mapping[str, Any], key: str, where: str = "") -> float | None:
     """``record[key]`` as a float; None when absent or null, NaN when not finite."""
     value = record.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(
-            f"{record.get('type')!r} record: {key!r} must be a number or null, got {value!r}"
+            f"{record.get('type')!r} record{where}: {key!r} must be a number or null, got {value!r}"
         )
     value = float(value)
     return value if math.isfinite(value) else math.nan
@@ -131,7 +131,7 @@ def _series(
     """
     xs, ys = [], []
     for record in records:
-        y = _number(record, y_key)
+        y = _number(record, y_key, f" at {x_key} {record[x_key]}")
         x = record[x_key] if x_at is None else x_at.get(record[x_key])
         if y is not None and x is not None:
             xs.append(float(x))
@@ -140,10 +140,11 @@ def _series(
 
 
 def _plot_lines(ax: Axes, lines: Sequence[tuple[tuple[list[float], list[float]], dict]]) -> None:
-    """``ax.plot(xs, ys, **style)`` for every series that has points."""
+    """``ax.plot(xs, ys, **style)`` for every series that has points (a lone point gets a
+    marker: a line through one point draws nothing)."""
     for (xs, ys), style in lines:
         if xs:
-            ax.plot(xs, ys, **style)
+            ax.plot(xs, ys, **({"marker": "o"} if len(xs) == 1 else {}) | style)
 
 
 def moving_average(values: Sequence[float] | np.ndarray, window: int) -> np.ndarray:
@@ -359,16 +360,11 @@ def draw_training_curves(
     ax = axes["loss"]
     if loss[0]:
         window = smooth if smooth is not None else min(50, max(1, len(loss[0]) // 10))
-        ax.plot(*loss, color=_WEIGHT_COLOUR, lw=0.7, alpha=0.45, gid="loss", label="logged steps")
-        if window > 1:
-            ax.plot(
-                loss[0],
-                moving_average(loss[1], window),
-                color=_WEIGHT_COLOUR,
-                lw=1.8,
-                gid="loss-average",
-                label=f"moving average ({window} records)",
-            )
+        average = (loss[0], list(moving_average(loss[1], window))) if window > 1 else ([], [])
+        raw = dict(color=_WEIGHT_COLOUR, lw=0.7, alpha=0.45, gid="loss", label="logged steps")
+        smoothed = dict(color=_WEIGHT_COLOUR, lw=1.8, gid="loss-average")
+        smoothed["label"] = f"moving average ({window} records)"
+        _plot_lines(ax, [(loss, raw), (average, smoothed)])
         ax.legend(fontsize=8, frameon=False)
         _tidy(ax, "iteration", "loss", "training loss")
     else:
@@ -376,7 +372,7 @@ def draw_training_curves(
 
     ax = axes["lr"]
     if lr[0]:
-        ax.plot(*lr, color="#8c564b", lw=1.4, gid="lr")
+        _plot_lines(ax, [(lr, {"color": "#8c564b", "lw": 1.4, "gid": "lr"})])
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
         _tidy(ax, "iteration", "learning rate", "learning rate")
     else:
