@@ -222,8 +222,16 @@ def test_search_curves_later_record_replaces_a_repeated_step():
 def test_search_curves_reject_wrong_value_types():
     records = _search_records(epochs=1)
     records[-1]["mIoU"] = "high"
-    with pytest.raises(ValueError, match="'mIoU' must be a number"):
+    with pytest.raises(ValueError, match="'epoch' record at epoch 1: 'mIoU' must be a number"):
         draw_search_curves(records)
+    with pytest.raises(ValueError, match="'global_step' must be an integer"):
+        draw_search_curves([{"type": "step", "global_step": 1.5, "loss": 1.0}])
+
+
+def test_a_lone_point_gets_a_marker():
+    axes = _axes(draw_training_curves([{"type": "step", "iteration": 7, "loss": 1.0, "lr": 0.1}]))
+    (line,) = _by_gid(axes["loss"], "loss")
+    assert line.get_marker() == "o" and list(line.get_xdata()) == [7]
 
 
 # ----------------------------------------------------------------------------- training curves
