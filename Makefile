@@ -37,14 +37,10 @@ lint: install-test
 	$(VENV)/bin/ruff check autodeeplab tests benchmarks
 	$(VENV)/bin/ruff format --check autodeeplab tests benchmarks
 
-# The pipeline stages that exist today: synthetic search -> decoded genotype -> drawing
-# (one intra-op thread: measured faster than two on a 2-core machine for this tiny config).
-# (Retraining, evaluation and the report join here with `autodeeplab train` / `demo`.)
+# The whole pipeline on the synthetic data set: search -> decode -> retrain -> evaluate ->
+# predict -> runs/demo/report.html (thread counts come from the demo configs).
 demo: install
-	rm -rf runs/demo
-	OMP_NUM_THREADS=1 $(VENV)/bin/autodeeplab search --config configs/search/synthetic.yaml --output runs/demo/search
-	$(VENV)/bin/autodeeplab draw runs/demo/search/last.pt --out runs/demo/architecture.png
-	@echo "demo outputs in runs/demo: search/genotype.json, search/metrics.jsonl, architecture.png"
+	$(VENV)/bin/autodeeplab demo --output runs/demo --overwrite
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -266,32 +266,35 @@ def _prediction_figure(
     class_names: Sequence[str],
     ignore_index: int = 255,
 ) -> Any:
-    """Rows of image | ground truth | prediction overlay, with a colour legend."""
+    """Rows of image | ground truth | prediction | overlay, with a colour legend below.
+    Ignored ground-truth pixels are white."""
     from matplotlib.patches import Patch
 
     from autodeeplab.draw import _new_figure
     from autodeeplab.predict import blend, colorize
 
     rows = len(samples)
-    fig = _new_figure((7.5, 2.4 * rows + 0.8))
-    axes = fig.subplots(rows, 3, squeeze=False)
+    fig = _new_figure((9.0, 2.3 * rows + 0.6))
+    axes = fig.subplots(rows, 4, squeeze=False)
+    titles = ("image", "ground truth", "prediction", "overlay")
     for r, ((image, mask), pred) in enumerate(zip(samples, predictions, strict=True)):
         truth = colorize(np.where(mask == ignore_index, 0, mask), palette)
-        panels = (image, truth, blend(image, colorize(pred, palette)))
-        for c, (panel, title) in enumerate(
-            zip(panels, ("image", "ground truth", "prediction"), strict=True)
-        ):
+        truth[mask == ignore_index] = 255
+        color = colorize(pred, palette)
+        for c, panel in enumerate((image, truth, color, blend(image, color))):
             ax = axes[r, c]
             ax.imshow(panel, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(title)
+                ax.set_title(titles[c])
     handles = [
         Patch(facecolor=np.asarray(rgb) / 255.0, edgecolor="0.5", label=name)
         for name, rgb in zip(class_names, palette, strict=True)
     ]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), frameon=False)
+    fig.legend(
+        handles=handles, loc="outside lower center", ncol=min(len(handles), 7), frameon=False
+    )
     return fig
 
 

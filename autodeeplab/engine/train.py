@@ -618,11 +618,8 @@ class TrainEngine:
         )
 
     def _write_curves(self) -> None:
-        try:
-            from autodeeplab.report import draw_training_curves, load_jsonl
-        except ImportError:
-            return
         from autodeeplab.draw import save_figure
+        from autodeeplab.report import draw_training_curves, load_jsonl
 
         records = load_jsonl(self.output / "metrics.jsonl")
         try:

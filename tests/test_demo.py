@@ -1,0 +1,96 @@
+"""The one-command demo on a shrunken configuration: every stage, the report, the baseline."""
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autodeeplab.cli import main
+from autodeeplab.data import build_dataset
+from autodeeplab.demo import STAGES, majority_baseline, resource_config, run_demo
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = "data.options={length: 24, size: 32, seed: 0}"
+SEARCH = ["epochs=1", "arch_start_epoch=0", DATA, "data.crop_size=32", "data.batch_size=2"]
+SEARCH += ["model.layers=3", "model.blocks=2", "model.filter_multiplier=2", "progress=false"]
+TRAIN = ["iterations=8", "eval_interval=4", DATA, "data.crop_size=32", "data.batch_size=4"]
+TRAIN += ["model.filter_multiplier=2", "progress=false", "tensorboard=false"]
+
+
+class _Sources(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.srcs: list[str] = []
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        for k, v in attrs:
+            if k == "src":
+                self.srcs.append(v)
+            if k == "href":
+                self.hrefs.append(v)
+
+
+def test_demo_runs_every_stage_and_writes_a_self_contained_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    result = run_demo(out, search_overrides=SEARCH, train_overrides=TRAIN, samples=3)
+    assert set(result.timings) == {*STAGES, "total"}
+    assert result.timings["total"] >= sum(result.timings[s] for s in STAGES[:-1])
+    for name in ("genotype.json", "architecture.png", "eval.json", "demo.json"):
+        assert (out / name).is_file(), name
+    assert (out / "train" / "best" / "model.safetensors").is_file()
+    assert len(list((out / "predictions").glob("*_overlay.png"))) == 3
+    # the trained architecture is the decoded one
+    assert json.loads((out / "train" / "genotype.json").read_text()) == json.loads(
+        (out / "genotype.json").read_text()
+    )
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert evaluation["model"]["mIoU"] == pytest.approx(result.miou)
+    summary = json.loads((out / "demo.json").read_text())
+    assert summary["mIoU"] == pytest.approx(result.miou)
+
+    html = result.report_html.read_text()
+    parser = _Sources()
+    parser.feed(html)
+    assert len(parser.srcs) == 4  # architecture, search curves, training curves, predictions
+    assert all(s.startswith("data:image/png;base64,") for s in parser.srcs)
+    assert not parser.hrefs
+    md = result.report_md.read_text()
+    links = [line.split("](", 1)[1].rstrip(")") for line in md.splitlines() if "](" in line]
+    assert len(links) == 4 and all((out / link).is_file() for link in links)
+    assert f"{100 * result.miou:.2f}" in md and f"{100 * result.baseline_miou:.2f}" in md
+
+    printed = capsys.readouterr().out
+    for stage in STAGES:
+        assert f"{stage} done in" in printed
+    assert "stage timings:" in printed
+
+
+def test_majority_baseline_matches_a_direct_count():
+    train = build_dataset("synthetic", None, "train", length=12, size=24, seed=1)
+    val = build_dataset("synthetic", None, "val", length=5, size=24, seed=1)
+    train_masks = np.stack([train.load(i)[1] for i in range(len(train))])
+    val_masks = np.stack([val.load(i)[1] for i in range(len(val))])
+    majority = np.bincount(train_masks.ravel()).argmax()
+    cls, cm = majority_baseline(train, val)
+    assert cls == majority
+    # IoU of the predicted class = its share of the pixels; every other class present in the
+    # ground truth has IoU 0; absent classes do not count
+    present = np.unique(val_masks)
+    expected = (val_masks == majority).mean() / len(present)
+    assert cm.mean_iou() == pytest.approx(expected)
+
+
+def test_demo_refuses_a_non_empty_folder_unless_told(tmp_path, capsys):
+    (tmp_path / "keep.txt").write_text("x")
+    assert main(["demo", "--output", str(tmp_path)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "keep.txt").exists()
+
+
+def test_packaged_demo_configs_are_the_synthetic_configs():
+    for kind, name in (("search", "demo_search.yaml"), ("train", "demo_train.yaml")):
+        packaged = resource_config(name).read_text()
+        assert packaged == (ROOT / "configs" / kind / "synthetic.yaml").read_text()
