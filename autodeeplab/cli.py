@@ -135,6 +135,8 @@ def _run_draw(args: argparse.Namespace) -> int:
     genotype, betas = load_architecture(args.source)
     path = save_figure(draw_architecture(genotype, betas), args.out)
     print(f"wrote {path} ({genotype})")
+
+
 def _add_search(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "search",
@@ -185,9 +187,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, help="YAML train config (see configs/train/)")
     arch = p.add_mutually_exclusive_group()
     arch.add_argument("--genotype", metavar="FILE", help="genotype JSON (e.g. from a search run)")
-    arch.add_argument(
-        "--preset", metavar="NAME", help="model preset (autodeeplab info --list)"
-    )
+    arch.add_argument("--preset", metavar="NAME", help="model preset (autodeeplab info --list)")
     p.add_argument("--data-root", help="data set folder (overrides data.root)")
     p.add_argument("--output", help="run folder (overrides output)")
     p.add_argument(
@@ -304,6 +304,8 @@ def _run_decode(args: argparse.Namespace) -> int:
     genotype.save(out)
     print(genotype)
     print(f"wrote {out}", file=sys.stderr)
+
+
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--scales",

@@ -184,12 +184,18 @@ def run_demo(
     loaded = load_model(trained.output / "best")
     d = train_cfg.data
     val = build_dataset(
-        d.name, d.root, d.eval_split, eval_transform(mean=loaded.config.mean, std=loaded.config.std),
+        d.name,
+        d.root,
+        d.eval_split,
+        eval_transform(mean=loaded.config.mean, std=loaded.config.std),
         **d.options,
     )
     train_set = build_dataset(d.name, d.root, d.train_split, None, **d.options)
     cm = evaluate(
-        loaded.model, val, loaded.config.num_classes, batch_size=d.eval_batch_size,
+        loaded.model,
+        val,
+        loaded.config.num_classes,
+        batch_size=d.eval_batch_size,
         ignore_index=loaded.config.ignore_index,
     )
     majority, baseline = majority_baseline(train_set, val, loaded.config.ignore_index)
@@ -350,14 +356,12 @@ def _write_report(
     report.figure(
         draw_training_curves(load_jsonl(train_records)),
         "training_curves",
-        f"Retraining loss, learning rate and validation mIoU (best at iteration "
-        f"{best_iteration})",
+        f"Retraining loss, learning rate and validation mIoU (best at iteration {best_iteration})",
     )
     report.heading("Evaluation")
     iou, acc, base_iou = cm.per_class_iou(), cm.per_class_accuracy(), baseline.per_class_iou()
     rows = [
-        [name, _pct(iou[i]), _pct(acc[i]), _pct(base_iou[i])]
-        for i, name in enumerate(class_names)
+        [name, _pct(iou[i]), _pct(acc[i]), _pct(base_iou[i])] for i, name in enumerate(class_names)
     ]
     rows.append(["mean", _pct(cm.mean_iou()), _pct(cm.mean_accuracy()), _pct(baseline.mean_iou())])
     report.table(["class", "IoU %", "accuracy %", "baseline IoU %"], rows)

@@ -33,7 +33,9 @@ def test_onnx_matches_pytorch_at_other_sizes_and_batches(tmp_path):
         decoder_channels=8,
         low_level_reduced=4,
     ).eval()
-    config = SavedModelConfig(model.config, ("a", "b", "c"), ((0, 0, 0),) * 3, (0.5,) * 3, (0.25,) * 3)
+    config = SavedModelConfig(
+        model.config, ("a", "b", "c"), ((0, 0, 0),) * 3, (0.5,) * 3, (0.25,) * 3
+    )
     path = export_onnx(model, tmp_path / "m.onnx", height=64, width=64, config=config)
     for shape in [(1, 3, 64, 64), (2, 3, 47, 81), (3, 3, 33, 40)]:
         out, ref = run_both(model, path, shape)

@@ -208,7 +208,7 @@ def test_resume_errors(tmp_path):
     run_train(tiny(tmp_path, "max_steps=2"))
     with pytest.raises(ValueError, match="--resume"):
         run_train(tiny(tmp_path))
-    with pytest.raises(CheckpointError, match="optim.lr"):
+    with pytest.raises(CheckpointError, match=r"optim\.lr"):
         run_train(tiny(tmp_path, "optim.lr=0.5"), resume=True)
     other = tiny(tmp_path)
     other.model.genotype = str(genotype_file(tmp_path, (0, 1, 2), name="other.json"))
@@ -241,8 +241,17 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, ca
     assert load_checkpoint(tmp_path / "run" / "last.pt")["iteration"] == 2
     calls["n"] = 0
     code = main(
-        ["train", "--config", str(SYNTHETIC), "--genotype", cfg.model.genotype]
-        + [*TINY, f"output={tmp_path / 'cli'}", "checkpoint_interval=2", "eval_interval=0"]
+        [
+            "train",
+            "--config",
+            str(SYNTHETIC),
+            "--genotype",
+            cfg.model.genotype,
+            *TINY,
+            f"output={tmp_path / 'cli'}",
+            "checkpoint_interval=2",
+            "eval_interval=0",
+        ]
     )
     assert code == 3
     assert "last good checkpoint" in capsys.readouterr().err
@@ -250,32 +259,41 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, ca
 
 def test_cli_errors(tmp_path, capsys):
     base = ["train", "--config", str(SYNTHETIC), *TINY]
-    assert main(base + [f"output={tmp_path / 'a'}"]) == 2
+    assert main([*base, f"output={tmp_path / 'a'}"]) == 2
     assert "--genotype FILE" in capsys.readouterr().err
-    assert main(base + ["--genotype", str(tmp_path / "missing.json")]) == 2
+    assert main([*base, "--genotype", str(tmp_path / "missing.json")]) == 2
     assert "missing.json" in capsys.readouterr().err
     assert main(["train", "--config", str(SYNTHETIC), "--preset", "nope"]) == 2
     assert "autodeeplab-s" in capsys.readouterr().err
     code = main(
-        ["train", "--config", str(ROOT / "configs" / "train" / "cityscapes.yaml")]
-        + ["--preset", "autodeeplab-s", "--data-root", str(tmp_path / "nowhere")]
+        [
+            "train",
+            "--config",
+            str(ROOT / "configs" / "train" / "cityscapes.yaml"),
+            "--preset",
+            "autodeeplab-s",
+            "--data-root",
+            str(tmp_path / "nowhere"),
+        ]
     )
     assert code == 2
     err = capsys.readouterr().err
     assert "nowhere" in err and "leftImg8bit" in err
     bad = tmp_path / "bad.json"
     bad.write_text('{"path": [0, 2], "cell": []}')
-    assert main(base + [f"output={tmp_path / 'b'}", "--genotype", str(bad)]) == 2
+    assert main([*base, f"output={tmp_path / 'b'}", "--genotype", str(bad)]) == 2
     assert "bad.json" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(base + ["--genotype", "a.json", "--preset", "autodeeplab-s"])
+        main([*base, "--genotype", "a.json", "--preset", "autodeeplab-s"])
 
 
 def test_train_configs_load():
     for name in ("cityscapes", "voc", "ade20k", "synthetic"):
         cfg = load_config(ROOT / "configs" / "train" / f"{name}.yaml", cls=TrainConfig)
         assert cfg.optim.lr == 0.05 and cfg.optim.poly_power == 0.9
-    assert load_config(ROOT / "configs/train/cityscapes.yaml", cls=TrainConfig).data.crop_size == 769
+    assert (
+        load_config(ROOT / "configs/train/cityscapes.yaml", cls=TrainConfig).data.crop_size == 769
+    )
     for name in ("voc", "ade20k"):
         cfg = load_config(ROOT / "configs" / "train" / f"{name}.yaml", cls=TrainConfig)
         assert cfg.data.crop_size == 513

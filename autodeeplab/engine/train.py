@@ -320,9 +320,7 @@ class TrainEngine:
         self.model.set_drop_path(self.iteration / self.cfg.iterations)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             logits = self.ddp(images)  # (N, C, H, W)
-        loss, value = global_batch_loss(
-            logits, masks, self.cfg.optim.ignore_index, self.world_size
-        )
+        loss, value = global_batch_loss(logits, masks, self.cfg.optim.ignore_index, self.world_size)
         self._check_finite(value)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -371,17 +369,20 @@ class TrainEngine:
         if self.cfg.data.max_eval_samples is not None:
             n = min(n, self.cfg.data.max_eval_samples)
         shard = torch.utils.data.Subset(self.eval_set, range(self.rank, n, self.world_size))
-        with torch.random.fork_rng(devices=[]):  # evaluation must not shift the training RNG
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-                cm = evaluate(
-                    self.model,
-                    shard,
-                    self.train_set.num_classes,
-                    batch_size=self.cfg.data.eval_batch_size,
-                    num_workers=self.cfg.data.workers,
-                    ignore_index=self.cfg.optim.ignore_index,
-                    device=self.device,
-                )
+        # evaluation must not shift the training RNG (data loaders draw seeds from it)
+        with (
+            torch.random.fork_rng(devices=[]),
+            torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp),
+        ):
+            cm = evaluate(
+                self.model,
+                shard,
+                self.train_set.num_classes,
+                batch_size=self.cfg.data.eval_batch_size,
+                num_workers=self.cfg.data.workers,
+                ignore_index=self.cfg.optim.ignore_index,
+                device=self.device,
+            )
         self.model.train()
         cm.matrix = cm.matrix.to(self.device)
         cm.all_reduce()
