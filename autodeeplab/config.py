@@ -34,8 +34,8 @@ class ConfigError(ValueError):
 
 # ---------------------------------------------------------------------------- search config
 @dataclass
-class DataConfig:
-    """Which data set to read and how to turn it into batches."""
+class _DataFields:
+    """Data set and batching keys shared by the search and training configs."""
 
     name: str = "synthetic"
     root: str | None = None
@@ -50,10 +50,17 @@ class DataConfig:
     eval_size: tuple[int, int] | None = None
     """Resize evaluation images to ``[height, width]``; ``null`` keeps their size."""
     max_eval_samples: int | None = None
+    """Evaluate on the first N samples of the evaluation split only (``null`` = all)."""
     batch_size: int = 2
-    """Batch per process for both trainA and trainB steps."""
+    """Batch per process; the global batch is ``batch_size x processes``."""
     eval_batch_size: int = 1
     workers: int = 0
+
+
+@dataclass
+class DataConfig(_DataFields):
+    """Which data set to search on and how to turn it into batches."""
+
     split_fraction: float = 0.5
     """Share of the training split that goes to trainA (weights); the rest is trainB."""
 
@@ -309,27 +316,11 @@ def config_diff(
 
 # ---------------------------------------------------------------------------- train config
 @dataclass
-class TrainDataConfig:
-    """Which data set to train on and how to turn it into batches."""
+class TrainDataConfig(_DataFields):
+    """Which data set to train on and how to turn it into batches (paper crop, batch 8)."""
 
-    name: str = "synthetic"
-    root: str | None = None
-    train_split: str = "train"
-    eval_split: str = "val"
-    options: dict[str, Any] = field(default_factory=dict)
-    """Extra keyword arguments for the data set class (e.g. ``length``, ``size`` for synthetic)."""
     crop_size: int = 769
-    scale: tuple[float, float] = (0.5, 2.0)
-    """Random rescale range before cropping."""
-    flip: bool = True
-    eval_size: tuple[int, int] | None = None
-    """Resize evaluation images to ``[height, width]``; ``null`` keeps their size."""
-    max_eval_samples: int | None = None
-    """Evaluate on the first N samples of the evaluation split only (``null`` = all)."""
     batch_size: int = 8
-    """Batch per process; the global batch is ``batch_size x processes``."""
-    eval_batch_size: int = 1
-    workers: int = 0
 
 
 @dataclass
@@ -398,24 +389,9 @@ class TrainConfig:
     tensorboard: bool = True
 
 
-TRAIN_RUNTIME_KEYS: frozenset[str] = frozenset(
-    {
-        "output",
-        "device",
-        "threads",
-        "progress",
-        "tensorboard",
-        "max_steps",
-        "log_interval",
-        "checkpoint_interval",
-        "eval_interval",
-        "data.root",
-        "data.workers",
-        "data.eval_batch_size",
-        "data.max_eval_samples",
-        "model.genotype",
-        "model.preset",
-    }
-)
+TRAIN_RUNTIME_KEYS: frozenset[str] = (RUNTIME_KEYS - {"epochs"}) | {
+    "model.genotype",
+    "model.preset",
+}
 """Keys that may change between an interrupted training run and its resumption (the genotype
 is compared by content, not by file name)."""

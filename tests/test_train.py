@@ -352,3 +352,22 @@ def test_torchrun_two_processes_match_one_process_on_the_global_batch(tmp_path):
     assert err_half > 1e-3 and err_ddp < 1e-5
     for k, v in single["model"].items():
         torch.testing.assert_close(ddp["model"][k], v, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_mixed_precision_training_on_cuda(tmp_path, dtype):
+    cfg = tiny(tmp_path, "device=cuda", "amp=true", f"amp_dtype={dtype}", "iterations=6")
+    engine = TrainEngine(cfg, log=None)
+    assert engine.amp and engine.scaler.is_enabled() == (dtype == "float16")
+    result = engine.run()
+    engine.close()
+    assert result.finished and result.final_miou is not None
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    if dtype == "float16":
+        assert state["scaler"]["scale"] > 0
+    # the saved model is float32 and runs on the CPU
+    loaded = load_model(tmp_path / "run" / "best")
+    assert next(loaded.model.parameters()).dtype == torch.float32

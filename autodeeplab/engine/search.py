@@ -17,7 +17,6 @@ writes checkpoints, logs and genotypes.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -44,13 +43,8 @@ from autodeeplab.checkpoint import (
     set_rng_state,
 )
 from autodeeplab.config import SearchConfig, config_diff, config_hash, save_config, to_dict
-from autodeeplab.data import (
-    SegmentationDataset,
-    build_dataset,
-    eval_transform,
-    search_split,
-    train_transform,
-)
+from autodeeplab.data import SegmentationDataset, search_split
+from autodeeplab.engine.common import RunLog, build_datasets
 from autodeeplab.genotype import Genotype
 from autodeeplab.metrics import ConfusionMatrix
 from autodeeplab.supernet import SearchNetwork
@@ -256,7 +250,6 @@ class SearchEngine:
         log: Callable[[str], None] | None = print_flush,
     ) -> None:
         self.cfg = config
-        self._log = log
         self._owns_process_group = False
         self._init_distributed()
         self.rank, self.world_size = _dist_info()
@@ -323,8 +316,13 @@ class SearchEngine:
                 f"{self.output} already holds a search run ({self.last_path}); pass --resume to "
                 "continue it or choose another output folder"
             )
-        self._jsonl: Any = None
-        self._tb: Any = None
+        self.run_log = RunLog(
+            self.output,
+            rank=self.rank,
+            step_key="global_step",
+            tensorboard=config.tensorboard,
+            log=log,
+        )
 
     # -------------------------------------------------------------- setup
     def _init_distributed(self) -> None:
@@ -355,21 +353,11 @@ class SearchEngine:
             )
 
     def _datasets(self) -> tuple[SegmentationDataset, SegmentationDataset]:
-        d = self.cfg.data
-
-        def build(split: str, transform: Any) -> SegmentationDataset:
-            try:
-                return build_dataset(d.name, d.root, split, transform, **d.options)
-            except TypeError as err:  # an option the data set class does not take
-                raise ValueError(
-                    f"data.options {d.options} are not accepted by the {d.name!r} data set: {err}"
-                ) from err
-
-        train = build(d.train_split, train_transform(d.crop_size, scale=d.scale, flip=d.flip))
-        evaluation = build(d.eval_split, eval_transform(d.eval_size))
+        train, evaluation = build_datasets(self.cfg.data)
         if len(train) < 2:
             raise ValueError(
-                f"the {d.train_split!r} split of {d.name!r} has {len(train)} samples; need >= 2"
+                f"the {self.cfg.data.train_split!r} split of {self.cfg.data.name!r} has "
+                f"{len(train)} samples; need >= 2"
             )
         return train, evaluation
 
@@ -615,38 +603,10 @@ class SearchEngine:
 
     # -------------------------------------------------------------- logging
     def _record(self, record: dict[str, Any]) -> None:
-        if self.rank != 0:
-            return
-        if self._jsonl is None:
-            self._jsonl = (self.output / "metrics.jsonl").open("a")
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
-        if self._tb is not None:
-            prefix = record["type"]
-            for k, v in record.items():
-                if isinstance(v, int | float) and k not in ("epoch", "step", "global_step"):
-                    self._tb.add_scalar(f"{prefix}/{k}", v, record["global_step"])
-
-    def _open_tensorboard(self) -> None:
-        if self.rank != 0 or not self.cfg.tensorboard:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard is optional
-            return
-        self._tb = SummaryWriter(str(self.output / "tensorboard"))
-
-    def _close(self) -> None:
-        if self._jsonl is not None:
-            self._jsonl.close()
-            self._jsonl = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        self.run_log.record(record)
 
     def _say(self, text: str) -> None:
-        if self.rank == 0 and self._log is not None:
-            self._log(text)
+        self.run_log.say(text)
 
     # -------------------------------------------------------------- main loop
     def run(self) -> SearchResult:
@@ -655,7 +615,7 @@ class SearchEngine:
             self.output.mkdir(parents=True, exist_ok=True)
             (self.output / "genotypes").mkdir(exist_ok=True)
             save_config(self.cfg, self.output / "config.yaml")
-        self._open_tensorboard()
+        self.run_log.open()
         try:
             while self.epoch < self.cfg.epochs:
                 if not self._run_epoch():
@@ -665,7 +625,7 @@ class SearchEngine:
                 genotype.save(self.output / "genotype.json")
             return self._result(finished=True)
         finally:
-            self._close()
+            self.run_log.close()
 
     def _result(self, finished: bool) -> SearchResult:
         return SearchResult(
@@ -782,7 +742,7 @@ class SearchEngine:
 
     def close(self) -> None:
         """Release the process group if this engine created it."""
-        self._close()
+        self.run_log.close()
         if self._owns_process_group and dist.is_initialized():
             dist.destroy_process_group()
             self._owns_process_group = False

@@ -29,7 +29,6 @@ Run folder::
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import sys
@@ -61,8 +60,9 @@ from autodeeplab.config import (
     save_config,
     to_dict,
 )
-from autodeeplab.data import SegmentationDataset, build_dataset, eval_transform, train_transform
+from autodeeplab.data import SegmentationDataset
 from autodeeplab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from autodeeplab.engine.common import RunLog, build_datasets
 from autodeeplab.engine.distributed import (
     all_reduce_sum,
     convert_sync_batchnorm,
@@ -178,7 +178,6 @@ class TrainEngine:
         log: Callable[[str], None] | None = print_flush,
     ) -> None:
         self.cfg = config
-        self._log = log
         self._validate()
         self._owns_process_group = init_distributed(resolve_device(config.device).type == "cuda")
         self.rank, self.world_size = dist_info()
@@ -244,8 +243,13 @@ class TrainEngine:
                 f"{self.output} already holds a training run ({self.last_path}); pass --resume "
                 "to continue it or choose another output folder"
             )
-        self._jsonl: Any = None
-        self._tb: Any = None
+        self.run_log = RunLog(
+            self.output,
+            rank=self.rank,
+            step_key="iteration",
+            tensorboard=config.tensorboard,
+            log=log,
+        )
 
     # -------------------------------------------------------------- setup
     def _validate(self) -> None:
@@ -269,20 +273,11 @@ class TrainEngine:
             raise FileNotFoundError(f"genotype file {c.model.genotype} does not exist")
 
     def _datasets(self) -> tuple[SegmentationDataset, SegmentationDataset]:
-        d = self.cfg.data
-
-        def build(split: str, transform: Any) -> SegmentationDataset:
-            try:
-                return build_dataset(d.name, d.root, split, transform, **d.options)
-            except TypeError as err:  # an option the data set class does not take
-                raise ValueError(
-                    f"data.options {d.options} are not accepted by the {d.name!r} data set: {err}"
-                ) from err
-
-        train = build(d.train_split, train_transform(d.crop_size, scale=d.scale, flip=d.flip))
-        evaluation = build(d.eval_split, eval_transform(d.eval_size))
+        train, evaluation = build_datasets(self.cfg.data)
         if len(evaluation) == 0:
-            raise ValueError(f"the {d.eval_split!r} split of {d.name!r} has no samples")
+            raise ValueError(
+                f"the {self.cfg.data.eval_split!r} split of {self.cfg.data.name!r} has no samples"
+            )
         return train, evaluation
 
     # -------------------------------------------------------------- steps
@@ -477,37 +472,10 @@ class TrainEngine:
 
     # -------------------------------------------------------------- logging
     def _record(self, record: dict[str, Any]) -> None:
-        if self.rank != 0:
-            return
-        if self._jsonl is None:
-            self._jsonl = (self.output / "metrics.jsonl").open("a")
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
-        if self._tb is not None:
-            for k, v in record.items():
-                if isinstance(v, int | float) and k not in ("iteration", "epoch"):
-                    self._tb.add_scalar(f"{record['type']}/{k}", v, record["iteration"])
-
-    def _open_tensorboard(self) -> None:
-        if self.rank != 0 or not self.cfg.tensorboard:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard is optional
-            return
-        self._tb = SummaryWriter(str(self.output / "tensorboard"))
-
-    def _close_logs(self) -> None:
-        if self._jsonl is not None:
-            self._jsonl.close()
-            self._jsonl = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        self.run_log.record(record)
 
     def _say(self, text: str) -> None:
-        if self.rank == 0 and self._log is not None:
-            self._log(text)
+        self.run_log.say(text)
 
     def _bar(self) -> Any:
         from tqdm import tqdm
@@ -530,7 +498,7 @@ class TrainEngine:
             self.output.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.output / "config.yaml")
             self.network.genotype.save(self.output / "genotype.json")
-        self._open_tensorboard()
+        self.run_log.open()
         self.model.train()
         start_iteration, start = self.iteration, time.perf_counter()
         data = self._data()
@@ -579,7 +547,7 @@ class TrainEngine:
                     return self._result(finished=False)
         finally:
             bar.close()
-            self._close_logs()
+            self.run_log.close()
         self._save_model("model", self.history[-1]["mIoU"] if self.history else None)
         if self.rank == 0:
             self._write_curves()
@@ -643,7 +611,7 @@ class TrainEngine:
 
     def close(self) -> None:
         """Release the process group if this engine created it."""
-        self._close_logs()
+        self.run_log.close()
         if self._owns_process_group and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
             self._owns_process_group = False

@@ -1,0 +1,93 @@
+"""Pieces shared by the search and training engines: data sets from a config, run logs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from autodeeplab.data import SegmentationDataset, build_dataset, eval_transform, train_transform
+
+POSITION_KEYS = frozenset({"epoch", "step", "global_step", "iteration"})
+"""Record keys that say where a record was written rather than what was measured."""
+
+
+def build_datasets(data: Any) -> tuple[SegmentationDataset, SegmentationDataset]:
+    """``(training split with the training transform, evaluation split)`` for a data config
+    (:class:`~autodeeplab.config.DataConfig` or :class:`~autodeeplab.config.TrainDataConfig`)."""
+
+    def build(split: str, transform: Any) -> SegmentationDataset:
+        try:
+            return build_dataset(data.name, data.root, split, transform, **data.options)
+        except TypeError as err:  # an option the data set class does not take
+            raise ValueError(
+                f"data.options {data.options} are not accepted by the {data.name!r} data set: {err}"
+            ) from err
+
+    train = build(
+        data.train_split, train_transform(data.crop_size, scale=data.scale, flip=data.flip)
+    )
+    evaluation = build(data.eval_split, eval_transform(data.eval_size))
+    return train, evaluation
+
+
+class RunLog:
+    """``metrics.jsonl`` records, TensorBoard scalars and printed lines of one run.
+
+    Only rank 0 writes or prints. Each record has a ``type``; its numeric values (other than
+    :data:`POSITION_KEYS`) become TensorBoard scalars ``<type>/<key>`` at ``record[step_key]``.
+    """
+
+    def __init__(
+        self,
+        output: Path,
+        *,
+        rank: int,
+        step_key: str,
+        tensorboard: bool,
+        log: Callable[[str], None] | None,
+    ) -> None:
+        self.output, self.rank, self.step_key = output, rank, step_key
+        self.tensorboard, self.log = tensorboard, log
+        self._jsonl: Any = None
+        self._tb: Any = None
+
+    def open(self) -> None:
+        """Start the TensorBoard writer (when enabled and installed)."""
+        if self.rank != 0 or not self.tensorboard or self._tb is not None:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            return
+        self._tb = SummaryWriter(str(self.output / "tensorboard"))
+
+    def record(self, record: dict[str, Any]) -> None:
+        """Append ``record`` to ``metrics.jsonl`` (and TensorBoard)."""
+        if self.rank != 0:
+            return
+        if self._jsonl is None:
+            self._jsonl = (self.output / "metrics.jsonl").open("a")
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for k, v in record.items():
+                if (
+                    isinstance(v, int | float)
+                    and not isinstance(v, bool)
+                    and k not in POSITION_KEYS
+                ):
+                    self._tb.add_scalar(f"{record['type']}/{k}", v, record[self.step_key])
+
+    def say(self, text: str) -> None:
+        if self.rank == 0 and self.log is not None:
+            self.log(text)
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
