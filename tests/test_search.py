@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -118,6 +119,23 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
     assert (tmp_path / "full" / "genotype.json").read_text() == (
         tmp_path / "part" / "genotype.json"
     ).read_text()
+
+
+def test_ctrl_c_stops_the_search_with_a_checkpoint(tmp_path, monkeypatch):
+    original = SearchEngine.weight_step
+
+    def step_then_ctrl_c(self, batch):
+        value = original(self, batch)
+        if self.global_step == 5:  # the sixth step: Ctrl-C arrives while it runs
+            os.kill(os.getpid(), signal.SIGINT)
+        return value
+
+    monkeypatch.setattr(SearchEngine, "weight_step", step_then_ctrl_c)
+    part = run_search(tiny(tmp_path, name="part"), log=None)
+    assert not part.finished and (part.epoch, part.global_step) == (1, 6)
+    state = load_checkpoint(tmp_path / "part" / "last.pt")
+    assert (state["epoch"], state["step"], state["global_step"]) == (1, 2, 6)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_resume_with_another_config_names_the_keys(tmp_path):

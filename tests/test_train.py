@@ -1,6 +1,7 @@
 """Retraining engine: schedules, loss, run folder, exact resume, errors, multi-process."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from autodeeplab.checkpoint import CheckpointError, load_checkpoint, save_checkp
 from autodeeplab.cli import main
 from autodeeplab.config import TrainConfig, load_config
 from autodeeplab.engine import train as train_engine
+from autodeeplab.engine.common import deferred_interrupt
 from autodeeplab.engine.distributed import SyncBatchNorm2d, convert_sync_batchnorm
 from autodeeplab.engine.search import NonFiniteLossError
 from autodeeplab.engine.train import TrainEngine, global_batch_loss, poly_lr, run_train
@@ -371,3 +373,36 @@ def test_mixed_precision_training_on_cuda(tmp_path, dtype):
     # the saved model is float32 and runs on the CPU
     loaded = load_model(tmp_path / "run" / "best")
     assert next(loaded.model.parameters()).dtype == torch.float32
+
+
+def test_ctrl_c_finishes_the_step_checkpoints_and_resumes_exactly(tmp_path, monkeypatch):
+    full = run_train(tiny(tmp_path, name="full"))
+    original = TrainEngine.train_step
+
+    def step_then_ctrl_c(self, images, masks):
+        value = original(self, images, masks)
+        if self.iteration == 2:  # the third step: Ctrl-C arrives while it runs
+            os.kill(os.getpid(), signal.SIGINT)
+        return value
+
+    monkeypatch.setattr(TrainEngine, "train_step", step_then_ctrl_c)
+    stopped = run_train(tiny(tmp_path, name="split"))
+    assert not stopped.finished and stopped.iteration == 3
+    assert load_checkpoint(tmp_path / "split" / "last.pt")["iteration"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    monkeypatch.setattr(TrainEngine, "train_step", original)
+    resumed = run_train(tiny(tmp_path, name="split"), resume=True)
+    assert resumed.finished
+    a = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "split" / "last.pt")["model"]
+    assert all(torch.equal(v, b[k]) for k, v in a.items())
+    assert resumed.best_miou == full.best_miou
+
+
+def test_second_ctrl_c_interrupts_at_once():
+    with deferred_interrupt() as interrupted:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert interrupted()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

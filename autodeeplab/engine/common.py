@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +94,28 @@ class RunLog:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+@contextlib.contextmanager
+def deferred_interrupt(enabled: bool = True) -> Iterator[Callable[[], bool]]:
+    """Turn the first Ctrl-C (SIGINT) into a flag the training loop polls between steps, so it
+    can finish the step, write a checkpoint and stop cleanly; a second Ctrl-C interrupts at
+    once. Yields the poll function. Inactive (never set) when ``enabled`` is false or outside
+    the main thread."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    hit = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        if hit.is_set():
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        hit.set()
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield hit.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -44,7 +44,7 @@ from autodeeplab.checkpoint import (
 )
 from autodeeplab.config import SearchConfig, config_diff, config_hash, save_config, to_dict
 from autodeeplab.data import SegmentationDataset, search_split
-from autodeeplab.engine.common import RunLog, build_datasets
+from autodeeplab.engine.common import RunLog, build_datasets, deferred_interrupt
 from autodeeplab.genotype import Genotype
 from autodeeplab.metrics import ConfusionMatrix
 from autodeeplab.supernet import SearchNetwork
@@ -316,6 +316,7 @@ class SearchEngine:
                 f"{self.output} already holds a search run ({self.last_path}); pass --resume to "
                 "continue it or choose another output folder"
             )
+        self._interrupted: Callable[[], bool] = lambda: False
         self.run_log = RunLog(
             self.output,
             rank=self.rank,
@@ -616,16 +617,18 @@ class SearchEngine:
             (self.output / "genotypes").mkdir(exist_ok=True)
             save_config(self.cfg, self.output / "config.yaml")
         self.run_log.open()
-        try:
-            while self.epoch < self.cfg.epochs:
-                if not self._run_epoch():
-                    return self._result(finished=False)
-            genotype = self.model.genotype()
-            if self.rank == 0:
-                genotype.save(self.output / "genotype.json")
-            return self._result(finished=True)
-        finally:
-            self.run_log.close()
+        # one process: Ctrl-C finishes the step and checkpoints (ranks could not agree on it)
+        with deferred_interrupt(self.world_size == 1) as self._interrupted:
+            try:
+                while self.epoch < self.cfg.epochs:
+                    if not self._run_epoch():
+                        return self._result(finished=False)
+                genotype = self.model.genotype()
+                if self.rank == 0:
+                    genotype.save(self.output / "genotype.json")
+                return self._result(finished=True)
+            finally:
+                self.run_log.close()
 
     def _result(self, finished: bool) -> SearchResult:
         return SearchResult(
@@ -692,6 +695,13 @@ class SearchEngine:
                     self._say(
                         f"stopped at max_steps={cfg.max_steps} (epoch {epoch + 1}, step "
                         f"{self.step}); continue with --resume"
+                    )
+                    return False
+                if self._interrupted():
+                    self.save()
+                    self._say(
+                        f"interrupted at epoch {epoch + 1}, step {self.step}; wrote "
+                        f"{self.last_path}, continue with --resume"
                     )
                     return False
         finally:

@@ -29,6 +29,7 @@ Run folder::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import sys
@@ -62,7 +63,7 @@ from autodeeplab.config import (
 )
 from autodeeplab.data import SegmentationDataset
 from autodeeplab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from autodeeplab.engine.common import RunLog, build_datasets
+from autodeeplab.engine.common import RunLog, build_datasets, deferred_interrupt
 from autodeeplab.engine.distributed import (
     all_reduce_sum,
     convert_sync_batchnorm,
@@ -503,6 +504,9 @@ class TrainEngine:
         start_iteration, start = self.iteration, time.perf_counter()
         data = self._data()
         bar = self._bar()
+        # one process: Ctrl-C finishes the step and checkpoints (ranks could not agree on it)
+        stop = contextlib.ExitStack()
+        interrupted = stop.enter_context(deferred_interrupt(self.world_size == 1))
         try:
             if self.iteration == 0:
                 self._say(
@@ -545,7 +549,15 @@ class TrainEngine:
                         "continue with --resume"
                     )
                     return self._result(finished=False)
+                if not done and interrupted():
+                    self.save()
+                    self._say(
+                        f"interrupted at iteration {self.iteration}; wrote {self.last_path}, "
+                        "continue with --resume"
+                    )
+                    return self._result(finished=False)
         finally:
+            stop.close()
             bar.close()
             self.run_log.close()
         self._save_model("model", self.history[-1]["mIoU"] if self.history else None)
