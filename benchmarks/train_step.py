@@ -1,0 +1,125 @@
+"""Seconds per retraining step (forward, global-batch loss, backward, SGD) as JSON on stdout.
+
+    .venv/bin/python benchmarks/train_step.py                       # the demo's retraining size
+    .venv/bin/python benchmarks/train_step.py --preset autodeeplab-s --size 321 --batch 2 \
+        --threads 2 --steps 3
+
+Uses :meth:`autodeeplab.engine.train.TrainEngine.train_step` on random batches, so the poly
+learning rate, drop path and loss are the real ones; data loading is not included. Each thread
+count runs ``--runs`` times ``--steps`` steps after ``--warmup`` steps; the median seconds per
+step are reported, and the ratio to the first thread count. On CUDA, ``--amp`` compares float32
+with mixed precision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+
+import torch
+
+from autodeeplab.config import TrainConfig, load_config
+from autodeeplab.engine.train import TrainEngine
+from autodeeplab.genotype import RELEASED, Genotype
+
+
+def _engine(args: argparse.Namespace, out: str, amp: bool) -> TrainEngine:
+    overrides = [
+        f"output={out}",
+        f"device={args.device}",
+        f"amp={str(amp).lower()}",
+        f"data.options={{length: {2 * args.batch}, size: {args.size}}}",
+        f"data.crop_size={args.size}",
+        f"data.batch_size={args.batch}",
+        "iterations=1000000",
+        "progress=false",
+        "tensorboard=false",
+    ]
+    multiplier = args.filter_multiplier or (None if args.preset else 8)
+    if multiplier is not None:
+        overrides.append(f"model.filter_multiplier={multiplier}")
+    cfg = load_config(None, overrides, cls=TrainConfig)
+    if args.preset:
+        cfg.model.preset = args.preset
+    else:
+        path = f"{out}/genotype.json"
+        Genotype(cell=RELEASED.cell, path=tuple(args.path)).save(path)
+        cfg.model.genotype = path
+    return TrainEngine(cfg, log=None)
+
+
+def _time_steps(engine: TrainEngine, args: argparse.Namespace) -> float:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(args.batch, 3, args.size, args.size, generator=g).to(engine.device)
+    masks = torch.randint(0, 7, (args.batch, args.size, args.size), generator=g).to(engine.device)
+    for _ in range(args.warmup):
+        engine.train_step(images, masks)
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        engine.train_step(images, masks)
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / args.steps
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", help="model preset (default: the released cell on --path)")
+    p.add_argument("--path", type=int, nargs="+", default=[0, 0, 0, 0], help="levels per layer")
+    p.add_argument("--filter-multiplier", type=int, help="F (default: the preset's, 8 for --path)")
+    p.add_argument("--size", type=int, default=64, help="square crop size")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", action="store_true", help="CUDA: also time mixed precision")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--runs", type=int, default=3)
+    args = p.parse_args()
+
+    results = []
+    modes = [False, True] if args.amp else [False]
+    for amp in modes:
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            times = []
+            for _ in range(args.runs):
+                with tempfile.TemporaryDirectory() as out:
+                    times.append(_time_steps(_engine(args, out, amp), args))
+            results.append(
+                {
+                    "threads": threads,
+                    "amp": amp,
+                    "s_per_step_median": statistics.median(times),
+                    "s_per_step_runs": times,
+                }
+            )
+    base = results[0]["s_per_step_median"]
+    for r in results:
+        r["speedup_vs_first"] = base / r["s_per_step_median"]
+    print(
+        json.dumps(
+            {
+                "benchmark": "train_step",
+                "model": args.preset or {"path": args.path, "cell": "released"},
+                "filter_multiplier": args.filter_multiplier,
+                "size": args.size,
+                "batch": args.batch,
+                "device": args.device,
+                "torch": torch.__version__,
+                "machine": platform.machine(),
+                "results": results,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
