@@ -45,6 +45,7 @@ from autodeeplab.checkpoint import (
 from autodeeplab.config import SearchConfig, config_diff, config_hash, save_config, to_dict
 from autodeeplab.data import SegmentationDataset, search_split
 from autodeeplab.engine.common import RunLog, build_datasets, deferred_interrupt
+from autodeeplab.engine.distributed import dist_info, init_distributed
 from autodeeplab.genotype import Genotype
 from autodeeplab.metrics import ConfusionMatrix
 from autodeeplab.supernet import SearchNetwork
@@ -229,12 +230,6 @@ def print_flush(text: str) -> None:
     print(text, flush=True)
 
 
-def _dist_info() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 # ---------------------------------------------------------------------------- engine
 class SearchEngine:
     """Holds the model, optimisers, data and position of one search run.
@@ -250,9 +245,8 @@ class SearchEngine:
         log: Callable[[str], None] | None = print_flush,
     ) -> None:
         self.cfg = config
-        self._owns_process_group = False
-        self._init_distributed()
-        self.rank, self.world_size = _dist_info()
+        self._owns_process_group = init_distributed(resolve_device(config.device).type == "cuda")
+        self.rank, self.world_size = dist_info()
         if config.threads is not None:
             if config.threads < 1:
                 raise ValueError(f"threads must be >= 1 or null, got {config.threads}")
@@ -326,13 +320,6 @@ class SearchEngine:
         )
 
     # -------------------------------------------------------------- setup
-    def _init_distributed(self) -> None:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world > 1 and dist.is_available() and not dist.is_initialized():
-            on_cuda = resolve_device(self.cfg.device).type == "cuda"
-            dist.init_process_group(backend="nccl" if on_cuda else "gloo")
-            self._owns_process_group = True
-
     def _device(self) -> torch.device:
         device = resolve_device(self.cfg.device)
         if device.type == "cuda" and device.index is None and self.world_size > 1:
