@@ -1,5 +1,6 @@
 """Retraining engine: schedules, loss, run folder, exact resume, errors, multi-process."""
 
+import json
 import os
 import signal
 import socket
@@ -151,7 +152,7 @@ def test_train_writes_run_folder_and_learns(tmp_path, capsys):
     for name in ("config.yaml", "genotype.json", "metrics.jsonl", "last.pt", "curves.png"):
         assert (out / name).is_file(), name
     assert Genotype.load(out / "genotype.json") == Genotype.load(cfg.model.genotype)
-    records = [__import__("json").loads(line) for line in (out / "metrics.jsonl").open()]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").open()]
     steps = [r for r in records if r["type"] == "step"]
     evals = [r for r in records if r["type"] == "eval"]
     assert [r["iteration"] for r in steps] == list(range(1, 13))
@@ -179,9 +180,7 @@ def test_train_writes_run_folder_and_learns(tmp_path, capsys):
 def test_scheduled_drop_path_grows_with_progress(tmp_path):
     cfg = tiny(tmp_path, "iterations=4", "eval_interval=0", "model.drop_path_rate=0.4")
     run_train(cfg)
-    records = [
-        __import__("json").loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()
-    ]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     rates = [r["drop_path"] for r in records if r["type"] == "step"]
     assert rates == pytest.approx([0.0, 0.1, 0.2, 0.3])  # last cell: 0.4 * (it - 1) / 4
 
@@ -406,3 +405,20 @@ def test_second_ctrl_c_interrupts_at_once():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_tensorboard_events_hold_the_logged_scalars(tmp_path):
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator"
+    )
+    run_train(tiny(tmp_path, "tensorboard=true", "iterations=4", "eval_interval=2"))
+    acc = event_accumulator.EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"step/loss", "step/lr", "step/drop_path", "eval/mIoU", "eval/best_mIoU"} <= tags
+    assert [e.step for e in acc.Scalars("step/loss")] == [1, 2, 3, 4]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    evals = [r for r in records if r["type"] == "eval"]
+    assert [e.step for e in acc.Scalars("eval/mIoU")] == [2, 4]
+    for event, record in zip(acc.Scalars("eval/mIoU"), evals, strict=True):
+        assert event.value == pytest.approx(record["mIoU"], rel=1e-6)
