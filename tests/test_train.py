@@ -422,3 +422,26 @@ def test_tensorboard_events_hold_the_logged_scalars(tmp_path):
     assert [e.step for e in acc.Scalars("eval/mIoU")] == [2, 4]
     for event, record in zip(acc.Scalars("eval/mIoU"), evals, strict=True):
         assert event.value == pytest.approx(record["mIoU"], rel=1e-6)
+
+
+def test_autocast_path_runs_the_forward_in_low_precision_and_the_loss_in_float32(tmp_path):
+    """The mixed-precision code path, exercised on the CPU with bfloat16 (configs only enable
+    it on CUDA): the network output is bfloat16, the loss float32, the update finite."""
+    engine = TrainEngine(tiny(tmp_path, "amp_dtype=bfloat16"), log=None)
+    engine.amp = True  # what amp=true means on a CUDA device
+    seen = {}
+
+    def record_dtype(module, inputs, output):
+        seen["dtype"] = output.dtype  # returns None: the output is left as it is
+
+    engine.model.register_forward_hook(record_dtype)
+    images = torch.randn(2, 3, 32, 32)
+    masks = torch.randint(0, 7, (2, 32, 32))
+    before = [p.detach().clone() for p in engine.model.parameters()]
+    loss = engine.train_step(images, masks)
+    assert seen["dtype"] == torch.bfloat16
+    assert torch.isfinite(torch.tensor(loss))
+    after = list(engine.model.parameters())
+    assert all(p.dtype == torch.float32 for p in after)  # master weights stay float32
+    assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+    engine.close()
