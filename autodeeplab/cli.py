@@ -137,6 +137,17 @@ def _run_draw(args: argparse.Namespace) -> int:
     print(f"wrote {path} ({genotype})")
 
 
+def _run_overrides(args: argparse.Namespace) -> list[str]:
+    """The ``key=value`` overrides of a search or train command, ``--data-root`` and
+    ``--output`` included."""
+    overrides = list(args.overrides)
+    if args.data_root is not None:
+        overrides.append(f"data.root={args.data_root}")
+    if args.output is not None:
+        overrides.append(f"output={args.output}")
+    return overrides
+
+
 def _add_search(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "search",
@@ -158,12 +169,7 @@ def _run_search(args: argparse.Namespace) -> int:
     from autodeeplab.config import load_config
     from autodeeplab.engine.search import NonFiniteLossError, run_search
 
-    overrides = list(args.overrides)
-    if args.data_root is not None:
-        overrides.append(f"data.root={args.data_root}")
-    if args.output is not None:
-        overrides.append(f"output={args.output}")
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, _run_overrides(args))
     try:
         result = run_search(config, resume=args.resume)
     except NonFiniteLossError as err:
@@ -202,12 +208,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from autodeeplab.engine.search import NonFiniteLossError
     from autodeeplab.engine.train import run_train
 
-    overrides = list(args.overrides)
-    if args.data_root is not None:
-        overrides.append(f"data.root={args.data_root}")
-    if args.output is not None:
-        overrides.append(f"output={args.output}")
-    config = load_config(args.config, overrides, cls=TrainConfig)
+    config = load_config(args.config, _run_overrides(args), cls=TrainConfig)
     if args.genotype is not None:
         config.model.genotype, config.model.preset = args.genotype, None
     if args.preset is not None:

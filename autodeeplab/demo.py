@@ -228,7 +228,6 @@ def run_demo(
     clock.stop("predict")
 
     clock.start("report", "write report.html and report.md")
-    clock.timings["report"] = 0.0
     report_html, report_md = _write_report(
         output,
         genotype=genotype,

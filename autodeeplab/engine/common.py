@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import torch
+import torch.distributed as dist
 
 from autodeeplab.data import SegmentationDataset, build_dataset, eval_transform, train_transform
 
@@ -33,6 +37,28 @@ def build_datasets(data: Any) -> tuple[SegmentationDataset, SegmentationDataset]
     )
     evaluation = build(data.eval_split, eval_transform(data.eval_size))
     return train, evaluation
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA if available else CPU; anything else is passed to ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"device {name!r} is not valid; use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available; use auto or cpu")
+    return device
+
+
+def process_device(name: str, world_size: int) -> torch.device:
+    """:func:`resolve_device`, with a bare ``cuda`` meaning this process's GPU (``LOCAL_RANK``)
+    when several processes run."""
+    device = resolve_device(name)
+    if device.type == "cuda" and device.index is None and world_size > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
 
 
 class RunLog:
@@ -119,3 +145,31 @@ def deferred_interrupt(enabled: bool = True) -> Iterator[Callable[[], bool]]:
         yield hit.is_set
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+class EngineBase:
+    """What the search and training engines share: the run log, the last checkpoint's path and
+    the process group they may have created."""
+
+    run_log: RunLog
+    last_path: Path
+    _owns_process_group: bool = False
+
+    def _record(self, record: dict[str, Any]) -> None:
+        self.run_log.record(record)
+
+    def _say(self, text: str) -> None:
+        self.run_log.say(text)
+
+    def _checkpoint_note(self) -> str:
+        """How a stop leaves the run folder: what a failure message should say."""
+        if self.last_path.exists():
+            return f"the last good checkpoint {self.last_path} is kept"
+        return "no checkpoint was written yet"
+
+    def close(self) -> None:
+        """Close the logs and release the process group if this engine created it."""
+        self.run_log.close()
+        if self._owns_process_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self._owns_process_group = False

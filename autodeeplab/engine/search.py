@@ -18,7 +18,6 @@ writes checkpoints, logs and genotypes.
 from __future__ import annotations
 
 import math
-import os
 import random
 import sys
 import time
@@ -44,7 +43,14 @@ from autodeeplab.checkpoint import (
 )
 from autodeeplab.config import SearchConfig, config_diff, config_hash, save_config, to_dict
 from autodeeplab.data import SegmentationDataset, search_split
-from autodeeplab.engine.common import RunLog, build_datasets, deferred_interrupt
+from autodeeplab.engine.common import (
+    EngineBase,
+    RunLog,
+    build_datasets,
+    deferred_interrupt,
+    process_device,
+    resolve_device,
+)
 from autodeeplab.engine.distributed import dist_info, init_distributed
 from autodeeplab.genotype import Genotype
 from autodeeplab.metrics import ConfusionMatrix
@@ -203,19 +209,6 @@ def unrolled_arch_gradients(
 
 
 # ---------------------------------------------------------------------------- helpers
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA if available else CPU; anything else is passed to ``torch.device``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"device {name!r} is not valid; use auto, cpu, cuda or cuda:N") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use auto or cpu")
-    return device
-
-
 def arch_entropies(model: SearchNetwork) -> tuple[float, float]:
     """Mean entropy (nats) of the op distributions per edge and of the used move distributions."""
     with torch.no_grad():
@@ -231,7 +224,7 @@ def print_flush(text: str) -> None:
 
 
 # ---------------------------------------------------------------------------- engine
-class SearchEngine:
+class SearchEngine(EngineBase):
     """Holds the model, optimisers, data and position of one search run.
 
     ``SearchEngine(config, resume=True)`` continues from ``<output>/last.pt``. ``run()`` trains
@@ -251,7 +244,7 @@ class SearchEngine:
             if config.threads < 1:
                 raise ValueError(f"threads must be >= 1 or null, got {config.threads}")
             torch.set_num_threads(config.threads)
-        self.device = self._device()
+        self.device = process_device(config.device, self.world_size)
         self.output = Path(config.output)
         self.last_path = self.output / "last.pt"
         self._validate()
@@ -320,12 +313,6 @@ class SearchEngine:
         )
 
     # -------------------------------------------------------------- setup
-    def _device(self) -> torch.device:
-        device = resolve_device(self.cfg.device)
-        if device.type == "cuda" and device.index is None and self.world_size > 1:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return device
-
     def _validate(self) -> None:
         c = self.cfg
         if c.epochs < 1 or c.arch_start_epoch < 0:
@@ -392,11 +379,7 @@ class SearchEngine:
     def _check_finite(self, value: float, kind: str) -> None:
         if math.isfinite(value):
             return
-        where = (
-            f"the last good checkpoint {self.last_path} is kept"
-            if self.last_path.exists()
-            else "no checkpoint was written yet"
-        )
+        where = self._checkpoint_note()
         raise NonFiniteLossError(
             f"the {kind} loss became {value} at epoch {self.epoch + 1}, step {self.step + 1} "
             f"(global step {self.global_step + 1}); the search stopped and {where}. Lower the "
@@ -589,13 +572,6 @@ class SearchEngine:
                 f"the checkpoint is at epoch {self.epoch} but epochs={self.cfg.epochs}; raise epochs"
             )
 
-    # -------------------------------------------------------------- logging
-    def _record(self, record: dict[str, Any]) -> None:
-        self.run_log.record(record)
-
-    def _say(self, text: str) -> None:
-        self.run_log.say(text)
-
     # -------------------------------------------------------------- main loop
     def run(self) -> SearchResult:
         """Search until ``epochs`` (or ``max_steps``); write genotypes, metrics, checkpoints."""
@@ -736,13 +712,6 @@ class SearchEngine:
             f"({summary['time_s']:.1f}s)"
         )
         self.save()
-
-    def close(self) -> None:
-        """Release the process group if this engine created it."""
-        self.run_log.close()
-        if self._owns_process_group and dist.is_initialized():
-            dist.destroy_process_group()
-            self._owns_process_group = False
 
 
 def run_search(

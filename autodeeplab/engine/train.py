@@ -63,7 +63,14 @@ from autodeeplab.config import (
 )
 from autodeeplab.data import SegmentationDataset
 from autodeeplab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from autodeeplab.engine.common import RunLog, build_datasets, deferred_interrupt
+from autodeeplab.engine.common import (
+    EngineBase,
+    RunLog,
+    build_datasets,
+    deferred_interrupt,
+    process_device,
+    resolve_device,
+)
 from autodeeplab.engine.distributed import (
     all_reduce_sum,
     convert_sync_batchnorm,
@@ -75,7 +82,6 @@ from autodeeplab.engine.search import (
     NonFiniteLossError,
     epoch_batches,
     print_flush,
-    resolve_device,
 )
 from autodeeplab.genotype import Genotype
 from autodeeplab.inference import evaluate
@@ -165,7 +171,7 @@ def global_batch_loss(
 
 
 # ---------------------------------------------------------------------------- engine
-class TrainEngine:
+class TrainEngine(EngineBase):
     """Holds the model, optimiser, data and position of one training run.
 
     ``TrainEngine(config, resume=True)`` continues from ``<output>/last.pt``; ``run()`` trains
@@ -184,11 +190,7 @@ class TrainEngine:
         self.rank, self.world_size = dist_info()
         if config.threads is not None:
             torch.set_num_threads(config.threads)
-        self.device = resolve_device(config.device)
-        if self.device.type == "cuda" and self.device.index is None and self.world_size > 1:
-            import os
-
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        self.device = process_device(config.device, self.world_size)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.output = Path(config.output)
@@ -297,11 +299,7 @@ class TrainEngine:
     def _check_finite(self, value: float) -> None:
         if math.isfinite(value):
             return
-        where = (
-            f"the last good checkpoint {self.last_path} is kept"
-            if self.last_path.exists()
-            else "no checkpoint was written yet"
-        )
+        where = self._checkpoint_note()
         raise NonFiniteLossError(
             f"the training loss became {value} at iteration {self.iteration + 1}; training "
             f"stopped and {where}. Lower the learning rate (optim.lr), add warm-up "
@@ -472,12 +470,6 @@ class TrainEngine:
         )
 
     # -------------------------------------------------------------- logging
-    def _record(self, record: dict[str, Any]) -> None:
-        self.run_log.record(record)
-
-    def _say(self, text: str) -> None:
-        self.run_log.say(text)
-
     def _bar(self) -> Any:
         from tqdm import tqdm
 
@@ -518,8 +510,8 @@ class TrainEngine:
                 )
             while self.iteration < cfg.iterations:
                 images, masks = next(data)
-                lr = self.lr_at(self.iteration)
                 loss = self.train_step(images, masks)
+                lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
                 self.iteration += 1
                 self.loss_sum += loss
                 self.loss_steps += 1
@@ -620,13 +612,6 @@ class TrainEngine:
             history=list(self.history),
             rank=self.rank,
         )
-
-    def close(self) -> None:
-        """Release the process group if this engine created it."""
-        self.run_log.close()
-        if self._owns_process_group and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-            self._owns_process_group = False
 
 
 def run_train(
