@@ -385,10 +385,11 @@ def test_ctrl_c_finishes_the_step_checkpoints_and_resumes_exactly(tmp_path, monk
         return value
 
     monkeypatch.setattr(TrainEngine, "train_step", step_then_ctrl_c)
+    before = signal.getsignal(signal.SIGINT)  # not always the default (e.g. a background job)
     stopped = run_train(tiny(tmp_path, name="split"))
     assert not stopped.finished and stopped.iteration == 3
     assert load_checkpoint(tmp_path / "split" / "last.pt")["iteration"] == 3
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is before  # handler restored
     monkeypatch.setattr(TrainEngine, "train_step", original)
     resumed = run_train(tiny(tmp_path, name="split"), resume=True)
     assert resumed.finished
@@ -399,12 +400,13 @@ def test_ctrl_c_finishes_the_step_checkpoints_and_resumes_exactly(tmp_path, monk
 
 
 def test_second_ctrl_c_interrupts_at_once():
+    before = signal.getsignal(signal.SIGINT)
     with deferred_interrupt() as interrupted:
         os.kill(os.getpid(), signal.SIGINT)
         assert interrupted()
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_tensorboard_events_hold_the_logged_scalars(tmp_path):
