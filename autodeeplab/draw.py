@@ -502,7 +502,7 @@ def load_architecture(path: str | Path) -> tuple[Genotype, np.ndarray | None]:
     """Read a genotype JSON file, or decode a search checkpoint.
 
     A ``.json`` file is read with :meth:`Genotype.load` (no betas). Any other file is loaded
-    with ``torch.load``; it must hold either ``{"model": state_dict}`` or a bare state_dict with
+    with ``torch.load(weights_only=True)``, which never executes code from it; it must hold either ``{"model": state_dict}`` or a bare state_dict with
     ``alphas`` ``(E, 8)`` and ``betas`` ``(L, 4, 3)``. Returns the genotype decoded from them and
     the beta logits.
     """
@@ -529,15 +529,12 @@ def load_architecture(path: str | Path) -> tuple[Genotype, np.ndarray | None]:
 
 
 def _torch_load(path: Path, expected: str) -> Any:
-    import pickle
-    import zipfile
-
-    import torch
+    from autodeeplab.checkpoint import CheckpointError, safe_torch_load
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as err:
-        raise ValueError(f"cannot read {path} as a checkpoint ({err}); {expected}") from None
+        return safe_torch_load(path, what="architecture file")
+    except CheckpointError as err:
+        raise ValueError(f"{err}; {expected}") from None
 
 
 def _to_numpy(x: Any) -> np.ndarray:
