@@ -29,13 +29,16 @@ from dataclasses import dataclass, fields
 from functools import cache, lru_cache
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from autodeeplab import space
 from autodeeplab.genotype import Block, Genotype
 from autodeeplab.space import HAND_DESIGNED_MIN_LAYERS, PATH_FAMILIES, hand_designed_paths
+
+if TYPE_CHECKING:
+    from autodeeplab.network import NetworkConfig
 
 __all__ = [
     "CELL_OPS",
@@ -259,14 +262,14 @@ class _Counts:
 
 
 @lru_cache(maxsize=65536)
-def _params(config: Any) -> int:
+def _params(config: NetworkConfig) -> int:
     from autodeeplab.complexity import count_parameters, meta_model
 
     return count_parameters(meta_model(config))["total"]
 
 
 @lru_cache(maxsize=65536)
-def _multiply_adds(config: Any, input_size: tuple[int, int]) -> int:
+def _multiply_adds(config: NetworkConfig, input_size: tuple[int, int]) -> int:
     from autodeeplab.complexity import complexity
 
     return complexity(config, input_size).multiply_adds
@@ -274,7 +277,7 @@ def _multiply_adds(config: Any, input_size: tuple[int, int]) -> int:
 
 def _network_config(
     genotype: Genotype, num_classes: int, filter_multiplier: int, options: Mapping[str, Any]
-) -> Any:
+) -> NetworkConfig:
     # Imported here: the samplers above need no torch.
     from autodeeplab.network import NetworkConfig
 
