@@ -211,14 +211,18 @@ def _normalise_cell(cell: Any) -> tuple[Block, ...]:
 
 RELEASED = Genotype(cell=space.RELEASED_CELL, path=space.RELEASED_PATH)
 
+_HAND_DESIGNED = ("deeplabv3", "conv-deconv", "stacked-hourglass")
+
 GENOTYPES: dict[str, Genotype] = {
     "autodeeplab": RELEASED,
-    # Hand-designed networks expressed in the same space, with the released cell.
-    "deeplabv3": Genotype(cell=space.RELEASED_CELL, path=(0, 0, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2)),
-    "conv-deconv": Genotype(cell=space.RELEASED_CELL, path=(0, 0, 1, 1, 2, 2, 3, 3, 2, 2, 1, 0)),
-    "stacked-hourglass": Genotype(
-        cell=space.RELEASED_CELL, path=(0, 1, 2, 3, 2, 1, 0, 1, 2, 3, 2, 1)
-    ),
+    # Hand-designed networks expressed in the same space, with the released cell; their paths
+    # come from the path families of the search space (12 layers).
+    **{
+        name: Genotype(cell=space.RELEASED_CELL, path=path)
+        for name, path in space.hand_designed_paths(
+            space.DEFAULT_LAYERS, families=_HAND_DESIGNED
+        ).items()
+    },
 }
 """Named genotypes. Look them up with :func:`get_genotype`."""
 

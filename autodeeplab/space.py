@@ -16,6 +16,8 @@ Network level
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cache
 
 PRIMITIVES: tuple[str, ...] = (
@@ -170,3 +172,85 @@ def count_paths(layers: int = DEFAULT_LAYERS, *, reaching_level: int | None = No
     if reaching_level is None:
         return sum(counts.values())
     return sum(c for (_, reached), c in counts.items() if reached)
+
+
+# ----------------------------------------------------------------------------- hand-designed paths
+
+
+@dataclass(frozen=True)
+class PathFamily:
+    """A hand-designed network-level path, defined for any number of layers.
+
+    The path is ``ramp`` followed by the levels of ``segments``, the remaining layers shared out
+    as evenly as possible over the segments, the earlier segments taking one more layer when
+    the layers do not divide evenly (for 12 layers this reproduces the paper's examples).
+    """
+
+    name: str
+    description: str
+    segments: tuple[int, ...]
+    ramp: tuple[int, ...] = ()
+
+    @property
+    def min_layers(self) -> int:
+        """Fewest layers that hold the ramp and one layer per segment."""
+        return len(self.ramp) + len(self.segments)
+
+    def path(self, layers: int) -> tuple[int, ...]:
+        if layers < self.min_layers:
+            raise ValueError(
+                f"path family {self.name!r} needs at least {self.min_layers} layers, got {layers}"
+            )
+        base, extra = divmod(layers - len(self.ramp), len(self.segments))
+        stretched = (
+            level
+            for i, level in enumerate(self.segments)
+            for _ in range(base + (1 if i < extra else 0))
+        )
+        return (*self.ramp, *stretched)
+
+
+PATH_FAMILIES: dict[str, PathFamily] = {
+    f.name: f
+    for f in (
+        PathFamily("constant-4", "every cell at stride 4", segments=(0,)),
+        PathFamily("constant-8", "every cell at stride 8", segments=(1,)),
+        PathFamily("constant-16", "one cell at stride 8, then stride 16", (2,), ramp=(1,)),
+        PathFamily("constant-32", "strides 8 and 16, then stride 32", (3,), ramp=(1, 2)),
+        PathFamily(
+            "deeplabv3", "DeepLabv3-like: two cells at 4, one at 8, then 16", (2,), ramp=(0, 0, 1)
+        ),
+        PathFamily("conv-deconv", "Conv-Deconv: down to 32, back up to 4", (0, 1, 2, 3, 2, 1, 0)),
+        PathFamily(
+            "stacked-hourglass",
+            "Stacked Hourglass: down to 32 and back up, twice",
+            (0, 1, 2, 3, 2, 1, 0, 1, 2, 3, 2, 1),
+        ),
+    )
+}
+"""Hand-designed path families by name (levels: 0..3 = strides 4..32)."""
+
+HAND_DESIGNED_MIN_LAYERS = max(f.min_layers for f in PATH_FAMILIES.values())
+"""Fewest layers for which every family in :data:`PATH_FAMILIES` exists (12)."""
+
+
+def hand_designed_paths(
+    layers: int = DEFAULT_LAYERS, *, families: Sequence[str] | None = None
+) -> dict[str, tuple[int, ...]]:
+    """Paths of the hand-designed families for ``layers`` layers, by family name.
+
+    ``families=None`` gives every family that fits in ``layers`` (all of them from
+    :data:`HAND_DESIGNED_MIN_LAYERS` = 12 layers on; below that the longer patterns, e.g. the
+    stacked hourglass, are left out). Naming a family that needs more layers raises
+    ``ValueError``.
+    """
+    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+        raise ValueError(f"layers must be a positive integer, got {layers!r}")
+    if families is None:
+        return {n: f.path(layers) for n, f in PATH_FAMILIES.items() if f.min_layers <= layers}
+    unknown = [n for n in families if n not in PATH_FAMILIES]
+    if unknown:
+        raise ValueError(
+            f"unknown path families {unknown}; valid families: {', '.join(PATH_FAMILIES)}"
+        )
+    return {n: PATH_FAMILIES[n].path(layers) for n in families}
