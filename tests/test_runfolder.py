@@ -4,12 +4,10 @@ import json
 import math
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from runs import hold_lock, strict_loads
 
 from autodeeplab.runfolder import (
     LOCK_FILE,
@@ -21,41 +19,6 @@ from autodeeplab.runfolder import (
     read_lock_holder,
     remove_interrupted_writes,
 )
-
-_HOLDER = textwrap.dedent(
-    """
-    import sys
-    from autodeeplab.runfolder import RunFolderLock
-
-    lock = RunFolderLock(sys.argv[1]).acquire()
-    print("locked", flush=True)
-    sys.stdin.readline()  # hold the lock until the parent writes a line (or kills us)
-    lock.release()
-    print("released", flush=True)
-    """
-)
-
-
-def strict_loads(text: str):
-    """``json.loads`` that refuses NaN and Infinity (which standard JSON does not have)."""
-
-    def refuse(name: str):
-        raise ValueError(f"non-standard JSON constant {name}")
-
-    return json.loads(text, parse_constant=refuse)
-
-
-def hold_lock(folder: Path) -> subprocess.Popen:
-    """A child process holding the lock of ``folder`` (flock locks belong to an open file
-    description, so only another process shows what a second run sees)."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(folder)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdout.readline().strip() == "locked"
-    return child
 
 
 def test_a_second_process_is_refused_with_the_holders_pid(tmp_path):
