@@ -127,6 +127,8 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
     assert (tmp_path / "full" / "genotype.json").read_text() == (
         tmp_path / "part" / "genotype.json"
     ).read_text()
+    assert_same_search_state(tmp_path / "full" / "last.pt", tmp_path / "part" / "last.pt")
+    assert _comparable(tmp_path / "part") == _comparable(tmp_path / "full")
 
 
 def test_ctrl_c_stops_the_search_with_a_checkpoint(tmp_path, monkeypatch):
@@ -142,9 +144,15 @@ def test_ctrl_c_stops_the_search_with_a_checkpoint(tmp_path, monkeypatch):
     before = signal.getsignal(signal.SIGINT)  # not always the default (e.g. a background job)
     part = run_search(tiny(tmp_path, name="part"), log=None)
     assert not part.finished and (part.epoch, part.global_step) == (1, 6)
+    assert part.stop_signal == signal.SIGINT
     state = load_checkpoint(tmp_path / "part" / "last.pt")
     assert (state["epoch"], state["step"], state["global_step"]) == (1, 2, 6)
     assert signal.getsignal(signal.SIGINT) is before
+    monkeypatch.setattr(SearchEngine, "weight_step", original)
+    full = run_search(tiny(tmp_path, name="full"), log=None)
+    resumed = run_search(tiny(tmp_path, name="part"), resume=True, log=None)
+    assert resumed.finished and resumed.genotype == full.genotype
+    assert_same_search_state(tmp_path / "full" / "last.pt", tmp_path / "part" / "last.pt")
 
 
 def test_resume_with_another_config_names_the_keys(tmp_path):
