@@ -421,10 +421,18 @@ def _run_search(args: argparse.Namespace) -> int:
     except NonFiniteLossError as err:
         print(f"autodeeplab search: error: {err}", file=sys.stderr)
         return 3
+    if result.stop_signal is not None:
+        return _signal_exit_code(result.stop_signal)
     if result.finished and result.rank == 0:
         print(f"genotype {result.genotype}")
         print(f"wrote {result.output / 'genotype.json'}")
     return 0
+
+
+def _signal_exit_code(signum: int) -> int:
+    """128 + the signal number (130 for Ctrl-C, 143 for SIGTERM), as shells report a process
+    ended by that signal: the run stopped with a checkpoint and ``--resume`` continues it."""
+    return 128 + signum
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -464,6 +472,8 @@ def _run_train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as err:
         print(f"autodeeplab train: error: {err}", file=sys.stderr)
         return 3
+    if result.stop_signal is not None:
+        return _signal_exit_code(result.stop_signal)
     if result.finished and result.rank == 0:
         if result.best_miou is not None:
             print(
@@ -507,16 +517,20 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from autodeeplab.demo import run_demo
+    from autodeeplab.demo import DemoStopped, run_demo
 
-    run_demo(
-        args.output,
-        overwrite=args.overwrite,
-        search_overrides=args.search,
-        train_overrides=args.train,
-        samples=args.samples,
-        threads=args.threads,
-    )
+    try:
+        run_demo(
+            args.output,
+            overwrite=args.overwrite,
+            search_overrides=args.search,
+            train_overrides=args.train,
+            samples=args.samples,
+            threads=args.threads,
+        )
+    except DemoStopped as stopped:
+        print(f"autodeeplab demo: {stopped}", file=sys.stderr)
+        return _signal_exit_code(stopped.signum)
     return 0
 
 

@@ -114,6 +114,8 @@ class SearchConfig:
     eval_interval: int = 1
     checkpoint_interval: int = 0
     """Keep a copy ``checkpoints/epoch_NNN.pt`` every N epochs (0 = only ``last.pt``)."""
+    checkpoint_steps: int = 0
+    """Also write ``last.pt`` every N global steps inside an epoch (0 = only at epoch ends)."""
     log_interval: int = 10
     """Write a step record to ``metrics.jsonl`` every N steps."""
     max_steps: int | None = None
@@ -133,6 +135,7 @@ RUNTIME_KEYS: frozenset[str] = frozenset(
         "epochs",
         "log_interval",
         "checkpoint_interval",
+        "checkpoint_steps",
         "eval_interval",
         "data.root",
         "data.workers",

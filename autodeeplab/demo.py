@@ -22,8 +22,9 @@ The stage configs are the package's ``resources/demo_search.yaml`` and
 
 from __future__ import annotations
 
-import json
+import contextlib
 import shutil
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,8 +41,20 @@ from autodeeplab.data import SegmentationDataset, build_dataset, eval_transform
 from autodeeplab.engine.search import print_flush
 from autodeeplab.genotype import Genotype
 from autodeeplab.metrics import ConfusionMatrix
+from autodeeplab.runfolder import LOCK_FILE, RunFolderLock, dumps_json
 
 STAGES: tuple[str, ...] = ("search", "decode", "train", "evaluate", "predict", "report")
+
+
+class DemoStopped(Exception):
+    """A stop signal (Ctrl-C, SIGTERM) ended a stage early; the demo stopped after it."""
+
+    def __init__(self, stage: str, signum: int) -> None:
+        self.stage, self.signum = stage, signum
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} during the {stage} stage; run the demo "
+            "again with --overwrite"
+        )
 
 
 @dataclass(frozen=True)
@@ -86,18 +99,37 @@ def demo_configs(
     return search, train
 
 
-def _prepare_output(output: Path, overwrite: bool) -> None:
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+def _prepare_output(output: Path, overwrite: bool) -> RunFolderLock:
+    """Lock ``output`` (created if missing) and check that it is empty, or empty it with
+    ``overwrite``. Returns the held lock."""
+    if output.exists() and not output.is_dir():
         if not overwrite:
+            raise ValueError(
+                f"{output} exists and is not a folder; pass --overwrite to replace it or choose "
+                "another --output folder"
+            )
+        output.unlink()
+    lock = RunFolderLock(output).acquire()
+    try:
+        contents = sorted(p for p in output.iterdir() if p.name != LOCK_FILE)
+        if contents and not overwrite:
             raise ValueError(
                 f"{output} exists and is not empty; pass --overwrite to replace it or choose "
                 "another --output folder"
             )
-        if output.is_dir():
-            shutil.rmtree(output)
-        else:
-            output.unlink()
-    output.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as stages:
+            for path in contents:  # refused, before anything is removed, while a run writes there
+                if path.is_dir() and (path / LOCK_FILE).is_file():
+                    stages.enter_context(RunFolderLock(path))
+            for path in contents:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def majority_baseline(
@@ -151,7 +183,25 @@ def run_demo(
     threads: int | None = None,
     log: Callable[[str], None] | None = print_flush,
 ) -> DemoResult:
-    """Run search -> decode -> retrain -> evaluate -> predict -> report into ``output``."""
+    """Run search -> decode -> retrain -> evaluate -> predict -> report into ``output``.
+
+    ``output`` is locked for the run (:class:`~autodeeplab.runfolder.RunFolderLock`); a stop
+    signal during the search or training stage raises :class:`DemoStopped`."""
+    output = Path(output)
+    search_cfg, train_cfg = demo_configs(output, search_overrides, train_overrides)
+    if threads is not None:
+        search_cfg.threads = train_cfg.threads = threads
+    with _prepare_output(output, overwrite):
+        return _run_stages(output, search_cfg, train_cfg, samples, log)
+
+
+def _run_stages(
+    output: Path,
+    search_cfg: SearchConfig,
+    train_cfg: TrainConfig,
+    samples: int,
+    log: Callable[[str], None] | None,
+) -> DemoResult:
     from autodeeplab.draw import draw_architecture, load_architecture, save_figure
     from autodeeplab.engine.search import run_search
     from autodeeplab.engine.train import run_train
@@ -159,15 +209,12 @@ def run_demo(
     from autodeeplab.predict import predict_images
     from autodeeplab.saved_model import load_model
 
-    output = Path(output)
-    search_cfg, train_cfg = demo_configs(output, search_overrides, train_overrides)
-    if threads is not None:
-        search_cfg.threads = train_cfg.threads = threads
-    _prepare_output(output, overwrite)
     clock = _Clock(log)
 
     clock.start("search", "supernet search over cells and network paths on synthetic data")
     search = run_search(search_cfg, log=log)
+    if search.stop_signal is not None:
+        raise DemoStopped("search", search.stop_signal)
     clock.stop("search")
 
     clock.start("decode", "decode the architecture and draw it")
@@ -178,6 +225,8 @@ def run_demo(
 
     clock.start("train", f"retrain {genotype} from scratch")
     trained = run_train(train_cfg, log=log)
+    if trained.stop_signal is not None:
+        raise DemoStopped("train", trained.stop_signal)
     clock.stop("train")
 
     clock.start("evaluate", "evaluate the best model and a majority-class baseline")
@@ -206,7 +255,7 @@ def run_demo(
         "model": cm.to_dict(names),
         "baseline": {"class": names[majority], **baseline.to_dict(names)},
     }
-    (output / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+    (output / "eval.json").write_text(dumps_json(evaluation, indent=2) + "\n")
     if log is not None:
         log(cm.format_table(names))
         log(
@@ -257,7 +306,7 @@ def run_demo(
         "timings_s": timings,
         "report": str(report_html),
     }
-    (output / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (output / "demo.json").write_text(dumps_json(summary, indent=2) + "\n")
     if log is not None:
         log("stage timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
         log(f"report: {report_html} (and {report_md.name})")

@@ -1,15 +1,20 @@
 """The one-command demo on a shrunken configuration: every stage, the report, the baseline."""
 
 import json
+import os
+import signal
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
+from runs import hold_lock
 
 from autodeeplab.cli import main
 from autodeeplab.data import build_dataset
-from autodeeplab.demo import STAGES, majority_baseline, resource_config, run_demo
+from autodeeplab.demo import STAGES, DemoStopped, majority_baseline, resource_config, run_demo
+from autodeeplab.engine.search import SearchEngine
+from autodeeplab.runfolder import RunFolderLockedError
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = "data.options={length: 24, size: 32, seed: 0}"
@@ -94,3 +99,44 @@ def test_packaged_demo_configs_are_the_synthetic_configs():
     for kind, name in (("search", "demo_search.yaml"), ("train", "demo_train.yaml")):
         packaged = resource_config(name).read_text()
         assert packaged == (ROOT / "configs" / kind / "synthetic.yaml").read_text()
+
+
+def test_a_demo_folder_in_use_is_refused_even_with_overwrite(tmp_path):
+    out = tmp_path / "demo"
+    (out / "search").mkdir(parents=True)
+    (out / "notes.txt").write_text("keep")
+    child = hold_lock(out)
+    try:
+        for overwrite in (False, True):
+            with pytest.raises(RunFolderLockedError, match=f"pid {child.pid}"):
+                run_demo(out, overwrite=overwrite, search_overrides=SEARCH, log=None)
+    finally:
+        child.kill()
+        child.wait()
+    # a search still writing into the demo's search folder: --overwrite removes nothing
+    child = hold_lock(out / "search")
+    try:
+        with pytest.raises(RunFolderLockedError, match=f"pid {child.pid}"):
+            run_demo(out, overwrite=True, search_overrides=SEARCH, log=None)
+    finally:
+        child.kill()
+        child.wait()
+    assert (out / "notes.txt").read_text() == "keep" and (out / "search").is_dir()
+
+
+def test_a_stop_signal_during_the_search_stops_the_demo(tmp_path, monkeypatch, capsys):
+    original = SearchEngine.weight_step
+
+    def step_then_sigterm(self, batch):
+        value = original(self, batch)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return value
+
+    monkeypatch.setattr(SearchEngine, "weight_step", step_then_sigterm)
+    with pytest.raises(DemoStopped, match="SIGTERM during the search stage"):
+        run_demo(tmp_path / "a", search_overrides=SEARCH, train_overrides=TRAIN, log=None)
+    assert (tmp_path / "a" / "search" / "last.pt").is_file()
+    assert not (tmp_path / "a" / "train").exists()  # it did not go on to train
+    args = ["demo", "--output", str(tmp_path / "b"), "--search", *SEARCH, "--train", *TRAIN]
+    assert main(args) == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM during the search stage" in capsys.readouterr().err

@@ -1,9 +1,15 @@
-"""Search engine: outputs, arch movement, exact resume, errors, unrolled gradient, 2 processes."""
+"""Search engine: outputs, arch movement, exact resume, errors, unrolled gradient, 2 processes,
+the run folder's lock, stop signals, periodic checkpoints, the loss over valid pixels."""
 
+import copy
 import json
 import os
 import signal
 import socket
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from runs import hold_lock, read_records
 from torch.func import functional_call
 from torch.utils.data import default_collate
 
@@ -26,6 +33,7 @@ from autodeeplab.engine.search import (
     unrolled_arch_gradients,
 )
 from autodeeplab.genotype import Genotype
+from autodeeplab.runfolder import RunFolderLock, RunFolderLockedError
 from autodeeplab.supernet import SearchNetwork
 
 SYNTHETIC = Path(__file__).resolve().parents[1] / "configs" / "search" / "synthetic.yaml"
@@ -119,6 +127,8 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
     assert (tmp_path / "full" / "genotype.json").read_text() == (
         tmp_path / "part" / "genotype.json"
     ).read_text()
+    assert_same_search_state(tmp_path / "full" / "last.pt", tmp_path / "part" / "last.pt")
+    assert _comparable(tmp_path / "part") == _comparable(tmp_path / "full")
 
 
 def test_ctrl_c_stops_the_search_with_a_checkpoint(tmp_path, monkeypatch):
@@ -134,9 +144,15 @@ def test_ctrl_c_stops_the_search_with_a_checkpoint(tmp_path, monkeypatch):
     before = signal.getsignal(signal.SIGINT)  # not always the default (e.g. a background job)
     part = run_search(tiny(tmp_path, name="part"), log=None)
     assert not part.finished and (part.epoch, part.global_step) == (1, 6)
+    assert part.stop_signal == signal.SIGINT
     state = load_checkpoint(tmp_path / "part" / "last.pt")
     assert (state["epoch"], state["step"], state["global_step"]) == (1, 2, 6)
     assert signal.getsignal(signal.SIGINT) is before
+    monkeypatch.setattr(SearchEngine, "weight_step", original)
+    full = run_search(tiny(tmp_path, name="full"), log=None)
+    resumed = run_search(tiny(tmp_path, name="part"), resume=True, log=None)
+    assert resumed.finished and resumed.genotype == full.genotype
+    assert_same_search_state(tmp_path / "full" / "last.pt", tmp_path / "part" / "last.pt")
 
 
 def test_resume_with_another_config_names_the_keys(tmp_path):
@@ -170,6 +186,8 @@ def test_cli_errors(tmp_path, capsys):
     assert "missing" in err and "leftImg8bit" in err
     assert main([*base, "data.name=voc"]) == 2
     assert "--data-root" in capsys.readouterr().err
+    assert main([*base, "checkpoint_steps=-1"]) == 2
+    assert "checkpoint_steps must be >= 0" in capsys.readouterr().err
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):
@@ -287,12 +305,25 @@ def _worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> None:
         engine.arch_gradients(_first_arch_batch(engine, rank, world))
         if rank == 0:
             torch.save([p.grad.clone() for p in engine.arch], Path(out) / "ddp_grads.pt")
+        images, masks = _first_arch_batch(engine, rank, world)
+        loss = engine.arch_gradients((images, _uneven_ignore(masks, rank)))
+        if rank == 0:
+            grads = [p.grad.clone() for p in engine.arch]
+            torch.save({"loss": loss, "grads": grads}, Path(out) / "ddp_uneven.pt")
         engine.a_opt.zero_grad(set_to_none=True)
         result = engine.run()
         if rank == 0:
             torch.save(result.global_step, Path(out) / "ddp_steps.pt")
     finally:
         dist.destroy_process_group()
+
+
+def _uneven_ignore(masks: torch.Tensor, rank: int) -> torch.Tensor:
+    """Rank 0 ignores 3/4 of its pixels, rank 1 none: the ranks' valid pixels differ."""
+    masks = masks.clone()
+    if rank == 0:
+        masks[:, : 3 * masks.shape[1] // 4] = 255
+    return masks
 
 
 def test_two_process_search_averages_architecture_gradients(tmp_path):
@@ -314,3 +345,277 @@ def test_two_process_search_averages_architecture_gradients(tmp_path):
     for d, g0, g1 in zip(ddp, *per_shard, strict=True):
         torch.testing.assert_close(d, (g0 + g1) / 2, rtol=1e-5, atol=1e-8)
         assert d.abs().max() > 0
+
+    # uneven ignored pixels: the loss and its gradient are those of the mean over the valid
+    # pixels of the global batch (each half normalised by its own BatchNorm statistics)
+    uneven = torch.load(tmp_path / "ddp_uneven.pt")
+    logits, masks = [], []
+    for rank in range(2):
+        images, m = _first_arch_batch(single, rank, 2)
+        logits.append(single.model(images))
+        masks.append(_uneven_ignore(m, rank))
+    for p in single.arch:
+        p.requires_grad_(True)
+    reference = F.cross_entropy(torch.cat(logits), torch.cat(masks), ignore_index=255)
+    mean_of_means = (
+        sum(F.cross_entropy(x, m, ignore_index=255) for x, m in zip(logits, masks, strict=True)) / 2
+    )
+    assert abs(mean_of_means.item() - reference.item()) > 1e-3  # the two normalisations differ
+    assert uneven["loss"] == pytest.approx(reference.item(), rel=1e-5)
+    expected = torch.autograd.grad(reference, single.arch)
+    for d, e in zip(uneven["grads"], expected, strict=True):
+        torch.testing.assert_close(d, e, rtol=1e-5, atol=1e-8)
+    single.close()
+
+
+def _refused_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        SearchEngine(from_dict(SearchConfig, cfg_dict), log=None)
+    except RunFolderLockedError as err:
+        (Path(out) / f"refused{rank}.txt").write_text(str(err))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_search_on_a_folder_in_use_is_refused_on_every_rank(tmp_path):
+    """Rank 0 takes the lock for the run (the passing test above shows that the other ranks
+    are not refused by it); when it cannot, every rank raises instead of waiting for it."""
+    cfg = tiny(tmp_path, "epochs=1")
+    with RunFolderLock(cfg.output):  # this process is not one of the two ranks
+        args = (2, _free_port(), to_dict(cfg), str(tmp_path))
+        mp.spawn(_refused_worker, args=args, nprocs=2, join=True)
+    assert f"pid {os.getpid()}" in (tmp_path / "refused0.txt").read_text()
+    assert "rank 0 could not lock the run folder" in (tmp_path / "refused1.txt").read_text()
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+# ---------------------------------------------------------------------------- run folder
+def _comparable(run: Path) -> list[dict]:
+    """The records of a run's metrics.jsonl without the wall-clock times."""
+    return [
+        {k: v for k, v in r.items() if k != "time_s"} for r in read_records(run / "metrics.jsonl")
+    ]
+
+
+def assert_same_search_state(a_path: Path, b_path: Path) -> None:
+    """Bit-identical weights, alphas, betas, BatchNorm statistics and optimiser states."""
+    a, b = load_checkpoint(a_path), load_checkpoint(b_path)
+    assert (a["epoch"], a["step"], a["global_step"]) == (b["epoch"], b["step"], b["global_step"])
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for name in ("w_opt", "a_opt"):
+        sa, sb = a[name]["state"], b[name]["state"]
+        assert sa.keys() == sb.keys() and sa, name
+        for i in sa:
+            for k, v in sa[i].items():
+                assert torch.equal(torch.as_tensor(v), torch.as_tensor(sb[i][k])), (name, i, k)
+    assert a["w_sched"] == b["w_sched"]
+
+
+def test_a_search_on_a_folder_in_use_is_refused_and_its_outputs_are_kept(tmp_path, capsys):
+    run = tmp_path / "run"
+    run_search(tiny(tmp_path, "max_steps=2"), log=None)
+    leftover = run / ".last.pt.k2j_x9ab.tmp"  # as if a checkpoint write had been killed
+    leftover.write_bytes(b"half a checkpoint")
+    before = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    before.pop(".autodeeplab.lock")
+    child = hold_lock(run)
+    try:
+        with pytest.raises(RunFolderLockedError, match=f"pid {child.pid}"):
+            SearchEngine(tiny(tmp_path), resume=True, log=None)
+        cli = ["search", "--config", str(SYNTHETIC), *TINY, f"output={run}", "--resume"]
+        assert main(cli) == 2
+        err = capsys.readouterr().err
+        assert f"in use by another process (pid {child.pid}" in err and "another output" in err
+    finally:
+        child.kill()
+        child.wait()
+    after = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    after.pop(".autodeeplab.lock")
+    assert after == before  # nothing written, nothing removed while the folder was in use
+    # the killed holder's lock does not block; the leftover goes when the run starts
+    result = run_search(tiny(tmp_path), resume=True, log=None)
+    assert result.finished and not leftover.exists()
+
+
+_KILLED_SEARCH = textwrap.dedent(
+    """
+    import os, signal, sys
+    from autodeeplab.config import load_config
+    from autodeeplab.engine.search import SearchEngine, run_search
+
+    kill_at = int(sys.argv[2])
+    original = SearchEngine.weight_step
+
+    def step(self, batch):
+        if self.global_step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(self, batch)
+
+    SearchEngine.weight_step = step
+    run_search(load_config(sys.argv[1], sys.argv[3:]), log=None)
+    """
+)
+
+
+def test_kill_9_after_a_periodic_checkpoint_resumes_bit_identically(tmp_path):
+    """checkpoint_steps=3 writes last.pt at global steps 3, 6 (mid-epoch) and at the epoch
+    ends; the process is killed during step 8, one logged step after the checkpoint at 6.
+    The resumed run drops that record, redoes the steps and ends exactly as an uninterrupted
+    run: same weights, alphas, betas, optimiser states and metrics records."""
+    full = run_search(tiny(tmp_path, name="full"), log=None)
+    part = tmp_path / "part"
+    args = [*TINY, f"output={part}", "checkpoint_steps=3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-c", _KILLED_SEARCH, str(SYNTHETIC), "7", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    state = load_checkpoint(part / "last.pt")
+    assert (state["epoch"], state["step"], state["global_step"]) == (1, 2, 6)
+    assert [r["global_step"] for r in read_records(part / "metrics.jsonl")][-2:] == [6, 7]
+
+    resumed = run_search(load_config(SYNTHETIC, args), resume=True, log=None)
+    assert resumed.finished and resumed.genotype == full.genotype
+    assert_same_search_state(tmp_path / "full" / "last.pt", part / "last.pt")
+    records = _comparable(part)
+    assert records == _comparable(tmp_path / "full")
+    assert [r["global_step"] for r in records if r["type"] == "step"] == list(range(1, 9))
+
+
+def test_sigterm_at_the_end_of_an_epoch_ends_the_epoch_then_stops(tmp_path, monkeypatch, capsys):
+    original = SearchEngine.weight_step
+
+    def step_then_sigterm(self, batch):
+        value = original(self, batch)
+        if self.global_step == 3:  # the fourth step, the last of epoch 1
+            os.kill(os.getpid(), signal.SIGTERM)
+        return value
+
+    monkeypatch.setattr(SearchEngine, "weight_step", step_then_sigterm)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    part = run_search(tiny(tmp_path, name="part"), log=None)
+    assert not part.finished and part.stop_signal == signal.SIGTERM
+    assert (part.epoch, part.global_step) == (1, 4)
+    state = load_checkpoint(tmp_path / "part" / "last.pt")
+    assert (state["epoch"], state["step"], state["global_step"]) == (1, 0, 4)
+    assert [r["epoch"] for r in read_records(tmp_path / "part" / "metrics.jsonl")][-1:] == [1]
+    assert {s: signal.getsignal(s) for s in before} == before  # handlers restored
+    # the CLI exits with 128 + SIGTERM, the status of a process ended by that signal
+    cli = ["search", "--config", str(SYNTHETIC), *TINY, f"output={tmp_path / 'cli'}"]
+    assert main(cli) == 128 + signal.SIGTERM
+    assert "genotype" not in capsys.readouterr().out
+
+    monkeypatch.setattr(SearchEngine, "weight_step", original)
+    full = run_search(tiny(tmp_path, name="full"), log=None)
+    resumed = run_search(tiny(tmp_path, name="part"), resume=True, log=None)
+    assert resumed.finished and resumed.genotype == full.genotype
+    assert_same_search_state(tmp_path / "full" / "last.pt", tmp_path / "part" / "last.pt")
+    assert _comparable(tmp_path / "part") == _comparable(tmp_path / "full")
+
+
+def test_sigterm_to_the_search_command_checkpoints_and_resume_finishes_identically(tmp_path):
+    """A real ``autodeeplab search`` process gets SIGTERM from outside once its first step
+    is logged: it finishes the step, writes last.pt and exits with 143."""
+    out = tmp_path / "part"
+    cmd = [sys.executable, "-m", "autodeeplab", "search", "--config", str(SYNTHETIC)]
+    cmd += [*TINY, f"output={out}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        metrics, give_up = out / "metrics.jsonl", time.monotonic() + 300
+        while not (metrics.is_file() and metrics.read_text()):
+            assert proc.poll() is None and time.monotonic() < give_up, proc.communicate()[1]
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "stopped by SIGTERM" in stdout and "--resume" in stdout
+    state = load_checkpoint(out / "last.pt")
+    assert 1 <= state["global_step"] < 8 and not (out / "genotype.json").exists()
+
+    resumed = run_search(tiny(tmp_path, name="part"), resume=True, log=None)
+    full = run_search(tiny(tmp_path, name="full"), log=None)
+    assert resumed.finished and resumed.genotype == full.genotype
+    assert_same_search_state(tmp_path / "full" / "last.pt", out / "last.pt")
+    assert _comparable(out) == _comparable(tmp_path / "full")
+
+
+# ---------------------------------------------------------------------------- loss
+def _batch_with_ignored_pixels() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(2, 3, 32, 32, generator=g)
+    masks = torch.randint(0, 7, (2, 32, 32), generator=g)
+    masks[0, :20] = 255  # the two images have different numbers of valid pixels
+    masks[1, :, :5] = 255
+    return images, masks
+
+
+def test_search_losses_are_the_mean_over_the_valid_pixels(tmp_path):
+    engine = SearchEngine(tiny(tmp_path), log=None)
+    images, masks = _batch_with_ignored_pixels()
+    with torch.no_grad():  # training mode: the same batch statistics as the step
+        reference = F.cross_entropy(engine.model(images), masks, ignore_index=255).item()
+    assert engine.weight_step((images, masks)) == pytest.approx(reference, rel=1e-6)
+    with torch.no_grad():
+        reference = F.cross_entropy(engine.model(images), masks, ignore_index=255).item()
+    assert engine.arch_step((images, masks)) == pytest.approx(reference, rel=1e-6)
+    engine.close()
+
+
+def test_a_batch_without_valid_pixels_is_skipped_without_a_step(tmp_path):
+    engine = SearchEngine(tiny(tmp_path), log=None)
+    images, masks = _batch_with_ignored_pixels()
+    engine.weight_step((images, masks))  # momentum and Adam moments exist from here on
+    engine.arch_step((images, masks))
+    before = copy.deepcopy(
+        (engine.model.state_dict(), engine.w_opt.state_dict(), engine.a_opt.state_dict())
+    )
+    empty = (images, torch.full_like(masks, 255))
+    assert engine.weight_step(empty) is None
+    assert engine.arch_step(empty) is None
+    after = (engine.model.state_dict(), engine.w_opt.state_dict(), engine.a_opt.state_dict())
+    for k, v in before[0].items():
+        assert torch.equal(v, after[0][k]), k  # weight decay and momentum did not move them
+    for b, a in zip(before[1:], after[1:], strict=True):
+        for i, state in b["state"].items():
+            for k, v in state.items():
+                assert torch.equal(torch.as_tensor(v), torch.as_tensor(a["state"][i][k]))
+    engine.close()
+
+
+def test_batches_without_valid_pixels_do_not_stop_the_search_and_are_counted(tmp_path, monkeypatch):
+    weight_step, arch_step = SearchEngine.weight_step, SearchEngine.arch_step
+
+    def blank(batch):
+        return batch[0], torch.full_like(batch[1], 255)
+
+    def weight_step_blank_at_2(self, batch):
+        return weight_step(self, blank(batch) if self.global_step == 1 else batch)
+
+    def arch_step_blank_at_5(self, val_batch, train_batch=None):
+        return arch_step(
+            self, blank(val_batch) if self.global_step == 4 else val_batch, train_batch
+        )
+
+    monkeypatch.setattr(SearchEngine, "weight_step", weight_step_blank_at_2)
+    monkeypatch.setattr(SearchEngine, "arch_step", arch_step_blank_at_5)
+    result = run_search(tiny(tmp_path), log=None)
+    assert result.finished and result.global_step == 8
+    records = read_records(tmp_path / "run" / "metrics.jsonl")
+    steps = {r["global_step"]: r for r in records if r["type"] == "step"}
+    assert steps[2]["loss"] is None and steps[5]["arch_loss"] is None
+    assert all(steps[g]["loss"] is not None for g in steps if g != 2)
+    epochs = [r for r in records if r["type"] == "epoch"]
+    assert [(e["skipped_batches"], e["skipped_arch_batches"]) for e in epochs] == [(1, 0), (0, 1)]
+    # the epoch losses are the means over the steps taken
+    assert epochs[0]["loss"] == pytest.approx(sum(steps[g]["loss"] for g in (1, 3, 4)) / 3)
+    assert epochs[1]["arch_loss"] == pytest.approx(
+        sum(steps[g]["arch_loss"] for g in (6, 7, 8)) / 3
+    )

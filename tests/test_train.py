@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from runs import hold_lock, read_records, strict_loads
 
 from autodeeplab import load_model
 from autodeeplab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -24,6 +25,7 @@ from autodeeplab.engine.distributed import SyncBatchNorm2d, convert_sync_batchno
 from autodeeplab.engine.search import NonFiniteLossError
 from autodeeplab.engine.train import TrainEngine, global_batch_loss, poly_lr, run_train
 from autodeeplab.genotype import RELEASED, Genotype
+from autodeeplab.runfolder import RunFolderLockedError
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = ROOT / "configs" / "train" / "synthetic.yaml"
@@ -447,3 +449,107 @@ def test_autocast_path_runs_the_forward_in_low_precision_and_the_loss_in_float32
     assert all(p.dtype == torch.float32 for p in after)  # master weights stay float32
     assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
     engine.close()
+
+
+def test_second_signal_of_either_kind_interrupts_at_once():
+    stops = (signal.SIGINT, signal.SIGTERM)
+    before = {s: signal.getsignal(s) for s in stops}
+    for first, second in ((signal.SIGTERM, signal.SIGINT), (signal.SIGINT, signal.SIGTERM)):
+        with deferred_interrupt() as interrupted:
+            assert not interrupted()
+            os.kill(os.getpid(), first)
+            assert interrupted() and interrupted.signum == first
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), second)
+        assert {s: signal.getsignal(s) for s in stops} == before
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_the_cli_exits_with_143(
+    tmp_path, monkeypatch, capsys
+):
+    original = TrainEngine.train_step
+
+    def step_then_sigterm(self, images, masks):
+        value = original(self, images, masks)
+        if self.iteration == 1:  # the second step: SIGTERM arrives while it runs
+            os.kill(os.getpid(), signal.SIGTERM)
+        return value
+
+    monkeypatch.setattr(TrainEngine, "train_step", step_then_sigterm)
+    stopped = run_train(tiny(tmp_path, name="split"))
+    assert not stopped.finished and stopped.iteration == 2
+    assert stopped.stop_signal == signal.SIGTERM
+    assert load_checkpoint(tmp_path / "split" / "last.pt")["iteration"] == 2
+    assert "stopped by SIGTERM at iteration 2" in capsys.readouterr().out
+    cfg = tiny(tmp_path, name="cli")
+    cli = ["train", "--config", str(SYNTHETIC), "--genotype", cfg.model.genotype, *TINY]
+    assert main([*cli, f"output={tmp_path / 'cli'}"]) == 128 + signal.SIGTERM
+    assert "final model" not in capsys.readouterr().out
+
+
+def test_a_training_run_on_a_folder_in_use_is_refused(tmp_path, capsys):
+    cfg = tiny(tmp_path)
+    child = hold_lock(tmp_path / "run")
+    try:
+        with pytest.raises(RunFolderLockedError, match=f"pid {child.pid}"):
+            TrainEngine(cfg, log=None)
+        cli = ["train", "--config", str(SYNTHETIC), "--genotype", cfg.model.genotype, *TINY]
+        assert main([*cli, f"output={tmp_path / 'run'}"]) == 2
+        assert f"pid {child.pid}" in capsys.readouterr().err
+    finally:
+        child.kill()
+        child.wait()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".autodeeplab.lock"]
+
+
+def test_resume_after_a_crash_drops_log_records_and_tensorboard_events_after_the_checkpoint(
+    tmp_path, monkeypatch
+):
+    """Checkpoints at iterations 2, 3 (evaluation) and 4; a crash during iteration 6 leaves
+    the step record of iteration 5 in metrics.jsonl and TensorBoard. After --resume each
+    iteration is logged exactly once and the records equal an uninterrupted run's."""
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator"
+    )
+    extra = ("checkpoint_interval=2", "tensorboard=true")
+    run_train(tiny(tmp_path, *extra, name="full"))
+    original = TrainEngine.train_step
+
+    def crash_in_iteration_6(self, images, masks):
+        if self.iteration == 5:
+            raise RuntimeError("power cut")
+        return original(self, images, masks)
+
+    monkeypatch.setattr(TrainEngine, "train_step", crash_in_iteration_6)
+    with pytest.raises(RuntimeError, match="power cut"):
+        run_train(tiny(tmp_path, *extra, name="split"))
+    split = tmp_path / "split"
+    assert load_checkpoint(split / "last.pt")["iteration"] == 4
+    assert read_records(split / "metrics.jsonl")[-1]["iteration"] == 5
+    monkeypatch.setattr(TrainEngine, "train_step", original)
+    assert run_train(tiny(tmp_path, *extra, name="split"), resume=True).finished
+
+    def comparable(run):
+        return [{k: v for k, v in r.items() if k != "time_s"} for r in read_records(run)]
+
+    records = comparable(split / "metrics.jsonl")
+    assert records == comparable(tmp_path / "full" / "metrics.jsonl")
+    assert [r["iteration"] for r in records if r["type"] == "step"] == [1, 2, 3, 4, 5, 6]
+    acc = event_accumulator.EventAccumulator(str(split / "tensorboard"))
+    acc.Reload()
+    events = acc.Scalars("step/loss")
+    assert [e.step for e in events] == [1, 2, 3, 4, 5, 6]
+    losses = [r["loss"] for r in records if r["type"] == "step"]
+    assert [e.value for e in events] == pytest.approx(losses, rel=1e-6)
+
+
+def test_model_folders_and_logs_hold_standard_json_when_a_value_is_nan(tmp_path):
+    engine = TrainEngine(tiny(tmp_path), log=None)
+    engine._save_model("best", float("nan"))  # e.g. an mIoU with no class present
+    config = strict_loads((tmp_path / "run" / "best" / "config.json").read_text())
+    assert config["extra"]["mIoU"] is None
+    engine.run_log.record({"type": "eval", "iteration": 1, "mIoU": float("nan")})
+    engine.close()
+    assert read_records(tmp_path / "run" / "metrics.jsonl") == [
+        {"type": "eval", "iteration": 1, "mIoU": None}
+    ]

@@ -1,4 +1,5 @@
-"""Pieces shared by the search and training engines: data sets from a config, run logs."""
+"""Pieces shared by the search and training engines: data sets from a config, the loss over
+the valid pixels of the global batch, run logs, stop signals, the run folder's lock."""
 
 from __future__ import annotations
 
@@ -7,14 +8,23 @@ import json
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from autodeeplab.data import SegmentationDataset, build_dataset, eval_transform, train_transform
+from autodeeplab.engine.distributed import all_reduce_sum
+from autodeeplab.runfolder import (
+    RunFolderLock,
+    RunFolderLockedError,
+    atomic_write_text,
+    dumps_json,
+    remove_interrupted_writes,
+)
 
 POSITION_KEYS = frozenset({"epoch", "step", "global_step", "iteration"})
 """Record keys that say where a record was written rather than what was measured."""
@@ -61,11 +71,34 @@ def process_device(name: str, world_size: int) -> torch.device:
     return device
 
 
+def global_batch_loss(
+    logits: torch.Tensor, masks: torch.Tensor, ignore_index: int, world_size: int
+) -> tuple[torch.Tensor, float]:
+    """``(loss to backpropagate, global mean loss)`` for logits ``(N, C, *spatial)`` and masks
+    ``(N, *spatial)``: cross-entropy summed over this rank's valid pixels, divided by the valid
+    pixels of the global batch and multiplied by ``world_size`` (gradients are averaged over
+    processes afterwards). A global batch without a valid pixel gives zero, not NaN."""
+    if logits.dtype in (torch.float16, torch.bfloat16):  # the loss of an autocast forward
+        logits = logits.float()
+    total = F.cross_entropy(logits, masks, ignore_index=ignore_index, reduction="sum")
+    stats = torch.stack([total.detach(), (masks != ignore_index).sum().to(total.dtype)])
+    all_reduce_sum(stats)
+    valid = stats[1].clamp_min(1.0)
+    return total * (world_size / valid), float(stats[0] / valid)
+
+
+def global_valid_pixels(masks: torch.Tensor, ignore_index: int) -> int:
+    """Pixels of the global batch (all processes) whose label is not ``ignore_index``."""
+    count = (masks != ignore_index).sum().reshape(1)
+    return int(all_reduce_sum(count).item())
+
+
 class RunLog:
     """``metrics.jsonl`` records, TensorBoard scalars and printed lines of one run.
 
     Only rank 0 writes or prints. Each record has a ``type``; its numeric values (other than
     :data:`POSITION_KEYS`) become TensorBoard scalars ``<type>/<key>`` at ``record[step_key]``.
+    Records are standard JSON: NaN and infinite values are written as ``null``.
     """
 
     def __init__(
@@ -81,6 +114,40 @@ class RunLog:
         self.tensorboard, self.log = tensorboard, log
         self._jsonl: Any = None
         self._tb: Any = None
+        self._purge_step: int | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.output / "metrics.jsonl"
+
+    def rewind(self, position: int) -> int:
+        """Drop the records written after ``position`` (``record[step_key] > position``) and
+        any line a killed process left unfinished: a run that restarts from a checkpoint at
+        ``position`` writes them again. TensorBoard events after ``position`` are discarded
+        too (``purge_step``). Returns the number of lines dropped. Call before :meth:`open`."""
+        if self.rank != 0:
+            return 0
+        self._purge_step = position + 1
+        if not self.path.is_file():
+            return 0
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if self._written_by(line, position)]
+        if len(kept) != len(lines):
+            atomic_write_text(self.path, "".join(kept))
+        return len(lines) - len(kept)
+
+    def _written_by(self, line: str, position: int) -> bool:
+        """Whether ``line`` is a whole record written at or before ``position``."""
+        if not line.endswith("\n"):
+            return False  # cut off by a kill during the write
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return False
+        if not isinstance(record, dict):
+            return False
+        step = record.get(self.step_key)
+        return not isinstance(step, int) or step <= position
 
     def open(self) -> None:
         """Start the TensorBoard writer (when enabled and installed)."""
@@ -90,15 +157,15 @@ class RunLog:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional
             return
-        self._tb = SummaryWriter(str(self.output / "tensorboard"))
+        self._tb = SummaryWriter(str(self.output / "tensorboard"), purge_step=self._purge_step)
 
     def record(self, record: dict[str, Any]) -> None:
         """Append ``record`` to ``metrics.jsonl`` (and TensorBoard)."""
         if self.rank != 0:
             return
         if self._jsonl is None:
-            self._jsonl = (self.output / "metrics.jsonl").open("a")
-        self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl = self.path.open("a", encoding="utf-8")
+        self._jsonl.write(dumps_json(record) + "\n")
         self._jsonl.flush()
         if self._tb is not None:
             for k, v in record.items():
@@ -122,38 +189,110 @@ class RunLog:
             self._tb = None
 
 
+STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
+"""Signals that stop a run cleanly: Ctrl-C, and what ``kill``, batch schedulers and container
+runtimes send first."""
+
+
+class StopRequest:
+    """Polled by the training loop between steps: true once a stop signal arrived."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        """The first stop signal received (``signal.SIGINT``, ``signal.SIGTERM``), else None."""
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+
 @contextlib.contextmanager
-def deferred_interrupt(enabled: bool = True) -> Iterator[Callable[[], bool]]:
-    """Turn the first Ctrl-C (SIGINT) into a flag the training loop polls between steps, so it
-    can finish the step, write a checkpoint and stop cleanly; a second Ctrl-C interrupts at
-    once. Yields the poll function. Inactive (never set) when ``enabled`` is false or outside
-    the main thread."""
+def deferred_interrupt(
+    enabled: bool = True, signals: Sequence[int] = STOP_SIGNALS
+) -> Iterator[StopRequest]:
+    """Turn the first stop signal (Ctrl-C = SIGINT, or SIGTERM) into a flag the training loop
+    polls between steps, so it can finish the step, write a checkpoint and stop cleanly; a
+    second signal of either kind raises :class:`KeyboardInterrupt` at once. The handlers in
+    place before are restored on exit. Yields the :class:`StopRequest`; it stays false when
+    ``enabled`` is false or outside the main thread (where no handler can be installed)."""
+    stop = StopRequest()
     if not enabled or threading.current_thread() is not threading.main_thread():
-        yield lambda: False
+        yield stop
         return
-    hit = threading.Event()
-    previous = signal.getsignal(signal.SIGINT)
+    # getsignal gives None for a handler installed outside Python; SIG_DFL is then the best guess
+    previous = {s: signal.getsignal(s) or signal.SIG_DFL for s in signals}
+
+    def restore() -> None:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
     def handler(signum: int, frame: Any) -> None:
-        if hit.is_set():
-            signal.signal(signal.SIGINT, previous)
+        if stop.signum is not None:
+            restore()
             raise KeyboardInterrupt
-        hit.set()
+        stop.signum = signum
 
-    signal.signal(signal.SIGINT, handler)
+    for s in signals:
+        signal.signal(s, handler)
     try:
-        yield hit.is_set
+        yield stop
     finally:
-        signal.signal(signal.SIGINT, previous)
+        restore()
 
 
 class EngineBase:
-    """What the search and training engines share: the run log, the last checkpoint's path and
-    the process group they may have created."""
+    """What the search and training engines share: the run log, the run folder's lock, the
+    last checkpoint's path and the process group they may have created."""
 
+    output: Path
+    rank: int
+    world_size: int
+    device: torch.device
     run_log: RunLog
     last_path: Path
     _owns_process_group: bool = False
+    _lock: RunFolderLock | None = None
+
+    def _claim_output(self) -> None:
+        """Lock the run folder and remove what interrupted writes left in it. Rank 0 takes the
+        lock for all processes of a multi-process run; every process raises
+        :class:`~autodeeplab.runfolder.RunFolderLockedError` if it cannot."""
+        error: Exception | None = None
+        if self.rank == 0:
+            lock = RunFolderLock(self.output)
+            try:
+                self._lock = lock.acquire()
+            except (RunFolderLockedError, OSError) as err:
+                error = err  # raised below, once the other ranks know
+        if self.world_size > 1:  # the other ranks learn whether rank 0 got it
+            refused = torch.tensor([float(error is not None)], device=self.device)
+            if all_reduce_sum(refused).item() > 0 and error is None:
+                error = RunFolderLockedError(
+                    f"rank 0 could not lock the run folder {self.output}; its error says why "
+                    "(another process holding it is named there)"
+                )
+        if error is not None:
+            raise error
+        if self.rank == 0:
+            removed = remove_interrupted_writes(self.output)
+            if removed:
+                self._say(
+                    f"removed {len(removed)} leftover(s) of interrupted writes: "
+                    + ", ".join(str(p.relative_to(self.output)) for p in removed)
+                )
+
+    def _rewind_log(self, position: int) -> None:
+        """Drop log records written after the checkpoint this run starts from."""
+        dropped = self.run_log.rewind(position)
+        if dropped:
+            self._say(
+                f"dropped {dropped} record(s) of {self.run_log.path.name} written after "
+                f"{self.run_log.step_key} {position}, where this run starts"
+            )
+
+    def _release_output(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _record(self, record: dict[str, Any]) -> None:
         self.run_log.record(record)
@@ -168,8 +307,10 @@ class EngineBase:
         return "no checkpoint was written yet"
 
     def close(self) -> None:
-        """Close the logs and release the process group if this engine created it."""
+        """Close the logs, unlock the run folder and release the process group if this engine
+        created it."""
         self.run_log.close()
+        self._release_output()
         if self._owns_process_group and dist.is_initialized():
             dist.destroy_process_group()
             self._owns_process_group = False

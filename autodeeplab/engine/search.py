@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import random
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,7 +30,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from autodeeplab import decode
@@ -46,8 +46,11 @@ from autodeeplab.data import SegmentationDataset, search_split
 from autodeeplab.engine.common import (
     EngineBase,
     RunLog,
+    StopRequest,
     build_datasets,
     deferred_interrupt,
+    global_batch_loss,
+    global_valid_pixels,
     process_device,
     resolve_device,
 )
@@ -80,6 +83,8 @@ class SearchResult:
     """One summary per completed epoch (the ``epoch`` records of ``metrics.jsonl``)."""
     rank: int = 0
     """Process rank in a multi-process run (0 writes the run folder)."""
+    stop_signal: int | None = None
+    """The signal (SIGINT, SIGTERM) that stopped the run early with a checkpoint, else None."""
 
 
 # ---------------------------------------------------------------------------- data order
@@ -122,9 +127,11 @@ def epoch_batches(
 
 # ---------------------------------------------------------------------------- arch gradients
 def segmentation_loss(model: nn.Module, batch: Batch, ignore_index: int = 255) -> torch.Tensor:
-    """Pixel-wise cross-entropy of the model's logits (ignore label skipped)."""
+    """Pixel-wise cross-entropy of the model's logits over the valid pixels of the global
+    batch (:func:`~autodeeplab.engine.common.global_batch_loss`): this process's share,
+    scaled so that gradients averaged over the processes are those of the global mean."""
     images, masks = batch
-    return F.cross_entropy(model(images), masks, ignore_index=ignore_index)
+    return global_batch_loss(model(images), masks, ignore_index, dist_info()[1])[0]
 
 
 def _set_requires_grad(params: Sequence[nn.Parameter], flag: bool) -> None:
@@ -209,6 +216,27 @@ def unrolled_arch_gradients(
 
 
 # ---------------------------------------------------------------------------- helpers
+def _new_epoch_sums() -> dict[str, Any]:
+    """Running sums of an epoch: losses and counts of the weight and architecture steps taken,
+    and of the batches skipped because no pixel of them had a valid label."""
+    return {
+        "loss": 0.0,
+        "steps": 0,
+        "skipped": 0,
+        "arch_loss": 0.0,
+        "arch_steps": 0,
+        "arch_skipped": 0,
+    }
+
+
+def _add_step(sums: dict[str, Any], prefix: str, loss: float | None) -> None:
+    if loss is None:
+        sums[prefix + "skipped"] += 1
+    else:
+        sums[prefix + "loss"] += loss
+        sums[prefix + "steps"] += 1
+
+
 def arch_entropies(model: SearchNetwork) -> tuple[float, float]:
     """Mean entropy (nats) of the op distributions per edge and of the used move distributions."""
     with torch.no_grad():
@@ -295,15 +323,8 @@ class SearchEngine(EngineBase):
         self.step = 0  # next step inside the epoch
         self.global_step = 0
         self.history: list[dict[str, Any]] = []
-        self.epoch_sums = {"loss": 0.0, "arch_loss": 0.0, "steps": 0, "arch_steps": 0}
-        if resume:
-            self._resume()
-        elif self.last_path.exists():
-            raise ValueError(
-                f"{self.output} already holds a search run ({self.last_path}); pass --resume to "
-                "continue it or choose another output folder"
-            )
-        self._interrupted: Callable[[], bool] = lambda: False
+        self.epoch_sums = _new_epoch_sums()
+        self._interrupted = StopRequest()  # replaced by the live one while run() runs
         self.run_log = RunLog(
             self.output,
             rank=self.rank,
@@ -311,6 +332,19 @@ class SearchEngine(EngineBase):
             tensorboard=config.tensorboard,
             log=log,
         )
+        self._claim_output()
+        try:
+            if resume:
+                self._resume()
+            elif self.last_path.exists():
+                raise ValueError(
+                    f"{self.output} already holds a search run ({self.last_path}); pass --resume "
+                    "to continue it or choose another output folder"
+                )
+            self._rewind_log(self.global_step)
+        except BaseException:
+            self._release_output()
+            raise
 
     # -------------------------------------------------------------- setup
     def _validate(self) -> None:
@@ -321,6 +355,11 @@ class SearchEngine(EngineBase):
             )
         if c.data.batch_size < 1 or c.data.eval_batch_size < 1:
             raise ValueError("data.batch_size and data.eval_batch_size must be >= 1")
+        if c.checkpoint_steps < 0:
+            raise ValueError(
+                f"checkpoint_steps must be >= 0 (0 = last.pt only at epoch ends), got "
+                f"{c.checkpoint_steps}"
+            )
         if c.data.name != "synthetic" and c.data.root is None:
             raise ValueError(
                 f"data set {c.data.name!r} needs a root folder: set data.root in the config or "
@@ -386,8 +425,17 @@ class SearchEngine(EngineBase):
             "learning rate (optim.w_lr / optim.arch_lr) or check the data."
         )
 
-    def weight_step(self, batch: Batch) -> float:
-        """One SGD step on the weights; returns the (process-averaged) loss."""
+    def _no_valid_pixel(self, batch: Batch) -> bool:
+        """True for a global batch whose pixels all carry the ignore label. It is skipped (no
+        forward pass, no optimiser step): it holds no information, and an optimiser step on
+        its zero gradient would still move the parameters through weight decay and momentum."""
+        return global_valid_pixels(batch[1], self.cfg.optim.ignore_index) == 0
+
+    def weight_step(self, batch: Batch) -> float | None:
+        """One SGD step on the weights; returns the loss (mean over the valid pixels of the
+        global batch), or None without a step when the global batch has no valid pixel."""
+        if self._no_valid_pixel(batch):
+            return None
         _set_requires_grad(self.arch, False)
         _set_requires_grad(self.weights, True)
         loss = self._loss(batch)
@@ -401,9 +449,12 @@ class SearchEngine(EngineBase):
         self.w_opt.step()
         return value
 
-    def arch_gradients(self, val_batch: Batch, train_batch: Batch | None = None) -> float:
-        """Fill ``.grad`` of the architecture parameters (averaged over processes)."""
+    def arch_gradients(self, val_batch: Batch, train_batch: Batch | None = None) -> float | None:
+        """Fill ``.grad`` of the architecture parameters (averaged over processes); returns the
+        loss of ``val_batch``, or None (no gradients) when it has no valid pixel."""
         self.a_opt.zero_grad(set_to_none=True)
+        if self._no_valid_pixel(val_batch):
+            return None
         if self.cfg.unrolled:
             if train_batch is None:
                 raise ValueError("the unrolled architecture step needs the trainA batch too")
@@ -435,10 +486,12 @@ class SearchEngine(EngineBase):
         self._average_grads(self.arch)
         return value
 
-    def arch_step(self, val_batch: Batch, train_batch: Batch | None = None) -> float:
-        """One Adam step on alphas/betas using a trainB batch; returns its loss."""
+    def arch_step(self, val_batch: Batch, train_batch: Batch | None = None) -> float | None:
+        """One Adam step on alphas/betas using a trainB batch; returns its loss, or None
+        without a step when the batch has no valid pixel."""
         value = self.arch_gradients(val_batch, train_batch)
-        self.a_opt.step()
+        if value is not None:
+            self.a_opt.step()
         return value
 
     # -------------------------------------------------------------- data
@@ -565,7 +618,7 @@ class SearchEngine(EngineBase):
         set_rng_state(state["rng"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.global_step = state["global_step"]
-        self.epoch_sums = dict(state["epoch_sums"])
+        self.epoch_sums = {**_new_epoch_sums(), **state["epoch_sums"]}
         self.history = list(state["history"])
         if self.epoch > self.cfg.epochs:
             raise ValueError(
@@ -580,7 +633,8 @@ class SearchEngine(EngineBase):
             (self.output / "genotypes").mkdir(exist_ok=True)
             save_config(self.cfg, self.output / "config.yaml")
         self.run_log.open()
-        # one process: Ctrl-C finishes the step and checkpoints (ranks could not agree on it)
+        # one process: Ctrl-C or SIGTERM finishes the step and checkpoints (ranks could not
+        # agree on it)
         with deferred_interrupt(self.world_size == 1) as self._interrupted:
             try:
                 while self.epoch < self.cfg.epochs:
@@ -602,6 +656,7 @@ class SearchEngine(EngineBase):
             finished=finished,
             history=list(self.history),
             rank=self.rank,
+            stop_signal=None if finished else self._interrupted.signum,
         )
 
     def _progress(self, epoch: int) -> Any:
@@ -617,8 +672,21 @@ class SearchEngine(EngineBase):
             dynamic_ncols=True,
         )
 
+    def _stop_reason(self) -> str | None:
+        """Why the run should stop after this step (``max_steps`` or a stop signal), if so."""
+        if self.cfg.max_steps is not None and self.global_step >= self.cfg.max_steps:
+            return f"stopped at max_steps={self.cfg.max_steps}"
+        if self._interrupted.signum is not None:
+            return f"stopped by {signal.Signals(self._interrupted.signum).name}"
+        return None
+
     def _run_epoch(self) -> bool:
-        """Run the rest of the current epoch; False if ``max_steps`` stopped it."""
+        """Run the rest of the current epoch; False if it stopped early with a checkpoint.
+
+        A stop at the last step of an epoch ends the epoch first, and periodic checkpoints
+        skip that step: every checkpoint at global step G is thus written after every record
+        of step G, which :meth:`RunLog.rewind` relies on when a run restarts from it.
+        """
         epoch, cfg = self.epoch, self.cfg
         search_arch = epoch >= cfg.arch_start_epoch
         start = time.perf_counter()
@@ -626,22 +694,19 @@ class SearchEngine(EngineBase):
         it_b = self._loader(self.batches(1, epoch)[self.step :], epoch) if search_arch else None
         sums = self.epoch_sums
         bar = self._progress(epoch)
+        stop: str | None = None
         try:
             for _ in range(self.step, self.steps_per_epoch):
                 batch_a = self._to_device(next(it_a))
-                loss = self.weight_step(batch_a)
-                sums["loss"] += loss
-                sums["steps"] += 1
-                record: dict[str, Any] = {"loss": loss}
+                record: dict[str, Any] = {"loss": self.weight_step(batch_a)}
+                _add_step(sums, "", record["loss"])
                 if it_b is not None:
-                    arch_loss = self.arch_step(self._to_device(next(it_b)), batch_a)
-                    sums["arch_loss"] += arch_loss
-                    sums["arch_steps"] += 1
-                    record["arch_loss"] = arch_loss
+                    record["arch_loss"] = self.arch_step(self._to_device(next(it_b)), batch_a)
+                    _add_step(sums, "arch_", record["arch_loss"])
                 self.step += 1
                 self.global_step += 1
                 bar.update(1)
-                bar.set_postfix({k: f"{v:.4f}" for k, v in record.items()})
+                bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if v is not None})
                 if self.global_step % max(1, cfg.log_interval) == 0:
                     self._record(
                         {
@@ -653,23 +718,27 @@ class SearchEngine(EngineBase):
                             **record,
                         }
                     )
-                if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
+                stop = self._stop_reason()
+                if self.step == self.steps_per_epoch:
+                    break  # the end of the epoch writes the checkpoint
+                if stop is not None:
                     self.save()
                     self._say(
-                        f"stopped at max_steps={cfg.max_steps} (epoch {epoch + 1}, step "
-                        f"{self.step}); continue with --resume"
-                    )
-                    return False
-                if self._interrupted():
-                    self.save()
-                    self._say(
-                        f"interrupted at epoch {epoch + 1}, step {self.step}; wrote "
+                        f"{stop} at epoch {epoch + 1}, step {self.step}; wrote "
                         f"{self.last_path}, continue with --resume"
                     )
                     return False
+                if cfg.checkpoint_steps > 0 and self.global_step % cfg.checkpoint_steps == 0:
+                    self.save()
         finally:
             bar.close()
         self._end_epoch(epoch, start, search_arch)
+        if stop is not None and self.epoch < cfg.epochs:
+            self._say(
+                f"{stop} at the end of epoch {self.epoch}; wrote {self.last_path}, continue "
+                "with --resume"
+            )
+            return False
         return True
 
     def _end_epoch(self, epoch: int, start: float, search_arch: bool) -> None:
@@ -688,8 +757,10 @@ class SearchEngine(EngineBase):
             "type": "epoch",
             "epoch": self.epoch,
             "global_step": self.global_step,
-            "loss": sums["loss"] / max(1, sums["steps"]),
+            "loss": sums["loss"] / sums["steps"] if sums["steps"] else None,
             "arch_loss": sums["arch_loss"] / sums["arch_steps"] if sums["arch_steps"] else None,
+            "skipped_batches": sums["skipped"],
+            "skipped_arch_batches": sums["arch_skipped"],
             "mIoU": miou,
             "alpha_entropy": h_alpha,
             "beta_entropy": h_beta,
@@ -698,17 +769,20 @@ class SearchEngine(EngineBase):
             "time_s": time.perf_counter() - start,
         }
         self.history.append(summary)
-        self.epoch_sums = {"loss": 0.0, "arch_loss": 0.0, "steps": 0, "arch_steps": 0}
+        self.epoch_sums = _new_epoch_sums()
         if self.rank == 0:
             genotype.save(self.output / "genotypes" / f"epoch_{self.epoch:03d}.json")
         self._record(summary)
+        loss_part = f" loss {summary['loss']:.4f}" if summary["loss"] is not None else ""
         arch_part = (
             f" arch_loss {summary['arch_loss']:.4f}" if summary["arch_loss"] is not None else ""
         )
         miou_part = f" mIoU {100 * miou:.2f}" if miou is not None and math.isfinite(miou) else ""
+        skipped = sums["skipped"] + sums["arch_skipped"]
+        skip_part = f" skipped {skipped} batch(es) without valid pixels" if skipped else ""
         self._say(
-            f"epoch {self.epoch}/{cfg.epochs} loss {summary['loss']:.4f}{arch_part}{miou_part} "
-            f"H(alpha) {h_alpha:.4f} H(beta) {h_beta:.4f} {genotype} "
+            f"epoch {self.epoch}/{cfg.epochs}{loss_part}{arch_part}{miou_part} "
+            f"H(alpha) {h_alpha:.4f} H(beta) {h_beta:.4f} {genotype}{skip_part} "
             f"({summary['time_s']:.1f}s)"
         )
         self.save()

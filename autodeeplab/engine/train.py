@@ -17,6 +17,7 @@ concatenated batch, whatever the share of ignored pixels on each rank.
 
 Run folder::
 
+    .autodeeplab.lock  the run's lock (autodeeplab.runfolder)
     config.yaml      the resolved config
     genotype.json    the architecture trained
     metrics.jsonl    step records (loss, lr, drop path) and eval records (mIoU, ...)
@@ -32,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -41,7 +43,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -68,15 +69,11 @@ from autodeeplab.engine.common import (
     RunLog,
     build_datasets,
     deferred_interrupt,
+    global_batch_loss,
     process_device,
     resolve_device,
 )
-from autodeeplab.engine.distributed import (
-    all_reduce_sum,
-    convert_sync_batchnorm,
-    dist_info,
-    init_distributed,
-)
+from autodeeplab.engine.distributed import convert_sync_batchnorm, dist_info, init_distributed
 from autodeeplab.engine.search import (
     KeyedSamples,
     NonFiniteLossError,
@@ -87,6 +84,7 @@ from autodeeplab.genotype import Genotype
 from autodeeplab.inference import evaluate
 from autodeeplab.metrics import ConfusionMatrix
 from autodeeplab.network import AutoDeepLab, NetworkConfig
+from autodeeplab.runfolder import json_ready
 from autodeeplab.saved_model import save_model
 
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -107,6 +105,8 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     """The ``eval`` records of ``metrics.jsonl``."""
     rank: int = 0
+    stop_signal: int | None = None
+    """The signal (SIGINT, SIGTERM) that stopped the run early with a checkpoint, else None."""
 
 
 # ---------------------------------------------------------------------------- schedules
@@ -155,19 +155,6 @@ def resolve_network(model: TrainModelConfig, num_classes: int) -> NetworkConfig:
         low_level_reduced=model.low_level_reduced,
         drop_path_rate=model.drop_path_rate,
     )
-
-
-def global_batch_loss(
-    logits: torch.Tensor, masks: torch.Tensor, ignore_index: int, world_size: int
-) -> tuple[torch.Tensor, float]:
-    """``(loss to backpropagate, global mean loss)`` for logits ``(N, C, H, W)`` and masks
-    ``(N, H, W)``: cross-entropy summed over this rank's valid pixels, divided by the valid
-    pixels of the global batch and multiplied by ``world_size`` (DDP averages gradients)."""
-    total = F.cross_entropy(logits.float(), masks, ignore_index=ignore_index, reduction="sum")
-    stats = torch.stack([total.detach(), (masks != ignore_index).sum().to(total.dtype)])
-    all_reduce_sum(stats)
-    valid = stats[1].clamp_min(1.0)
-    return total * (world_size / valid), float(stats[0] / valid)
 
 
 # ---------------------------------------------------------------------------- engine
@@ -239,13 +226,6 @@ class TrainEngine(EngineBase):
         self.best_iteration: int | None = None
         self.history: list[dict[str, Any]] = []
         self.loss_sum, self.loss_steps = 0.0, 0
-        if resume:
-            self._resume()
-        elif self.last_path.exists():
-            raise ValueError(
-                f"{self.output} already holds a training run ({self.last_path}); pass --resume "
-                "to continue it or choose another output folder"
-            )
         self.run_log = RunLog(
             self.output,
             rank=self.rank,
@@ -253,6 +233,19 @@ class TrainEngine(EngineBase):
             tensorboard=config.tensorboard,
             log=log,
         )
+        self._claim_output()
+        try:
+            if resume:
+                self._resume()
+            elif self.last_path.exists():
+                raise ValueError(
+                    f"{self.output} already holds a training run ({self.last_path}); pass "
+                    "--resume to continue it or choose another output folder"
+                )
+            self._rewind_log(self.iteration)
+        except BaseException:
+            self._release_output()
+            raise
 
     # -------------------------------------------------------------- setup
     def _validate(self) -> None:
@@ -466,7 +459,9 @@ class TrainEngine(EngineBase):
             std=IMAGENET_STD,
             ignore_index=self.cfg.optim.ignore_index,
             dataset=self.cfg.data.name,
-            extra={"iteration": self.iteration, "mIoU": miou, "train_config": to_dict(self.cfg)},
+            extra=json_ready(
+                {"iteration": self.iteration, "mIoU": miou, "train_config": to_dict(self.cfg)}
+            ),
         )
 
     # -------------------------------------------------------------- logging
@@ -496,7 +491,8 @@ class TrainEngine(EngineBase):
         start_iteration, start = self.iteration, time.perf_counter()
         data = self._data()
         bar = self._bar()
-        # one process: Ctrl-C finishes the step and checkpoints (ranks could not agree on it)
+        # one process: Ctrl-C or SIGTERM finishes the step and checkpoints (ranks could not
+        # agree on it)
         stop = contextlib.ExitStack()
         interrupted = stop.enter_context(deferred_interrupt(self.world_size == 1))
         try:
@@ -544,10 +540,10 @@ class TrainEngine(EngineBase):
                 if not done and interrupted():
                     self.save()
                     self._say(
-                        f"interrupted at iteration {self.iteration}; wrote {self.last_path}, "
-                        "continue with --resume"
+                        f"stopped by {signal.Signals(interrupted.signum).name} at iteration "
+                        f"{self.iteration}; wrote {self.last_path}, continue with --resume"
                     )
-                    return self._result(finished=False)
+                    return self._result(finished=False, stop_signal=interrupted.signum)
         finally:
             stop.close()
             bar.close()
@@ -601,7 +597,7 @@ class TrainEngine(EngineBase):
             return
         save_figure(fig, self.output / "curves.png")
 
-    def _result(self, finished: bool) -> TrainResult:
+    def _result(self, finished: bool, stop_signal: int | None = None) -> TrainResult:
         return TrainResult(
             output=self.output,
             iteration=self.iteration,
@@ -611,6 +607,7 @@ class TrainEngine(EngineBase):
             final_miou=self.history[-1]["mIoU"] if self.history else None,
             history=list(self.history),
             rank=self.rank,
+            stop_signal=stop_signal,
         )
 
 
