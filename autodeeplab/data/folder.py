@@ -29,7 +29,7 @@ LAYOUT = """\
 <root>/
   classes.yaml            (or classes.json: class_names: [...], optional palette: [[r, g, b], ...])
   images/{split}/<stem>.png|.jpg|.jpeg
-  masks/{split}/<stem>.png  (8-bit grayscale or palette PNG: 0..num_classes-1, 255 = ignore)"""
+  masks/{split}/<stem>.png  (8/16-bit grayscale or palette PNG: 0..num_classes-1, 255 = ignore)"""
 
 
 def write_metadata(

@@ -8,6 +8,7 @@ from layouts import (
     make_folder,
     make_voc,
     save_gray,
+    save_png16_rgb,
     save_rgb,
     voc_colormap_reference,
 )
@@ -27,6 +28,7 @@ from autodeeplab.data import (
     voc,
 )
 from autodeeplab.data import cityscapes as cs
+from autodeeplab.data.base import read_image
 
 # The official cityscapesScripts table (helpers/labels.py), written out independently:
 # (name, id, trainId).
@@ -254,3 +256,45 @@ def test_bad_metadata_named(tmp_path, rng):
     (tmp_path / "classes.yaml").write_text("class_names: [a, b]\ncolours: [1]\n")
     with pytest.raises(DatasetError, match=r"classes\.yaml has unknown keys \['colours'\]"):
         FolderDataset(tmp_path, "train")
+
+
+# ---------------------------------------------------------------------------- 16-bit files
+# value -> round(value * 255 / 65535), worked out by hand: 1000 * 255 / 65535 = 3.89,
+# 32767 -> 127.498, 32768 -> 127.502; clipping would have made everything above 255 white.
+SIXTEEN_BIT = [(0, 0), (257, 1), (1000, 4), (32767, 127), (32768, 128), (65535, 255)]
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16_bit_gray_images_are_scaled_not_clipped(tmp_path, suffix):
+    values = np.array([[v for v, _ in SIXTEEN_BIT]] * 2, dtype=np.uint16)  # (2, 6)
+    path = tmp_path / f"gray16{suffix}"
+    Image.fromarray(values).save(path)
+    with Image.open(path) as im:
+        assert im.mode.startswith("I;16")  # really a 16-bit file
+    image = read_image(path)
+    assert image.shape == (2, 6, 3) and image.dtype == np.uint8
+    expected = [e for _, e in SIXTEEN_BIT]
+    for c in range(3):
+        assert image[0, :, c].tolist() == expected
+
+
+def test_16_bit_colour_png_is_scaled_not_clipped(tmp_path):
+    values = np.array([[[v, 65535 - v, v // 2] for v, _ in SIXTEEN_BIT]], dtype=np.uint16)
+    save_png16_rgb(tmp_path / "rgb48.png", values)
+    image = read_image(tmp_path / "rgb48.png").astype(int)  # (1, 6, 3)
+    exact = values.astype(float) * 255 / 65535
+    assert np.abs(image - exact).max() <= 1  # Pillow keeps the high byte
+    assert image[0, :, 0].tolist()[-2:] == [128, 255]
+
+
+def test_16_bit_masks_keep_their_labels(tmp_path, rng):
+    make_folder(tmp_path, rng)
+    mask = rng.integers(0, 4, (8, 10)).astype(np.uint16)
+    mask[0, :3] = 255
+    Image.fromarray(mask).save(tmp_path / "masks" / "train" / "s1.png")  # mode I;16
+    ds = FolderDataset(tmp_path, "train")
+    np.testing.assert_array_equal(ds.load(1)[1], mask)
+    mask[2, 2], mask[3, 3] = 256, 1000  # beyond 8 bits: neither class nor ignore
+    Image.fromarray(mask).save(tmp_path / "masks" / "train" / "s1.png")
+    with pytest.raises(DatasetError, match=r"s1\.png holds values \[256, 1000\].*\{0\.\.3, 255\}"):
+        ds.load(1)
