@@ -106,8 +106,8 @@ class Range:
 
     def contains(self, value: float, obj: Any) -> bool:
         """Whether one number is within the bounds (sibling bounds read from ``obj``)."""
-        if not math.isfinite(value):
-            return False
+        if isinstance(value, float) and not math.isfinite(value):
+            return False  # (an int is finite, and may be too large for math.isfinite)
         for bound, inside in (
             (self.ge, operator.ge),
             (self.gt, operator.gt),
@@ -362,7 +362,10 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return float(value)  # YAML 1.1 reads 1e-5 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond the float range
+            raise ConfigError(f"{key}: {value} is too large for a number") from None
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")

@@ -3,6 +3,9 @@ import typing
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from autodeeplab.config import (
     RANGE,
@@ -11,10 +14,12 @@ from autodeeplab.config import (
     Range,
     SearchConfig,
     TrainConfig,
+    apply_overrides,
     check_ranges,
     config_diff,
     config_hash,
     describe_ranges,
+    flatten,
     from_dict,
     load_config,
     save_config,
@@ -307,3 +312,179 @@ def test_docs_list_every_range(cls, doc):
     text = (Path(__file__).resolve().parents[1] / "docs" / doc).read_text()
     for key, valid in describe_ranges(cls).items():
         assert f"| `{key}` | {valid.replace('must be ', '')} |" in text, key
+
+
+# ---------------------------------------------------------------------------- properties
+PROPERTY = settings(max_examples=200, deadline=None)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=10**300)  # beyond the float range
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=10)
+    | st.sampled_from(["1e-5", "-3", ".nan", "0x1f", "[1", "{a: 1}"])
+)
+values = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+numbers = (
+    st.integers(-3, 300)
+    | st.integers(min_value=2**32 - 2)
+    | st.floats()
+    | st.lists(st.integers(-1, 100) | st.floats(), max_size=4)
+)
+leaves = numbers | values
+
+
+def _config_dicts(cls) -> st.SearchStrategy:
+    """Mappings over the real keys of ``cls`` (and some unknown ones) with arbitrary values."""
+    hints = typing.get_type_hints(cls)
+    fields = {}
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        fields[f.name] = _config_dicts(tp) | values if dataclasses.is_dataclass(tp) else leaves
+    known = st.fixed_dictionaries({}, optional=fields)
+    return known | st.dictionaries(st.sampled_from([*fields, "nope"]), values, max_size=4)
+
+
+@PROPERTY
+@given(
+    st.sampled_from([SearchConfig, TrainConfig]).flatmap(
+        lambda c: st.tuples(st.just(c), _config_dicts(c))
+    )
+)
+@example((SearchConfig, {"optim": {"w_lr": 10**400}}))  # float(int) overflows
+@example((TrainConfig, {"iterations": 10**400}))  # math.isfinite(int) overflows
+def test_from_dict_of_arbitrary_values_raises_only_config_errors(case):
+    cls, data = case
+    try:
+        cfg = from_dict(cls, data)
+    except ConfigError as err:
+        assert str(err) and "\n" not in str(err)
+    else:
+        check_ranges(cfg)  # whatever is accepted is in range
+        assert from_dict(cls, to_dict(cfg)) == cfg
+
+
+def _number(f, tp, rng: Range, siblings: dict, draw):
+    """A value of numeric type ``tp`` inside ``rng`` (sibling bounds from ``siblings``)."""
+
+    def bound(b):
+        return siblings[b] if isinstance(b, str) else b
+
+    lo = bound(rng.ge if rng.ge is not None else rng.gt)
+    hi = bound(rng.le if rng.le is not None else rng.lt)
+    if tp is int:
+        lo = -(10**6) if lo is None else lo + (rng.gt is not None)
+        hi = lo + 10**6 if hi is None else hi - (rng.lt is not None)
+        return draw(st.integers(lo, hi))
+    return draw(
+        st.floats(
+            min_value=lo,
+            max_value=hi if hi is not None else (lo or 0) + 1e6,
+            exclude_min=rng.gt is not None,
+            exclude_max=rng.lt is not None,
+            allow_nan=False,
+        )
+    )
+
+
+@st.composite
+def valid_configs(draw, cls):
+    """A valid config dict for ``cls``, every numeric value drawn inside its declared range."""
+    hints = typing.get_type_hints(cls)
+    out: dict = {}
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out[f.name] = draw(valid_configs(tp))
+            continue
+        rng = f.metadata.get(RANGE)
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = type(None) in typing.get_args(tp)
+        if optional and draw(st.booleans()):
+            out[f.name] = None
+        elif rng is not None:
+            base = args[0] if optional else tp
+            if rng.zero is not None and draw(st.booleans()):
+                out[f.name] = 0
+            elif typing.get_origin(base) is tuple:
+                items = [_number(f, a, rng, out, draw) for a in typing.get_args(base)]
+                out[f.name] = sorted(items) if rng.increasing else items
+            else:
+                out[f.name] = _number(f, base, rng, out, draw)
+        elif tp is bool:
+            out[f.name] = draw(st.booleans())
+        elif tp in (str, str | None):
+            out[f.name] = draw(st.text(max_size=12))
+        else:  # data.options
+            out[f.name] = draw(st.dictionaries(st.text(max_size=6), scalars, max_size=3))
+    return out
+
+
+@settings(max_examples=100, deadline=None)  # YAML of a whole config is slow to write
+@given(
+    st.sampled_from([SearchConfig, TrainConfig]).flatmap(
+        lambda c: st.tuples(st.just(c), valid_configs(c))
+    )
+)
+def test_valid_configs_round_trip_through_dicts_and_yaml(case):
+    cls, data = case
+    cfg = from_dict(cls, data)
+    assert from_dict(cls, to_dict(cfg)) == cfg
+    assert from_dict(cls, yaml.safe_load(yaml.safe_dump(to_dict(cfg)))) == cfg
+
+
+override_like = st.text(max_size=30) | st.builds(
+    "{}={}".format,
+    st.sampled_from(["epochs", "optim.w_lr", "data.scale", "data", "a.b", "", ".x", "seed.x"])
+    | st.text(max_size=8),
+    st.text(max_size=20) | st.sampled_from(["[1", "{a: [", "!!python/name:os.system", "&a [*a]"]),
+)
+
+
+@PROPERTY
+@given(st.lists(override_like, max_size=3))
+def test_arbitrary_overrides_raise_only_config_errors(overrides):
+    try:
+        apply_overrides({}, overrides)
+    except ConfigError as err:
+        assert str(err)
+    try:
+        load_config(None, overrides)
+    except ConfigError as err:
+        assert str(err) and "\n" not in str(err)
+
+
+identifiers = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True)
+yaml_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3),
+    max_leaves=6,
+)
+
+
+def _yaml(value) -> str:
+    """One-line YAML of ``value`` as a user would type it after ``key=``."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=float("inf"))
+    return text.removesuffix("\n...\n").removesuffix("\n")
+
+
+@PROPERTY
+@given(st.lists(identifiers, min_size=1, max_size=3), yaml_values)
+def test_generated_overrides_set_exactly_that_key(parts, value):
+    key = ".".join(parts)
+    assert apply_overrides({}, [f"{key}={_yaml(value)}"]) == _nested(key, value)
+    # on a real config dict: that key changes, no other
+    base = to_dict(SearchConfig())
+    real = sorted(flatten(base))
+    chosen = real[len(key) % len(real)]
+    out = flatten(apply_overrides(to_dict(SearchConfig()), [f"{chosen}={_yaml(value)}"]))
+    assert out == {**flatten(base), chosen: value}

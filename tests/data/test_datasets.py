@@ -1,7 +1,11 @@
 import json
+import re
 
 import numpy as np
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from layouts import (
     make_ade,
     make_cityscapes,
@@ -29,6 +33,7 @@ from autodeeplab.data import (
 )
 from autodeeplab.data import cityscapes as cs
 from autodeeplab.data.base import read_image
+from autodeeplab.data.folder import read_metadata
 
 # The official cityscapesScripts table (helpers/labels.py), written out independently:
 # (name, id, trainId).
@@ -298,3 +303,76 @@ def test_16_bit_masks_keep_their_labels(tmp_path, rng):
     Image.fromarray(mask).save(tmp_path / "masks" / "train" / "s1.png")
     with pytest.raises(DatasetError, match=r"s1\.png holds values \[256, 1000\].*\{0\.\.3, 255\}"):
         ds.load(1)
+
+
+# ---------------------------------------------------------------------------- class files
+meta_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-300, 300)
+    | st.integers(min_value=2**64)
+    | st.floats()
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=16,
+)
+meta_like = st.dictionaries(
+    st.sampled_from(["class_names", "palette", "colours"]) | st.integers(0, 3),
+    meta_values,
+    max_size=3,
+) | st.fixed_dictionaries(
+    {
+        "class_names": st.lists(st.text(max_size=5), max_size=4) | meta_values,
+        "palette": st.lists(st.lists(meta_values, max_size=4), max_size=4) | meta_values,
+    }
+)
+
+
+def _yaml_text(data) -> str:
+    return yaml.safe_dump(data, allow_unicode=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["classes.yaml", "classes.json"]),
+    st.text(max_size=60) | meta_like.map(_yaml_text) | meta_like.map(json.dumps),
+)
+def test_class_files_of_any_text_raise_only_dataset_errors(tmp_path_factory, name, text):
+    path = tmp_path_factory.mktemp("meta") / name
+    path.write_text(text, encoding="utf-8")
+    try:
+        names, palette = read_metadata(path)
+    except DatasetError as err:
+        assert str(path) in str(err)
+    else:
+        assert names and all(isinstance(n, str) for n in names)
+        assert palette.shape == (len(names), 3) and palette.dtype == np.uint8
+
+
+@pytest.mark.parametrize(
+    ("palette", "problem"),
+    [
+        ([["a", "b", "c"]], "integers"),
+        ([[1, 2, None]], "integers"),
+        ([[1.5, 2, 3]], "integers"),
+        ([[True, 0, 0]], "integers"),
+        ([[1, 2], [3, 4, 5]], "1 [r, g, b] triples"),
+        ([[0, 0, 256]], "0..255"),
+    ],
+)
+def test_bad_palettes_are_named(tmp_path, palette, problem):
+    path = tmp_path / "classes.json"
+    path.write_text(json.dumps({"class_names": ["a"], "palette": palette}))
+    with pytest.raises(
+        DatasetError, match=rf"classes\.json: .palette. must be .*{re.escape(problem)}"
+    ):
+        read_metadata(path)
+
+
+def test_unknown_keys_of_mixed_types_are_named(tmp_path):
+    path = tmp_path / "classes.yaml"
+    path.write_text("class_names: [a]\n1: x\ncolours: y\n")
+    with pytest.raises(DatasetError, match=r"unknown keys \[1, 'colours'\]"):
+        read_metadata(path)
