@@ -217,6 +217,7 @@ class _DataFields:
 class DataConfig(_DataFields):
     """Which data set to search on and how to turn it into batches."""
 
+    # the supernet reaches stride 32 and evaluates without padding: larger minimums
     crop_size: int = bounded(321, ge=SEARCH_MIN_CROP)
     eval_size: tuple[int, int] | None = bounded(None, ge=SEARCH_MIN_CROP, null="to keep the size")
     split_fraction: float = bounded(0.5, gt=0, lt=1)
