@@ -1,12 +1,18 @@
 """Command-line interface. Thin: parse arguments, build a config, call one library function.
 
-Each sub-command has an ``_add_<name>`` function that registers its parser and sets ``func``.
+Each sub-command has an ``_add_<name>`` function that registers its parser and sets ``func``
+(and optionally ``oom_hint``, what to try when it runs out of memory). :func:`main` turns
+errors the user can fix into one line and exit status 2 (see :func:`error_report`).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import math
+import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -14,6 +20,36 @@ from autodeeplab import __version__
 
 if TYPE_CHECKING:
     from autodeeplab.inference import SlidingWindow
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer ``>= low``, with a message saying so."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _number(*, positive: bool) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number ``> 0`` (``positive``) or ``>= 0``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise argparse.ArgumentTypeError(f"must be {'> 0' if positive else '>= 0'}, got {text}")
+        return value
+
+    return parse
 
 
 def _add_genotypes(sub: argparse._SubParsersAction) -> None:
@@ -107,13 +143,13 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     arch.add_argument("--list", action="store_true", help="list the model presets and exit")
     p.add_argument(
         "--num-classes",
-        type=int,
+        type=_at_least(1),
         help="classes (default: the data set's with --config, else 19)",
     )
     _add_input_size(p, "the crop size of a train config or run, else 1024x2048")
     p.add_argument(
         "--filter-multiplier",
-        type=int,
+        type=_at_least(1),
         metavar="F",
         help="filter multiplier F (default: the config's or preset's, 20 for a genotype file)",
     )
@@ -408,7 +444,11 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue the run in the output folder (last.pt)"
     )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-    p.set_defaults(func=_run_search)
+    p.set_defaults(
+        func=_run_search,
+        oom_hint="lower data.batch_size or data.crop_size, or set model.checkpoint_cells=true "
+        "or model.partial_channels=4",
+    )
 
 
 def _run_search(args: argparse.Namespace) -> int:
@@ -454,7 +494,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue the run in the output folder (last.pt)"
     )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-    p.set_defaults(func=_run_train)
+    p.set_defaults(
+        func=_run_train,
+        oom_hint="lower data.batch_size or data.crop_size (on CUDA, keep amp=true)",
+    )
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -495,9 +538,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="replace the output folder if it is not empty"
     )
-    p.add_argument("--threads", type=int, help="torch threads (default: the configs' choice)")
     p.add_argument(
-        "--samples", type=int, default=6, help="validation images to segment (default: 6)"
+        "--threads", type=_at_least(1), help="torch threads (default: the configs' choice)"
+    )
+    p.add_argument(
+        "--samples", type=_at_least(0), default=6, help="validation images to segment (default: 6)"
     )
     p.add_argument(
         "--search",
@@ -570,7 +615,7 @@ def _run_decode(args: argparse.Namespace) -> int:
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--scales",
-        type=float,
+        type=_number(positive=True),
         nargs="+",
         default=[1.0],
         metavar="S",
@@ -583,19 +628,34 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run each view in overlapping windows of --crop, --stride apart",
     )
-    p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="window size")
+    p.add_argument("--crop", type=_at_least(1), nargs=2, metavar=("H", "W"), help="window size")
     p.add_argument(
         "--stride",
-        type=int,
+        type=_at_least(1),
         nargs=2,
         metavar=("H", "W"),
         help="window step (default: two thirds of the crop, rounded up)",
     )
+    p.add_argument(
+        "--tile-above",
+        type=_number(positive=False),
+        metavar="MEGAPIXELS",
+        help="run views larger than this in overlapping square tiles of at most this size "
+        "instead of whole, to bound memory (default: 4; 0 = never; not used with "
+        "--sliding-window)",
+    )
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.set_defaults(oom_hint=_INFERENCE_OOM_HINT)
+
+
+_INFERENCE_OOM_HINT = (
+    "lower --tile-above (e.g. --tile-above 1) to run large images in smaller tiles, or use "
+    "fewer --scales"
+)
 
 
 def _sliding_window(args: argparse.Namespace) -> SlidingWindow | None:
-    from autodeeplab.inference import SlidingWindow
+    from autodeeplab.inference import SlidingWindow, default_stride
 
     if not args.sliding_window:
         if args.crop or args.stride:
@@ -603,8 +663,17 @@ def _sliding_window(args: argparse.Namespace) -> SlidingWindow | None:
         return None
     if args.crop is None:
         raise ValueError("--sliding-window needs --crop H W")
-    stride = args.stride or [-(-2 * c // 3) for c in args.crop]
+    stride = args.stride or default_stride(args.crop)
     return SlidingWindow(tuple(args.crop), tuple(stride))
+
+
+def _tile_above(args: argparse.Namespace) -> int | None:
+    """``--tile-above`` in pixels: the library default when not given, ``None`` for 0."""
+    from autodeeplab.inference import DEFAULT_TILE_ABOVE
+
+    if args.tile_above is None:
+        return DEFAULT_TILE_ABOVE
+    return None if args.tile_above == 0 else max(1, round(args.tile_above * 1e6))
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -622,11 +691,17 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--split", default="val", help="split to evaluate (default: val)")
     _add_inference_options(p)
-    p.add_argument("--batch-size", type=int, default=1, help="images per batch (default: 1)")
-    p.add_argument("--workers", type=int, default=0, help="data loader workers (default: 0)")
-    p.add_argument("--max-samples", type=int, metavar="N", help="evaluate only the first N samples")
+    p.add_argument(
+        "--batch-size", type=_at_least(1), default=1, help="images per batch (default: 1)"
+    )
+    p.add_argument(
+        "--workers", type=_at_least(0), default=0, help="data loader workers (default: 0)"
+    )
+    p.add_argument(
+        "--max-samples", type=_at_least(1), metavar="N", help="evaluate only the first N samples"
+    )
     p.add_argument("--json", metavar="FILE", help="also write the metrics as JSON to FILE")
-    p.set_defaults(func=_run_eval)
+    p.set_defaults(func=_run_eval, oom_hint=f"{_INFERENCE_OOM_HINT} or --batch-size 1")
 
 
 def _run_eval(args: argparse.Namespace) -> int:
@@ -643,6 +718,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         scales=args.scales,
         flip=args.flip,
         sliding_window=_sliding_window(args),
+        tile_above=_tile_above(args),
         batch_size=args.batch_size,
         max_samples=args.max_samples,
         num_workers=args.workers,
@@ -668,9 +744,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "predict",
         help="segment images: label, colour and overlay PNGs",
         description="Writes <stem>_labels.png (8-bit train ids), <stem>_color.png (palette "
-        "colours) and <stem>_overlay.png (image blended with the colours) per input image.",
+        "colours) and <stem>_overlay.png (image blended with the colours) per input image. "
+        "Folders are searched at any depth and their sub-folders repeated under --out.",
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
+    p.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)"
+    )
     p.add_argument("--model", required=True, metavar="DIR", help="saved model folder")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument(
@@ -694,6 +773,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         scales=args.scales,
         flip=args.flip,
         sliding_window=_sliding_window(args),
+        tile_above=_tile_above(args),
         device=args.device,
     )
     print(f"wrote {3 * len(files)} files for {len(files)} images to {args.out}")
@@ -710,14 +790,14 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, metavar="DIR", help="saved model folder")
     p.add_argument("--onnx", required=True, metavar="FILE", help="ONNX file to write")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
-    p.add_argument("--height", type=int, default=512, help="tracing height (default: 512)")
-    p.add_argument("--width", type=int, default=512, help="tracing width (default: 512)")
+    p.add_argument("--height", type=_at_least(1), default=512, help="tracing height (default: 512)")
+    p.add_argument("--width", type=_at_least(1), default=512, help="tracing width (default: 512)")
     p.add_argument(
         "--verify",
         action="store_true",
         help="compare ONNX Runtime with PyTorch at the export size and an odd other size",
     )
-    p.set_defaults(func=_run_export)
+    p.set_defaults(func=_run_export, oom_hint="lower --height and --width")
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -763,19 +843,94 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hierarchical neural architecture search for semantic segmentation.",
     )
     parser.add_argument("--version", action="version", version=f"autodeeplab {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"print the traceback of any error (or set {DEBUG_ENV}=1)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in _PARSERS:
         add(sub)
     return parser
 
 
+# ---------------------------------------------------------------------------- errors
+DEBUG_ENV = "AUTODEEPLAB_DEBUG"
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+_OS_ADVICE: dict[int, str] = {
+    errno.EACCES: "choose a folder you may write to",
+    errno.EPERM: "choose a folder you may write to",
+    errno.EROFS: "the file system is read-only; choose an output folder on a writable one",
+    errno.ENOSPC: "free some space or write to another disk; files completed so far are kept",
+    errno.EDQUOT: "the disk quota is used up; free some space or write to another disk",
+    errno.EEXIST: "give a path that does not exist yet",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "give a file, not a folder",
+    errno.ENAMETOOLONG: "use a shorter path",
+}
+"""Errors of the operating system that the user can fix, with what to do about them."""
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    if isinstance(err, MemoryError):
+        return True
+    torch = sys.modules.get("torch")  # loaded by then if torch raised it
+    if torch is not None and isinstance(err, getattr(torch, "OutOfMemoryError", ())):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and (
+        "out of memory" in text or "not enough memory" in text
+    )
+
+
+def _first_sentences(text: str, limit: int = 160) -> str:
+    """The start of a long library message (CUDA's runs for several lines of statistics)."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(". ", 0, limit)
+    return text[: cut + 1] if cut > 0 else text[:limit] + "..."
+
+
+def error_report(err: BaseException, oom_hint: str = "") -> tuple[int, str]:
+    """``(exit status, message)`` for an exception that ended a command.
+
+    Errors the user can fix get status 2 and a message saying what was wrong: invalid values
+    and files (``ValueError``, which includes config, data set, checkpoint and genotype errors;
+    ``FileNotFoundError``), out of memory (with ``oom_hint``) and operating-system errors such
+    as a read-only or full disk. Ctrl-C gives 130. Anything else is an internal error (1).
+    """
+    if isinstance(err, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "interrupted"
+    if _is_out_of_memory(err):
+        detail = _first_sentences(str(err)) or type(err).__name__
+        hint = f"; {oom_hint}" if oom_hint else ""
+        return EXIT_USER_ERROR, f"out of memory ({detail}){hint}"
+    if isinstance(err, OSError) and err.errno in _OS_ADVICE:
+        where = f": {err.filename}" if err.filename is not None else ""
+        what = err.strerror or os.strerror(err.errno)
+        return EXIT_USER_ERROR, f"{what}{where}; {_OS_ADVICE[err.errno]}"
+    if isinstance(err, ValueError | FileNotFoundError):
+        return EXIT_USER_ERROR, str(err)
+    return EXIT_INTERNAL_ERROR, (
+        f"internal error: {type(err).__name__}: {_first_sentences(str(err))} "
+        f"(run with --debug or {DEBUG_ENV}=1 for the traceback)"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"autodeeplab {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as err:
+        status, message = error_report(err, getattr(args, "oom_hint", ""))
+        if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            traceback.print_exc()
+        print(f"autodeeplab {args.command}: error: {message}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

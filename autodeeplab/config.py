@@ -6,14 +6,20 @@ error naming it and listing the valid ones) and every value must match the field
     cfg = load_config("configs/search/synthetic.yaml", ["optim.w_lr=0.01", "epochs=2"])
     save_config(cfg, "runs/x/config.yaml")
 
-The loader is generic over dataclasses, so a training config reuses it unchanged.
+The loader is generic over dataclasses, so a training config reuses it unchanged. Numeric
+fields declare their valid values next to them (``lr: float = bounded(0.05, gt=0)``, see
+:class:`Range`); :func:`from_dict` checks them, and so does :func:`check_ranges` for a config
+built in code.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
+import math
+import operator
 import re
 import types
 import typing
@@ -24,12 +30,162 @@ from typing import Any, TypeVar
 
 import yaml
 
+from autodeeplab import space
+
 T = TypeVar("T")
 _FLOAT_LITERAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 class ConfigError(ValueError):
     """A configuration file or override is not valid; the message says which key and why."""
+
+
+# ---------------------------------------------------------------------------- value ranges
+RANGE = "range"
+"""Key of a dataclass field's ``metadata`` holding its :class:`Range`."""
+
+Bound = float | str | None
+"""A number, or the name of a sibling field whose value is the bound (``le="epochs"``)."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric config field (of every element, for a tuple field).
+
+    ``ge``/``gt``/``le``/``lt`` are inclusive/exclusive bounds (a string names a sibling field,
+    which must not be optional); ``increasing`` asks a tuple to be in non-decreasing order; ``zero`` accepts 0 as well and says what it means (``"to turn it
+    off"``); ``null`` says what ``null`` means for an optional field. Non-finite numbers are
+    never valid. :func:`check_ranges` applies the ranges of a config object.
+    """
+
+    ge: Bound = None
+    gt: Bound = None
+    le: Bound = None
+    lt: Bound = None
+    increasing: bool = False
+    zero: str | None = None
+    null: str | None = None
+
+    def _bound(self, bound: Bound, obj: Any) -> tuple[float, str] | None:
+        if bound is None:
+            return None
+        if isinstance(bound, str):
+            if obj is None:  # describing the rule, not a value
+                return math.nan, bound
+            value = getattr(obj, bound)
+            return value, f"{bound} = {_fmt(value)}"
+        return bound, _fmt(bound)
+
+    def describe(self, obj: Any = None, value: Any = None) -> str:
+        """``must be in [0, epochs = 40] (or ...)``, sibling bounds read from ``obj`` (just
+        named without it); worded for ``value`` (every element of a tuple; finite where it
+        is not)."""
+        lo = self._bound(self.ge, obj) or self._bound(self.gt, obj)
+        hi = self._bound(self.le, obj) or self._bound(self.lt, obj)
+        if lo and hi:
+            left = "[" if self.ge is not None else "("
+            right = "]" if self.le is not None else ")"
+            text = f"in {left}{lo[1]}, {hi[1]}{right}"
+        elif lo:
+            text = f"{'>=' if self.ge is not None else '>'} {lo[1]}"
+        elif hi:
+            text = f"{'<=' if self.le is not None else '<'} {hi[1]}"
+        else:
+            text = "a finite number"
+        values = value if isinstance(value, tuple | list) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            text = f"finite and {text}"
+        many = isinstance(value, tuple | list) or self.increasing
+        text = f"every value must be {text}" if many else f"must be {text}"
+        if self.increasing:
+            text += ", smallest first"
+        notes = [
+            f"{v} {meaning}" for v, meaning in (("0", self.zero), ("null", self.null)) if meaning
+        ]
+        return text + (f" (or {', or '.join(notes)})" if notes else "")
+
+    def contains(self, value: float, obj: Any) -> bool:
+        """Whether one number is within the bounds (sibling bounds read from ``obj``)."""
+        if isinstance(value, float) and not math.isfinite(value):
+            return False  # (an int is finite, and may be too large for math.isfinite)
+        for bound, inside in (
+            (self.ge, operator.ge),
+            (self.gt, operator.gt),
+            (self.le, operator.le),
+            (self.lt, operator.lt),
+        ):
+            resolved = self._bound(bound, obj)
+            if resolved is not None and not inside(value, resolved[0]):
+                return False
+        return True
+
+    def allows(self, value: Any, obj: Any) -> bool:
+        """Whether ``value`` (a number, a tuple of numbers or ``None``) is valid; sibling
+        bounds are read from ``obj``, the config object holding the field."""
+        if value is None or (self.zero is not None and value == 0):
+            return True
+        values = value if isinstance(value, tuple | list) else (value,)
+        if not all(self.contains(v, obj) for v in values):
+            return False
+        return not (self.increasing and any(a > b for a, b in itertools.pairwise(values)))
+
+
+def bounded(default: Any, **limits: Any) -> Any:
+    """A dataclass field with ``default`` and the :class:`Range` ``Range(**limits)``."""
+    return field(default=default, metadata={RANGE: Range(**limits)})
+
+
+def _fmt(value: Any) -> str:
+    """``-1.0 -> -1``, ``(0.5, 2.0) -> [0.5, 2]``: numbers as a user would type them."""
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def check_ranges(cfg: Any, prefix: str = "", *, recursive: bool = True) -> None:
+    """Raise :class:`ConfigError` for the first field of ``cfg`` outside its :class:`Range`.
+
+    Nested dataclasses are checked too unless ``recursive`` is false. The message names the
+    dotted key, the value and what is valid, e.g. ``config key optim.grad_clip = -1 is out of
+    range: must be > 0 (or null to disable)``.
+    """
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if recursive and dataclasses.is_dataclass(value):
+            check_ranges(value, f"{prefix}{f.name}.")
+        rng = f.metadata.get(RANGE)
+        if rng is not None and not rng.allows(value, cfg):
+            raise ConfigError(
+                f"config key {prefix}{f.name} = {_fmt(value)} is out of range: {rng.describe(cfg, value)}"
+            )
+
+
+def describe_ranges(cls: type) -> dict[str, str]:
+    """``{dotted key: what is valid}`` for every field with a :class:`Range` under the config
+    dataclass ``cls`` (the tables of the config reference are made from it)."""
+    out: dict[str, str] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update({f"{f.name}.{k}": v for k, v in describe_ranges(hints[f.name]).items()})
+        elif RANGE in f.metadata:
+            tp = hints[f.name]
+            many = typing.get_origin(tp) is tuple or any(
+                typing.get_origin(a) is tuple for a in typing.get_args(tp)
+            )
+            out[f.name] = f.metadata[RANGE].describe(None, (0, 0) if many else 0)
+    return out
+
+
+# Smallest crops the networks accept: the supernet reaches the deepest level (stride 32) and
+# needs at least that many pixels; a discrete network needs more than its deepest stride,
+# which is at least the stride of level 0 (the train engine checks the actual genotype).
+SEARCH_MIN_CROP = space.LEVEL_STRIDES[-1]
+TRAIN_MIN_CROP = space.LEVEL_STRIDES[0] + 1
+SEED_MAX = 2**32 - 1
+"""Largest seed NumPy accepts."""
 
 
 # ---------------------------------------------------------------------------- search config
@@ -43,25 +199,28 @@ class _DataFields:
     eval_split: str = "val"
     options: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for the data set class (e.g. ``length``, ``size`` for synthetic)."""
-    crop_size: int = 321
-    scale: tuple[float, float] = (0.5, 2.0)
+    crop_size: int = bounded(321, ge=TRAIN_MIN_CROP)
+    scale: tuple[float, float] = bounded((0.5, 2.0), gt=0, increasing=True)
     """Random rescale range before cropping; ``[0.5, 0.5]`` = fixed half resolution."""
     flip: bool = True
-    eval_size: tuple[int, int] | None = None
+    eval_size: tuple[int, int] | None = bounded(None, ge=1, null="to keep the size")
     """Resize evaluation images to ``[height, width]``; ``null`` keeps their size."""
-    max_eval_samples: int | None = None
+    max_eval_samples: int | None = bounded(None, ge=1, null="for all")
     """Evaluate on the first N samples of the evaluation split only (``null`` = all)."""
-    batch_size: int = 2
+    batch_size: int = bounded(2, ge=1)
     """Batch per process; the global batch is ``batch_size x processes``."""
-    eval_batch_size: int = 1
-    workers: int = 0
+    eval_batch_size: int = bounded(1, ge=1)
+    workers: int = bounded(0, ge=0)
 
 
 @dataclass
 class DataConfig(_DataFields):
     """Which data set to search on and how to turn it into batches."""
 
-    split_fraction: float = 0.5
+    # the supernet reaches stride 32 and evaluates without padding: larger minimums
+    crop_size: int = bounded(321, ge=SEARCH_MIN_CROP)
+    eval_size: tuple[int, int] | None = bounded(None, ge=SEARCH_MIN_CROP, null="to keep the size")
+    split_fraction: float = bounded(0.5, gt=0, lt=1)
     """Share of the training split that goes to trainA (weights); the rest is trainB."""
 
 
@@ -69,11 +228,11 @@ class DataConfig(_DataFields):
 class SupernetConfig:
     """Arguments of :class:`autodeeplab.supernet.SearchNetwork` (``num_classes`` comes from data)."""
 
-    layers: int = 12
-    blocks: int = 5
-    filter_multiplier: int = 8
-    stem_channels: tuple[int, int, int] = (64, 64, 128)
-    partial_channels: int = 1
+    layers: int = bounded(12, ge=1)
+    blocks: int = bounded(5, ge=1)
+    filter_multiplier: int = bounded(8, ge=1)
+    stem_channels: tuple[int, int, int] = bounded((64, 64, 128), ge=1)
+    partial_channels: int = bounded(1, ge=1)
     checkpoint_cells: bool = False
 
 
@@ -81,25 +240,25 @@ class SupernetConfig:
 class OptimConfig:
     """Weight optimiser (SGD + cosine), architecture optimiser (Adam), loss."""
 
-    w_lr: float = 0.025
-    w_lr_min: float = 0.001
-    w_momentum: float = 0.9
-    w_weight_decay: float = 3e-4
-    grad_clip: float | None = 5.0
+    w_lr: float = bounded(0.025, gt=0)
+    w_lr_min: float = bounded(0.001, ge=0, le="w_lr")
+    w_momentum: float = bounded(0.9, ge=0, lt=1)
+    w_weight_decay: float = bounded(3e-4, ge=0)
+    grad_clip: float | None = bounded(5.0, gt=0, null="to disable")
     """Clip the weight gradient norm to this value (``null`` = no clipping)."""
-    arch_lr: float = 3e-3
-    arch_betas: tuple[float, float] = (0.5, 0.999)
-    arch_weight_decay: float = 1e-3
-    ignore_index: int = 255
+    arch_lr: float = bounded(3e-3, gt=0)
+    arch_betas: tuple[float, float] = bounded((0.5, 0.999), ge=0, lt=1)
+    arch_weight_decay: float = bounded(1e-3, ge=0)
+    ignore_index: int = bounded(255, ge=0, le=255)
 
 
 @dataclass
 class SearchConfig:
     """Everything that defines an architecture search run."""
 
-    seed: int = 0
-    epochs: int = 40
-    arch_start_epoch: int = 20
+    seed: int = bounded(0, ge=0, le=SEED_MAX)
+    epochs: int = bounded(40, ge=1)
+    arch_start_epoch: int = bounded(20, ge=0, le="epochs")
     """Architecture steps run in epochs ``>= arch_start_epoch`` (0-based), i.e. after it."""
     unrolled: bool = False
     """DARTS second-order architecture gradient (finite-difference Hessian-vector product)."""
@@ -109,17 +268,19 @@ class SearchConfig:
     output: str = "runs/search"
     device: str = "auto"
     """``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda``, ``cuda:1``, ..."""
-    threads: int | None = None
+    threads: int | None = bounded(None, ge=1, null="for PyTorch's default")
     """``torch.set_num_threads`` value; ``null`` leaves PyTorch's default (or OMP_NUM_THREADS)."""
-    eval_interval: int = 1
-    checkpoint_interval: int = 0
+    eval_interval: int = bounded(1, ge=1, zero="to never evaluate")
+    """Evaluate the supernet every N epochs and after the last one (0 = never)."""
+    checkpoint_interval: int = bounded(0, ge=1, zero="to keep only last.pt")
     """Keep a copy ``checkpoints/epoch_NNN.pt`` every N epochs (0 = only ``last.pt``)."""
-    checkpoint_steps: int = 0
+    checkpoint_steps: int = bounded(0, ge=1, zero="to write last.pt only at epoch ends")
     """Also write ``last.pt`` every N global steps inside an epoch (0 = only at epoch ends)."""
-    log_interval: int = 10
+    log_interval: int = bounded(10, ge=1)
     """Write a step record to ``metrics.jsonl`` every N steps."""
-    max_steps: int | None = None
-    """Stop (with a checkpoint) after this many steps in total; resume continues the run."""
+    max_steps: int | None = bounded(None, ge=1, null="for no limit")
+    """Stop (with a checkpoint) after this many steps in total (``null`` = no limit); resume
+    continues the run."""
     progress: bool = True
     tensorboard: bool = True
 
@@ -205,7 +366,10 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return float(value)  # YAML 1.1 reads 1e-5 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond the float range
+            raise ConfigError(f"{key}: {value} is too large for a number") from None
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -226,7 +390,10 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
             f"{' under ' + prefix.rstrip('.') if prefix else ''}: {', '.join(names)}"
         )
     kwargs = {k: _convert(v, hints[k], prefix + k) for k, v in data.items()}
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    # nested dataclasses were checked by their own from_dict; defaults are valid
+    check_ranges(obj, prefix, recursive=False)
+    return obj
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -257,8 +424,22 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: {p!r} is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(
+                f"override {item!r}: the value {raw!r} is not valid YAML ({_yaml_problem(err)})"
+            ) from None
     return data
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """``line 3, column 7: mapping values are not allowed here`` (1-based)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    if mark is None:
+        return problem
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
 def load_config(
@@ -270,7 +451,12 @@ def load_config(
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text())
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: invalid YAML at {_yaml_problem(err)}") from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path}: not a UTF-8 text file ({err.reason})") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys")
         data = loaded or {}
@@ -322,8 +508,10 @@ def config_diff(
 class TrainDataConfig(_DataFields):
     """Which data set to train on and how to turn it into batches (paper crop, batch 8)."""
 
-    crop_size: int = 769
-    batch_size: int = 8
+    crop_size: int = bounded(769, ge=TRAIN_MIN_CROP)
+    batch_size: int = bounded(8, ge=1)
+    """Batch per process; BatchNorm needs 2 samples or more (per process, or over all
+    processes with ``model.sync_bn``)."""
 
 
 @dataclass
@@ -334,12 +522,12 @@ class TrainModelConfig:
     """Genotype JSON file (e.g. a search run's ``genotype.json``)."""
     preset: str | None = None
     """Model preset (``autodeeplab-s``, ...; see ``autodeeplab info --list``) instead of a file."""
-    filter_multiplier: int | None = None
+    filter_multiplier: int | None = bounded(None, ge=1, null="for the preset's value")
     """F; ``null`` = the preset's value (20 for a genotype file)."""
-    aspp_channels: int = 256
-    decoder_channels: int = 256
-    low_level_reduced: int = 48
-    drop_path_rate: float = 0.2
+    aspp_channels: int = bounded(256, ge=1)
+    decoder_channels: int = bounded(256, ge=1)
+    low_level_reduced: int = bounded(48, ge=1)
+    drop_path_rate: float = bounded(0.2, ge=0, lt=1)
     """Scheduled Drop Path: final drop probability of the last cell (0 = off)."""
     sync_bn: bool = True
     """BatchNorm statistics over the global batch when several processes train."""
@@ -349,26 +537,26 @@ class TrainModelConfig:
 class TrainOptimConfig:
     """SGD with the poly schedule ``lr * (1 - it / iterations) ** power`` and optional warm-up."""
 
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    lr: float = bounded(0.05, gt=0)
+    momentum: float = bounded(0.9, ge=0, lt=1)
+    weight_decay: float = bounded(1e-4, ge=0)
     nesterov: bool = False
-    poly_power: float = 0.9
-    min_lr: float = 0.0
-    warmup_iters: int = 0
+    poly_power: float = bounded(0.9, ge=0)
+    min_lr: float = bounded(0.0, ge=0, le="lr")
+    warmup_iters: int = bounded(0, ge=0)
     """Linear warm-up from ``warmup_ratio * lr`` over the first N iterations (0 = none)."""
-    warmup_ratio: float = 0.1
-    grad_clip: float | None = None
+    warmup_ratio: float = bounded(0.1, ge=0, le=1)
+    grad_clip: float | None = bounded(None, gt=0, null="to disable")
     """Clip the gradient norm to this value (``null`` = no clipping)."""
-    ignore_index: int = 255
+    ignore_index: int = bounded(255, ge=0, le=255)
 
 
 @dataclass
 class TrainConfig:
     """Everything that defines a retraining run."""
 
-    seed: int = 0
-    iterations: int = 1_500_000
+    seed: int = bounded(0, ge=0, le=SEED_MAX)
+    iterations: int = bounded(1_500_000, ge=1)
     """Optimiser steps in total (the poly schedule and Scheduled Drop Path span them)."""
     data: TrainDataConfig = field(default_factory=TrainDataConfig)
     model: TrainModelConfig = field(default_factory=TrainModelConfig)
@@ -379,15 +567,17 @@ class TrainConfig:
     """``float16`` (with loss scaling) or ``bfloat16``."""
     output: str = "runs/train"
     device: str = "auto"
-    threads: int | None = None
-    eval_interval: int = 5000
+    threads: int | None = bounded(None, ge=1, null="for PyTorch's default")
+    eval_interval: int = bounded(5000, ge=1, zero="to evaluate only at the end")
     """Evaluate (and update ``best/``) every N iterations and at the end (0 = only at the end)."""
-    checkpoint_interval: int = 1000
-    """Write ``last.pt`` every N iterations (also after each evaluation and at the end)."""
-    log_interval: int = 20
+    checkpoint_interval: int = bounded(1000, ge=1, zero="for no periodic checkpoint")
+    """Write ``last.pt`` every N iterations (also after each evaluation and at the end;
+    0 = only then)."""
+    log_interval: int = bounded(20, ge=1)
     """Write a step record to ``metrics.jsonl`` every N iterations."""
-    max_steps: int | None = None
-    """Stop (with a checkpoint) after this many iterations in total; resume continues the run."""
+    max_steps: int | None = bounded(None, ge=1, null="for no limit")
+    """Stop (with a checkpoint) after this many iterations in total (``null`` = no limit);
+    resume continues the run."""
     progress: bool = True
     tensorboard: bool = True
 

@@ -77,7 +77,7 @@ class Genotype:
         if missing:
             raise ValueError(f"genotype is missing {sorted(missing)}")
         version = data.get("format_version", JSON_FORMAT_VERSION)
-        if version != JSON_FORMAT_VERSION:
+        if type(version) is not int or version != JSON_FORMAT_VERSION:  # not 1.0, not true
             raise ValueError(
                 f"genotype format_version {version!r} is not supported (expected {JSON_FORMAT_VERSION})"
             )

@@ -15,10 +15,16 @@
 
 Inputs smaller than the model's minimum (height and width must exceed the deepest stride) are
 zero-padded at the bottom and right and the logits cropped back, so any size works.
+
+Large views are tiled automatically when ``tile_above`` is set: a view of more than that many
+pixels (per image) runs through the sliding window of :func:`tile_window`, so the memory of
+the network's activations is bounded by one window; only the logits of the whole view are
+held at full size.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +40,15 @@ from autodeeplab.network import AutoDeepLab
 
 MULTI_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 """The usual multi-scale evaluation scales (DeepLab)."""
+
+DEFAULT_TILE_ABOVE = 4_000_000
+"""Pixels of a view above which ``predict`` and ``eval`` tile it by default (4 megapixels).
+
+Measured with ``benchmarks/inference_memory.py`` on the CPU, a no-grad forward pass grows the
+process by about 0.45 GiB per megapixel for Auto-DeepLab-S (1.8 GiB at 2048 x 2048, 1.0 GiB
+there in 1-megapixel tiles) and 0.6 GiB for Auto-DeepLab-L; so a view of 4 megapixels needs
+about 2-2.5 GiB, a Cityscapes image (2.1 megapixels) still runs whole, and a 6000 x 6000
+photograph (36 megapixels) runs in tiles instead of asking for some 16 GiB."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,21 @@ class SlidingWindow:
             )
         object.__setattr__(self, "crop", crop)
         object.__setattr__(self, "stride", stride)
+
+
+def default_stride(crop: Sequence[int]) -> tuple[int, int]:
+    """Two thirds of the window, rounded up: neighbouring windows overlap by a third."""
+    h, w = crop
+    return -(-2 * h // 3), -(-2 * w // 3)
+
+
+def tile_window(max_pixels: int) -> SlidingWindow:
+    """The window of automatic tiling: the largest square of at most ``max_pixels`` pixels,
+    with the default stride."""
+    if max_pixels < 1:
+        raise ValueError(f"tiling needs a positive number of pixels per tile, got {max_pixels}")
+    side = math.isqrt(max_pixels)
+    return SlidingWindow((side, side), default_stride((side, side)))
 
 
 def window_starts(length: int, crop: int, stride: int) -> list[int]:
@@ -140,15 +170,21 @@ def predict_logits(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     sliding_window: SlidingWindow | None = None,
+    tile_above: int | None = None,
 ) -> torch.Tensor:
     """Class scores ``(N, C, H, W)`` for a normalised batch ``(N, 3, H, W)``: the mean of the
-    logits over all scales (and mirrored views when ``flip``). Put the model in eval mode."""
+    logits over all scales (and mirrored views when ``flip``). Put the model in eval mode.
+
+    Without ``sliding_window``, a view of more than ``tile_above`` pixels (height x width) runs
+    in the tiles of :func:`tile_window` instead of whole (``None``: never)."""
     if image.ndim != 4:
         raise ValueError(
             f"expected a normalised image batch (N, 3, H, W), got {tuple(image.shape)}"
         )
     if not scales or any(not s > 0 for s in scales):
         raise ValueError(f"scales must be a non-empty list of positive numbers, got {scales}")
+    if tile_above is not None and tile_above < 1:
+        raise ValueError(f"tile_above must be a positive number of pixels, got {tile_above}")
     h, w = image.shape[-2:]
     total: torch.Tensor | None = None
     n_views = 0
@@ -156,10 +192,13 @@ def predict_logits(
         x = _resize(image, scaled_size(h, w, scale))  # (N, 3, h_s, w_s)
         if mirrored:
             x = torch.flip(x, dims=[-1])
-        if sliding_window is None:
+        window = sliding_window
+        if window is None and tile_above is not None and x.shape[-2] * x.shape[-1] > tile_above:
+            window = tile_window(tile_above)
+        if window is None:
             logits = forward_padded(model, x)  # (N, C, h_s, w_s)
         else:
-            logits = sliding_window_logits(model, x, sliding_window)
+            logits = sliding_window_logits(model, x, window)
         if mirrored:
             logits = torch.flip(logits, dims=[-1])
         logits = _resize(logits, (h, w))  # (N, C, H, W)
@@ -178,6 +217,7 @@ def evaluate(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     sliding_window: SlidingWindow | None = None,
+    tile_above: int | None = None,
     batch_size: int = 1,
     num_workers: int = 0,
     ignore_index: int = IGNORE_INDEX,
@@ -194,7 +234,12 @@ def evaluate(
     for images, masks in loader:
         images, masks = images.to(device), masks.to(device)  # (N, 3, H, W), (N, H, W)
         logits = predict_logits(
-            model, images, scales=scales, flip=flip, sliding_window=sliding_window
+            model,
+            images,
+            scales=scales,
+            flip=flip,
+            sliding_window=sliding_window,
+            tile_above=tile_above,
         )
         cm.update(logits.argmax(dim=1), masks)
     return cm
@@ -221,6 +266,7 @@ def evaluate_model_folder(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     sliding_window: SlidingWindow | None = None,
+    tile_above: int | None = DEFAULT_TILE_ABOVE,
     batch_size: int = 1,
     max_samples: int | None = None,
     num_workers: int = 0,
@@ -229,7 +275,8 @@ def evaluate_model_folder(
     """Evaluate a saved model on a data set split (normalised with the model's mean/std).
 
     ``dataset`` defaults to the data set named in the model's ``config.json``; ``max_samples``
-    evaluates only the first samples of the split.
+    evaluates only the first samples of the split; views larger than ``tile_above`` pixels run
+    in tiles (:func:`predict_logits`).
     """
     from autodeeplab.data import build_dataset, eval_transform
     from autodeeplab.saved_model import load_model
@@ -258,6 +305,7 @@ def evaluate_model_folder(
         scales=scales,
         flip=flip,
         sliding_window=sliding_window,
+        tile_above=tile_above,
         batch_size=batch_size,
         num_workers=num_workers,
         ignore_index=cfg.ignore_index,
@@ -273,6 +321,7 @@ def evaluate_model_folder(
         "sliding_window": None
         if sliding_window is None
         else {"crop": list(sliding_window.crop), "stride": list(sliding_window.stride)},
+        "tile_above": tile_above,
         **cm.to_dict(cfg.class_names),
     }
     return EvalResult(cm, cfg.class_names, report)

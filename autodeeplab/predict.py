@@ -1,6 +1,7 @@
 """Segment image files with a saved model and write the results as PNGs.
 
-For each input ``<stem>.<ext>`` three files go to the output folder:
+For each input ``<stem>.<ext>`` three files go to the output folder (images found inside an
+input folder keep their sub-folder there: ``in/berlin/a.png`` -> ``out/berlin/a_*.png``):
 
 - ``<stem>_labels.png``: 8-bit grayscale train ids (or Cityscapes label ids with
   ``cityscapes_ids=True``, the format of the Cityscapes benchmark server);
@@ -8,11 +9,13 @@ For each input ``<stem>.<ext>`` three files go to the output folder:
 - ``<stem>_overlay.png``: the image blended with the colours (alpha 0.5).
 
 Any image size works: images smaller than the network's minimum are zero-padded (the mean
-colour after normalisation) and the prediction cropped back (see :mod:`autodeeplab.inference`).
+colour after normalisation) and the prediction cropped back, and images larger than
+``tile_above`` pixels run in tiles (see :mod:`autodeeplab.inference`).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +27,7 @@ from torch import nn
 
 from autodeeplab.data.base import read_image
 from autodeeplab.data.cityscapes import train_to_label_ids
-from autodeeplab.inference import SlidingWindow, predict_logits
+from autodeeplab.inference import DEFAULT_TILE_ABOVE, SlidingWindow, predict_logits
 from autodeeplab.saved_model import LoadedModel
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -41,32 +44,79 @@ class PredictionFiles:
     overlay: Path
 
 
-def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Image files among ``inputs`` (files, or folders whose image files are taken, sorted)."""
+@dataclass(frozen=True)
+class InputImage:
+    """An image to segment and where its outputs go: ``<out>/<stem>_labels.png`` etc."""
+
+    path: Path
+    stem: Path
+    """Output name without suffix, relative to the output folder (``berlin/berlin_0001``)."""
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def _walk_images(folder: Path, exclude: Path | None) -> list[Path]:
+    """Image files under ``folder`` at any depth, sorted; hidden files and folders and the
+    folder ``exclude`` (the output, which may lie inside) are skipped; links to folders are
+    not followed."""
     found: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        here = Path(root)
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if not d.startswith(".") and (exclude is None or (here / d).resolve() != exclude)
+        )
+        found += sorted(here / f for f in files if _is_image(here / f))
+    return found
+
+
+def collect_images(
+    inputs: Sequence[str | Path], exclude: str | Path | None = None
+) -> list[InputImage]:
+    """The images among ``inputs``: files, and the image files of folders at any depth, whose
+    output names keep their path below the folder. ``exclude`` is a folder to leave out (the
+    output folder). Two images that would write the same outputs are refused."""
+    skip = Path(exclude).resolve() if exclude is not None else None
+    found: list[InputImage] = []
     for item in map(Path, inputs):
+        if item.is_dir() and skip is not None and item.resolve() == skip:
+            raise ValueError(f"input folder {item} is the output folder; write elsewhere")
         if item.is_dir():
-            found += sorted(
-                p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
+            found += [
+                InputImage(p, p.relative_to(item).with_suffix("")) for p in _walk_images(item, skip)
+            ]
         elif item.is_file():
-            found.append(item)
+            found.append(InputImage(item, Path(item.stem)))
         else:
             raise FileNotFoundError(f"input {item} is neither an image file nor a folder")
     if not found:
         raise ValueError(
             f"no images found in {', '.join(map(str, inputs))} "
-            f"(image suffixes: {', '.join(IMAGE_SUFFIXES)})"
+            f"(image suffixes: {', '.join(IMAGE_SUFFIXES)}, searched in sub-folders too)"
         )
-    stems: dict[str, Path] = {}
-    for path in found:
-        if path.stem in stems:
+    owners: dict[Path, Path] = {}
+    for image in found:
+        if image.stem in owners:
             raise ValueError(
-                f"{stems[path.stem]} and {path} have the same name stem {path.stem!r}; their "
-                "outputs would overwrite each other, so predict them into different folders"
+                f"{owners[image.stem]} and {image.path} would both write {image.stem}_*.png; "
+                "rename one of them or predict them separately"
             )
-        stems[path.stem] = path
+        owners[image.stem] = image.path
     return found
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    """Write a PNG; on failure (a full disk) remove the partial file and name it."""
+    try:
+        Image.fromarray(array).save(path)
+    except OSError as err:
+        path.unlink(missing_ok=True)
+        if err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
 
 
 def normalise(
@@ -88,11 +138,14 @@ def segment(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     sliding_window: SlidingWindow | None = None,
+    tile_above: int | None = None,
     device: str | torch.device = "cpu",
 ) -> np.ndarray:
     """Train ids ``(H, W)`` uint8 for an ``(H, W, 3)`` uint8 RGB image."""
     x = normalise(image, mean, std, device)  # (1, 3, H, W)
-    logits = predict_logits(model, x, scales=scales, flip=flip, sliding_window=sliding_window)
+    logits = predict_logits(
+        model, x, scales=scales, flip=flip, sliding_window=sliding_window, tile_above=tile_above
+    )
     return logits[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
 
 
@@ -116,23 +169,29 @@ def predict_images(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     sliding_window: SlidingWindow | None = None,
+    tile_above: int | None = DEFAULT_TILE_ABOVE,
     device: str | torch.device = "cpu",
 ) -> list[PredictionFiles]:
-    """Segment every image in ``inputs`` (files or folders) and write the three PNGs of each
-    into ``out_dir``. Corrupt images raise an error naming the file."""
+    """Segment every image in ``inputs`` (files, or folders searched at any depth) and write
+    the three PNGs of each into ``out_dir``, in the sub-folders the images were found in.
+    Images above ``tile_above`` pixels run in tiles. Corrupt images raise an error naming the
+    file."""
     cfg = loaded.config
     if cityscapes_ids and cfg.num_classes != 19:
         raise ValueError(
             f"Cityscapes label ids need a 19-class Cityscapes model; this one has "
             f"{cfg.num_classes} classes ({cfg.dataset or 'unknown data set'})"
         )
-    images = collect_images(inputs)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(
+            f"output folder {out} is an existing file; give a folder (made if missing)"
+        )
+    images = collect_images(inputs, exclude=out)
     palette = cfg.palette_array()
     written = []
-    for path in images:
-        image = read_image(path)  # (H, W, 3) uint8; raises naming the file if unreadable
+    for item in images:
+        image = read_image(item.path)  # (H, W, 3) uint8; raises naming the file if unreadable
         labels = segment(
             loaded.model,
             image,
@@ -141,18 +200,21 @@ def predict_images(
             scales=scales,
             flip=flip,
             sliding_window=sliding_window,
+            tile_above=tile_above,
             device=device,
         )  # (H, W) uint8 train ids
         color = colorize(labels, palette)
         ids = train_to_label_ids(labels) if cityscapes_ids else labels
+        base = out / item.stem
         files = PredictionFiles(
-            path,
-            out / f"{path.stem}_labels.png",
-            out / f"{path.stem}_color.png",
-            out / f"{path.stem}_overlay.png",
+            item.path,
+            base.with_name(f"{base.name}_labels.png"),
+            base.with_name(f"{base.name}_color.png"),
+            base.with_name(f"{base.name}_overlay.png"),
         )
-        Image.fromarray(ids.astype(np.uint8)).save(files.labels)  # 2-D uint8: mode L
-        Image.fromarray(color).save(files.color)
-        Image.fromarray(blend(image, color)).save(files.overlay)
+        base.parent.mkdir(parents=True, exist_ok=True)
+        _save_png(ids.astype(np.uint8), files.labels)  # 2-D uint8: mode L
+        _save_png(color, files.color)
+        _save_png(blend(image, color), files.overlay)
         written.append(files)
     return written

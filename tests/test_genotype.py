@@ -1,6 +1,8 @@
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from autodeeplab import space
 from autodeeplab.genotype import GENOTYPES, RELEASED, Genotype, get_genotype
@@ -94,3 +96,87 @@ def test_load_names_the_file(tmp_path):
 def test_unknown_preset_lists_available():
     with pytest.raises(ValueError, match="available: autodeeplab"):
         get_genotype("nope")
+
+
+# ---------------------------------------------------------------------------- properties
+PROPERTY = settings(max_examples=200, deadline=None)
+OPS = [op for op in space.PRIMITIVES if op != "none"]
+
+# Any JSON value: what json.loads can return.
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5)
+    ),
+    max_leaves=30,
+)
+# Mostly well-shaped genotype dicts with arbitrary values inside, to reach the deep checks.
+genotype_like = st.fixed_dictionaries(
+    {"path": st.lists(st.integers(-2, 5) | json_values, max_size=6), "cell": json_values},
+    optional={"format_version": st.sampled_from([1, 1.0, True, 2, "1", None])},
+) | st.dictionaries(st.sampled_from(["path", "cell", "format_version", "other"]), json_values)
+
+
+@st.composite
+def genotypes(draw) -> Genotype:
+    """Valid genotypes: a path of moves of at most one level, blocks reading earlier inputs."""
+    path, level = [], space.STEM_LEVEL
+    for _ in range(draw(st.integers(1, 12))):
+        level = draw(
+            st.sampled_from([v for v in (level - 1, level, level + 1) if 0 <= v < space.NUM_LEVELS])
+        )
+        path.append(level)
+    cell = []
+    for b in range(draw(st.integers(1, 5))):
+        inputs = draw(st.lists(st.integers(0, b + 1), min_size=2, max_size=2, unique=True))
+        cell.append([(i, draw(st.sampled_from(OPS))) for i in inputs])
+    return Genotype(cell=cell, path=path)
+
+
+@PROPERTY
+@given(genotypes())
+def test_round_trips_are_lossless(g):
+    assert Genotype.from_dict(g.to_dict()) == g
+    assert Genotype.from_dict(json.loads(g.to_json())) == g
+    assert Genotype.from_json(g.to_json(indent=2)) == g
+    assert Genotype.from_string(str(g)) == g
+    assert str(Genotype.from_string(str(g))) == str(g)
+
+
+def _only_value_errors(parse, value):
+    try:
+        g = parse(value)
+    except ValueError as err:
+        assert str(err), "an empty message says nothing"
+    else:
+        assert isinstance(g, Genotype)
+        assert Genotype.from_dict(g.to_dict()) == g  # whatever is accepted is a real genotype
+
+
+@PROPERTY
+@given(json_values | genotype_like)
+def test_from_dict_of_any_json_raises_only_value_error(data):
+    _only_value_errors(Genotype.from_dict, data)
+
+
+@PROPERTY
+@given(st.text(max_size=80) | json_values.map(json.dumps) | genotype_like.map(json.dumps))
+def test_from_json_of_any_text_raises_only_value_error(text):
+    _only_value_errors(Genotype.from_json, text)
+
+
+@PROPERTY
+@given(st.text(max_size=60) | genotypes().map(str).map(lambda s: s[: len(s) // 2]))
+def test_from_string_of_any_text_raises_only_value_error(text):
+    _only_value_errors(Genotype.from_string, text)
+
+
+def test_format_version_must_be_the_integer_1():
+    data = RELEASED.to_dict()
+    for bad in (1.0, True, "1"):
+        with pytest.raises(ValueError, match="format_version"):
+            Genotype.from_dict({**data, "format_version": bad})

@@ -7,12 +7,15 @@ import torch.nn.functional as F
 from tiny import make_tiny_model
 from torch import nn
 
+from autodeeplab import inference
 from autodeeplab.data import build_dataset, eval_transform
 from autodeeplab.inference import (
     SlidingWindow,
+    default_stride,
     evaluate,
     predict_logits,
     sliding_window_logits,
+    tile_window,
     window_boxes,
     window_starts,
 )
@@ -181,3 +184,51 @@ def test_evaluate_matches_manual_confusion_matrix():
         ref.update(logits.argmax(1), mask[None])
     assert cm.total == 3 * 33 * 40
     assert torch.equal(cm.matrix, ref.matrix)
+
+
+# ---------------------------------------------------------------------------- automatic tiling
+def test_tile_window_is_the_largest_square_with_the_default_stride():
+    assert tile_window(1000) == SlidingWindow((31, 31), (21, 21))  # 31^2 = 961 <= 1000 < 32^2
+    assert tile_window(4_000_000) == SlidingWindow((2000, 2000), (1334, 1334))
+    assert default_stride((9, 10)) == (6, 7)  # ceil(2/3 of the crop)
+    with pytest.raises(ValueError, match="positive"):
+        tile_window(0)
+
+
+def test_views_above_tile_above_run_in_tiles(model, monkeypatch):
+    calls = []
+    real = inference.sliding_window_logits
+
+    def counting(m, x, window):
+        calls.append((tuple(x.shape[-2:]), window))
+        return real(m, x, window)
+
+    monkeypatch.setattr(inference, "sliding_window_logits", counting)
+    x = torch.randn(1, 3, 40, 56)  # 2240 pixels
+    with torch.no_grad():
+        whole = model(x)
+    # at the threshold: whole; above it: the tiles of tile_window, nothing else
+    torch.testing.assert_close(predict_logits(model, x, tile_above=2240), whole, atol=0, rtol=0)
+    assert calls == []
+    tiled = predict_logits(model, x, tile_above=1000)
+    assert calls == [((40, 56), tile_window(1000))]
+    torch.testing.assert_close(tiled, real(model, x, tile_window(1000)), atol=0, rtol=0)
+    assert not torch.allclose(tiled, whole)  # windows see less context: a real change
+    # per view: the 0.5 view (20 x 28 = 560 px) runs whole, the full-size views in tiles
+    calls.clear()
+    predict_logits(model, x, scales=(0.5, 1.0), flip=True, tile_above=1000)
+    assert [shape for shape, _ in calls] == [(40, 56), (40, 56)]
+    # an explicit sliding window wins over automatic tiling
+    calls.clear()
+    window = SlidingWindow((40, 40), (16, 16))
+    predict_logits(model, x, sliding_window=window, tile_above=1000)
+    assert [w for _, w in calls] == [window]
+    with pytest.raises(ValueError, match="tile_above"):
+        predict_logits(model, x, tile_above=0)
+
+
+def test_tiling_a_per_pixel_model_equals_the_whole_image():
+    x = torch.randn(2, 3, 45, 61)
+    local = Local().eval()
+    with torch.no_grad():
+        torch.testing.assert_close(predict_logits(local, x, tile_above=300), local(x))

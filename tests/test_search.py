@@ -23,7 +23,7 @@ from torch.utils.data import default_collate
 
 from autodeeplab.checkpoint import CheckpointError, load_checkpoint
 from autodeeplab.cli import main
-from autodeeplab.config import SearchConfig, from_dict, load_config, to_dict
+from autodeeplab.config import ConfigError, SearchConfig, from_dict, load_config, to_dict
 from autodeeplab.engine import search as search_engine
 from autodeeplab.engine.search import (
     NonFiniteLossError,
@@ -190,6 +190,14 @@ def test_cli_errors(tmp_path, capsys):
     assert "checkpoint_steps must be >= 0" in capsys.readouterr().err
 
 
+def test_configs_built_in_code_are_range_checked(tmp_path):
+    cfg = tiny(tmp_path)
+    cfg.max_steps = 0  # used to run one step
+    with pytest.raises(ConfigError, match=r"^config key max_steps = 0 is out of range"):
+        SearchEngine(cfg, log=None)
+    assert not (tmp_path / "run").exists()
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     calls = {"n": 0}
     real = search_engine.segmentation_loss
@@ -200,7 +208,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, ca
         return loss * float("nan") if calls["n"] == 6 else loss  # 6th w-step: epoch 2, step 2
 
     monkeypatch.setattr(search_engine, "segmentation_loss", poisoned)
-    cfg = tiny(tmp_path, "arch_start_epoch=5")  # weight steps only: one loss call per step
+    cfg = tiny(tmp_path, "arch_start_epoch=2")  # = epochs: weight steps only, one loss call each
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 2 \(global step 6\)"):
         run_search(cfg, log=None)
     state = load_checkpoint(tmp_path / "run" / "last.pt")
@@ -208,7 +216,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, ca
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     # and through the CLI: a clear message and a non-zero exit code
     calls["n"] = 0
-    args = ["--output", str(tmp_path / "cli"), *TINY, "arch_start_epoch=5"]
+    args = ["--output", str(tmp_path / "cli"), *TINY, "arch_start_epoch=2"]
     assert main(["search", "--config", str(SYNTHETIC), *args]) == 3
     assert "loss became nan" in capsys.readouterr().err
 

@@ -18,13 +18,14 @@ from runs import hold_lock, read_records, strict_loads
 from autodeeplab import load_model
 from autodeeplab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from autodeeplab.cli import main
-from autodeeplab.config import TrainConfig, load_config
+from autodeeplab.config import ConfigError, TrainConfig, load_config
 from autodeeplab.engine import train as train_engine
 from autodeeplab.engine.common import deferred_interrupt
 from autodeeplab.engine.distributed import SyncBatchNorm2d, convert_sync_batchnorm
 from autodeeplab.engine.search import NonFiniteLossError
 from autodeeplab.engine.train import TrainEngine, global_batch_loss, poly_lr, run_train
 from autodeeplab.genotype import RELEASED, Genotype
+from autodeeplab.network import AutoDeepLab
 from autodeeplab.runfolder import RunFolderLockedError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -288,6 +289,35 @@ def test_cli_errors(tmp_path, capsys):
     assert "bad.json" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*base, "--genotype", "a.json", "--preset", "autodeeplab-s"])
+
+
+def test_batch_of_one_and_crops_below_the_genotype_are_config_errors(tmp_path):
+    # why: in training mode the image-pooling BatchNorm sees one value per channel
+    model = AutoDeepLab(
+        Genotype(cell=RELEASED.cell, path=(0, 1, 1)),
+        num_classes=3,
+        filter_multiplier=2,
+        aspp_channels=8,
+        decoder_channels=8,
+        low_level_reduced=4,
+    ).train()
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        model(torch.randn(1, 3, 32, 32))
+    with pytest.raises(ConfigError, match=r"^config key data\.batch_size = 1 .*BatchNorm"):
+        TrainEngine(tiny(tmp_path, "data.batch_size=1"), log=None)
+    # the tiny genotype (path 0-1-1) reaches stride 8: crops need 9 pixels
+    with pytest.raises(ConfigError, match=r"^config key data\.crop_size = 8 .*stride 8.* >= 9$"):
+        TrainEngine(tiny(tmp_path, "data.crop_size=8"), log=None)
+    assert not (tmp_path / "run").exists()
+    TrainEngine(tiny(tmp_path, "data.crop_size=9"), log=None).close()
+
+
+def test_configs_built_in_code_are_range_checked(tmp_path):
+    cfg = tiny(tmp_path)
+    cfg.optim.grad_clip = -1.0  # would flip the gradient's sign in clip_grad_norm_
+    with pytest.raises(ConfigError, match=r"optim\.grad_clip = -1 is out of range"):
+        TrainEngine(cfg, log=None)
+    assert not (tmp_path / "run").exists()
 
 
 def test_train_configs_load():

@@ -42,11 +42,34 @@ def layout_error(name: str, root: Path, problem: str, layout: str) -> DatasetLay
     )
 
 
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+"""Pillow modes of single-channel 16-bit images (16-bit PNG and TIFF; older Pillow versions
+open 16-bit PNGs as 32-bit mode ``I``)."""
+
+
+def _scale_16_to_8(values: np.ndarray, path: Path) -> np.ndarray:
+    """``round(v * 255 / 65535)`` for 16-bit values, as uint8 (not clipped at 255)."""
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise DatasetError(
+            f"image {path} holds values outside 0..65535 (mode 'I'); only 8- and 16-bit "
+            "images are supported"
+        )
+    wide = values.astype(np.uint32)
+    return ((wide * 255 + 65535 // 2) // 65535).astype(np.uint8)  # integer rounding
+
+
 def read_image(path: Path) -> np.ndarray:
-    """Read an RGB image as a ``(H, W, 3)`` uint8 array; corrupt or truncated files raise."""
+    """Read an RGB image as a ``(H, W, 3)`` uint8 array; corrupt or truncated files raise.
+
+    16-bit grayscale images are scaled to 0..255 (``round(v * 255 / 65535)``) rather than
+    clipped; Pillow itself reduces 16-bit colour PNGs to 8 bits per channel.
+    """
     try:
         with Image.open(path) as im:
             im.load()  # decode now, so a truncated file fails here and not later
+            if im.mode in SIXTEEN_BIT_MODES:
+                gray = _scale_16_to_8(np.asarray(im), path)  # (H, W)
+                return np.repeat(gray[..., None], 3, axis=2)
             rgb = im.convert("RGB")
     except FileNotFoundError as err:
         raise DatasetLayoutError(f"image file {path} does not exist") from err
@@ -56,7 +79,8 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def read_label_png(path: Path) -> np.ndarray:
-    """Read a single-channel 8-bit mask (grayscale ``L`` or palette ``P`` PNG) as ``(H, W)``.
+    """Read a single-channel mask (8-bit grayscale ``L``, palette ``P`` or 16-bit grayscale
+    PNG) as ``(H, W)`` integer labels, unscaled: uint8, or int32 for a 16-bit file.
 
     A palette PNG yields its palette *indices*, which is how VOC stores class ids.
     """
@@ -64,12 +88,13 @@ def read_label_png(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             mode = im.mode
-            if mode not in ("L", "P"):
+            if mode not in ("L", "P", *SIXTEEN_BIT_MODES):
                 raise DatasetError(
-                    f"mask {path} has image mode {mode!r}; masks must be single-channel 8-bit "
-                    "PNGs (mode 'L' grayscale or 'P' palette) holding class ids, not colours"
+                    f"mask {path} has image mode {mode!r}; masks must be single-channel 8- or "
+                    "16-bit PNGs (grayscale or palette) holding class ids, not colours"
                 )
-            arr = np.asarray(im, dtype=np.uint8)
+            arr = np.asarray(im)
+            arr = arr.astype(np.uint8 if mode in ("L", "P") else np.int32)
     except FileNotFoundError as err:
         raise DatasetLayoutError(f"mask file {path} does not exist") from err
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
@@ -80,9 +105,15 @@ def read_label_png(path: Path) -> np.ndarray:
 def apply_lut(raw: np.ndarray, lut: np.ndarray, path: Path, valid: str) -> np.ndarray:
     """Translate raw mask values to train ids; values the table marks invalid raise.
 
-    ``valid`` describes the accepted raw values for the error message.
+    ``valid`` describes the accepted raw values for the error message. Values outside the table
+    (from a 16-bit mask) are invalid too.
     """
-    out = lut[raw]  # (H, W) int16
+    if raw.dtype == np.uint8:
+        out = lut[raw]  # (H, W) int16
+    else:
+        out = np.full(raw.shape, INVALID, dtype=lut.dtype)
+        inside = (raw >= 0) & (raw < len(lut))
+        out[inside] = lut[raw[inside]]
     if (out == INVALID).any():
         bad = np.unique(raw[out == INVALID]).tolist()
         shown = ", ".join(map(str, bad[:12])) + (", ..." if len(bad) > 12 else "")

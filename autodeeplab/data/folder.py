@@ -29,7 +29,7 @@ LAYOUT = """\
 <root>/
   classes.yaml            (or classes.json: class_names: [...], optional palette: [[r, g, b], ...])
   images/{split}/<stem>.png|.jpg|.jpeg
-  masks/{split}/<stem>.png  (8-bit grayscale or palette PNG: 0..num_classes-1, 255 = ignore)"""
+  masks/{split}/<stem>.png  (8/16-bit grayscale or palette PNG: 0..num_classes-1, 255 = ignore)"""
 
 
 def write_metadata(
@@ -55,7 +55,7 @@ def read_metadata(path: Path) -> tuple[tuple[str, ...], np.ndarray]:
         raise DatasetError(f"cannot parse class metadata {path}: {err}") from err
     if not isinstance(meta, dict) or "class_names" not in meta:
         raise DatasetError(f"class metadata {path} must be a mapping with a 'class_names' list")
-    unknown = sorted(set(meta) - set(META_KEYS))
+    unknown = sorted(set(meta) - set(META_KEYS), key=str)  # YAML keys may be numbers
     if unknown:
         raise DatasetError(
             f"class metadata {path} has unknown keys {unknown}; valid keys: {list(META_KEYS)}"
@@ -73,13 +73,24 @@ def read_metadata(path: Path) -> tuple[tuple[str, ...], np.ndarray]:
         raise DatasetError(f"class metadata {path}: class names must be unique")
     if meta.get("palette") is None:
         return tuple(names), default_palette(len(names))
-    palette = np.asarray(meta["palette"])
-    if palette.shape != (len(names), 3) or palette.min() < 0 or palette.max() > 255:
-        raise DatasetError(
-            f"class metadata {path}: 'palette' must be {len(names)} [r, g, b] triples in 0..255, "
-            f"got shape {palette.shape}"
-        )
-    return tuple(names), palette.astype(np.uint8)
+    return tuple(names), _parse_palette(meta["palette"], len(names), path)
+
+
+def _parse_palette(value: Any, num_classes: int, path: Path) -> np.ndarray:
+    """``(C, 3)`` uint8 from a list of ``[r, g, b]`` integer triples."""
+    expected = f"'palette' must be {num_classes} [r, g, b] triples"
+    if (
+        not isinstance(value, list)
+        or len(value) != num_classes
+        or not all(isinstance(rgb, list) and len(rgb) == 3 for rgb in value)
+    ):
+        raise DatasetError(f"class metadata {path}: {expected}, one per class, got {value!r}")
+    flat = [v for rgb in value for v in rgb]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in flat):
+        raise DatasetError(f"class metadata {path}: {expected} of integers, got {value!r}")
+    if not all(0 <= v <= 255 for v in flat):
+        raise DatasetError(f"class metadata {path}: {expected} in 0..255, got {value!r}")
+    return np.asarray(value, dtype=np.uint8)
 
 
 def metadata_file(root: str | Path, metadata: str | Path | None = None) -> Path:

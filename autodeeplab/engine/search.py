@@ -41,7 +41,14 @@ from autodeeplab.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from autodeeplab.config import SearchConfig, config_diff, config_hash, save_config, to_dict
+from autodeeplab.config import (
+    SearchConfig,
+    check_ranges,
+    config_diff,
+    config_hash,
+    save_config,
+    to_dict,
+)
 from autodeeplab.data import SegmentationDataset, search_split
 from autodeeplab.engine.common import (
     EngineBase,
@@ -266,16 +273,14 @@ class SearchEngine(EngineBase):
         log: Callable[[str], None] | None = print_flush,
     ) -> None:
         self.cfg = config
+        self._validate()
         self._owns_process_group = init_distributed(resolve_device(config.device).type == "cuda")
         self.rank, self.world_size = dist_info()
         if config.threads is not None:
-            if config.threads < 1:
-                raise ValueError(f"threads must be >= 1 or null, got {config.threads}")
             torch.set_num_threads(config.threads)
         self.device = process_device(config.device, self.world_size)
         self.output = Path(config.output)
         self.last_path = self.output / "last.pt"
-        self._validate()
 
         random.seed(config.seed)
         np.random.seed(config.seed)
@@ -349,17 +354,7 @@ class SearchEngine(EngineBase):
     # -------------------------------------------------------------- setup
     def _validate(self) -> None:
         c = self.cfg
-        if c.epochs < 1 or c.arch_start_epoch < 0:
-            raise ValueError(
-                f"need epochs >= 1 and arch_start_epoch >= 0, got {c.epochs}, {c.arch_start_epoch}"
-            )
-        if c.data.batch_size < 1 or c.data.eval_batch_size < 1:
-            raise ValueError("data.batch_size and data.eval_batch_size must be >= 1")
-        if c.checkpoint_steps < 0:
-            raise ValueError(
-                f"checkpoint_steps must be >= 0 (0 = last.pt only at epoch ends), got "
-                f"{c.checkpoint_steps}"
-            )
+        check_ranges(c)  # again: a config built in code has not been through from_dict
         if c.data.name != "synthetic" and c.data.root is None:
             raise ValueError(
                 f"data set {c.data.name!r} needs a root folder: set data.root in the config or "

@@ -55,8 +55,10 @@ from autodeeplab.checkpoint import (
 )
 from autodeeplab.config import (
     TRAIN_RUNTIME_KEYS,
+    ConfigError,
     TrainConfig,
     TrainModelConfig,
+    check_ranges,
     config_diff,
     config_hash,
     save_config,
@@ -199,6 +201,7 @@ class TrainEngine(EngineBase):
             )
 
         self.network = resolve_network(config.model, self.train_set.num_classes)
+        self._check_batch_and_crop()
         self.model = AutoDeepLab.from_config(self.network).to(self.device)
         if self.world_size > 1 and config.model.sync_bn:
             convert_sync_batchnorm(self.model, self.device)
@@ -250,16 +253,9 @@ class TrainEngine(EngineBase):
     # -------------------------------------------------------------- setup
     def _validate(self) -> None:
         c = self.cfg
-        if c.iterations < 1:
-            raise ValueError(f"iterations must be >= 1, got {c.iterations}")
-        if c.data.batch_size < 1 or c.data.eval_batch_size < 1:
-            raise ValueError("data.batch_size and data.eval_batch_size must be >= 1")
+        check_ranges(c)  # again: a config built in code has not been through from_dict
         if c.amp_dtype not in AMP_DTYPES:
             raise ValueError(f"amp_dtype must be one of {sorted(AMP_DTYPES)}, got {c.amp_dtype!r}")
-        if c.threads is not None and c.threads < 1:
-            raise ValueError(f"threads must be >= 1 or null, got {c.threads}")
-        if c.optim.warmup_iters < 0 or not 0.0 <= c.optim.warmup_ratio <= 1.0:
-            raise ValueError("need optim.warmup_iters >= 0 and 0 <= optim.warmup_ratio <= 1")
         if c.data.name != "synthetic" and c.data.root is None:
             raise ValueError(
                 f"data set {c.data.name!r} needs a root folder: set data.root in the config or "
@@ -267,6 +263,23 @@ class TrainEngine(EngineBase):
             )
         if c.model.genotype is not None and not Path(c.model.genotype).is_file():
             raise FileNotFoundError(f"genotype file {c.model.genotype} does not exist")
+
+    def _check_batch_and_crop(self) -> None:
+        """What the config ranges cannot know: the process count and the genotype."""
+        c = self.cfg
+        bn_batch = c.data.batch_size * (self.world_size if c.model.sync_bn else 1)
+        if bn_batch < 2:
+            raise ConfigError(
+                f"config key data.batch_size = {c.data.batch_size} is too small for training: "
+                "BatchNorm (the image-pooling branch) needs 2 samples or more per batch, per "
+                "process or over all processes with model.sync_bn; use data.batch_size >= 2"
+            )
+        need = self.network.genotype.max_stride + 1
+        if c.data.crop_size < need:
+            raise ConfigError(
+                f"config key data.crop_size = {c.data.crop_size} is too small for this "
+                f"genotype: its deepest level has stride {need - 1}; use data.crop_size >= {need}"
+            )
 
     def _datasets(self) -> tuple[SegmentationDataset, SegmentationDataset]:
         train, evaluation = build_datasets(self.cfg.data)

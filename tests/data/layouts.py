@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +114,22 @@ def make_folder(
         save_gray(root / "masks" / split / f"s{i}.png", mask)
         masks.append(mask)
     return masks
+
+
+def save_png16_rgb(path: Path, array: np.ndarray) -> None:
+    """A 48-bit colour PNG (16 bits per channel) written by hand: Pillow cannot write one."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(tag + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", crc)
+
+    h, w, _ = array.shape
+    rows = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(h))  # filter 0
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)  # 16-bit depth, colour type RGB
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )

@@ -1,13 +1,18 @@
 import json
+import re
 
 import numpy as np
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from layouts import (
     make_ade,
     make_cityscapes,
     make_folder,
     make_voc,
     save_gray,
+    save_png16_rgb,
     save_rgb,
     voc_colormap_reference,
 )
@@ -27,6 +32,8 @@ from autodeeplab.data import (
     voc,
 )
 from autodeeplab.data import cityscapes as cs
+from autodeeplab.data.base import read_image
+from autodeeplab.data.folder import read_metadata
 
 # The official cityscapesScripts table (helpers/labels.py), written out independently:
 # (name, id, trainId).
@@ -254,3 +261,118 @@ def test_bad_metadata_named(tmp_path, rng):
     (tmp_path / "classes.yaml").write_text("class_names: [a, b]\ncolours: [1]\n")
     with pytest.raises(DatasetError, match=r"classes\.yaml has unknown keys \['colours'\]"):
         FolderDataset(tmp_path, "train")
+
+
+# ---------------------------------------------------------------------------- 16-bit files
+# value -> round(value * 255 / 65535), worked out by hand: 1000 * 255 / 65535 = 3.89,
+# 32767 -> 127.498, 32768 -> 127.502; clipping would have made everything above 255 white.
+SIXTEEN_BIT = [(0, 0), (257, 1), (1000, 4), (32767, 127), (32768, 128), (65535, 255)]
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16_bit_gray_images_are_scaled_not_clipped(tmp_path, suffix):
+    values = np.array([[v for v, _ in SIXTEEN_BIT]] * 2, dtype=np.uint16)  # (2, 6)
+    path = tmp_path / f"gray16{suffix}"
+    Image.fromarray(values).save(path)
+    with Image.open(path) as im:
+        assert im.mode.startswith("I;16")  # really a 16-bit file
+    image = read_image(path)
+    assert image.shape == (2, 6, 3) and image.dtype == np.uint8
+    expected = [e for _, e in SIXTEEN_BIT]
+    for c in range(3):
+        assert image[0, :, c].tolist() == expected
+
+
+def test_16_bit_colour_png_is_scaled_not_clipped(tmp_path):
+    values = np.array([[[v, 65535 - v, v // 2] for v, _ in SIXTEEN_BIT]], dtype=np.uint16)
+    save_png16_rgb(tmp_path / "rgb48.png", values)
+    image = read_image(tmp_path / "rgb48.png").astype(int)  # (1, 6, 3)
+    exact = values.astype(float) * 255 / 65535
+    assert np.abs(image - exact).max() <= 1  # Pillow keeps the high byte
+    assert image[0, :, 0].tolist()[-2:] == [128, 255]
+
+
+def test_16_bit_masks_keep_their_labels(tmp_path, rng):
+    make_folder(tmp_path, rng)
+    mask = rng.integers(0, 4, (8, 10)).astype(np.uint16)
+    mask[0, :3] = 255
+    Image.fromarray(mask).save(tmp_path / "masks" / "train" / "s1.png")  # mode I;16
+    ds = FolderDataset(tmp_path, "train")
+    np.testing.assert_array_equal(ds.load(1)[1], mask)
+    mask[2, 2], mask[3, 3] = 256, 1000  # beyond 8 bits: neither class nor ignore
+    Image.fromarray(mask).save(tmp_path / "masks" / "train" / "s1.png")
+    with pytest.raises(DatasetError, match=r"s1\.png holds values \[256, 1000\].*\{0\.\.3, 255\}"):
+        ds.load(1)
+
+
+# ---------------------------------------------------------------------------- class files
+meta_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-300, 300)
+    | st.integers(min_value=2**64)
+    | st.floats()
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=16,
+)
+meta_like = st.dictionaries(
+    st.sampled_from(["class_names", "palette", "colours"]) | st.integers(0, 3),
+    meta_values,
+    max_size=3,
+) | st.fixed_dictionaries(
+    {
+        "class_names": st.lists(st.text(max_size=5), max_size=4) | meta_values,
+        "palette": st.lists(st.lists(meta_values, max_size=4), max_size=4) | meta_values,
+    }
+)
+
+
+def _yaml_text(data) -> str:
+    return yaml.safe_dump(data, allow_unicode=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["classes.yaml", "classes.json"]),
+    st.text(max_size=60) | meta_like.map(_yaml_text) | meta_like.map(json.dumps),
+)
+def test_class_files_of_any_text_raise_only_dataset_errors(tmp_path_factory, name, text):
+    path = tmp_path_factory.mktemp("meta") / name
+    path.write_text(text, encoding="utf-8")
+    try:
+        names, palette = read_metadata(path)
+    except DatasetError as err:
+        assert str(path) in str(err)
+    else:
+        assert names and all(isinstance(n, str) for n in names)
+        assert palette.shape == (len(names), 3) and palette.dtype == np.uint8
+
+
+@pytest.mark.parametrize(
+    ("palette", "problem"),
+    [
+        ([["a", "b", "c"]], "integers"),
+        ([[1, 2, None]], "integers"),
+        ([[1.5, 2, 3]], "integers"),
+        ([[True, 0, 0]], "integers"),
+        ([[1, 2], [3, 4, 5]], "1 [r, g, b] triples"),
+        ([[0, 0, 256]], "0..255"),
+    ],
+)
+def test_bad_palettes_are_named(tmp_path, palette, problem):
+    path = tmp_path / "classes.json"
+    path.write_text(json.dumps({"class_names": ["a"], "palette": palette}))
+    with pytest.raises(
+        DatasetError, match=rf"classes\.json: .palette. must be .*{re.escape(problem)}"
+    ):
+        read_metadata(path)
+
+
+def test_unknown_keys_of_mixed_types_are_named(tmp_path):
+    path = tmp_path / "classes.yaml"
+    path.write_text("class_names: [a]\n1: x\ncolours: y\n")
+    with pytest.raises(DatasetError, match=r"unknown keys \[1, 'colours'\]"):
+        read_metadata(path)
