@@ -47,6 +47,9 @@ class _DataFields:
     scale: tuple[float, float] = (0.5, 2.0)
     """Random rescale range before cropping; ``[0.5, 0.5]`` = fixed half resolution."""
     flip: bool = True
+    repeat: int = 1
+    """Passes over the training split per epoch (each with its own augmentation draws); for
+    small data sets, where an epoch would be a handful of steps."""
     eval_size: tuple[int, int] | None = None
     """Resize evaluation images to ``[height, width]``; ``null`` keeps their size."""
     max_eval_samples: int | None = None
@@ -75,6 +78,9 @@ class SupernetConfig:
     stem_channels: tuple[int, int, int] = (64, 64, 128)
     partial_channels: int = 1
     checkpoint_cells: bool = False
+    aspp_rates: str | tuple[int, int, int, int] = "paper"
+    """Atrous rate of the search head at each level (stride 4, 8, 16, 32): ``paper``
+    (``96 / stride``), ``auto`` (scaled to ``data.crop_size``) or four integers."""
 
 
 @dataclass
@@ -141,6 +147,11 @@ RUNTIME_KEYS: frozenset[str] = frozenset(
     }
 )
 """Keys that may change between an interrupted run and its resumption."""
+
+NEUTRAL_DEFAULTS: dict[str, Any] = {"data.repeat": 1, "model.aspp_rates": "paper"}
+"""Keys added after run folders were first written, with the value under which a run behaves
+as runs did before the key existed. While a key holds that value it is left out of the config
+identity and hash, so a checkpoint written before the key existed still resumes."""
 
 
 # ---------------------------------------------------------------------------- generic loader
@@ -290,9 +301,14 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _drop_neutral(flat: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in flat.items() if k not in NEUTRAL_DEFAULTS or v != NEUTRAL_DEFAULTS[k]}
+
+
 def identity(cfg: Any, ignore: frozenset[str] = RUNTIME_KEYS) -> dict[str, Any]:
-    """The flattened config without the keys in ``ignore``: what a resumed run must match."""
-    return {k: v for k, v in flatten(to_dict(cfg)).items() if k not in ignore}
+    """The flattened config without the keys in ``ignore`` (and without the keys of
+    :data:`NEUTRAL_DEFAULTS` that hold their neutral value): what a resumed run must match."""
+    return {k: v for k, v in _drop_neutral(flatten(to_dict(cfg))).items() if k not in ignore}
 
 
 def config_hash(cfg: Any, ignore: frozenset[str] = RUNTIME_KEYS) -> str:
@@ -305,7 +321,7 @@ def config_diff(
     old: Mapping[str, Any], new: Mapping[str, Any], ignore: frozenset[str] = RUNTIME_KEYS
 ) -> list[str]:
     """Lines ``key: old -> new`` for every differing key of two nested config dicts."""
-    a, b = flatten(old), flatten(new)
+    a, b = _drop_neutral(flatten(old)), _drop_neutral(flatten(new))
     keys = sorted((set(a) | set(b)) - ignore)
     return [
         f"{k}: {a.get(k, '<missing>')!r} -> {b.get(k, '<missing>')!r}"
@@ -334,6 +350,9 @@ class TrainModelConfig:
     filter_multiplier: int | None = None
     """F; ``null`` = the preset's value (20 for a genotype file)."""
     aspp_channels: int = 256
+    aspp_rates: str | tuple[int, ...] = "paper"
+    """ASPP atrous rates: ``paper`` (DeepLab's ``(6, 12, 18) * 16 / output_stride``), ``auto``
+    (scaled to ``data.crop_size``) or a list of integers."""
     decoder_channels: int = 256
     low_level_reduced: int = 48
     drop_path_rate: float = 0.2
