@@ -320,13 +320,18 @@ def config_hash(cfg: Any, ignore: frozenset[str] = RUNTIME_KEYS) -> str:
 def config_diff(
     old: Mapping[str, Any], new: Mapping[str, Any], ignore: frozenset[str] = RUNTIME_KEYS
 ) -> list[str]:
-    """Lines ``key: old -> new`` for every differing key of two nested config dicts."""
-    a, b = _drop_neutral(flatten(old)), _drop_neutral(flatten(new))
+    """Lines ``key: old -> new`` for every differing key of two nested config dicts (a key of
+    :data:`NEUTRAL_DEFAULTS` that a dict lacks counts as its neutral value)."""
+    a, b = flatten(old), flatten(new)
     keys = sorted((set(a) | set(b)) - ignore)
+
+    def shown(flat: dict[str, Any], k: str) -> Any:
+        return flat.get(k, NEUTRAL_DEFAULTS.get(k, "<missing>"))
+
     return [
-        f"{k}: {a.get(k, '<missing>')!r} -> {b.get(k, '<missing>')!r}"
+        f"{k}: {shown(a, k)!r} -> {shown(b, k)!r}"
         for k in keys
-        if a.get(k) != b.get(k)
+        if a.get(k, NEUTRAL_DEFAULTS.get(k)) != b.get(k, NEUTRAL_DEFAULTS.get(k))
     ]
 
 

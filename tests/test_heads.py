@@ -258,4 +258,4 @@ def test_new_head_key_at_its_paper_value_keeps_old_run_hashes(cls, ignore):
     assert config_diff(old, to_dict(cfg), ignore) == []
     changed = load_config(None, ["model.aspp_rates=auto"], cls=cls)
     assert config_hash(changed, ignore) != config_hash(cfg, ignore)
-    assert config_diff(old, to_dict(changed), ignore) == ["model.aspp_rates: '<missing>' -> 'auto'"]
+    assert config_diff(old, to_dict(changed), ignore) == ["model.aspp_rates: 'paper' -> 'auto'"]
