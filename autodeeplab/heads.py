@@ -1,7 +1,8 @@
 """Segmentation heads of the retrained network: dense ASPP and the DeepLabv3+ decoder.
 
 Contracts
-    :class:`ASPP` maps the last encoder feature ``(N, C_in, h, w)`` to ``(N, 256, h, w)``.
+    :class:`ASPP` maps the last encoder feature ``(N, C_in, h, w)`` to ``(N, channels, h, w)``
+    (256 channels in the paper; narrower heads suit small studies).
     :class:`DeepLabV3PlusDecoder` takes that ASPP output and the stride-4 low-level feature
     ``(N, C_low, H/4, W/4)`` and returns class logits at stride 4, ``(N, classes, H/4, W/4)``.
     Upsampling the logits to the input size is the job of the model.
