@@ -265,3 +265,23 @@ def test_new_head_key_at_its_paper_value_keeps_old_run_hashes(cls, ignore):
     changed = load_config(None, ["model.aspp_rates=auto"], cls=cls)
     assert config_hash(changed, ignore) != config_hash(cfg, ignore)
     assert config_diff(old, to_dict(changed), ignore) == ["model.aspp_rates: 'paper' -> 'auto'"]
+
+
+@pytest.mark.parametrize(
+    "config", sorted((ROOT / "configs").glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}"
+)
+def test_no_shipped_config_has_an_atrous_branch_outside_its_map(config):
+    """Whatever the searched path, every atrous branch of every shipped config reads more than
+    its centre tap at the training crop (the ``paper`` rates at small crops do not)."""
+    kind = config.parent.name
+    cfg = load_config(config, cls=TrainConfig if kind == "train" else SearchConfig)
+    crop = cfg.data.crop_size
+    if kind == "train":
+        rates = {s: resolve_atrous_rates(cfg.model.aspp_rates, s, crop) for s in STRIDES}
+    else:
+        per_level = search_head_rates(cfg.model.aspp_rates, crop)
+        rates = {s: (r,) for s, r in zip(STRIDES, per_level, strict=True)}
+    for s, rs in rates.items():
+        size = feature_size(crop, s)
+        if size >= 2:
+            assert all(reaches_off_centre(r, size) for r in rs), (s, size, rs)
