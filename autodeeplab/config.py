@@ -203,6 +203,9 @@ class _DataFields:
     scale: tuple[float, float] = bounded((0.5, 2.0), gt=0, increasing=True)
     """Random rescale range before cropping; ``[0.5, 0.5]`` = fixed half resolution."""
     flip: bool = True
+    repeat: int = bounded(1, ge=1)
+    """Passes over the training split per epoch (each with its own augmentation draws); for
+    small data sets, where an epoch would be a handful of steps."""
     eval_size: tuple[int, int] | None = bounded(None, ge=1, null="to keep the size")
     """Resize evaluation images to ``[height, width]``; ``null`` keeps their size."""
     max_eval_samples: int | None = bounded(None, ge=1, null="for all")
@@ -234,6 +237,9 @@ class SupernetConfig:
     stem_channels: tuple[int, int, int] = bounded((64, 64, 128), ge=1)
     partial_channels: int = bounded(1, ge=1)
     checkpoint_cells: bool = False
+    aspp_rates: str | tuple[int, int, int, int] = "paper"
+    """Atrous rate of the search head at each level (stride 4, 8, 16, 32): ``paper``
+    (``96 / stride``), ``auto`` (scaled to ``data.crop_size``) or four integers."""
 
 
 @dataclass
@@ -305,6 +311,11 @@ RUNTIME_KEYS: frozenset[str] = frozenset(
     }
 )
 """Keys that may change between an interrupted run and its resumption."""
+
+NEUTRAL_DEFAULTS: dict[str, Any] = {"data.repeat": 1, "model.aspp_rates": "paper"}
+"""Keys added after run folders were first written, with the value under which a run behaves
+as runs did before the key existed. While a key holds that value it is left out of the config
+identity and hash, so a checkpoint written before the key existed still resumes."""
 
 
 # ---------------------------------------------------------------------------- generic loader
@@ -479,9 +490,14 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _drop_neutral(flat: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in flat.items() if k not in NEUTRAL_DEFAULTS or v != NEUTRAL_DEFAULTS[k]}
+
+
 def identity(cfg: Any, ignore: frozenset[str] = RUNTIME_KEYS) -> dict[str, Any]:
-    """The flattened config without the keys in ``ignore``: what a resumed run must match."""
-    return {k: v for k, v in flatten(to_dict(cfg)).items() if k not in ignore}
+    """The flattened config without the keys in ``ignore`` (and without the keys of
+    :data:`NEUTRAL_DEFAULTS` that hold their neutral value): what a resumed run must match."""
+    return {k: v for k, v in _drop_neutral(flatten(to_dict(cfg))).items() if k not in ignore}
 
 
 def config_hash(cfg: Any, ignore: frozenset[str] = RUNTIME_KEYS) -> str:
@@ -493,13 +509,18 @@ def config_hash(cfg: Any, ignore: frozenset[str] = RUNTIME_KEYS) -> str:
 def config_diff(
     old: Mapping[str, Any], new: Mapping[str, Any], ignore: frozenset[str] = RUNTIME_KEYS
 ) -> list[str]:
-    """Lines ``key: old -> new`` for every differing key of two nested config dicts."""
+    """Lines ``key: old -> new`` for every differing key of two nested config dicts (a key of
+    :data:`NEUTRAL_DEFAULTS` that a dict lacks counts as its neutral value)."""
     a, b = flatten(old), flatten(new)
     keys = sorted((set(a) | set(b)) - ignore)
+
+    def shown(flat: dict[str, Any], k: str) -> Any:
+        return flat.get(k, NEUTRAL_DEFAULTS.get(k, "<missing>"))
+
     return [
-        f"{k}: {a.get(k, '<missing>')!r} -> {b.get(k, '<missing>')!r}"
+        f"{k}: {shown(a, k)!r} -> {shown(b, k)!r}"
         for k in keys
-        if a.get(k) != b.get(k)
+        if a.get(k, NEUTRAL_DEFAULTS.get(k)) != b.get(k, NEUTRAL_DEFAULTS.get(k))
     ]
 
 
@@ -525,6 +546,9 @@ class TrainModelConfig:
     filter_multiplier: int | None = bounded(None, ge=1, null="for the preset's value")
     """F; ``null`` = the preset's value (20 for a genotype file)."""
     aspp_channels: int = bounded(256, ge=1)
+    aspp_rates: str | tuple[int, ...] = "paper"
+    """ASPP atrous rates: ``paper`` (DeepLab's ``(6, 12, 18) * 16 / output_stride``), ``auto``
+    (scaled to ``data.crop_size``) or a list of integers."""
     decoder_channels: int = bounded(256, ge=1)
     low_level_reduced: int = bounded(48, ge=1)
     drop_path_rate: float = bounded(0.2, ge=0, lt=1)

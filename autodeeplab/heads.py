@@ -1,15 +1,25 @@
 """Segmentation heads of the retrained network: dense ASPP and the DeepLabv3+ decoder.
 
 Contracts
-    :class:`ASPP` maps the last encoder feature ``(N, C_in, h, w)`` to ``(N, 256, h, w)``.
+    :class:`ASPP` maps the last encoder feature ``(N, C_in, h, w)`` to ``(N, channels, h, w)``
+    (256 channels in the paper; narrower heads suit small studies).
     :class:`DeepLabV3PlusDecoder` takes that ASPP output and the stride-4 low-level feature
     ``(N, C_low, H/4, W/4)`` and returns class logits at stride 4, ``(N, classes, H/4, W/4)``.
     Upsampling the logits to the input size is the job of the model.
 
 Every convolution is dense and bias-free (a BatchNorm follows), except the final classifier.
+
+Atrous rates
+    ``paper``: DeepLab's ``(6, 12, 18) * 16 / output_stride``, a fixed field of view in input
+    pixels (:func:`atrous_rates_for_stride`). ``auto``: the same rates scaled by
+    ``crop / 513`` so that they keep their share of the feature map at small crops
+    (:func:`auto_atrous_rates`). The search supernet's head uses the same two rules with one
+    rate, 6 at stride 16 (:func:`search_head_rates`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,17 +32,108 @@ DEFAULT_DECODER_CHANNELS = 256
 DEFAULT_LOW_LEVEL_CHANNELS = 48
 BASE_ATROUS_RATES: tuple[int, int, int] = (6, 12, 18)
 """DeepLab's atrous rates at output stride 16; they scale inversely with the output stride."""
+SEARCH_ATROUS_RATE = 6
+"""The search head's single atrous rate at stride 16 (the paper's ``96 / stride``)."""
+REFERENCE_CROP = 513
+"""The training crop DeepLab's rates were chosen for (a 33x33 map at output stride 16)."""
+RATE_MODES: tuple[str, ...] = ("paper", "auto")
+"""Named rules for atrous rates; an explicit list of integers is the third choice."""
 
 
-def atrous_rates_for_stride(output_stride: int) -> tuple[int, int, int]:
-    """ASPP atrous rates for a feature at ``output_stride``, DeepLab's convention.
-
-    ``(6, 12, 18)`` at stride 16, doubled at 8, halved at 32 (``(3, 6, 9)``) and ``(24, 48, 72)``
-    at stride 4, i.e. every rate covers the same field of view in input pixels.
-    """
+def _check_stride(output_stride: int) -> None:
     if output_stride not in space.LEVEL_STRIDES:
         raise ValueError(f"output stride must be one of {space.LEVEL_STRIDES}, got {output_stride}")
-    return tuple(r * 16 // output_stride for r in BASE_ATROUS_RATES)  # type: ignore[return-value]
+
+
+def atrous_rates_for_stride(
+    output_stride: int, base: tuple[int, ...] = BASE_ATROUS_RATES
+) -> tuple[int, ...]:
+    """ASPP atrous rates for a feature at ``output_stride``, DeepLab's convention (``paper``).
+
+    ``(6, 12, 18)`` at stride 16, doubled at 8, halved at 32 (``(3, 6, 9)``) and ``(24, 48, 72)``
+    at stride 4, i.e. every rate covers the same field of view in input pixels, whatever the
+    crop. ``base`` gives the rates at stride 16 (``(6,)`` for the search head: ``96 / stride``).
+    """
+    _check_stride(output_stride)
+    return tuple(r * 16 // output_stride for r in base)
+
+
+def feature_size(crop_size: int, stride: int) -> int:
+    """Side of the feature map at ``stride`` for a ``crop_size`` input: ``ceil(crop / stride)``
+    (what the network's stride-2 convolutions with "same" padding produce)."""
+    return -(-crop_size // stride)
+
+
+def auto_atrous_rates(
+    output_stride: int, crop_size: int, base: tuple[int, ...] = BASE_ATROUS_RATES
+) -> tuple[int, ...]:
+    """Atrous rates scaled to the training crop (``auto``): DeepLab's geometry at any crop.
+
+    ``rate = round(base * (crop / output_stride) / (513 / 16))``, rounded half up, then clamped
+    to ``1 .. max(1, h - 1)`` with ``h = ceil(crop / output_stride)`` the feature map's side.
+    Every rate thus keeps the fraction of the feature map it spans at DeepLab's 513 crop and
+    stride 16 (the largest, 18 on a 33-pixel map, about 0.56 of it): ``(6, 12, 18)`` at 513 /
+    stride 16 exactly (and the ``paper`` rates at every stride for a 513 crop), ``(3, 6, 9)``
+    at 64 / stride 4. At ``rate >= h`` every off-centre tap of every output position would fall
+    into the zero padding, leaving a 1x1 convolution; the clamp rules that out.
+    """
+    _check_stride(output_stride)
+    if isinstance(crop_size, bool) or not isinstance(crop_size, int) or crop_size < 1:
+        raise ValueError(f"crop size must be a positive integer, got {crop_size!r}")
+    num = 16 * crop_size  # rate = base * num / den, in exact integer arithmetic
+    den = REFERENCE_CROP * output_stride
+    upper = max(1, feature_size(crop_size, output_stride) - 1)
+    return tuple(min(upper, max(1, (2 * r * num + den) // (2 * den))) for r in base)
+
+
+def resolve_atrous_rates(
+    spec: str | Sequence[int],
+    output_stride: int,
+    crop_size: int | None,
+    *,
+    base: tuple[int, ...] = BASE_ATROUS_RATES,
+    key: str = "model.aspp_rates",
+) -> tuple[int, ...]:
+    """The rates that ``spec`` (``paper``, ``auto`` or explicit integers) gives at
+    ``output_stride``; ``auto`` needs the training ``crop_size``. ``key`` names the setting in
+    error messages."""
+    if isinstance(spec, str):
+        if spec == "paper":
+            return atrous_rates_for_stride(output_stride, base)
+        if spec == "auto":
+            if crop_size is None:
+                raise ValueError(f"{key}=auto needs the training crop size (data.crop_size)")
+            return auto_atrous_rates(output_stride, crop_size, base)
+        raise ValueError(
+            f"{key} must be one of {', '.join(RATE_MODES)} or a list of positive integers, "
+            f"got {spec!r}"
+        )
+    rates = tuple(spec)
+    if not rates or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates):
+        raise ValueError(
+            f"{key} must be one of {', '.join(RATE_MODES)} or a list of positive integers, "
+            f"got {list(rates)!r}"
+        )
+    return rates
+
+
+def search_head_rates(spec: str | Sequence[int], crop_size: int | None) -> tuple[int, ...]:
+    """Atrous rate of the search head at every level (stride 4, 8, 16, 32) for ``spec``:
+    ``paper`` (``96 / stride``: 24, 12, 6, 3), ``auto`` (scaled to ``crop_size`` like
+    :func:`auto_atrous_rates`) or four explicit integers."""
+    key = "model.aspp_rates"
+    if not isinstance(spec, str):
+        rates = resolve_atrous_rates(spec, space.LEVEL_STRIDES[0], None, key=key)
+        if len(rates) != space.NUM_LEVELS:
+            raise ValueError(
+                f"{key} for the search needs one rate per level (strides "
+                f"{', '.join(map(str, space.LEVEL_STRIDES))}), got {list(rates)!r}"
+            )
+        return rates
+    return tuple(
+        resolve_atrous_rates(spec, s, crop_size, base=(SEARCH_ATROUS_RATE,), key=key)[0]
+        for s in space.LEVEL_STRIDES
+    )
 
 
 def conv_bn_relu(c_in: int, c_out: int, kernel_size: int = 1, dilation: int = 1) -> nn.Sequential:

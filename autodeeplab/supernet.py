@@ -30,7 +30,7 @@ import contextlib
 import contextvars
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ from torch.utils.checkpoint import checkpoint
 
 from autodeeplab import decode, space
 from autodeeplab.genotype import Genotype
+from autodeeplab.heads import search_head_rates
 
 # True while torch.utils.checkpoint recomputes a forward pass: BatchNorm must not update its
 # running statistics a second time.
@@ -327,8 +328,8 @@ class SearchNode(nn.Module):
 
 
 class SearchASPP(nn.Module):
-    """Search head of one level: 1x1 conv, one 3x3 conv with atrous rate ``96 / stride``,
-    image pooling; concatenated and projected to class logits.
+    """Search head of one level: 1x1 conv, one 3x3 conv with atrous rate ``rate`` (the paper:
+    ``96 / stride``), image pooling; concatenated and projected to class logits.
 
     The image-pooling branch has no BatchNorm so that batch size 1 works in training mode.
     """
@@ -380,6 +381,8 @@ class SearchNetwork(nn.Module):
         in_channels: image channels.
         stem_channels: output channels of the three stem convolutions.
         partial_channels: PC-DARTS ``K`` (1 = off, the paper's mixed op on all channels).
+        aspp_rates: atrous rate of the search head at each level (stride 4, 8, 16, 32);
+            ``None`` = the paper's ``96 / stride`` (see :func:`autodeeplab.heads.search_head_rates`).
         checkpoint_cells: recompute every cell in the backward pass instead of storing its
             activations (saves memory, costs about one extra forward pass).
 
@@ -396,6 +399,7 @@ class SearchNetwork(nn.Module):
         stem_channels: tuple[int, int, int] = (64, 64, 128),
         partial_channels: int = 1,
         checkpoint_cells: bool = False,
+        aspp_rates: Sequence[int] | None = None,
     ):
         super().__init__()
         if num_classes < 1 or layers < 1 or blocks < 1 or filter_multiplier < 1:
@@ -411,6 +415,8 @@ class SearchNetwork(nn.Module):
         self.num_classes, self.layers, self.blocks = num_classes, layers, blocks
         self.filter_multiplier, self.in_channels = filter_multiplier, in_channels
         self.partial_channels, self.checkpoint_cells = partial_channels, checkpoint_cells
+        rates = search_head_rates("paper" if aspp_rates is None else aspp_rates, None)
+        self.aspp_rates: tuple[int, ...] = rates
 
         self.stem = SearchStem(in_channels, stem_channels)
         half_c, quarter_c = stem_channels[1], stem_channels[2]
@@ -440,9 +446,7 @@ class SearchNetwork(nn.Module):
                 )
         last_levels = space.levels_at_layer(layers - 1)
         self.heads = nn.ModuleList(
-            SearchASPP(
-                node_channels(s), node_channels(s), num_classes, 96 // space.LEVEL_STRIDES[s]
-            )
+            SearchASPP(node_channels(s), node_channels(s), num_classes, rates[s])
             for s in last_levels
         )
 

@@ -123,6 +123,7 @@ DATA_CASES: dict[str, tuple[list, list]] = {
     "data.batch_size": ([1, 16], [0, -1]),
     "data.eval_batch_size": ([1], [0]),
     "data.workers": ([0, 3], [-1]),
+    "data.repeat": ([1, 20], [0, -1]),
 }
 COMMON_CASES: dict[str, tuple[list, list]] = {
     "seed": ([0, 2**32 - 1], [-1, 2**32]),
@@ -423,6 +424,8 @@ def valid_configs(draw, cls):
                 out[f.name] = _number(f, base, rng, out, draw)
         elif tp is bool:
             out[f.name] = draw(st.booleans())
+        elif f.name == "aspp_rates":  # a rule's name or explicit rates
+            out[f.name] = draw(st.sampled_from(["paper", "auto"]))
         elif tp in (str, str | None):
             out[f.name] = draw(st.text(max_size=12))
         else:  # data.options

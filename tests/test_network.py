@@ -42,8 +42,11 @@ def _op_params(op: str, f: int, stride: int) -> int:
     }[op]
 
 
-def reference_params(g: Genotype, F: int, classes: int) -> int:
-    """Parameter count from the architecture description (SPEC section 4), by hand."""
+def reference_params(
+    g: Genotype, F: int, classes: int, aspp: int = 256, decoder: int = 256, low: int = 48
+) -> int:
+    """Parameter count from the architecture description (SPEC section 4), by hand; ``aspp``,
+    ``decoder`` and ``low`` are the head widths (the paper's 256, 256, 48 by default)."""
     total = 3 * 64 * 9 + 128 + 64 * 64 * 9 + 128 + 64 * 128 * 9 + 256  # stem
     c_pp, c_p, prev_level = 64, 128, 0
     outs = []
@@ -59,15 +62,15 @@ def reference_params(g: Genotype, F: int, classes: int) -> int:
         c_pp, c_p, prev_level = c_p, g.blocks * f, level
         outs.append(c_p)
     aspp_in = c_p
-    total += aspp_in * 256 + 512  # 1x1
-    total += 3 * (9 * aspp_in * 256 + 512)  # atrous
-    total += aspp_in * 256 + 512  # image pooling
-    total += 5 * 256 * 256 + 512  # projection
-    low = low_level_cell_index(g.path)
-    low_in = 128 if low is None else outs[low]
-    total += low_in * 48 + 96
-    total += 304 * 9 * 256 + 512 + 256 * 9 * 256 + 512
-    total += 256 * classes + classes
+    total += aspp_in * aspp + 2 * aspp  # 1x1
+    total += 3 * (9 * aspp_in * aspp + 2 * aspp)  # atrous
+    total += aspp_in * aspp + 2 * aspp  # image pooling
+    total += 5 * aspp * aspp + 2 * aspp  # projection
+    low_index = low_level_cell_index(g.path)
+    low_in = 128 if low_index is None else outs[low_index]
+    total += low_in * low + 2 * low
+    total += (aspp + low) * 9 * decoder + 2 * decoder + decoder * 9 * decoder + 2 * decoder
+    total += decoder * classes + classes
     return total
 
 
@@ -82,6 +85,10 @@ def test_released_small_matches_paper_table2():
 def test_random_genotype_param_count_matches_reference(seed):
     g = random_genotype(random.Random(seed), max_layers=8)
     assert count(AutoDeepLab(g, 7, filter_multiplier=4)) == reference_params(g, 4, 7)
+    narrow = AutoDeepLab(
+        g, 7, filter_multiplier=4, aspp_channels=24, decoder_channels=16, low_level_reduced=8
+    )
+    assert count(narrow) == reference_params(g, 4, 7, aspp=24, decoder=16, low=8)
 
 
 # ------------------------------------------------------------------ forward shapes

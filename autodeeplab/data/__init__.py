@@ -24,6 +24,7 @@ from autodeeplab.data.base import (
 )
 from autodeeplab.data.cityscapes import Cityscapes, label_to_train_ids, train_to_label_ids
 from autodeeplab.data.folder import FolderDataset, metadata_file, read_metadata, write_metadata
+from autodeeplab.data.repeat import RepeatDataset, repeat_dataset
 from autodeeplab.data.split import search_split, split_indices
 from autodeeplab.data.synthetic import SyntheticSegmentation, write_synthetic_folder
 from autodeeplab.data.transforms import eval_transform, train_transform
@@ -91,6 +92,7 @@ __all__ = [
     "DatasetLayoutError",
     "FolderDataset",
     "JointTransform",
+    "RepeatDataset",
     "SegmentationDataset",
     "SyntheticSegmentation",
     "VOCSegmentation",
@@ -98,6 +100,7 @@ __all__ = [
     "dataset_class_names",
     "eval_transform",
     "label_to_train_ids",
+    "repeat_dataset",
     "search_split",
     "split_indices",
     "train_to_label_ids",

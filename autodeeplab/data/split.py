@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from autodeeplab.data.repeat import RepeatDataset
+
 
 def split_indices(
     num_samples: int, seed: int = 0, fraction: float = 0.5
@@ -28,7 +30,16 @@ def split_indices(
 def search_split(
     dataset: torch.utils.data.Dataset, seed: int = 0, fraction: float = 0.5
 ) -> tuple[torch.utils.data.Subset, torch.utils.data.Subset]:
-    """``(trainA, trainB)`` subsets of ``dataset`` from :func:`split_indices`."""
+    """``(trainA, trainB)`` subsets of ``dataset`` from :func:`split_indices`.
+
+    A :class:`~autodeeplab.data.repeat.RepeatDataset` is split over its distinct samples, and
+    each half then holds every pass of its samples: no image is in both halves.
+    """
+    if isinstance(dataset, RepeatDataset):
+        a, b = split_indices(dataset.base_length, seed, fraction)
+        return torch.utils.data.Subset(dataset, dataset.expand(a)), torch.utils.data.Subset(
+            dataset, dataset.expand(b)
+        )
     a, b = split_indices(len(dataset), seed, fraction)  # type: ignore[arg-type]
     return torch.utils.data.Subset(dataset, a.tolist()), torch.utils.data.Subset(
         dataset, b.tolist()

@@ -17,6 +17,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from autodeeplab.data import SegmentationDataset, build_dataset, eval_transform, train_transform
+from autodeeplab.data.repeat import check_repeat, repeat_dataset
 from autodeeplab.engine.distributed import all_reduce_sum
 from autodeeplab.runfolder import (
     RunFolderLock,
@@ -32,7 +33,11 @@ POSITION_KEYS = frozenset({"epoch", "step", "global_step", "iteration"})
 
 def build_datasets(data: Any) -> tuple[SegmentationDataset, SegmentationDataset]:
     """``(training split with the training transform, evaluation split)`` for a data config
-    (:class:`~autodeeplab.config.DataConfig` or :class:`~autodeeplab.config.TrainDataConfig`)."""
+    (:class:`~autodeeplab.config.DataConfig` or :class:`~autodeeplab.config.TrainDataConfig`).
+
+    The training split makes ``data.repeat`` passes per epoch
+    (:class:`~autodeeplab.data.RepeatDataset`); the evaluation split is used once.
+    """
 
     def build(split: str, transform: Any) -> SegmentationDataset:
         try:
@@ -42,9 +47,11 @@ def build_datasets(data: Any) -> tuple[SegmentationDataset, SegmentationDataset]
                 f"data.options {data.options} are not accepted by the {data.name!r} data set: {err}"
             ) from err
 
+    check_repeat(data.repeat)  # before a possibly slow data set scan
     train = build(
         data.train_split, train_transform(data.crop_size, scale=data.scale, flip=data.flip)
     )
+    train = repeat_dataset(train, data.repeat)
     evaluation = build(data.eval_split, eval_transform(data.eval_size))
     return train, evaluation
 

@@ -63,6 +63,7 @@ from autodeeplab.engine.common import (
 )
 from autodeeplab.engine.distributed import dist_info, init_distributed
 from autodeeplab.genotype import Genotype
+from autodeeplab.heads import search_head_rates
 from autodeeplab.metrics import ConfusionMatrix
 from autodeeplab.supernet import SearchNetwork
 
@@ -311,6 +312,7 @@ class SearchEngine(EngineBase):
             stem_channels=m.stem_channels,
             partial_channels=m.partial_channels,
             checkpoint_cells=m.checkpoint_cells,
+            aspp_rates=search_head_rates(m.aspp_rates, config.data.crop_size),
         ).to(self.device)
         self.weights = self.model.weight_parameters()
         self.arch = self.model.arch_parameters()

@@ -83,6 +83,7 @@ from autodeeplab.engine.search import (
     print_flush,
 )
 from autodeeplab.genotype import Genotype
+from autodeeplab.heads import resolve_atrous_rates
 from autodeeplab.inference import evaluate
 from autodeeplab.metrics import ConfusionMatrix
 from autodeeplab.network import AutoDeepLab, NetworkConfig
@@ -132,8 +133,15 @@ def poly_lr(
 
 
 # ---------------------------------------------------------------------------- model
-def resolve_network(model: TrainModelConfig, num_classes: int) -> NetworkConfig:
-    """The :class:`NetworkConfig` a train config asks for (genotype file or model preset)."""
+def resolve_network(
+    model: TrainModelConfig, num_classes: int, crop_size: int | None = None
+) -> NetworkConfig:
+    """The :class:`NetworkConfig` a train config asks for (genotype file or model preset).
+
+    ``model.aspp_rates: auto`` is resolved here, from the training ``crop_size``, into explicit
+    rates, so the saved network does not depend on the crop; ``paper`` stays ``None`` (the
+    network applies DeepLab's rule for its output stride).
+    """
     from autodeeplab.models import get_model_spec
 
     if (model.genotype is None) == (model.preset is None):
@@ -148,11 +156,13 @@ def resolve_network(model: TrainModelConfig, num_classes: int) -> NetworkConfig:
         genotype, multiplier = Genotype.load(model.genotype), 20  # type: ignore[arg-type]
     if model.filter_multiplier is not None:
         multiplier = model.filter_multiplier
+    rates = resolve_atrous_rates(model.aspp_rates, genotype.output_stride, crop_size)
     return NetworkConfig(
         genotype=genotype,
         num_classes=num_classes,
         filter_multiplier=multiplier,
         aspp_channels=model.aspp_channels,
+        aspp_rates=None if model.aspp_rates == "paper" else rates,
         decoder_channels=model.decoder_channels,
         low_level_reduced=model.low_level_reduced,
         drop_path_rate=model.drop_path_rate,
@@ -200,7 +210,9 @@ class TrainEngine(EngineBase):
                 f"{config.data.batch_size} x {self.world_size} processes)"
             )
 
-        self.network = resolve_network(config.model, self.train_set.num_classes)
+        self.network = resolve_network(
+            config.model, self.train_set.num_classes, config.data.crop_size
+        )
         self._check_batch_and_crop()
         self.model = AutoDeepLab.from_config(self.network).to(self.device)
         if self.world_size > 1 and config.model.sync_bn:
