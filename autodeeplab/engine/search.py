@@ -1,4 +1,4 @@
-"""The architecture search loop (SPEC section 3).
+"""The architecture search loop: alternating weight and architecture steps, as in the paper.
 
 Every step is a weight step (SGD) on a trainA batch followed, from ``arch_start_epoch`` (or
 ``arch_start_fraction``) on, by ``arch_steps_per_step`` architecture steps (Adam on
