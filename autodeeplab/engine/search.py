@@ -449,7 +449,8 @@ class SearchEngine(EngineBase):
         return value
 
     def arch_step(self, val_batch: Batch, train_batch: Batch | None = None) -> float:
-        """One Adam step on alphas/betas using a trainB batch; returns its loss."""
+        """One Adam step on alphas/betas using a trainB batch (plus the gradient of the
+        collapse guard's loss term, if any); returns its cross-entropy."""
         value = self.arch_gradients(val_batch, train_batch)
         progress = self.schedule.arch_progress(self.global_step)
         self.guards.add_regularizer_gradients(self.model, progress)
