@@ -259,6 +259,30 @@ class OptimConfig:
 
 
 @dataclass
+class ArchRegularizerConfig:
+    """An extra term of the architecture loss against the collapse to parameter-free operations
+    (:mod:`autodeeplab.collapse`)."""
+
+    name: str = "none"
+    """``none`` (the paper) or ``beta_decay`` (beta-DARTS: mean logsumexp of the logits)."""
+    weight: float = bounded(1.0, ge=0)
+    """Largest weight ``lambda_max`` of the term."""
+    ramp: str = "linear"
+    """How the weight grows from 0 to ``weight`` over the architecture steps: ``linear``
+    (beta-DARTS), ``cosine`` or ``constant``."""
+
+
+@dataclass
+class AuxSkipConfig:
+    """DARTS- auxiliary skip connection on every mixed edge (:mod:`autodeeplab.collapse`)."""
+
+    schedule: str = "none"
+    """``none`` (the paper), ``linear`` or ``cosine`` decay of ``beta_aux`` to 0 over the run."""
+    start: float = bounded(1.0, ge=0)
+    """``beta_aux`` at the first step."""
+
+
+@dataclass
 class SearchConfig:
     """Everything that defines an architecture search run."""
 
@@ -266,6 +290,14 @@ class SearchConfig:
     epochs: int = bounded(40, ge=1)
     arch_start_epoch: int = bounded(20, ge=0, le="epochs")
     """Architecture steps run in epochs ``>= arch_start_epoch`` (0-based), i.e. after it."""
+    arch_start_fraction: float | None = bounded(None, ge=0, lt=1, null="to use arch_start_epoch")
+    """Architecture steps run from this fraction of all weight steps on (``0.5``: the second
+    half, like the paper's 20 of 40 epochs), possibly from inside an epoch; replaces
+    ``arch_start_epoch`` when set (``null`` = use ``arch_start_epoch``)."""
+    arch_steps_per_step: int = bounded(1, ge=1)
+    """Architecture steps after every weight step, each on its own trainB batch."""
+    arch_regularizer: ArchRegularizerConfig = field(default_factory=ArchRegularizerConfig)
+    aux_skip: AuxSkipConfig = field(default_factory=AuxSkipConfig)
     unrolled: bool = False
     """DARTS second-order architecture gradient (finite-difference Hessian-vector product)."""
     data: DataConfig = field(default_factory=DataConfig)

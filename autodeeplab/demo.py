@@ -373,7 +373,13 @@ def _write_report(
     total: float,
     best_iteration: int | None,
 ) -> tuple[Path, Path]:
-    from autodeeplab.report import Report, draw_search_curves, draw_training_curves, load_jsonl
+    from autodeeplab.report import (
+        Report,
+        draw_search_curves,
+        draw_training_curves,
+        load_jsonl,
+        search_warning,
+    )
 
     report = Report("Auto-DeepLab demo: synthetic data set")
     report.paragraph(
@@ -395,11 +401,27 @@ def _write_report(
         "Network-level path (top), cell (middle) and the searched beta distributions (bottom)",
     )
     report.heading("Search")
+    records = load_jsonl(search_records)
     report.figure(
-        draw_search_curves(load_jsonl(search_records)),
+        draw_search_curves(records),
         "search_curves",
-        "Supernet losses, mIoU and architecture entropies during the search",
+        "Supernet losses, mIoU, architecture entropies and how far the search moved them",
     )
+    last = [r for r in records if r.get("type") == "epoch"][-1:]
+    if last and "alpha_entropy_fraction" in last[0]:
+        d = last[0]
+        report.table(
+            ["at the end of the search", "value"],
+            [
+                ["architecture steps", d.get("arch_steps")],
+                ["alpha entropy, % of max", f"{100 * d['alpha_entropy_fraction']:.2f}"],
+                ["beta entropy, % of max", f"{100 * d['beta_entropy_fraction']:.2f}"],
+                ["log P(decoded path)", f"{d['path_log_prob']:.3f}"],
+                ["parameter-free ops in the cell, %", f"{100 * d['parameter_free_share']:.0f}"],
+            ],
+        )
+    if (warning := search_warning(records)) is not None:
+        report.paragraph(f"Warning: {warning}.")
     report.heading("Training")
     report.figure(
         draw_training_curves(load_jsonl(train_records)),

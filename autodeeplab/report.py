@@ -1,7 +1,9 @@
 """Run reports: metrics logs, their curves, and a document written as HTML and Markdown.
 
 * :func:`load_jsonl` — a ``metrics.jsonl`` log -> list of records (one JSON object a line).
-* :func:`draw_search_curves` — losses, supernet mIoU and architecture entropies of a search run.
+* :func:`draw_search_curves` — losses, supernet mIoU, architecture entropies and the movement
+  diagnostics of a search run; :func:`search_warning` — its warning when the architecture
+  distribution has barely moved.
 * :func:`draw_training_curves` — loss, learning rate and validation mIoU of a retraining run.
 * :class:`Report` — headings, paragraphs, tables, images, figures and code blocks, written as a
   self-contained ``report.html`` (images embedded as base64 data URIs, inline CSS, no scripts or
@@ -32,6 +34,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from autodeeplab.diagnostics import STAGNANT_FRACTION, stagnation_warning
 from autodeeplab.draw import _new_figure
 
 ASSET_DIR = "report_files"
@@ -198,13 +201,20 @@ def _tidy(ax: Axes, xlabel: str, ylabel: str, title: str, *, integer_x: bool = F
 def draw_search_curves(records: Iterable[Mapping[str, Any]]) -> Figure:
     """Curves of a search run from the records of its ``metrics.jsonl``.
 
-    Panels (axes labels ``"loss"``, ``"miou"``, ``"entropy"``):
+    Panels (axes labels in quotes):
 
-    * losses against the global step: the logged ``step`` records as thin lines (weight loss,
-      and architecture loss where present) and the ``epoch`` means as markers at the middle of
-      their epoch (``global_step * (epoch - 0.5) / epoch``, assuming equal-length epochs);
-    * supernet validation mIoU (%) per epoch, where one was evaluated;
-    * mean entropy (nats) of the alpha (operation) and beta (transition) distributions per epoch.
+    * ``"loss"``: losses against the global step: the logged ``step`` records as thin lines
+      (weight loss, and architecture loss where present) and the ``epoch`` means as markers at
+      the middle of their epoch (``global_step * (epoch - 0.5) / epoch``, assuming equal-length
+      epochs);
+    * ``"miou"``: supernet validation mIoU (%) per epoch, where one was evaluated;
+    * ``"entropy"``: mean entropy (nats) of the alpha (operation) and beta (transition)
+      distributions per epoch;
+    * ``"movement"``: the same entropies as a share (%) of their maximum, with the 99 % line
+      below which the distribution counts as having moved;
+    * ``"free"``: share (%) of parameter-free operations (pooling, skip) in the decoded cell;
+    * ``"path"``: log probability of the decoded network path;
+    * ``"arch_steps"``: architecture steps taken so far.
 
     A dashed line marks where the architecture steps begin when warm-up epochs precede them.
     Missing or null values leave the point out; unknown keys and record types are ignored.
@@ -261,17 +271,33 @@ def draw_search_curves(records: Iterable[Mapping[str, Any]]) -> Figure:
             ),
         ),
     ]
+    movement = [
+        (
+            _series(epochs, "epoch", "alpha_entropy_fraction", scale=100.0),
+            dict(marked, color="#9467bd", marker="o", gid="alpha-entropy-fraction", label="alpha"),
+        ),
+        (
+            _series(epochs, "epoch", "beta_entropy_fraction", scale=100.0),
+            dict(marked, color="#ff7f0e", marker="s", gid="beta-entropy-fraction", label="beta"),
+        ),
+    ]
+    free = _series(epochs, "epoch", "parameter_free_share", scale=100.0)
+    path = _series(epochs, "epoch", "path_log_prob")
+    arch_steps = _series(epochs, "epoch", "arch_steps")
     has_loss = any(xs for (xs, _), _ in losses)
     has_entropy = any(xs for (xs, _), _ in entropies)
-    if not (has_loss or miou[0] or has_entropy):
+    has_movement = any(xs for (xs, _), _ in movement)
+    if not (has_loss or miou[0] or has_entropy or has_movement):
         raise ValueError(
             f"nothing to plot in {len(records)} records: expected 'step' records with "
             "'global_step' and 'loss', or 'epoch' records with 'epoch' and metrics "
             "(the metrics.jsonl of a search run)"
         )
 
-    fig = _new_figure((9.0, 6.4))
-    axes = fig.subplot_mosaic([["loss", "loss"], ["miou", "entropy"]])
+    fig = _new_figure((9.0, 11.6))
+    axes = fig.subplot_mosaic(
+        [["loss", "loss"], ["miou", "entropy"], ["movement", "free"], ["path", "arch_steps"]]
+    )
     start = _arch_start(epochs)
     ax = axes["loss"]
     if has_loss:
@@ -305,11 +331,48 @@ def draw_search_curves(records: Iterable[Mapping[str, Any]]) -> Figure:
     else:
         _no_data(ax, "no entropy records")
 
+    ax = axes["movement"]
+    if has_movement:
+        _plot_lines(ax, movement)
+        ax.axhline(
+            100 * STAGNANT_FRACTION,
+            color=_MARK_COLOUR,
+            ls=":",
+            lw=1,
+            gid="stagnation-threshold",
+            label=f"{100 * STAGNANT_FRACTION:.0f} % (barely moved above)",
+        )
+        ax.legend(fontsize=8, frameon=False)
+        _tidy(ax, "epoch", "% of maximum entropy", "movement of the distributions", integer_x=True)
+    else:
+        _no_data(ax, "no entropy-fraction records")
+
+    single = {"lw": 1.4, "marker": "o"}
+    panels = (
+        ("free", free, "#8c564b", "parameter-free ops (%)", "decoded cell: pooling and skip"),
+        ("path", path, "#17becf", "log probability", "decoded path probability"),
+        ("arch_steps", arch_steps, _ARCH_COLOUR, "steps", "architecture steps so far"),
+    )
+    for name, series, colour, ylabel, title in panels:
+        ax = axes[name]
+        if series[0]:
+            _plot_lines(ax, [(series, dict(single, color=colour, gid=name.replace("_", "-")))])
+            _tidy(ax, "epoch", ylabel, title, integer_x=True)
+        else:
+            _no_data(ax, f"no {name.replace('_', ' ')} records")
+
     if start is not None:  # between the last warm-up epoch and the first with arch steps
-        for name in ("miou", "entropy"):
+        for name in ("miou", "entropy", "movement", "free", "path", "arch_steps"):
             if axes[name].lines:
                 axes[name].axvline(start - 0.5, color=_MARK_COLOUR, ls="--", lw=1, gid="arch-start")
     return fig
+
+
+def search_warning(records: Iterable[Mapping[str, Any]]) -> str | None:
+    """The warning of :func:`autodeeplab.diagnostics.stagnation_warning` for the last ``epoch``
+    record of a search log (None when it moved, or when there is no epoch record)."""
+    epochs = _latest(list(records), "epoch", "epoch")
+    return stagnation_warning(epochs[-1]) if epochs else None
 
 
 def _arch_start(epochs: Sequence[Mapping[str, Any]]) -> int | None:

@@ -16,6 +16,10 @@ Layout of the computation (the mathematics is the paper's; only the batching is 
 * Input 0 (``H^{l-2}``) is the same tensor for every source of a node, so its edges are
   computed once and broadcast to the sources.
 
+An auxiliary skip connection (DARTS-, Chu et al., ICLR 2021; off by default): ``forward(x,
+aux_skip=c)`` adds ``c * x`` to the output of every mixed edge, outside the softmax. Every edge
+of a search cell keeps the shape of its input (stride 1, same channels), so all edges get it.
+
 Memory options (off by default, the paper's mathematics is the default):
 
 * ``checkpoint_cells``: gradient checkpointing of every node's cell.
@@ -110,7 +114,9 @@ class MixedEdges(nn.Module):
     """All mixed-operation edges leaving one cell input, fused.
 
     ``forward(x, weights)`` maps ``x: (M, C, H, W)`` and the op weights of the ``E`` edges,
-    ``weights: (E, 8)``, to the ``E`` edge outputs ``(M, E, C, H, W)``.
+    ``weights: (E, 8)``, to the ``E`` edge outputs ``(M, E, C, H, W)``. ``aux_skip = c`` adds
+    ``c * x`` to every edge output (DARTS-; with partial channels, to the channels that go
+    through the operations: the others bypass them anyway).
     """
 
     def __init__(self, channels: int, num_edges: int, groups: int, partial_channels: int = 1):
@@ -145,7 +151,11 @@ class MixedEdges(nn.Module):
             )
 
     def forward(
-        self, x: torch.Tensor, weights: torch.Tensor, edge_scale: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        weights: torch.Tensor,
+        edge_scale: torch.Tensor | None = None,
+        aux_skip: float = 0.0,
     ) -> torch.Tensor:
         """``edge_scale: (E,)`` (PC-DARTS edge normalisation) scales each whole edge output."""
         m, _, h, w = x.shape
@@ -177,6 +187,8 @@ class MixedEdges(nn.Module):
         for k, name in ((6, "atr_conv_3x3"), (7, "atr_conv_5x5")):
             conv, bn = self.atr[name]
             out = out + mix(bn(conv(r)), k)
+        if aux_skip:  # skipped at 0, so the paper's supernet is computed exactly as before
+            out = out + aux_skip * xp.unsqueeze(1)
 
         if self.partial > 1:
             rest = x[:, c:].unsqueeze(1).expand(m, e, self.channels - c, h, w)
@@ -206,7 +218,7 @@ class SearchCell(nn.Module):
     ``forward(s0, s1, alpha_weights)``: ``s0: (N, C, H, W)`` is ``H^{l-2}`` (shared by all
     sources), ``s1: (N * sources, C, H, W)`` the per-source ``H^{l-1}`` (interleaved, sample
     ``n`` of source ``g`` at ``n * sources + g``), ``alpha_weights: (E, 8)``. Returns the cell
-    outputs ``(N * sources, B * C, H, W)``.
+    outputs ``(N * sources, B * C, H, W)``. ``aux_skip``: see :class:`MixedEdges`.
     """
 
     def __init__(self, channels: int, blocks: int, sources: int, partial_channels: int = 1):
@@ -238,6 +250,7 @@ class SearchCell(nn.Module):
         s1: torch.Tensor,
         alpha_weights: torch.Tensor,
         edge_weights: torch.Tensor | None = None,
+        aux_skip: float = 0.0,
     ) -> torch.Tensor:
         n, g = s0.shape[0], self.sources
         w = alpha_weights[self.edge_ids]  # (E, 8), rows ordered by input
@@ -245,7 +258,7 @@ class SearchCell(nn.Module):
         sl = self._slices
 
         def edges(j: int, x: torch.Tensor) -> torch.Tensor:
-            return self.edges[j](x, w[sl[j]], None if ew is None else ew[sl[j]])
+            return self.edges[j](x, w[sl[j]], None if ew is None else ew[sl[j]], aux_skip)
 
         # inputs 0 and 1 feed every block
         y0 = edges(0, s0)  # (N, B, C, H, W)
@@ -310,6 +323,7 @@ class SearchNode(nn.Module):
         alpha_weights: torch.Tensor,
         edge_weights: torch.Tensor | None,
         size: tuple[int, int],
+        aux_skip: float = 0.0,
     ) -> torch.Tensor:
         """``prev``: source tensors; ``source_weights``: ``(G,)`` betas; returns ``(N, B*C, H, W)``."""
         if prev_prev.shape[-2:] != size:
@@ -322,7 +336,7 @@ class SearchNode(nn.Module):
             s1.append(pre(x))
         n, g = s0.shape[0], len(s1)
         s1_all = torch.stack(s1, dim=1).flatten(0, 1)  # (N*G, C, H, W), source-interleaved
-        out = self.cell(s0, s1_all, alpha_weights, edge_weights)  # (N*G, B*C, H, W)
+        out = self.cell(s0, s1_all, alpha_weights, edge_weights, aux_skip)  # (N*G, B*C, H, W)
         out = out.view(n, g, *out.shape[1:])
         return torch.einsum("ng...,g->n...", out, source_weights)
 
@@ -386,7 +400,9 @@ class SearchNetwork(nn.Module):
         checkpoint_cells: recompute every cell in the backward pass instead of storing its
             activations (saves memory, costs about one extra forward pass).
 
-    ``forward(images)`` returns logits ``(N, num_classes, H, W)`` at input size.
+    ``forward(images)`` returns logits ``(N, num_classes, H, W)`` at input size;
+    ``forward(images, aux_skip=c)`` adds the DARTS- auxiliary skip connection ``c * x`` to every
+    mixed edge (``c = 0``, the default, is the paper's supernet).
     """
 
     def __init__(
@@ -530,7 +546,7 @@ class SearchNetwork(nn.Module):
         return Genotype(cell=decode.decode_cell(alphas), path=decode.decode_path(betas))
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, aux_skip: float = 0.0) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"expected images of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
@@ -561,7 +577,15 @@ class SearchNetwork(nn.Module):
                     [beta_w[layer, s, space.move_between(s, level)] for s in srcs]
                 )
                 pp = prev_prev[self.prev_prev_level(layer, level)]
-                inputs = ([prev[s] for s in srcs], pp, weights, alpha_w, edge_w, sizes[level])
+                inputs = (
+                    [prev[s] for s in srcs],
+                    pp,
+                    weights,
+                    alpha_w,
+                    edge_w,
+                    sizes[level],
+                    aux_skip,
+                )
                 if self.checkpoint_cells and torch.is_grad_enabled():
                     current[level] = checkpoint(
                         node, *inputs, use_reentrant=False, context_fn=_checkpoint_contexts

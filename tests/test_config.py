@@ -38,6 +38,20 @@ def test_defaults_are_the_paper_settings():
     assert (o.arch_lr, o.arch_betas, o.arch_weight_decay) == (3e-3, (0.5, 0.999), 1e-3)
 
 
+def test_new_search_options_default_to_the_paper():
+    cfg = SearchConfig()
+    assert (cfg.arch_start_fraction, cfg.arch_steps_per_step) == (None, 1)
+    assert cfg.arch_regularizer.name == "none" and cfg.aux_skip.schedule == "none"
+    for path in CONFIGS:
+        if path.stem == "synthetic":
+            continue
+        full = load_config(path)  # full-scale searches keep the paper's schedule, no guards
+        assert (full.epochs, full.arch_start_epoch, full.arch_start_fraction) == (40, 20, None)
+        assert full.arch_steps_per_step == 1
+        assert (full.optim.arch_lr, full.optim.arch_weight_decay) == (3e-3, 1e-3)
+        assert (full.arch_regularizer.name, full.aux_skip.schedule) == ("none", "none"), path
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_shipped_configs_load(path):
     cfg = load_config(path)
@@ -137,6 +151,10 @@ SEARCH_CASES: dict[str, tuple[list, list]] = {
     **COMMON_CASES,
     **DATA_CASES,
     "checkpoint_steps": ([0, 1, 500], [-1]),
+    "arch_start_fraction": ([None, 0, 0.5, 0.99], [-0.1, 1, 1.5]),
+    "arch_steps_per_step": ([1, 4], [0, -1]),
+    "arch_regularizer.weight": ([0, 1, 10], [-1]),
+    "aux_skip.start": ([0, 1.0, 2.5], [-0.5]),
     "epochs": ([20, 100], [0, -3]),  # at least arch_start_epoch (20)
     "arch_start_epoch": ([0, 40], [-1, 41]),  # epochs = 40 by default
     "data.crop_size": ([32, 321], [31, 0]),  # the supernet reaches stride 32

@@ -18,6 +18,7 @@ from autodeeplab.report import (
     draw_training_curves,
     load_jsonl,
     moving_average,
+    search_warning,
 )
 
 DATA_URI = "data:image/png;base64,"
@@ -79,6 +80,11 @@ def _search_records(epochs=4, steps=6, warmup=2, log_every=2):
                 "mIoU": 0.1 * epoch if epoch % 2 == 0 else None,
                 "alpha_entropy": 2.0 - 0.1 * epoch,
                 "beta_entropy": 1.0 - 0.05 * epoch,
+                "alpha_entropy_fraction": 1.0 - 0.02 * epoch,
+                "beta_entropy_fraction": 1.0 - 0.01 * epoch,
+                "path_log_prob": -3.0 + 0.25 * epoch,
+                "parameter_free_share": 0.25 * (epoch % 3),
+                "arch_steps": max(0, epoch - warmup) * steps,
                 "arch_search": arch,
                 "genotype": "cell=... path=...",
                 "time_s": 1.5,
@@ -151,7 +157,7 @@ def test_search_curves_plot_the_records():
     steps_per_epoch, warmup = 6, 2
     records = _search_records(epochs=4, steps=steps_per_epoch, warmup=warmup)
     axes = _axes(draw_search_curves(records))
-    assert set(axes) == {"loss", "miou", "entropy"}
+    assert set(axes) == {"loss", "miou", "entropy", "movement", "free", "path", "arch_steps"}
     steps = [r for r in records if r["type"] == "step"]
     epochs = [r for r in records if r["type"] == "epoch"]
 
@@ -180,9 +186,46 @@ def test_search_curves_plot_the_records():
     xs, ys = _line(axes["entropy"], "alpha-entropy")
     assert (xs, ys) == ([1, 2, 3, 4], [r["alpha_entropy"] for r in epochs])
     assert _line(axes["entropy"], "beta-entropy")[1] == [r["beta_entropy"] for r in epochs]
-    for name in ("miou", "entropy"):
+    for name in ("miou", "entropy", "movement", "free", "path", "arch_steps"):
         (start,) = _by_gid(axes[name], "arch-start")
         assert list(start.get_xdata()) == [warmup + 0.5] * 2
+
+    # movement: entropies as a share of their maximum (%), with the 99 % line
+    ax = axes["movement"]
+    xs, ys = _line(ax, "alpha-entropy-fraction")
+    assert xs == [1, 2, 3, 4]
+    assert ys == pytest.approx([100 * r["alpha_entropy_fraction"] for r in epochs])
+    ys = _line(ax, "beta-entropy-fraction")[1]
+    assert ys == pytest.approx([100 * r["beta_entropy_fraction"] for r in epochs])
+    (threshold,) = _by_gid(ax, "stagnation-threshold")
+    assert list(threshold.get_ydata()) == [99.0, 99.0]
+    ys = _line(axes["free"], "free")[1]
+    assert ys == pytest.approx([100 * r["parameter_free_share"] for r in epochs])
+    assert _line(axes["path"], "path")[1] == [r["path_log_prob"] for r in epochs]
+    assert _line(axes["arch_steps"], "arch-steps") == ([1, 2, 3, 4], [0, 0, 6, 12])
+
+
+def test_search_curves_of_a_log_without_the_movement_figures():
+    """Logs written before the movement diagnostics existed still draw; the new panels say that
+    they have no data."""
+    keys = ("alpha_entropy_fraction", "beta_entropy_fraction", "path_log_prob")
+    keys += ("parameter_free_share", "arch_steps")
+    records = [{k: v for k, v in r.items() if k not in keys} for r in _search_records()]
+    axes = _axes(draw_search_curves(records))
+    assert _by_gid(axes["entropy"], "alpha-entropy")
+    for name in ("movement", "free", "path", "arch_steps"):
+        assert not axes[name].lines and _no_data(axes[name]), name
+    assert search_warning(records) is None
+
+
+def test_search_warning_reads_the_last_epoch_record():
+    records = _search_records(epochs=3, warmup=1)
+    assert search_warning(records) is None  # 94 % of max alpha entropy: it moved
+    records[-1]["alpha_entropy_fraction"] = 0.999
+    assert "alpha entropy 99.90 %" in search_warning(records)
+    records.append({"type": "epoch", "epoch": 2, "alpha_entropy_fraction": 0.5})  # not the last
+    assert "99.90 %" in search_warning(records)
+    assert search_warning([r for r in records if r["type"] == "step"]) is None
 
 
 def test_search_curves_without_architecture_phase_or_evaluation():

@@ -33,8 +33,9 @@ def ref_bn(x, bn, start, stop, training, update=True):
     return F.batch_norm(x, rm, rv, training=training, momentum=bn.momentum, eps=bn.eps)
 
 
-def ref_edge(group, x, k, g, w, training, edge_scale=None, update=True):
-    """Edge ``k`` of fused edge group ``group``, source ``g``, with op weights ``w`` (8,).
+def ref_edge(group, x, k, g, w, training, edge_scale=None, update=True, aux=0.0):
+    """Edge ``k`` of fused edge group ``group``, source ``g``, with op weights ``w`` (8,);
+    ``aux``: weight of the DARTS- auxiliary identity branch (added to the mixed channels).
 
     Input 0 is the same tensor for every source, so its per-source statistics are identical and
     stored once: only the first source updates them (``update``).
@@ -70,6 +71,7 @@ def ref_edge(group, x, k, g, w, training, edge_scale=None, update=True):
             y = F.conv2d(F.relu(xp), conv.weight[rows], padding=2 * (ks // 2), dilation=2)
             y = ref_bn(y, bn, off, off + c, training, update)
         total = total + w[op] * y
+    total = total + aux * xp
     if group.partial > 1:
         total = torch.cat((total, x[:, c:]), dim=1)
         n, _, h, wd = total.shape
@@ -83,7 +85,7 @@ def ref_edge(group, x, k, g, w, training, edge_scale=None, update=True):
     return total
 
 
-def ref_cell(cell, s0, s1, g, alpha_w, edge_w, training):
+def ref_cell(cell, s0, s1, g, alpha_w, edge_w, training, aux=0.0):
     states = [s0, s1]
     for b in range(cell.blocks):
         acc = 0
@@ -99,6 +101,7 @@ def ref_cell(cell, s0, s1, g, alpha_w, edge_w, training):
                 training,
                 None if edge_w is None else edge_w[e],
                 update=j > 0 or g == 0,
+                aux=aux,
             )
         states.append(acc)
     return torch.cat(states[2:], dim=1)
@@ -114,7 +117,7 @@ def ref_edge_weights(model):
     return torch.cat(out)
 
 
-def ref_forward(model, x):
+def ref_forward(model, x, aux=0.0):
     training = model.training
     alpha_w = torch.softmax(model.alphas, dim=-1)
     beta_w = ref_beta_weights(model.betas)
@@ -149,7 +152,7 @@ def ref_forward(model, x):
                     )
                 s1 = node.pre_prev[g](h)
                 out = out + beta_w[layer, src, level - src + 1] * ref_cell(
-                    node.cell, s0, s1, g, alpha_w, edge_w, training
+                    node.cell, s0, s1, g, alpha_w, edge_w, training, aux
                 )
             cur[level] = out
         pprev, prev = prev, cur
@@ -211,6 +214,59 @@ def test_matches_plain_reference(options):
     ref.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref_forward(ref, x), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"partial_channels": 2, "checkpoint_cells": True}],
+    ids=["exact", "pc+checkpoint"],
+)
+def test_aux_skip_matches_plain_reference(options):
+    """DARTS- auxiliary skip: the supernet with ``aux_skip=c`` against the reference that adds
+    ``c * x`` to every edge by hand; ``aux_skip=0`` is bit-identical to the plain forward."""
+    model = _tiny(**options)
+    ref = copy.deepcopy(model)
+    x = torch.randn(2, 3, 37, 45, dtype=torch.float64)
+    out = model(x, aux_skip=0.7)
+    expected = ref_forward(ref, x, aux=0.7)
+    torch.testing.assert_close(out, expected, rtol=1e-8, atol=1e-10)
+    out.sum().backward()
+    expected.sum().backward()
+    for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters(), strict=True):
+        if q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-7, atol=1e-10, msg=name)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x, aux_skip=0.0), model(x))
+        assert not torch.allclose(model(x, aux_skip=0.7), model(x))
+
+
+@pytest.mark.parametrize("partial", [1, 2])
+def test_aux_skip_adds_c_times_the_input_to_every_edge(partial):
+    """At ``aux_skip = c`` every edge output differs from the plain one by exactly ``c * x``
+    (on the channels that go through the operations; the bypassed ones are the input already)."""
+    model = _tiny(partial_channels=partial).eval()
+    cell = model.nodes["2_1"].cell
+    group = cell.edges[1]  # the edges leaving H^{l-1}
+    x = torch.randn(2 * cell.sources, group.channels, 9, 11, dtype=torch.float64)
+    weights = torch.softmax(torch.randn(group.num_edges, 8, dtype=torch.float64), dim=-1)
+    with torch.no_grad():
+        plain = group(x, weights)  # (M, E, C, H, W)
+        assert torch.equal(group(x, weights, aux_skip=0.0), plain)
+        for c in (0.25, 1.0):
+            diff = group(x, weights, aux_skip=c) - plain
+            expected = torch.zeros_like(plain)
+            mixed = group.channels // partial
+            for e in range(group.num_edges):
+                shifted = torch.cat((c * x[:, :mixed], torch.zeros_like(x[:, mixed:])), dim=1)
+                if partial > 1:  # the channel shuffle of PC-DARTS, written out
+                    ch = shifted.shape[1]
+                    order = [j * partial + i for i in range(partial) for j in range(ch // partial)]
+                    shuffled = torch.empty_like(shifted)
+                    shuffled[:, order] = shifted
+                    shifted = shuffled
+                expected[:, e] = shifted
+            torch.testing.assert_close(diff, expected, rtol=0, atol=1e-12)
 
 
 def test_float32_matches_reference_within_1e5():

@@ -1,9 +1,11 @@
-"""The architecture search loop (SPEC section 3).
+"""The architecture search loop: alternating weight and architecture steps, as in the paper.
 
-Every step is a weight step (SGD) on a trainA batch followed, from ``arch_start_epoch`` on, by
-an architecture step (Adam on alphas/betas) on a trainB batch. During a weight step the
+Every step is a weight step (SGD) on a trainA batch followed, from ``arch_start_epoch`` (or
+``arch_start_fraction``) on, by ``arch_steps_per_step`` architecture steps (Adam on
+alphas/betas) on trainB batches (:mod:`autodeeplab.engine.schedule`). During a weight step the
 architecture parameters do not require gradients and vice versa, so neither step computes
-gradients it does not use.
+gradients it does not use. Collapse guards (:mod:`autodeeplab.collapse`) add an auxiliary skip
+connection to the supernet and a term to the architecture loss when the config asks for them.
 
 Data order and augmentation are pure functions of ``(seed, epoch, position)``: the batches of
 an epoch come from a seeded permutation, and sample ``i`` is augmented with a generator seeded
@@ -17,6 +19,8 @@ writes checkpoints, logs and genotypes.
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import random
 import signal
@@ -32,7 +36,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from autodeeplab import decode
 from autodeeplab.checkpoint import (
     CheckpointError,
     copy_checkpoint,
@@ -41,6 +44,7 @@ from autodeeplab.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from autodeeplab.collapse import CollapseGuards
 from autodeeplab.config import (
     SearchConfig,
     check_ranges,
@@ -50,6 +54,7 @@ from autodeeplab.config import (
     to_dict,
 )
 from autodeeplab.data import SegmentationDataset, search_split
+from autodeeplab.diagnostics import describe, model_diagnostics, stagnation_warning
 from autodeeplab.engine.common import (
     EngineBase,
     RunLog,
@@ -62,6 +67,7 @@ from autodeeplab.engine.common import (
     resolve_device,
 )
 from autodeeplab.engine.distributed import dist_info, init_distributed
+from autodeeplab.engine.schedule import ArchSchedule
 from autodeeplab.genotype import Genotype
 from autodeeplab.heads import search_head_rates
 from autodeeplab.metrics import ConfusionMatrix
@@ -93,6 +99,11 @@ class SearchResult:
     """Process rank in a multi-process run (0 writes the run folder)."""
     stop_signal: int | None = None
     """The signal (SIGINT, SIGTERM) that stopped the run early with a checkpoint, else None."""
+    supernet_miou: float | None = None
+    """Supernet mIoU of the last evaluation (to rank the trials of a study), None if none ran."""
+    warning: str | None = None
+    """Set when the architecture distribution has barely moved by the end (see
+    :func:`autodeeplab.diagnostics.stagnation_warning`)."""
 
 
 # ---------------------------------------------------------------------------- data order
@@ -119,13 +130,16 @@ def epoch_batches(
     batch_size: int,
     rank: int = 0,
     world_size: int = 1,
+    repeat: int = 0,
 ) -> list[list[tuple[int, int]]]:
     """This rank's batches of ``(epoch, index)`` keys for one epoch (last partial batch dropped).
 
     A global batch of ``batch_size * world_size`` samples is cut from a permutation seeded by
-    ``(seed, stream, epoch)``; rank ``r`` takes its ``r``-th slice.
+    ``(seed, stream, epoch)`` (``(seed, stream, epoch, repeat)`` for a further pass over the
+    samples in the same epoch); rank ``r`` takes its ``r``-th slice.
     """
-    perm = np.random.default_rng([seed, stream, epoch]).permutation(np.asarray(indices))
+    key = [seed, stream, epoch] if repeat == 0 else [seed, stream, epoch, repeat]
+    perm = np.random.default_rng(key).permutation(np.asarray(indices))
     g = batch_size * world_size
     lo, hi = rank * batch_size, (rank + 1) * batch_size
     return [
@@ -245,15 +259,6 @@ def _add_step(sums: dict[str, Any], prefix: str, loss: float | None) -> None:
         sums[prefix + "steps"] += 1
 
 
-def arch_entropies(model: SearchNetwork) -> tuple[float, float]:
-    """Mean entropy (nats) of the op distributions per edge and of the used move distributions."""
-    with torch.no_grad():
-        alpha = model.alpha_weights().cpu().double().numpy()  # (E, 8)
-        beta = model.beta_weights().cpu().double().numpy()  # (L, 4, 3)
-        used = model.used_beta_mask().any(dim=-1).numpy()  # (L, 4)
-    return float(decode.entropy(alpha).mean()), float(decode.entropy(beta)[used].mean())
-
-
 def print_flush(text: str) -> None:
     """Default log sink: print and flush (epoch lines show up promptly in piped output)."""
     print(text, flush=True)
@@ -302,6 +307,9 @@ class SearchEngine(EngineBase):
                 f"one global batch of {self.global_batch} (batch_size {config.data.batch_size} x "
                 f"{self.world_size} processes); use more samples or a smaller data.batch_size"
             )
+
+        self.schedule = ArchSchedule.from_config(config, self.steps_per_epoch)
+        self.guards = CollapseGuards.from_config(config)
 
         m = config.model
         self.model = SearchNetwork(
@@ -403,10 +411,15 @@ class SearchEngine(EngineBase):
 
     # -------------------------------------------------------------- steps
     def _loss(self, batch: Batch) -> torch.Tensor:
-        return segmentation_loss(self.model, batch, self.cfg.optim.ignore_index)
+        return self._loss_fn(self.model, batch)
 
     def _loss_fn(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        return segmentation_loss(model, batch, self.cfg.optim.ignore_index)
+        return segmentation_loss(self._supernet(model), batch, self.cfg.optim.ignore_index)
+
+    def _supernet(self, model: nn.Module) -> Any:
+        """The supernet's forward at this step (with the auxiliary skip weight, if any)."""
+        aux = self.guards.aux_skip(self.schedule.run_progress(self.global_step))
+        return functools.partial(model, aux_skip=aux) if aux else model
 
     def _to_device(self, batch: Sequence[torch.Tensor]) -> Batch:
         images, masks = batch
@@ -484,10 +497,13 @@ class SearchEngine(EngineBase):
         return value
 
     def arch_step(self, val_batch: Batch, train_batch: Batch | None = None) -> float | None:
-        """One Adam step on alphas/betas using a trainB batch; returns its loss, or None
-        without a step when the batch has no valid pixel."""
+        """One Adam step on alphas/betas using a trainB batch (plus the gradient of the
+        collapse guard's loss term, if any); returns its cross-entropy, or None without a step
+        when the batch has no valid pixel."""
         value = self.arch_gradients(val_batch, train_batch)
         if value is not None:
+            progress = self.schedule.arch_progress(self.global_step)
+            self.guards.add_regularizer_gradients(self.model, progress)
             self.a_opt.step()
         return value
 
@@ -508,18 +524,25 @@ class SearchEngine(EngineBase):
         )
 
     def batches(self, stream: int, epoch: int) -> list[list[tuple[int, int]]]:
-        """This rank's batch keys of trainA (stream 0) or trainB (stream 1) for ``epoch``."""
+        """This rank's batch keys of trainA (stream 0) or trainB (stream 1) for ``epoch``.
+
+        trainB gives ``arch_steps_per_step`` batches per step: that many passes over it, each
+        with its own order; step ``s`` takes batches ``s * k .. s * k + k - 1``."""
         indices = self.train_a if stream == 0 else self.train_b
-        b = epoch_batches(
-            indices,
-            self.cfg.seed,
-            stream,
-            epoch,
-            self.cfg.data.batch_size,
-            self.rank,
-            self.world_size,
-        )
-        return b[: self.steps_per_epoch]
+        out = []
+        for repeat in range(1 if stream == 0 else self.schedule.per_step):
+            b = epoch_batches(
+                indices,
+                self.cfg.seed,
+                stream,
+                epoch,
+                self.cfg.data.batch_size,
+                self.rank,
+                self.world_size,
+                repeat,
+            )
+            out += b[: self.steps_per_epoch]
+        return out
 
     # -------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -539,7 +562,7 @@ class SearchEngine(EngineBase):
         cm = ConfusionMatrix(self.model.num_classes, self.cfg.optim.ignore_index)
         for batch in loader:
             images, masks = self._to_device(batch)
-            cm.update(self.model(images), masks)
+            cm.update(self._supernet(self.model)(images), masks)
         cm.matrix = cm.matrix.to(self.device)
         cm.all_reduce()
         self.model.train()
@@ -638,9 +661,13 @@ class SearchEngine(EngineBase):
                     if not self._run_epoch():
                         return self._result(finished=False)
                 genotype = self.model.genotype()
+                result = self._result(finished=True)
                 if self.rank == 0:
                     genotype.save(self.output / "genotype.json")
-                return self._result(finished=True)
+                    self._write_summary(result)
+                if result.warning is not None:
+                    self._say(f"warning: {result.warning}")
+                return result
             finally:
                 self.run_log.close()
 
@@ -654,7 +681,26 @@ class SearchEngine(EngineBase):
             history=list(self.history),
             rank=self.rank,
             stop_signal=None if finished else self._interrupted.signum,
+            supernet_miou=next(
+                (h["mIoU"] for h in reversed(self.history) if h.get("mIoU") is not None), None
+            ),
+            warning=stagnation_warning(self.history[-1]) if finished and self.history else None,
         )
+
+    def _write_summary(self, result: SearchResult) -> None:
+        """``summary.json``: what a study compares between trials."""
+        last = self.history[-1] if self.history else {}
+        keys = ("arch_steps", "alpha_entropy_fraction", "beta_entropy_fraction")
+        keys += ("path_log_prob", "parameter_free_share")
+        summary = {
+            "genotype": str(result.genotype),
+            "supernet_mIoU": result.supernet_miou,
+            "epochs": result.epoch,
+            "global_step": result.global_step,
+            **{k: last.get(k) for k in keys},
+            "warning": result.warning,
+        }
+        (self.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     def _progress(self, epoch: int) -> Any:
         from tqdm import tqdm
@@ -684,11 +730,12 @@ class SearchEngine(EngineBase):
         skip that step: every checkpoint at global step G is thus written after every record
         of step G, which :meth:`RunLog.rewind` relies on when a run restarts from it.
         """
-        epoch, cfg = self.epoch, self.cfg
-        search_arch = epoch >= cfg.arch_start_epoch
+        epoch, cfg, k = self.epoch, self.cfg, self.schedule.per_step
+        first_arch = self.schedule.first_arch_position(epoch, self.step)
+        search_arch = self.schedule.first_arch_position(epoch) < self.steps_per_epoch
         start = time.perf_counter()
         it_a = self._loader(self.batches(0, epoch)[self.step :], epoch)
-        it_b = self._loader(self.batches(1, epoch)[self.step :], epoch) if search_arch else None
+        it_b = self._loader(self.batches(1, epoch)[first_arch * k :], epoch)
         sums = self.epoch_sums
         bar = self._progress(epoch)
         stop: str | None = None
@@ -697,9 +744,16 @@ class SearchEngine(EngineBase):
                 batch_a = self._to_device(next(it_a))
                 record: dict[str, Any] = {"loss": self.weight_step(batch_a)}
                 _add_step(sums, "", record["loss"])
-                if it_b is not None:
-                    record["arch_loss"] = self.arch_step(self._to_device(next(it_b)), batch_a)
-                    _add_step(sums, "arch_", record["arch_loss"])
+                if self.schedule.active(self.global_step):
+                    arch_losses = []
+                    for _ in range(k):
+                        value = self.arch_step(self._to_device(next(it_b)), batch_a)
+                        _add_step(sums, "arch_", value)
+                        if value is not None:
+                            arch_losses.append(value)
+                    record["arch_loss"] = (
+                        sum(arch_losses) / len(arch_losses) if arch_losses else None
+                    )
                 self.step += 1
                 self.global_step += 1
                 bar.update(1)
@@ -748,8 +802,11 @@ class SearchEngine(EngineBase):
             self.epoch % cfg.eval_interval == 0 or self.epoch == cfg.epochs
         ):
             miou = self.evaluate()
-        h_alpha, h_beta = arch_entropies(self.model)
         genotype = self.model.genotype()
+        diagnostics = model_diagnostics(self.model)
+        arch_steps = sums["arch_steps"] + (
+            self.history[-1].get("arch_steps", 0) if self.history else 0
+        )
         summary = {
             "type": "epoch",
             "epoch": self.epoch,
@@ -759,8 +816,12 @@ class SearchEngine(EngineBase):
             "skipped_batches": sums["skipped"],
             "skipped_arch_batches": sums["arch_skipped"],
             "mIoU": miou,
-            "alpha_entropy": h_alpha,
-            "beta_entropy": h_beta,
+            **diagnostics.to_dict(),
+            "arch_steps": arch_steps,
+            **self.guards.state(
+                self.schedule.run_progress(self.global_step),
+                self.schedule.arch_progress(self.global_step),
+            ),
             "arch_search": search_arch,
             "genotype": str(genotype),
             "time_s": time.perf_counter() - start,
@@ -779,8 +840,7 @@ class SearchEngine(EngineBase):
         skip_part = f" skipped {skipped} batch(es) without valid pixels" if skipped else ""
         self._say(
             f"epoch {self.epoch}/{cfg.epochs}{loss_part}{arch_part}{miou_part} "
-            f"H(alpha) {h_alpha:.4f} H(beta) {h_beta:.4f} {genotype}{skip_part} "
-            f"({summary['time_s']:.1f}s)"
+            f"{describe(diagnostics, arch_steps, genotype)}{skip_part} ({summary['time_s']:.1f}s)"
         )
         self.save()
 

@@ -1,0 +1,149 @@
+"""How far a search has moved its architecture distribution, and what the decoded cell holds.
+
+A supernet starts from nearly uniform op and move distributions (logits ``N(0, 1) x 1e-3``),
+and the genotype decoded from them is an argmax over noise. These figures tell how much of the
+decoded architecture the search has actually decided:
+
+* ``alpha_entropy`` / ``alpha_entropy_fraction``: mean entropy (nats) of the op distribution of
+  the cell edges, and that mean over its maximum ``log(8)``;
+* ``beta_entropy`` / ``beta_entropy_fraction``: mean entropy of the move distributions of the
+  trellis nodes that take part in the forward pass, and that mean over its maximum (the mean
+  of ``log(number of valid moves)`` over the same nodes);
+* ``path_log_prob``: log probability of the decoded (Viterbi) path under the betas;
+* ``parameter_free_share``: share of the decoded cell's operations that have no weights
+  (pooling and ``skip_connect``; ``none`` is never decoded), the mark of the DARTS collapse.
+
+The computations are plain numpy on the logits; :func:`model_diagnostics` reads them from a
+supernet.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from autodeeplab import decode, space
+from autodeeplab.genotype import Genotype
+
+PARAMETER_FREE_OPS: frozenset[str] = frozenset({"max_pool_3x3", "avg_pool_3x3", "skip_connect"})
+"""Decodable operations without weights."""
+
+STAGNANT_FRACTION = 0.99
+"""An entropy above this share of its maximum means the distribution has barely moved: for
+logits with spread ``s`` within a row, the entropy falls short of its maximum by about
+``s**2 / 2`` nats, so 99 % of ``log(8)`` is a spread of about 0.2."""
+
+
+@dataclass(frozen=True)
+class ArchDiagnostics:
+    """Movement of the architecture distribution and content of the decoded architecture."""
+
+    alpha_entropy: float
+    alpha_entropy_fraction: float
+    beta_entropy: float
+    beta_entropy_fraction: float
+    path_log_prob: float
+    parameter_free_share: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def parameter_free_share(genotype: Genotype) -> float:
+    """Share of the decoded cell's operations that are pooling or ``skip_connect``."""
+    ops = [op for block in genotype.cell for _, op in block]
+    return sum(op in PARAMETER_FREE_OPS for op in ops) / len(ops)
+
+
+def arch_diagnostics(
+    alpha_logits: np.ndarray,
+    beta_logits: np.ndarray,
+    used_nodes: np.ndarray,
+    genotype: Genotype | None = None,
+) -> ArchDiagnostics:
+    """Diagnostics of alpha logits ``(E, 8)`` and beta logits ``(L, 4, 3)``.
+
+    ``used_nodes: (L, 4)`` marks the trellis nodes whose move distribution takes part in the
+    forward pass; ``genotype`` defaults to the one decoded from the logits.
+    """
+    alpha = decode.cell_weights(alpha_logits)  # (E, 8)
+    probs = decode.transition_probs(beta_logits)  # (L, 4, 3), invalid moves 0
+    used = np.asarray(used_nodes, dtype=bool)
+    if used.shape != probs.shape[:2] or not used.any():
+        raise ValueError(
+            f"used_nodes must be a boolean (L, {space.NUM_LEVELS}) array with at least one True "
+            f"entry matching betas {probs.shape}, got shape {used.shape}"
+        )
+    if genotype is None:
+        genotype = decode.decode_genotype(alpha_logits, beta_logits)
+    h_alpha = float(decode.entropy(alpha).mean())
+    valid = np.array(space.valid_move_mask()).sum(axis=1)  # (4,) valid moves per level
+    h_beta = decode.entropy(probs)[used]
+    h_beta_max = np.broadcast_to(np.log(valid), used.shape)[used]
+    return ArchDiagnostics(
+        alpha_entropy=h_alpha,
+        alpha_entropy_fraction=h_alpha / math.log(space.NUM_OPS),
+        beta_entropy=float(h_beta.mean()),
+        beta_entropy_fraction=float(h_beta.mean() / h_beta_max.mean()),
+        path_log_prob=decode.path_log_prob(beta_logits, genotype.path),
+        parameter_free_share=parameter_free_share(genotype),
+    )
+
+
+def model_diagnostics(model: Any) -> ArchDiagnostics:
+    """:func:`arch_diagnostics` of a :class:`~autodeeplab.supernet.SearchNetwork`."""
+    alphas = model.alphas.detach().cpu().double().numpy()
+    betas = model.betas.detach().cpu().double().numpy()
+    used = model.used_beta_mask().any(dim=-1).numpy()
+    return arch_diagnostics(alphas, betas, used, model.genotype())
+
+
+# ---------------------------------------------------------------------------- warnings
+def stagnation_warning(record: Mapping[str, Any]) -> str | None:
+    """A warning for the final ``epoch`` record of a search (``metrics.jsonl``) whose
+    architecture distribution has barely moved, saying what to try; None when it moved (or
+    when the record predates these figures)."""
+    steps = record.get("arch_steps")
+    if steps == 0:
+        return (
+            "no architecture step was taken (the architecture phase starts after the last "
+            "epoch), so the genotype is decoded from the random initial logits; lower "
+            "arch_start_epoch or set arch_start_fraction"
+        )
+    flat = [
+        f"{name} entropy {100 * value:.2f} %"
+        for name, key in (("alpha", "alpha_entropy_fraction"), ("beta", "beta_entropy_fraction"))
+        if isinstance(value := record.get(key), int | float) and value > STAGNANT_FRACTION
+    ]
+    if not flat:
+        return None
+    after = f"after {steps} architecture steps " if isinstance(steps, int) else ""
+    return (
+        f"the architecture distribution has barely moved: {after}the "
+        f"{' and '.join(flat)} of the maximum (above {100 * STAGNANT_FRACTION:.0f} %), so the "
+        "decoded genotype rests largely on the random initial logits and batch noise. Give the "
+        "search more architecture steps (more epochs, an earlier arch_start_fraction, "
+        "arch_steps_per_step > 1), or raise optim.arch_lr together with a collapse guard "
+        "(arch_regularizer.name=beta_decay or aux_skip.schedule=linear) and check the share of "
+        "parameter-free operations of the result"
+    )
+
+
+def describe(diagnostics: ArchDiagnostics, arch_steps: int, genotype: Genotype) -> str:
+    """The architecture part of a search's epoch line."""
+    d = diagnostics
+    note = (
+        " (no architecture step yet: decoded from the initial random logits)"
+        if arch_steps == 0
+        else ""
+    )
+    return (
+        f"H(alpha) {d.alpha_entropy:.4f} ({100 * d.alpha_entropy_fraction:.2f}% of max) "
+        f"H(beta) {d.beta_entropy:.4f} ({100 * d.beta_entropy_fraction:.2f}%) "
+        f"log P(path) {d.path_log_prob:.3f} parameter-free {100 * d.parameter_free_share:.0f}% "
+        f"arch steps {arch_steps} {genotype}{note}"
+    )

@@ -1,0 +1,175 @@
+"""Architecture diagnostics against hand computations; the warning; the engine's epoch records,
+epoch lines and summary."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autodeeplab.config import load_config
+from autodeeplab.diagnostics import (
+    arch_diagnostics,
+    describe,
+    model_diagnostics,
+    parameter_free_share,
+    stagnation_warning,
+)
+from autodeeplab.engine.search import run_search
+from autodeeplab.genotype import Genotype
+from autodeeplab.supernet import SearchNetwork
+
+SYNTHETIC = Path(__file__).resolve().parents[1] / "configs" / "search" / "synthetic.yaml"
+
+
+def _used(layers: int) -> np.ndarray:
+    """Nodes with an outgoing move: the stem (level 0) for layer 0, then the levels of layer
+    l - 1 for layer l (a plain list, independent of the supernet's mask)."""
+    used = np.zeros((layers, 4), dtype=bool)
+    used[0, 0] = True
+    for layer in range(1, layers):
+        used[layer, : min(layer + 1, 4)] = True
+    return used
+
+
+def test_uniform_logits_are_at_the_maximum():
+    layers = 5
+    d = arch_diagnostics(np.zeros((9, 8)), np.zeros((layers, 4, 3)), _used(layers))
+    assert d.alpha_entropy == pytest.approx(math.log(8))
+    assert d.alpha_entropy_fraction == pytest.approx(1.0)
+    assert d.beta_entropy_fraction == pytest.approx(1.0)
+    # ties decode to the path that stays at level 0: two moves (same, coarser) at every layer
+    assert d.path_log_prob == pytest.approx(layers * math.log(1 / 2))
+
+
+def test_diagnostics_by_hand():
+    layers = 3
+    alphas = np.zeros((5, 8))  # two blocks
+    alphas[:, 4] = math.log(7.0)  # p(sep_conv_3x3) = 7/14, the other seven 1/14 each
+    alphas[0, 3] = alphas[0, 4] + 1.0  # edge 0 prefers skip_connect
+    betas = np.zeros((layers, 4, 3))
+    betas[0, 0, 2] = math.log(3.0)  # from the stem: coarser 3/4, same 1/4
+    used = _used(layers)
+    d = arch_diagnostics(alphas, betas, used)
+
+    p = np.full(8, 1 / 14)
+    p[4] = 0.5
+    h_row = -(p * np.log(p)).sum()
+    q = np.exp(alphas[0]) / np.exp(alphas[0]).sum()
+    h0 = -(q * np.log(q)).sum()
+    assert d.alpha_entropy == pytest.approx((h0 + 4 * h_row) / 5)
+    assert d.alpha_entropy_fraction == pytest.approx((h0 + 4 * h_row) / 5 / math.log(8))
+
+    # nodes: stem (2 moves), layer 1 from levels 0 (2 moves) and 1 (3), layer 2 from 0, 1, 2
+    h_stem = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    h = [h_stem, math.log(2), math.log(3), math.log(2), math.log(3), math.log(3)]
+    h_max = [math.log(2), math.log(2), math.log(3), math.log(2), math.log(3), math.log(3)]
+    assert d.beta_entropy == pytest.approx(np.mean(h))
+    assert d.beta_entropy_fraction == pytest.approx(np.mean(h) / np.mean(h_max))
+
+    # Viterbi: stem -> level 1 (3/4), then level 1 -> any of 3 moves (1/3), then 1/3 again
+    genotype = Genotype.from_string(
+        "path=1-1-1|cell=0:skip_connect+1:sep_conv_3x3/0:skip_connect+2:sep_conv_3x3"
+    )
+    d = arch_diagnostics(alphas, betas, used, genotype)
+    assert d.path_log_prob == pytest.approx(math.log(0.75) + 2 * math.log(1 / 3))
+    assert d.parameter_free_share == pytest.approx(0.5)
+
+
+def test_parameter_free_share_counts_pooling_and_skip():
+    g = Genotype(
+        cell=(
+            ((0, "max_pool_3x3"), (1, "avg_pool_3x3")),
+            ((0, "skip_connect"), (2, "sep_conv_5x5")),
+            ((1, "atr_conv_3x3"), (3, "atr_conv_5x5")),
+        ),
+        path=(0, 1, 1),
+    )
+    assert parameter_free_share(g) == pytest.approx(3 / 6)
+
+
+def test_model_diagnostics_read_the_supernet():
+    model = SearchNetwork(3, layers=4, blocks=3, filter_multiplier=2, stem_channels=(4, 4, 4))
+    d = model_diagnostics(model)
+    np.testing.assert_array_equal(model.used_beta_mask().any(-1).numpy(), _used(4))
+    assert d == arch_diagnostics(
+        model.alphas.detach().double().numpy(),
+        model.betas.detach().double().numpy(),
+        _used(4),
+    )
+    assert d.alpha_entropy_fraction > 0.9999  # N(0, 1) x 1e-3 logits
+
+
+def test_bad_used_nodes():
+    with pytest.raises(ValueError, match="used_nodes"):
+        arch_diagnostics(np.zeros((5, 8)), np.zeros((3, 4, 3)), np.zeros((3, 4), dtype=bool))
+
+
+def test_stagnation_warning():
+    moved = {"arch_steps": 900, "alpha_entropy_fraction": 0.93, "beta_entropy_fraction": 0.97}
+    assert stagnation_warning(moved) is None
+    flat = dict(moved, alpha_entropy_fraction=0.9986)
+    text = stagnation_warning(flat)
+    assert "after 900 architecture steps" in text and "alpha entropy 99.86 %" in text
+    assert "beta" not in text.split("of the maximum")[0]  # only alpha stayed flat
+    assert "arch_steps_per_step" in text and "arch_regularizer.name=beta_decay" in text
+    none = stagnation_warning(dict(moved, arch_steps=0))
+    assert "no architecture step" in none and "arch_start_fraction" in none
+    assert stagnation_warning({"alpha_entropy": 2.07}) is None  # a log without the figures
+
+
+def test_describe_says_when_no_architecture_step_was_taken():
+    g = Genotype.from_string(
+        "path=0-0-0|cell=0:skip_connect+1:sep_conv_3x3/0:sep_conv_3x3+2:skip_connect"
+    )
+    d = arch_diagnostics(np.zeros((5, 8)), np.zeros((3, 4, 3)), _used(3), g)
+    text = describe(d, 0, g)
+    assert text.endswith("(no architecture step yet: decoded from the initial random logits)")
+    assert "100.00% of max" in text and "parameter-free 50%" in text and str(g) in text
+    assert "no architecture step" not in describe(d, 3, g)
+
+
+def test_search_logs_the_diagnostics_and_writes_a_summary(tmp_path, capsys):
+    cfg = load_config(
+        SYNTHETIC,
+        [
+            "epochs=2",
+            "arch_start_epoch=1",
+            "data.options={length: 16, size: 32, seed: 0}",
+            "data.crop_size=32",
+            "data.batch_size=2",
+            "data.eval_batch_size=4",
+            "data.max_eval_samples=4",
+            "model.layers=3",
+            "model.blocks=2",
+            "model.filter_multiplier=2",
+            "model.stem_channels=[8, 8, 8]",
+            "progress=false",
+            "tensorboard=false",
+            f"output={tmp_path / 'run'}",
+        ],
+    )
+    result = run_search(cfg)
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("epoch ")]
+    assert "(no architecture step yet" in lines[0] and "(no architecture step" not in lines[1]
+    run = tmp_path / "run"
+    epochs = [
+        r
+        for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+        if r["type"] == "epoch"
+    ]
+    assert [r["arch_steps"] for r in epochs] == [0, 4]
+    for r in epochs:
+        genotype = Genotype.from_string(r["genotype"])
+        assert r["parameter_free_share"] == parameter_free_share(genotype)
+        assert r["alpha_entropy_fraction"] == pytest.approx(r["alpha_entropy"] / math.log(8))
+        assert 0.99 < r["beta_entropy_fraction"] <= 1.0
+        assert r["path_log_prob"] < 0
+    # four architecture steps at 3e-3 cannot move the logits: the run says so
+    assert result.warning is not None and "barely moved" in result.warning
+    assert result.supernet_miou == epochs[-1]["mIoU"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["supernet_mIoU"] == result.supernet_miou
+    assert summary["genotype"] == str(result.genotype) == epochs[-1]["genotype"]
+    assert summary["arch_steps"] == 4 and summary["warning"] == result.warning
