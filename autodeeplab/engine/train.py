@@ -130,20 +130,32 @@ def poly_lr(
 
 
 # ---------------------------------------------------------------------------- model
-def resolve_network(model: TrainModelConfig, num_classes: int) -> NetworkConfig:
-    """The :class:`NetworkConfig` a train config asks for (genotype file or model preset)."""
+def resolve_network(
+    model: TrainModelConfig, num_classes: int, genotype: Genotype | None = None
+) -> NetworkConfig:
+    """The :class:`NetworkConfig` a train config asks for (genotype file or model preset).
+
+    ``genotype`` given: that architecture with the config's network options (``model.genotype``
+    and ``model.preset`` must then be null), as if it were read from a genotype file.
+    """
     from autodeeplab.models import get_model_spec
 
-    if (model.genotype is None) == (model.preset is None):
+    multiplier = 20  # a genotype without a preset gets the S model's width
+    if genotype is not None:
+        if model.genotype is not None or model.preset is not None:
+            raise ValueError(
+                "an architecture is given, so model.genotype and model.preset must be null"
+            )
+    elif (model.genotype is None) == (model.preset is None):
         raise ValueError(
             "name exactly one architecture: --genotype FILE (model.genotype) or --preset NAME "
             "(model.preset)"
         )
-    if model.preset is not None:
+    elif model.preset is not None:
         spec = get_model_spec(model.preset)
         genotype, multiplier = spec.genotype, spec.filter_multiplier
     else:
-        genotype, multiplier = Genotype.load(model.genotype), 20  # type: ignore[arg-type]
+        genotype = Genotype.load(model.genotype)  # type: ignore[arg-type]
     if model.filter_multiplier is not None:
         multiplier = model.filter_multiplier
     return NetworkConfig(
