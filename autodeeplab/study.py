@@ -32,10 +32,12 @@ The statistics (:func:`competition_ranks`, :func:`z_score`, :func:`pooled_std`,
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import multiprocessing
 import re
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -63,14 +65,14 @@ from autodeeplab.config import (
 )
 from autodeeplab.engine.search import print_flush
 from autodeeplab.genotype import RELEASED, Genotype
+from autodeeplab.sample import LARGEST_BY
 
 FORMAT_VERSION = 1
 KINDS: tuple[str, ...] = ("searched", "random", "hand-designed", "file")
 """Candidate kinds, in the order candidates are listed before sorting."""
-HAND_CELLS: tuple[str, ...] = ("released", "searched")
-"""Keywords of ``hand_designed.cell`` (anything else is a genotype file whose cell is used)."""
-LARGEST_BY: tuple[str, ...] = ("params", "multiply_adds")
 
+# A subset of the engines' runtime keys: epochs, max_steps, eval_interval and max_eval_samples
+# may change when a single run is resumed, but they change what a study trial reports.
 _RUN_KEYS = (
     "output",
     "device",
@@ -233,8 +235,6 @@ class Trial:
 def trial_key(config: Any, genotype: Genotype | None = None) -> str:
     """Short SHA-256 of a trial's identity: its config without :data:`TRIAL_RUNTIME_KEYS` and
     the architecture it trains."""
-    import hashlib
-
     blob = json.dumps(
         {"config": identity(config, TRIAL_RUNTIME_KEYS), "genotype": str(genotype)},
         sort_keys=True,
@@ -344,7 +344,10 @@ class Study:
         from autodeeplab.data import build_dataset
 
         d = self.train.data
-        return build_dataset(d.name, d.root, d.train_split, None, **d.options).num_classes
+        try:
+            return build_dataset(d.name, d.root, d.train_split, None, **d.options).num_classes
+        except (TypeError, ValueError) as err:  # a missing root, an unknown data set or option
+            raise ConfigError(f"train.data ({d.name}, options {d.options}): {err}") from None
 
     def check_crop(self, genotype: Genotype | None, name: str) -> None:
         """Refuse a crop that the candidate's deepest level cannot take (before any trial)."""
@@ -649,8 +652,6 @@ def run_trial(trial: Trial, log: Callable[[str], None] | None = None) -> dict[st
 
     Raises :class:`StudyInterrupted` when the engine stopped early (Ctrl-C).
     """
-    import shutil
-
     from autodeeplab.engine.search import NonFiniteLossError, run_search
     from autodeeplab.engine.train import run_train
 
