@@ -35,31 +35,87 @@ def _run_genotypes(args: argparse.Namespace) -> int:
     return 0
 
 
+_SUFFIXES = {"k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "B": 1e9, "T": 1e12}
+
+
+def _count(text: str) -> float:
+    """``"12.5M"`` -> 12.5e6; suffixes k/K, M, G or B (1e9), T; plain numbers too."""
+    scale = _SUFFIXES.get(text[-1:], 1.0)
+    number = text[:-1] if text[-1:] in _SUFFIXES else text
+    try:
+        return float(number) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a count; write e.g. 9.5M, 300B, 1.2e7 (suffixes k, M, G/B, T)"
+        ) from None
+
+
+def _count_range(text: str) -> tuple[float | None, float | None]:
+    """``"MIN:MAX"`` with either side empty for an open end, e.g. ``8M:12M``, ``:400B``."""
+    if text.count(":") != 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a range; write MIN:MAX, e.g. 8M:12M, 8M: or :400B"
+        )
+    lo, hi = (part.strip() for part in text.split(":"))
+    return (_count(lo) if lo else None, _count(hi) if hi else None)
+
+
+def _add_input_size(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument(
+        "--input-size",
+        nargs="+",
+        metavar="HxW",
+        help=f"input size for Multi-Adds, as HxW or H W (default: {default})",
+    )
+
+
+def _input_size(values: Sequence[str] | None) -> tuple[int, int] | None:
+    """``["1024x2048"]`` or ``["1024", "2048"]`` -> ``(1024, 2048)``; ``None`` stays ``None``."""
+    if values is None:
+        return None
+    parts = values[0].lower().split("x") if len(values) == 1 else list(values)
+    try:
+        h, w = (int(v) for v in parts)
+    except ValueError:
+        raise ValueError(
+            f"--input-size {' '.join(values)!r}: give height and width as HxW or H W, "
+            "e.g. 1024x2048"
+        ) from None
+    if h < 1 or w < 1:
+        raise ValueError(f"--input-size {' '.join(values)!r}: sides must be positive")
+    return h, w
+
+
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "info",
-        help="parameters and Multi-Adds of a model preset or a genotype file",
+        help="parameters and Multi-Adds of a preset, genotype, train config or run folder",
         description="Parameters (by part) and Multi-Adds (multiply-accumulates of convolutions, "
-        "FLOPs / 2) of one forward pass, counted without allocating the model.",
+        "FLOPs / 2) of one forward pass, counted without allocating the model. The network "
+        "comes from a model preset, a genotype file (19 classes, F=20 unless given), a train "
+        "config (classes of its data set, its F and heads; Multi-Adds at its crop size) or a "
+        "retraining run / model folder (its saved config).",
     )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--preset", metavar="NAME", help="model preset (see --list)")
-    src.add_argument("--genotype", metavar="FILE", help="genotype JSON file")
-    src.add_argument("--list", action="store_true", help="list the model presets and exit")
-    p.add_argument("--num-classes", type=int, default=19, help="classes (default: 19)")
     p.add_argument(
-        "--input-size",
-        type=int,
-        nargs=2,
-        metavar=("H", "W"),
-        default=(1024, 2048),
-        help="input height and width for Multi-Adds (default: 1024 2048)",
+        "run_dir", nargs="?", metavar="RUNDIR", help="retraining run folder or model folder"
     )
+    p.add_argument("--run", metavar="DIR", help="retraining run folder or model folder")
+    p.add_argument("--config", metavar="TRAIN_YAML", help="train config (see configs/train/)")
+    arch = p.add_mutually_exclusive_group()
+    arch.add_argument("--preset", metavar="NAME", help="model preset (see --list)")
+    arch.add_argument("--genotype", metavar="FILE", help="genotype JSON file")
+    arch.add_argument("--list", action="store_true", help="list the model presets and exit")
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        help="classes (default: the data set's with --config, else 19)",
+    )
+    _add_input_size(p, "the crop size of a train config or run, else 1024x2048")
     p.add_argument(
         "--filter-multiplier",
         type=int,
         metavar="F",
-        help="filter multiplier F (default: the preset's, 20 for a genotype file)",
+        help="filter multiplier F (default: the config's or preset's, 20 for a genotype file)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_run_info)
@@ -68,6 +124,7 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 def _run_info(args: argparse.Namespace) -> int:
     import json
 
+    from autodeeplab import info as info_lib
     from autodeeplab.models import model_info
 
     if args.list:
@@ -76,25 +133,63 @@ def _run_info(args: argparse.Namespace) -> int:
         for name, spec in MODELS.items():
             print(f"{name:20s} F={spec.filter_multiplier:<3d} {spec.description}")
         return 0
-    info = model_info(
-        preset=args.preset,
-        genotype_file=args.genotype,
-        num_classes=args.num_classes,
-        filter_multiplier=args.filter_multiplier,
-        input_size=tuple(args.input_size),
-    )
+    if args.run_dir is not None and args.run is not None:
+        raise ValueError("give the run folder once: RUNDIR or --run DIR")
+    run = args.run_dir or args.run
+    size = _input_size(args.input_size)
+    if run is not None:
+        given = [
+            flag
+            for flag, value in (
+                ("--config", args.config),
+                ("--preset", args.preset),
+                ("--genotype", args.genotype),
+                ("--num-classes", args.num_classes),
+                ("--filter-multiplier", args.filter_multiplier),
+            )
+            if value is not None
+        ]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)}: a run folder defines its network; only --input-size "
+                "and --json go with it"
+            )
+        info = info_lib.source_info(info_lib.from_run(run), size)
+    elif args.config is not None:
+        source = info_lib.from_train_config(
+            args.config,
+            genotype=args.genotype,
+            preset=args.preset,
+            num_classes=args.num_classes,
+            filter_multiplier=args.filter_multiplier,
+        )
+        info = info_lib.source_info(source, size)
+    elif args.preset is None and args.genotype is None:
+        raise ValueError("name a network: --preset, --genotype, --config, RUNDIR or --list")
+    else:
+        info = model_info(
+            preset=args.preset,
+            genotype_file=args.genotype,
+            num_classes=19 if args.num_classes is None else args.num_classes,
+            filter_multiplier=args.filter_multiplier,
+            input_size=size or info_lib.DEFAULT_INPUT_SIZE,
+        )
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     h, w = info["input_size"]
-    print(f"model              {info['model']}")
+    print(
+        f"model              {info['model']}" + (f" ({info['source']})" if "source" in info else "")
+    )
     print(f"genotype           {info['genotype']}")
+    print(f"classes            {info['num_classes']}")
     print(f"filter multiplier  {info['filter_multiplier']}")
     print(f"output stride      {info['output_stride']} (ASPP rates {info['aspp_rates']})")
     print(f"parameters         {info['params'] / 1e6:.2f}M")
     for part, n in info["params_by_part"].items():
         print(f"  {part:16s} {n / 1e6:.3f}M")
-    print(f"Multi-Adds {h}x{w}  {info['multiply_adds'] / 1e9:.2f}B")
+    basis = " (crop size)" if info.get("input_size_from") == "crop_size" else ""
+    print(f"Multi-Adds {h}x{w}{basis}  {info['multiply_adds'] / 1e9:.2f}B")
     for part, n in info["multiply_adds_by_part"].items():
         print(f"  {part:16s} {n / 1e9:.2f}B")
     if info.get("paper"):
@@ -102,6 +197,157 @@ def _run_info(args: argparse.Namespace) -> int:
         print(
             f"paper (Table 2)    {paper['params'] / 1e6:.2f}M params, "
             f"{paper['multiply_adds'] / 1e9:.2f}B Multi-Adds"
+        )
+    return 0
+
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sample",
+        help="draw random architectures (or write the hand-designed ones) as genotype files",
+        description="Architectures drawn uniformly from the search space (cell and path), "
+        "seeded, optionally within parameter / Multi-Adds ranges; or the hand-designed path "
+        "families with one cell. Prints a table with parameters and Multi-Adds; with --out, "
+        "writes one genotype JSON per architecture, summary.jsonl and settings.json.",
+    )
+    p.add_argument("--num", type=int, metavar="N", help="number of random architectures")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--layers", type=int, default=12, help="cell layers L (default: 12)")
+    p.add_argument("--blocks", type=int, default=5, help="blocks per cell B (default: 5)")
+    p.add_argument(
+        "--params", type=_count_range, metavar="MIN:MAX", help="parameter range, e.g. 8M:12M"
+    )
+    p.add_argument(
+        "--multiply-adds",
+        type=_count_range,
+        metavar="MIN:MAX",
+        help="Multi-Adds range at --input-size, e.g. :400B",
+    )
+    _add_input_size(p, "1024x2048")
+    p.add_argument("--num-classes", type=int, default=19, help="classes (default: 19)")
+    p.add_argument("--filter-multiplier", type=int, default=20, metavar="F", help="F (default: 20)")
+    p.add_argument(
+        "--largest-of",
+        type=int,
+        default=1,
+        metavar="N",
+        help="keep the largest of N draws for each architecture (default: 1)",
+    )
+    p.add_argument(
+        "--largest-by",
+        choices=("params", "multiply_adds"),
+        default="params",
+        help="what --largest-of compares (default: params)",
+    )
+    p.add_argument(
+        "--max-tries",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="draws per architecture before giving up on the ranges (default: 1000)",
+    )
+    p.add_argument(
+        "--hand-designed",
+        action="store_true",
+        help="write the hand-designed path families instead of random architectures",
+    )
+    p.add_argument(
+        "--families",
+        nargs="+",
+        metavar="NAME",
+        help="hand-designed families to write (default: all that fit in --layers)",
+    )
+    p.add_argument(
+        "--cell",
+        metavar="GENOTYPE.json",
+        help="take the cell of the hand-designed networks from this genotype (default: the "
+        "released cell)",
+    )
+    p.add_argument("--out", metavar="DIR", help="write the genotypes and the summary here")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace files of the same names in --out"
+    )
+    p.add_argument("--json", action="store_true", help="print the summary as JSON lines")
+    p.set_defaults(func=_run_sample)
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    import json
+
+    from autodeeplab import sample
+
+    size = _input_size(args.input_size) or sample.DEFAULT_INPUT_SIZE
+    settings: dict = {
+        "layers": args.layers,
+        "blocks": args.blocks,
+        "input_size": list(size),
+        "num_classes": args.num_classes,
+        "filter_multiplier": args.filter_multiplier,
+    }
+    if args.hand_designed:
+        random_only = {
+            "--num": args.num is not None,
+            "--params": args.params is not None,
+            "--multiply-adds": args.multiply_adds is not None,
+            "--largest-of": args.largest_of != 1,
+        }
+        given = [flag for flag, on in random_only.items() if on]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)}: only for random architectures, not with --hand-designed"
+            )
+        cell = None
+        if args.cell is not None:
+            from autodeeplab.genotype import Genotype
+
+            cell = Genotype.load(args.cell).cell
+        named = sample.hand_designed_genotypes(args.layers, cell, families=args.families)
+        settings.update(kind="hand-designed", cell=args.cell or "released", families=list(named))
+    else:
+        if args.num is None:
+            raise ValueError("give --num N (random architectures) or --hand-designed")
+        if args.cell is not None or args.families is not None:
+            raise ValueError("--cell and --families apply to --hand-designed only")
+        genotypes = sample.sample_genotypes(
+            args.num,
+            args.seed,
+            layers=args.layers,
+            blocks=args.blocks,
+            params=args.params,
+            multiply_adds=args.multiply_adds,
+            input_size=size,
+            num_classes=args.num_classes,
+            filter_multiplier=args.filter_multiplier,
+            largest_of=args.largest_of,
+            largest_by=args.largest_by,
+            max_tries=args.max_tries,
+        )
+        named = dict(zip(sample.random_names(len(genotypes)), genotypes, strict=True))
+        settings.update(
+            kind="random",
+            num=args.num,
+            seed=args.seed,
+            params=args.params,
+            multiply_adds=args.multiply_adds,
+            largest_of=args.largest_of,
+            largest_by=args.largest_by,
+        )
+    records = sample.describe(
+        named,
+        input_size=size,
+        num_classes=args.num_classes,
+        filter_multiplier=args.filter_multiplier,
+    )
+    if args.json:
+        for r in records:
+            print(json.dumps(r))
+    else:
+        print(sample.format_table(records))
+    if args.out is not None:
+        sample.write_genotypes(args.out, named, records, settings, overwrite=args.overwrite)
+        print(
+            f"wrote {len(named)} genotypes, {sample.SUMMARY_FILE} and {sample.SETTINGS_FILE} to {args.out}",
+            file=sys.stderr,
         )
     return 0
 
@@ -549,6 +795,7 @@ def _run_export(args: argparse.Namespace) -> int:
 _PARSERS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_genotypes,
     _add_info,
+    _add_sample,
     _add_draw,
     _add_search,
     _add_decode,

@@ -7,7 +7,7 @@ overrides go to its constructor (e.g. ``filter_multiplier=8``, ``drop_path_rate=
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from autodeeplab.complexity import complexity
@@ -118,16 +118,27 @@ def model_info(
         raise ValueError("give exactly one of a preset name and a genotype file")
     overrides = {} if filter_multiplier is None else {"filter_multiplier": filter_multiplier}
     if preset is not None:
-        config = model_config(preset, num_classes, **overrides)
-        spec = MODELS[preset]
-        name = preset
-    else:
-        assert genotype_file is not None
-        genotype = Genotype.load(genotype_file)
-        config = NetworkConfig(
-            genotype=genotype, num_classes=num_classes, filter_multiplier=filter_multiplier or 20
+        return network_info(
+            model_config(preset, num_classes, **overrides), input_size, name=preset, preset=preset
         )
-        spec, name = None, str(genotype_file)
+    assert genotype_file is not None
+    config = NetworkConfig(
+        genotype=Genotype.load(genotype_file),
+        num_classes=num_classes,
+        filter_multiplier=filter_multiplier or 20,
+    )
+    return network_info(config, input_size, name=str(genotype_file))
+
+
+def network_info(
+    config: NetworkConfig,
+    input_size: tuple[int, int] = (1024, 2048),
+    *,
+    name: str,
+    preset: str | None = None,
+) -> dict[str, Any]:
+    """Architecture summary and complexity of ``config`` as plain data; the paper's figures
+    are added when ``config`` is the published network of ``preset``."""
     c = complexity(config, input_size)
     rates = config.aspp_rates or atrous_rates_for_stride(config.genotype.output_stride)
     info: dict[str, Any] = {
@@ -140,13 +151,13 @@ def model_info(
         "aspp_rates": list(rates),
         **c.to_dict(),
     }
-    paper_applies = (
+    spec = None if preset is None else get_model_spec(preset)
+    # The paper's figures hold for the preset as published: 19 classes, its F, default heads
+    # (drop path changes no count).
+    if (
         spec is not None
         and spec.paper_params is not None
-        and num_classes == 19
-        and config.filter_multiplier == spec.filter_multiplier
-    )
-    if paper_applies:
-        assert spec is not None
+        and replace(config, drop_path_rate=0.0) == model_config(spec.name, 19)
+    ):
         info["paper"] = {"params": spec.paper_params, "multiply_adds": spec.paper_multiply_adds}
     return info

@@ -22,18 +22,23 @@ Cells
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import cache, lru_cache
 from itertools import combinations
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from autodeeplab import space
 from autodeeplab.genotype import Block, Genotype
 from autodeeplab.space import HAND_DESIGNED_MIN_LAYERS, PATH_FAMILIES, hand_designed_paths
+
+if TYPE_CHECKING:
+    from autodeeplab.network import NetworkConfig
 
 __all__ = [
     "CELL_OPS",
@@ -46,14 +51,18 @@ __all__ = [
     "cell_count",
     "cell_from_index",
     "complexity_of",
+    "describe",
+    "format_table",
     "hand_designed_genotypes",
     "hand_designed_paths",
     "path_from_index",
     "path_index",
     "random_cell",
     "random_genotype",
+    "random_names",
     "random_path",
     "sample_genotypes",
+    "write_genotypes",
 ]
 
 CELL_OPS: tuple[str, ...] = tuple(op for op in space.PRIMITIVES if op != "none")
@@ -253,14 +262,14 @@ class _Counts:
 
 
 @lru_cache(maxsize=65536)
-def _params(config: Any) -> int:
+def _params(config: NetworkConfig) -> int:
     from autodeeplab.complexity import count_parameters, meta_model
 
     return count_parameters(meta_model(config))["total"]
 
 
 @lru_cache(maxsize=65536)
-def _multiply_adds(config: Any, input_size: tuple[int, int]) -> int:
+def _multiply_adds(config: NetworkConfig, input_size: tuple[int, int]) -> int:
     from autodeeplab.complexity import complexity
 
     return complexity(config, input_size).multiply_adds
@@ -268,7 +277,7 @@ def _multiply_adds(config: Any, input_size: tuple[int, int]) -> int:
 
 def _network_config(
     genotype: Genotype, num_classes: int, filter_multiplier: int, options: Mapping[str, Any]
-) -> Any:
+) -> NetworkConfig:
     # Imported here: the samplers above need no torch.
     from autodeeplab.network import NetworkConfig
 
@@ -345,7 +354,7 @@ def _check_range(name: str, bounds: Any) -> tuple[float | None, float | None] | 
         ):
             raise ValueError(f"{name} bounds must be non-negative numbers or None, got {bounds!r}")
     if lo is not None and hi is not None and lo > hi:
-        raise ValueError(f"{name} range is empty: min {lo} > max {hi}")
+        raise ValueError(f"{name} range is empty: min {lo:.6g} > max {hi:.6g}")
     return lo, hi
 
 
@@ -482,3 +491,98 @@ def _no_match_message(
         )
     parts.append("widen the ranges or raise max_tries")
     return "; ".join(parts)
+
+
+# ----------------------------------------------------------------------------- output folders
+
+SUMMARY_FILE = "summary.jsonl"
+SETTINGS_FILE = "settings.json"
+
+
+def random_names(n: int) -> list[str]:
+    """File stems of ``n`` random architectures: ``random-000``, ``random-001``, ..."""
+    width = max(3, len(str(n - 1)))
+    return [f"random-{i:0{width}d}" for i in range(n)]
+
+
+def describe(
+    named: Mapping[str, Genotype],
+    *,
+    input_size: tuple[int, int] = DEFAULT_INPUT_SIZE,
+    num_classes: int = 19,
+    filter_multiplier: int = 20,
+    network_options: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """One summary record per architecture: name, parameters, Multi-Adds, strides, genotype."""
+    size = _check_input_size(input_size)
+    records = []
+    for name, g in named.items():
+        params, macs = complexity_of(
+            g,
+            input_size=size,
+            num_classes=num_classes,
+            filter_multiplier=filter_multiplier,
+            network_options=network_options,
+        )
+        records.append(
+            {
+                "name": name,
+                "params": params,
+                "multiply_adds": macs,
+                "input_size": list(size),
+                "num_classes": num_classes,
+                "filter_multiplier": filter_multiplier,
+                "output_stride": g.output_stride,
+                "max_stride": g.max_stride,
+                "genotype": str(g),
+            }
+        )
+    return records
+
+
+def write_genotypes(
+    out: str | Path,
+    named: Mapping[str, Genotype],
+    records: list[dict[str, Any]],
+    settings: Mapping[str, Any],
+    *,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write ``<name>.json`` per genotype, ``summary.jsonl`` (``records``) and ``settings.json``
+    into ``out``; refuses to replace existing files unless ``overwrite``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {out} exists and is not a folder")
+    files = [out / f"{name}.json" for name in named]
+    targets = [*files, out / SUMMARY_FILE, out / SETTINGS_FILE]
+    clash = [str(p) for p in targets if p.exists()]
+    if clash and not overwrite:
+        shown = ", ".join(clash[:3]) + (f", ... ({len(clash)} in all)" if len(clash) > 3 else "")
+        raise ValueError(
+            f"{shown} already exist; choose another output folder or allow overwriting "
+            "(--overwrite)"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    for file, g in zip(files, named.values(), strict=True):
+        g.save(file)
+    lines = [json.dumps({**r, "file": f.name}) for r, f in zip(records, files, strict=True)]
+    (out / SUMMARY_FILE).write_text("".join(line + "\n" for line in lines))
+    (out / SETTINGS_FILE).write_text(json.dumps(dict(settings), indent=2) + "\n")
+    return files
+
+
+def format_table(records: list[dict[str, Any]]) -> str:
+    """A fixed-width table of :func:`describe` records."""
+    if not records:
+        return "(no architectures)"
+    h, w = records[0]["input_size"]
+    width = max(4, *(len(r["name"]) for r in records))
+    head = f"{'name':{width}s}  {'params':>9s}  {f'Multi-Adds {h}x{w}':>20s}  {'OS':>3s}  path"
+    rows = [head, "-" * len(head)]
+    for r in records:
+        path = r["genotype"].split("|")[0].removeprefix("path=")
+        rows.append(
+            f"{r['name']:{width}s}  {r['params'] / 1e6:8.2f}M  "
+            f"{r['multiply_adds'] / 1e9:19.2f}B  {r['output_stride']:3d}  {path}"
+        )
+    return "\n".join(rows)

@@ -1,6 +1,7 @@
-"""Random and hand-designed architectures (autodeeplab.sample)."""
+"""Random and hand-designed architectures (autodeeplab.sample) and `autodeeplab sample`."""
 
 import itertools
+import json
 import math
 from collections import Counter
 
@@ -215,13 +216,13 @@ def test_params_range_is_respected():
 
 def test_multiply_adds_range_is_respected():
     size = (64, 64)
-    unconstrained = sample.sample_genotypes(10, 0, layers=4, blocks=2, **TINY)
+    unconstrained = sample.sample_genotypes(8, 0, layers=4, blocks=2, **TINY)
     macs = sorted(
         complexity(NetworkConfig(genotype=g, **TINY), size).multiply_adds for g in unconstrained
     )
-    hi = macs[5]
+    hi = macs[4]
     got = sample.sample_genotypes(
-        4, 3, layers=4, blocks=2, multiply_adds=(None, hi), input_size=size, **TINY
+        3, 3, layers=4, blocks=2, multiply_adds=(None, hi), input_size=size, **TINY
     )
     assert all(complexity(NetworkConfig(genotype=g, **TINY), size).multiply_adds <= hi for g in got)
 
@@ -230,7 +231,7 @@ def test_multiply_adds_range_is_respected():
 def test_largest_of_is_the_largest_of_its_draws(largest_by):
     size = (64, 64)
     got = sample.sample_genotypes(
-        4, 21, layers=4, blocks=2, largest_of=3, largest_by=largest_by, input_size=size, **TINY
+        3, 21, layers=4, blocks=2, largest_of=3, largest_by=largest_by, input_size=size, **TINY
     )
     rng = np.random.default_rng(21)
 
@@ -240,7 +241,7 @@ def test_largest_of_is_the_largest_of_its_draws(largest_by):
         return complexity(NetworkConfig(genotype=g, **TINY), size).multiply_adds
 
     expected = []
-    for _ in range(4):
+    for _ in range(3):
         draws = [sample.random_genotype(rng, layers=4, blocks=2) for _ in range(3)]
         expected.append(max(draws, key=key))  # max() keeps the first of equals, as documented
     assert got == expected
@@ -336,3 +337,113 @@ def test_hand_designed_genotypes_carry_the_cell():
     gs = sample.hand_designed_genotypes(8, cell)
     assert all(g.cell == cell and g.layers == 8 for g in gs.values())
     assert sample.hand_designed_genotypes(12)["conv-deconv"] == GENOTYPES["conv-deconv"]
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_count_and_range_parsing():
+    from autodeeplab.cli import _count, _count_range, _input_size
+
+    assert _count("9.5M") == 9.5e6 and _count("300B") == 300e9 and _count("1.2e7") == 1.2e7
+    assert _count_range("8M:12M") == (8e6, 12e6)
+    assert _count_range(":400G") == (None, 400e9)
+    assert _count_range("5k:") == (5e3, None)
+    assert _input_size(["1024x2048"]) == (1024, 2048) == _input_size(["1024", "2048"])
+
+
+CLI_TINY = ["--layers", "4", "--blocks", "2", "--num-classes", "3", "--filter-multiplier", "4"]
+
+
+def test_cli_sample_round_trip(tmp_path, capsys):
+    from autodeeplab.cli import main
+
+    out = tmp_path / "random"
+    argv = ["sample", "--num", "3", "--seed", "5", *CLI_TINY, "--input-size", "64x64"]
+    assert main([*argv, "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    expected = sample.sample_genotypes(3, 5, layers=4, blocks=2)
+    records = [json.loads(line) for line in (out / "summary.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in records] == ["random-000", "random-001", "random-002"]
+    for r, g in zip(records, expected, strict=True):
+        assert Genotype.load(out / r["file"]) == g
+        ref = complexity(NetworkConfig(genotype=g, **TINY), (64, 64))
+        assert (r["params"], r["multiply_adds"]) == (ref.params, ref.multiply_adds)
+        assert r["name"] in table and f"{ref.params / 1e6:.2f}M" in table
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["seed"] == 5 and settings["kind"] == "random"
+    # nothing is overwritten without being asked
+    assert main([*argv, "--out", str(out)]) == 2
+    assert "already exist" in capsys.readouterr().err
+    assert main([*argv, "--out", str(out), "--overwrite", "--seed", "6"]) == 0
+    assert (
+        Genotype.load(out / "random-000.json")
+        == sample.sample_genotypes(1, 6, layers=4, blocks=2)[0]
+    )
+
+
+def test_cli_sample_with_ranges_and_largest_of(tmp_path, capsys):
+    from autodeeplab.cli import main
+
+    lo, hi = 1.9e6, 2.2e6  # the middle of what these tiny networks have (1.8M to 2.4M)
+    argv = ["sample", "--num", "2", "--seed", "1", *CLI_TINY, "--params", "1.9M:2.2M"]
+    assert main([*argv, "--largest-of", "2", "--json", "--out", str(tmp_path)]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(records) == 2 and all(lo <= r["params"] <= hi for r in records)
+    got = [Genotype.load(tmp_path / f"random-00{i}.json") for i in range(2)]
+    assert got == sample.sample_genotypes(
+        2, 1, layers=4, blocks=2, params=(lo, hi), largest_of=2, **TINY
+    )
+    assert all(lo <= real_params(g) <= hi for g in got)
+
+
+def test_cli_hand_designed(tmp_path, capsys):
+    from autodeeplab.cli import main
+
+    small = ["--input-size", "64x64", "--filter-multiplier", "4"]
+    presets = ["deeplabv3", "conv-deconv", "stacked-hourglass"]
+    argv = ["sample", "--hand-designed", *small, "--families", *presets]
+    assert main([*argv, "--out", str(tmp_path / "hd")]) == 0
+    table = capsys.readouterr().out
+    for name in presets:
+        assert Genotype.load(tmp_path / "hd" / f"{name}.json") == GENOTYPES[name]
+        assert name in table
+    donor = sample.random_genotype(np.random.default_rng(0), layers=3, blocks=2)
+    donor.save(tmp_path / "donor.json")
+    argv = [
+        "sample",
+        "--hand-designed",
+        *small,
+        "--layers",
+        "6",
+        "--cell",
+        str(tmp_path / "donor.json"),
+    ]
+    assert main([*argv, "--families", "deeplabv3", "--out", str(tmp_path / "c")]) == 0
+    g = Genotype.load(tmp_path / "c" / "deeplabv3.json")
+    assert g.cell == donor.cell and g.path == (0, 0, 1, 2, 2, 2)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--num", "2", "--params", "5M:1M"], "params range is empty"),
+        (["--num", "2", "--params", "5M"], "is not a range"),
+        (["--num", "2", "--multiply-adds", "1X:"], "is not a count"),
+        (["--hand-designed", "--num", "3"], "only for random architectures"),
+        (["--hand-designed", "--families", "unet"], "valid families"),
+        (["--cell", "g.json", "--num", "1"], "apply to --hand-designed only"),
+        (["--seed", "1"], "give --num N"),
+        (["--num", "1", "--input-size", "10x"], "HxW"),
+        (["--num", "1", "--params", "1:2", "--max-tries", "5"], "after 5 draws"),
+    ],
+)
+def test_cli_sample_errors(argv, message, capsys):
+    from autodeeplab.cli import main
+
+    try:  # argparse reports malformed values by raising SystemExit(2)
+        code = main(["sample", *argv])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2
+    assert message in capsys.readouterr().err

@@ -9,9 +9,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from autodeeplab.data import ade20k, cityscapes, synthetic, voc
 from autodeeplab.data.ade20k import ADE20K
 from autodeeplab.data.base import (
     IGNORE_INDEX,
@@ -21,7 +23,7 @@ from autodeeplab.data.base import (
     SegmentationDataset,
 )
 from autodeeplab.data.cityscapes import Cityscapes, label_to_train_ids, train_to_label_ids
-from autodeeplab.data.folder import FolderDataset, write_metadata
+from autodeeplab.data.folder import FolderDataset, metadata_file, read_metadata, write_metadata
 from autodeeplab.data.split import search_split, split_indices
 from autodeeplab.data.synthetic import SyntheticSegmentation, write_synthetic_folder
 from autodeeplab.data.transforms import eval_transform, train_transform
@@ -57,6 +59,29 @@ def build_dataset(
     return cls(root, split, transform, **kwargs)  # type: ignore[call-arg]
 
 
+_FIXED_CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "cityscapes": cityscapes.CLASS_NAMES,
+    "voc": voc.CLASS_NAMES,
+    "ade20k": ade20k.CLASS_NAMES,
+    "synthetic": synthetic.CLASS_NAMES,
+}
+
+
+def dataset_class_names(
+    name: str, root: str | Path | None = None, options: Mapping[str, Any] | None = None
+) -> tuple[str, ...]:
+    """Class names of data set ``name`` without reading its images (a ``folder`` data set
+    reads its class metadata file under ``root``, or ``options["metadata"]``)."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(DATASETS)}")
+    if name in _FIXED_CLASS_NAMES:
+        return _FIXED_CLASS_NAMES[name]
+    if root is None:
+        raise ValueError(f"data set {name!r} needs a root folder to know its classes")
+    names, _ = read_metadata(metadata_file(root, (options or {}).get("metadata")))
+    return names
+
+
 __all__ = [
     "ADE20K",
     "DATASETS",
@@ -70,6 +95,7 @@ __all__ = [
     "SyntheticSegmentation",
     "VOCSegmentation",
     "build_dataset",
+    "dataset_class_names",
     "eval_transform",
     "label_to_train_ids",
     "search_split",

@@ -82,6 +82,22 @@ def read_metadata(path: Path) -> tuple[tuple[str, ...], np.ndarray]:
     return tuple(names), palette.astype(np.uint8)
 
 
+def metadata_file(root: str | Path, metadata: str | Path | None = None) -> Path:
+    """The class metadata file of the folder data set at ``root`` (``metadata`` if given)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise layout_error(FolderDataset.name, root, "root folder does not exist", LAYOUT)
+    meta = (
+        Path(metadata)
+        if metadata is not None
+        else next((root / m for m in META_FILES if (root / m).is_file()), None)
+    )
+    if meta is None or not meta.is_file():
+        missing = meta if meta is not None else root / META_FILES[0]
+        raise layout_error(FolderDataset.name, root, f"missing class metadata {missing}", LAYOUT)
+    return meta
+
+
 class FolderDataset(SegmentationDataset):
     """Images in ``images/{split}/`` and train-id masks in ``masks/{split}/`` with the same stems."""
 
@@ -97,15 +113,7 @@ class FolderDataset(SegmentationDataset):
         self.root = root = Path(root)
         if not root.is_dir():
             raise layout_error(self.name, root, "root folder does not exist", LAYOUT)
-        meta = (
-            Path(metadata)
-            if metadata is not None
-            else next((root / m for m in META_FILES if (root / m).is_file()), None)
-        )
-        if meta is None or not meta.is_file():
-            missing = meta if meta is not None else root / META_FILES[0]
-            raise layout_error(self.name, root, f"missing class metadata {missing}", LAYOUT)
-        class_names, palette = read_metadata(meta)
+        class_names, palette = read_metadata(metadata_file(root, metadata))
         image_dir, mask_dir = root / "images" / split, root / "masks" / split
         for path in (image_dir, mask_dir):
             if not path.is_dir():

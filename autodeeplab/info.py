@@ -1,0 +1,171 @@
+"""The network a train config or a run folder describes, for ``autodeeplab info``.
+
+Sources, besides a model preset or a genotype file (:func:`autodeeplab.models.model_info`):
+
+train config (YAML)
+    Classes from the data set (its fixed class list, or the class metadata of a ``folder``
+    data set), F and head sizes from ``model``, the architecture from ``model.genotype`` /
+    ``model.preset`` or given separately; Multi-Adds default to a ``crop_size`` square input.
+model folder (``config.json`` + ``model.safetensors``)
+    The saved network config, exactly; the crop size of the train config recorded in it.
+retraining run folder (``config.yaml``, ``genotype.json``, ``model/``, ``best/``, ...)
+    The network of ``model/`` or ``best/`` when one was written, otherwise rebuilt from
+    ``config.yaml`` and ``genotype.json`` as the training engine builds it.
+
+Only JSON and YAML are read: no checkpoint is unpickled and no weight is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autodeeplab.config import ConfigError, SearchConfig, TrainConfig, load_config
+from autodeeplab.data import dataset_class_names
+from autodeeplab.models import network_info
+from autodeeplab.network import NetworkConfig
+from autodeeplab.saved_model import CONFIG_FILE, read_config
+
+DEFAULT_INPUT_SIZE: tuple[int, int] = (1024, 2048)
+RUN_CONFIG = "config.yaml"
+RUN_GENOTYPE = "genotype.json"
+RUN_MODEL_FOLDERS: tuple[str, ...] = ("model", "best")
+"""Model folders of a retraining run, in order of preference (final, then best)."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A network config and where it came from."""
+
+    network: NetworkConfig
+    name: str
+    kind: str
+    """``train config``, ``model folder`` or ``run folder``."""
+    preset: str | None = None
+    crop_size: int | None = None
+    """Training crop of the source, the default input size of its Multi-Adds."""
+
+
+def network_from_train_config(
+    config: TrainConfig, *, num_classes: int | None = None
+) -> NetworkConfig:
+    """The :class:`NetworkConfig` that retraining with ``config`` builds; ``num_classes``
+    defaults to the data set's."""
+    from autodeeplab.engine.train import resolve_network
+
+    if num_classes is None:
+        d = config.data
+        try:
+            num_classes = len(dataset_class_names(d.name, d.root, d.options))
+        except ValueError as err:
+            raise ValueError(f"{err}; set data.root or give the number of classes") from None
+    return resolve_network(config.model, num_classes)
+
+
+def from_train_config(
+    path: str | Path,
+    *,
+    genotype: str | Path | None = None,
+    preset: str | None = None,
+    num_classes: int | None = None,
+    filter_multiplier: int | None = None,
+) -> ModelSource:
+    """Read train config ``path``; ``genotype`` (a file) or ``preset`` replaces its
+    architecture, ``num_classes`` and ``filter_multiplier`` its data set's classes and F."""
+    if genotype is not None and preset is not None:
+        raise ValueError("give at most one of a genotype file and a preset")
+    cfg = load_config(path, cls=TrainConfig)
+    if genotype is not None:
+        cfg.model.genotype, cfg.model.preset = str(genotype), None
+    if preset is not None:
+        cfg.model.genotype, cfg.model.preset = None, preset
+    if filter_multiplier is not None:
+        cfg.model.filter_multiplier = filter_multiplier
+    if cfg.model.genotype is None and cfg.model.preset is None:
+        raise ValueError(
+            f"{path}: model.genotype and model.preset are both null; name the architecture "
+            "with --genotype FILE or --preset NAME"
+        )
+    network = network_from_train_config(cfg, num_classes=num_classes)
+    return ModelSource(
+        network, str(path), "train config", cfg.model.preset, crop_size=cfg.data.crop_size
+    )
+
+
+def from_run(path: str | Path) -> ModelSource:
+    """Read a model folder or a retraining run folder (see the module docstring)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"run folder {path} does not exist")
+    if (path / CONFIG_FILE).is_file():
+        saved = read_config(path)
+        crop = _crop_of(saved.extra.get("train_config"))
+        preset = _preset_of(saved.extra.get("train_config"))
+        return ModelSource(saved.network, str(path), "model folder", preset, crop)
+    if not (path / RUN_CONFIG).is_file():
+        raise FileNotFoundError(
+            f"{path} is neither a model folder (no {CONFIG_FILE}) nor a retraining run folder "
+            f"(no {RUN_CONFIG}); give the folder that `autodeeplab train` wrote or one of its "
+            f"model folders ({', '.join(RUN_MODEL_FOLDERS)})"
+        )
+    cfg = _read_run_config(path / RUN_CONFIG)
+    for sub in RUN_MODEL_FOLDERS:
+        if (path / sub / CONFIG_FILE).is_file():
+            network = read_config(path / sub).network
+            break
+    else:
+        # No model folder yet (an interrupted run): rebuild the network as the engine does,
+        # from the architecture the run recorded.
+        if cfg.model.preset is None:
+            if not (path / RUN_GENOTYPE).is_file():
+                raise FileNotFoundError(
+                    f"run folder {path} has neither a model folder nor {RUN_GENOTYPE}"
+                )
+            cfg.model.genotype = str(path / RUN_GENOTYPE)
+        network = network_from_train_config(cfg)
+    return ModelSource(network, str(path), "run folder", cfg.model.preset, cfg.data.crop_size)
+
+
+def _read_run_config(file: Path) -> TrainConfig:
+    try:
+        return load_config(file, cls=TrainConfig)
+    except ConfigError as err:
+        try:
+            load_config(file, cls=SearchConfig)
+        except ConfigError:
+            raise ValueError(f"{file}: not a training config ({err})") from None
+        raise ValueError(
+            f"{file.parent} is a search run folder; info reads retraining runs and model "
+            f"folders: use `autodeeplab info --genotype {file.parent / RUN_GENOTYPE}`"
+        ) from None
+
+
+def _crop_of(train_config: Any) -> int | None:
+    try:
+        crop = train_config["data"]["crop_size"]
+    except (TypeError, KeyError):
+        return None
+    return crop if isinstance(crop, int) and not isinstance(crop, bool) else None
+
+
+def _preset_of(train_config: Any) -> str | None:
+    try:
+        preset = train_config["model"]["preset"]
+    except (TypeError, KeyError):
+        return None
+    return preset if isinstance(preset, str) else None
+
+
+def source_info(source: ModelSource, input_size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """:func:`~autodeeplab.models.network_info` of ``source``; Multi-Adds at ``input_size``,
+    else at the source's crop, else at 1024x2048."""
+    if input_size is not None:
+        size, basis = input_size, "given"
+    elif source.crop_size is not None:
+        size, basis = (source.crop_size, source.crop_size), "crop_size"
+    else:
+        size, basis = DEFAULT_INPUT_SIZE, "default"
+    info = network_info(source.network, size, name=source.name, preset=source.preset)
+    info.update(source=source.kind, input_size_from=basis, network=source.network.to_dict())
+    return info
