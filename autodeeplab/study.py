@@ -303,6 +303,11 @@ class Study:
         if self.train.iterations < 1:
             raise ConfigError(f"train: iterations must be >= 1, got {self.train.iterations}")
         for key, cfg in (("train", self.train), ("search", self.search)):
+            if cfg is not None and cfg.data.name != "synthetic" and cfg.data.root is None:
+                raise ConfigError(
+                    f"{key}: data set {cfg.data.name!r} needs a root folder; set "
+                    f"data.root in {key}.config or {key}.overrides"
+                )
             if cfg is not None and cfg.max_steps is not None:
                 raise ConfigError(
                     f"{key}: max_steps must be null in a study (every trial runs to its end; "
@@ -341,13 +346,13 @@ class Study:
         return layers, blocks
 
     def _num_classes(self) -> int:
-        from autodeeplab.data import build_dataset
+        from autodeeplab.data import dataset_class_names
 
         d = self.train.data
         try:
-            return build_dataset(d.name, d.root, d.train_split, None, **d.options).num_classes
-        except (TypeError, ValueError) as err:  # a missing root, an unknown data set or option
-            raise ConfigError(f"train.data ({d.name}, options {d.options}): {err}") from None
+            return len(dataset_class_names(d.name, d.root, d.options))
+        except ValueError as err:  # an unknown data set, a missing root
+            raise ConfigError(f"train.data: {err}") from None
 
     def check_crop(self, genotype: Genotype | None, name: str) -> None:
         """Refuse a crop that the candidate's deepest level cannot take (before any trial)."""

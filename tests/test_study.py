@@ -143,6 +143,11 @@ def test_shipped_study_config_plans_without_running(tmp_path):
             ConfigError,
             r"train\.overrides.*optim\.learning_rate",
         ),
+        (
+            {"train": {"overrides": {"data": {**DATA, "name": "cityscapes"}}}},
+            ConfigError,
+            "'cityscapes' needs a root folder; set data.root",
+        ),
         ({"genotypes": ["nowhere.json"]}, FileNotFoundError, "genotypes: .*nowhere.json"),
         ({"search": {"config": SEARCH["config"]}}, ConfigError, "search.trials"),
         (
