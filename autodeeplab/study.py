@@ -109,9 +109,9 @@ class StudyTrainConfig:
     """The retraining budget every candidate shares."""
 
     config: str | None = None
-    """Train config YAML (e.g. ``configs/train/synthetic.yaml``); null = the TrainConfig defaults."""
+    """Train config YAML (e.g. ``configs/train/synthetic.yaml``); null = TrainConfig defaults."""
     overrides: dict[str, Any] = field(default_factory=dict)
-    """Train config keys set on top of it (nested sections or dotted keys: ``{iterations: 300}``)."""
+    """Train config keys set on top of it (nested or dotted keys: ``{iterations: 300}``)."""
 
 
 @dataclass
@@ -222,7 +222,7 @@ class Trial:
     """``search-s0`` or ``<candidate>/seed<k>``."""
     seed: int
     config: Any
-    """The run's :class:`SearchConfig` or :class:`TrainConfig` (its ``output`` is the run folder)."""
+    """The run's :class:`SearchConfig` or :class:`TrainConfig`; ``output`` is the run folder."""
     key: str
     """Hash of what the run computes: its config without runtime keys, and its genotype."""
     candidate: str | None = None
@@ -240,6 +240,22 @@ def trial_key(config: Any, genotype: Genotype | None = None) -> str:
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def same_architecture(candidates: Sequence[Candidate]) -> dict[str, str]:
+    """``{name: earlier name}`` for every candidate whose genotype equals an earlier
+    candidate's: the architecture is trained once and reported under both names (e.g. a search
+    that finds a hand-designed path with the cell the hand-designed candidates use)."""
+    first: dict[Genotype, str] = {}
+    twins = {}
+    for c in candidates:
+        if c.genotype is None:
+            continue
+        if c.genotype in first:
+            twins[c.name] = first[c.genotype]
+        else:
+            first[c.genotype] = c.name
+    return twins
 
 
 def _file_stem(path: str) -> str:
@@ -501,9 +517,14 @@ class Study:
         return trials
 
     def train_trials(self, candidates: Sequence[Candidate]) -> list[Trial]:
+        """One retraining run per candidate and training seed; a candidate with the
+        architecture of an earlier one is not trained again (:func:`same_architecture`)."""
         trials = []
+        twins = same_architecture(candidates)
         for c in candidates:
             assert c.genotype is not None
+            if c.name in twins:
+                continue
             for seed in self.train_seeds:
                 out = self.output / "train" / c.name / f"seed{seed}"
                 cfg = self._run_config(self.train, seed, out)
@@ -522,7 +543,11 @@ class Study:
 
     @property
     def trial_count(self) -> int:
-        return len(self.search_seeds) + len(self.candidates) * len(self.train_seeds)
+        """Trials to run, counting the architectures known before the search once each (a
+        searched architecture that equals another candidate lowers it later)."""
+        known = {c.genotype for c in self.candidates if c.genotype is not None}
+        unknown = sum(c.genotype is None for c in self.candidates)
+        return len(self.search_seeds) + (len(known) + unknown) * len(self.train_seeds)
 
     # -------------------------------------------------------------- study folder
     def record(self) -> dict[str, Any]:
@@ -617,9 +642,13 @@ def describe(study: Study) -> list[str]:
                 f"{size.multiply_adds / 1e6:.1f}M Multi-Adds at {study.crop}x{study.crop})"
             )
         lines.append(f"  {c.name:20s} {c.kind:14s} {what}")
+    twins = same_architecture(study.candidates)
+    for name, earlier in twins.items():
+        lines.append(f"{name} is the same architecture as {earlier}: trained once")
     lines.append(
         f"{study.trial_count} trials: {len(study.search_seeds)} search, "
-        f"{len(study.candidates)} candidates x {len(study.train_seeds)} seeds"
+        f"{len(study.candidates) - len(twins)} architectures x {len(study.train_seeds)} seeds"
+        + (" (fewer if a search finds one of the other candidates)" if study.search_seeds else "")
     )
     return lines
 
@@ -744,6 +773,11 @@ class _Progress:
         self.done = self.started = 0
         self.seconds: dict[str, list[float]] = {"search": [], "train": []}
         self.remaining = {"search": searches, "train": trains}
+
+    def set_trains(self, count: int) -> None:
+        """The number of training trials, once the searched architectures are known."""
+        self.total += count - self.remaining["train"]
+        self.remaining["train"] = count
 
     def say(self, text: str) -> None:
         if self.log is not None:
@@ -933,6 +967,8 @@ class CandidateResult:
     """Best of the periodic evaluations, one per seed (selected on the validation split)."""
     errors: tuple[str | None, ...] = ()
     """Why a seed has no mIoU (its training diverged), one per seed; None where it has one."""
+    same_as: str | None = None
+    """The earlier candidate with the same architecture, whose training runs these are."""
 
     @property
     def mean(self) -> float:
@@ -979,7 +1015,8 @@ def summarize(results: Sequence[CandidateResult]) -> dict[str, Any]:
             for r in results
             if r.kind == "searched"
         ],
-        "seed_noise": pooled_std([r.miou for r in results]),
+        # each training run once: a candidate that shares another's runs adds nothing new
+        "seed_noise": pooled_std([r.miou for r in results if r.same_as is None]),
     }
     hand = [r for r in results if r.kind == "hand-designed" and math.isfinite(r.mean)]
     best_hand = max(hand, key=lambda r: r.mean, default=None)
@@ -1139,6 +1176,7 @@ def _candidate_json(r: CandidateResult, rank: int) -> dict[str, Any]:
         "std": r.std,
         "best_mIoU": list(r.best_miou),
         "errors": list(r.errors),
+        "same_as": r.same_as,
     }
 
 
@@ -1205,7 +1243,7 @@ def _write_report(
         [
             [
                 ranks[r.name],
-                r.name,
+                r.name if r.same_as is None else f"{r.name} (= {r.same_as})",
                 r.kind,
                 _pct(r.mean),
                 _pct(r.std),
@@ -1247,10 +1285,14 @@ def collect(
     by_candidate: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         by_candidate.setdefault(r["candidate"], []).append(r)
+    twins = same_architecture(candidates)
     out = []
     for c in candidates:
         assert c.genotype is not None
-        runs = sorted(by_candidate[c.name], key=lambda r: study.train_seeds.index(r["seed"]))
+        runs = sorted(
+            by_candidate[twins.get(c.name, c.name)],
+            key=lambda r: study.train_seeds.index(r["seed"]),
+        )
         size = complexity(study.network(c.genotype), (study.crop, study.crop))
         out.append(
             CandidateResult(
@@ -1266,6 +1308,7 @@ def collect(
                     math.nan if r["best_mIoU"] is None else r["best_mIoU"] for r in runs
                 ),
                 errors=tuple(r.get("error") for r in runs),
+                same_as=twins.get(c.name),
             )
         )
     return out
@@ -1312,11 +1355,12 @@ def run_study(
     existed = (study.output / "study.yaml").is_file()
     study.prepare()
     n_cand, n_seeds = len(study.candidates), len(study.train_seeds)
-    progress = _Progress(len(study.search_seeds), n_cand * n_seeds, jobs, log)
+    n_search = len(study.search_seeds)
+    progress = _Progress(n_search, study.trial_count - n_search, jobs, log)
     progress.say(
         f"study {study.output}{' (continued)' if existed else ''}: "
-        f"{len(study.search_seeds)} search trial(s), {n_cand} candidates x {n_seeds} training "
-        f"seed(s) = {study.trial_count} trials"
+        f"{n_search} search trial(s), {n_cand} candidates x {n_seeds} training seed(s): "
+        f"{study.trial_count} trials"
     )
     searches = study.search_trials()
     search_records = _run_trials(study, searches, progress, jobs, devices, log)
@@ -1326,12 +1370,15 @@ def run_study(
         study.check_crop(c.genotype, c.name)
     study.write_candidates(candidates)
     trains = study.train_trials(candidates)
+    for name, earlier in same_architecture(candidates).items():
+        progress.say(f"{name} is the same architecture as {earlier}: trained once, reported twice")
+    progress.set_trains(len(trains))
     train_records = _run_trials(study, trains, progress, jobs, devices, log)
     results = collect(study, candidates, train_records)
     summary = write_outputs(study, results)
     ran = sum(len(v) for v in progress.seconds.values())
     progress.say(
         f"wrote {study.output / 'study.json'}, study.md, study.html and study.png "
-        f"({ran} trial(s) run now, {study.trial_count - ran} finished earlier)"
+        f"({ran} trial(s) run now, {progress.total - ran} finished earlier)"
     )
     return StudyResult(study.output, list(results), summary, ran)

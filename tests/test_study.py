@@ -336,7 +336,8 @@ def test_study_runs_every_candidate_and_writes_json_markdown_and_figure(tmp_path
     names = ["search-s0", "random-0", "random-1", "hand-constant-8", "file-mine"]
     doc = strict_json(out / "study.json")
     assert sorted(c["name"] for c in doc["candidates"]) == sorted(names)
-    assert result.ran == 1 + len(names) * 2
+    architectures = {c["genotype"] for c in doc["candidates"]}
+    assert result.ran == 1 + len(architectures) * 2
 
     searched = Genotype.load(out / "search" / "search-s0" / "genotype.json")
     by_name = {c["name"]: c for c in doc["candidates"]}
@@ -501,6 +502,31 @@ def test_changed_study_config_is_refused_with_the_differing_keys(tmp_path):
         run_study(load(tmp_path, study_data(tmp_path, name="other")))
 
 
+def test_a_candidate_with_the_architecture_of_another_is_trained_once(tmp_path, capsys):
+    cell = genotype_file(tmp_path, name="cell.json")
+    twin = genotype_file(tmp_path, path=(1, 1, 1), name="twin.json")  # = hand-constant-8
+    data = study_data(
+        tmp_path,
+        random=None,
+        hand_designed={"cell": str(cell), "families": ["constant-4", "constant-8"]},
+        genotypes=[str(twin)],
+    )
+    assert main(["study", "--config", str(write_study(tmp_path, data)), "--dry-run"]) == 0
+    assert "file-twin is the same architecture as hand-constant-8: trained once" in (
+        capsys.readouterr().out
+    )
+    result = run_study(load(tmp_path, data))
+    assert result.ran == 2 * 2  # two architectures, two seeds
+    assert not (tmp_path / "study" / "train" / "file-twin").exists()
+    doc = strict_json(tmp_path / "study" / "study.json")
+    by_name = {c["name"]: c for c in doc["candidates"]}
+    assert by_name["file-twin"]["same_as"] == "hand-constant-8"
+    assert by_name["hand-constant-8"]["same_as"] is None
+    assert by_name["file-twin"]["mIoU"] == by_name["hand-constant-8"]["mIoU"]
+    assert by_name["file-twin"]["rank"] == by_name["hand-constant-8"]["rank"]
+    assert "file-twin (= hand-constant-8)" in (tmp_path / "study" / "study.md").read_text()
+
+
 def test_a_diverged_training_run_is_reported_not_dropped(tmp_path, monkeypatch):
     data = study_data(tmp_path, train_seeds=[0])
     original = TrainEngine.train_step
@@ -537,7 +563,7 @@ def test_cli_dry_run_lists_every_candidate_and_bad_input_exits_2(tmp_path, capsy
     out = capsys.readouterr().out
     for name in ("search-s0", "random-0", "random-1"):
         assert name in out
-    assert "7 trials: 1 search, 3 candidates x 2 seeds" in out
+    assert "7 trials: 1 search, 3 architectures x 2 seeds" in out
     assert not (tmp_path / "study").exists()
     assert main(["study", "--config", str(path), "random.nmu=1"]) == 2
     assert "random.nmu" in capsys.readouterr().err
