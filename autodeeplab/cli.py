@@ -579,6 +579,70 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_study(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "study",
+        help="searched vs random vs hand-designed architectures under one retraining budget",
+        description="Run search trials, then retrain every candidate (searched, random, "
+        "hand-designed, genotype files) with the same training config once per training seed; "
+        "writes study.json, study.md, study.html and study.png. Rerunning the same command "
+        "continues an interrupted study. Extra key=value arguments override study config "
+        "entries (e.g. random.num=10 train.overrides.iterations=100).",
+    )
+    p.add_argument("--config", required=True, help="YAML study config (see configs/study/)")
+    p.add_argument("--output", help="study folder (overrides output)")
+    p.add_argument("--device", help="device of every trial (overrides the train/search configs)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="trials run at once, each in its own process (default: 1)",
+    )
+    p.add_argument(
+        "--devices",
+        nargs="+",
+        metavar="DEVICE",
+        help="with --jobs: one device per worker process, e.g. cuda:0 cuda:1",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate the config and list the candidates and trials without running them",
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.set_defaults(func=_run_study)
+
+
+def _run_study(args: argparse.Namespace) -> int:
+    from autodeeplab.engine.search import NonFiniteLossError
+    from autodeeplab.study import Study, StudyInterrupted, describe, load_study_config, run_study
+
+    overrides = list(args.overrides)
+    if args.output is not None:
+        overrides.append(f"output={args.output}")
+    config = load_study_config(args.config, overrides)
+    if args.dry_run:
+        print("\n".join(describe(Study(config, device=args.device))))
+        return 0
+    try:
+        result = run_study(config, device=args.device, jobs=args.jobs, devices=args.devices)
+    except NonFiniteLossError as err:
+        print(f"autodeeplab study: error: {err}", file=sys.stderr)
+        return 3
+    except (StudyInterrupted, KeyboardInterrupt) as err:
+        why = f" ({err})" if str(err) else ""
+        print(
+            f"autodeeplab study: interrupted{why}; finished trials are kept, run the same "
+            "command again to continue",
+            file=sys.stderr,
+        )
+        return 130
+    best = result.summary["best"]
+    if best is not None:
+        print(f"best: {best['name']} ({best['kind']}), mIoU {100 * best['mean']:.2f}")
+    return 0
+
+
 def _add_decode(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "decode", help="decode the architecture of a search checkpoint into a genotype"
@@ -834,6 +898,7 @@ _PARSERS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_predict,
     _add_export,
     _add_demo,
+    _add_study,
 )
 
 

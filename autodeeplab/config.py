@@ -364,14 +364,14 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # ``X | None``: X's own message says more (e.g. an unknown key)
+            return _convert(value, options[0], key)
+        for arg in options:
             try:
                 return _convert(value, arg, key)
-            except ConfigError as err:
-                errors.append(str(err))
+            except ConfigError:
+                continue
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
@@ -452,27 +452,35 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
+def set_key(data: dict[str, Any], key: str, value: Any, where: str | None = None) -> None:
+    """Set the dotted ``key`` (``a.b.c``) of a nested dict to ``value``, creating sections;
+    errors start with ``where`` (default: ``override 'a.b.c'``)."""
+    where = where or f"override {key!r}"
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"{where} has an empty key part")
+    node = data
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{where}: {p!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Set ``a.b.c=value`` entries in a nested dict; values are parsed with ``yaml.safe_load``."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. optim.w_lr=0.01)")
         key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
-        if not all(parts):
-            raise ConfigError(f"override {item!r} has an empty key part")
-        node = data
-        for p in parts[:-1]:
-            child = node.setdefault(p, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {p!r} is not a section")
-            node = child
         try:
-            node[parts[-1]] = yaml.safe_load(raw)
+            value = yaml.safe_load(raw)
         except yaml.YAMLError as err:
             raise ConfigError(
                 f"override {item!r}: the value {raw!r} is not valid YAML ({_yaml_problem(err)})"
             ) from None
+        set_key(data, key, value, where=f"override {item!r}")
     return data
 
 
@@ -485,24 +493,44 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
+def merge_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge a mapping of overrides into a nested dict: nested sections are merged key by key
+    and dotted keys (``optim.lr: 0.01``) address nested entries, like ``apply_overrides``."""
+    for key, value in overrides.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"override keys must be strings, got {key!r}")
+        if isinstance(value, Mapping) and key != "options" and "." not in key:
+            child = data.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key!r}: the config's {key!r} is not a section")
+            merge_overrides(child, value)
+        else:
+            set_key(data, key, value)
+    return data
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The nested mapping of a YAML config file (empty for an empty file); malformed YAML
+    raises :class:`ConfigError` naming the file, line and column."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML at {_yaml_problem(err)}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({err.reason})") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    return loaded or {}
+
+
 def load_config(
     path: str | Path | None, overrides: Sequence[str] = (), cls: type[T] = SearchConfig
 ) -> T:
     """Read YAML ``path`` (or start from the defaults), apply overrides, validate."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: invalid YAML at {_yaml_problem(err)}") from None
-        except UnicodeDecodeError as err:
-            raise ConfigError(f"{path}: not a UTF-8 text file ({err.reason})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of keys")
-        data = loaded or {}
+    data = {} if path is None else read_config_file(path)
     return from_dict(cls, apply_overrides(data, overrides))
 
 

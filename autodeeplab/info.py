@@ -60,7 +60,7 @@ def network_from_train_config(
             num_classes = len(dataset_class_names(d.name, d.root, d.options))
         except ValueError as err:
             raise ValueError(f"{err}; set data.root or give the number of classes") from None
-    return resolve_network(config.model, num_classes)
+    return resolve_network(config.model, num_classes, config.data.crop_size)
 
 
 def from_train_config(

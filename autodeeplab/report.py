@@ -633,8 +633,8 @@ class Report:
 
     # ------------------------------------------------------------------------- output
 
-    def write(self, out_dir: str | Path) -> tuple[Path, Path]:
-        """Write ``out_dir/report.html`` and ``out_dir/report.md``; returns their paths.
+    def write(self, out_dir: str | Path, name: str = "report") -> tuple[Path, Path]:
+        """Write ``out_dir/<name>.html`` and ``out_dir/<name>.md``; returns their paths.
 
         Figures, and images that are not already under ``out_dir``, are written into
         ``out_dir/report_files/`` (a copied image whose name is taken gets a ``-2``, ``-3`` ...
@@ -648,7 +648,11 @@ class Report:
         links, assets = self._place_images(out_dir)
         if assets:
             (out_dir / ASSET_DIR).mkdir(exist_ok=True)
-        html_path, md_path = out_dir / "report.html", out_dir / "report.md"
+        if not _NAME.fullmatch(name):
+            raise ValueError(
+                f"report name {name!r} must be a file stem of letters, digits, '.', '_' and '-'"
+            )
+        html_path, md_path = out_dir / f"{name}.html", out_dir / f"{name}.md"
         documents = [
             (md_path, self._markdown(links).encode("utf-8")),
             (html_path, self._html().encode("utf-8")),

@@ -22,6 +22,7 @@ from autodeeplab.config import (
     flatten,
     from_dict,
     load_config,
+    merge_overrides,
     save_config,
     to_dict,
 )
@@ -510,3 +511,28 @@ def test_generated_overrides_set_exactly_that_key(parts, value):
     chosen = real[len(key) % len(real)]
     out = flatten(apply_overrides(to_dict(SearchConfig()), [f"{chosen}={_yaml(value)}"]))
     assert out == {**flatten(base), chosen: value}
+
+
+def test_merge_overrides_merges_sections_and_takes_dotted_keys():
+    data = {"epochs": 3, "optim": {"w_lr": 0.1, "arch_lr": 0.2}, "data": {"options": {"a": 1}}}
+    merge_overrides(
+        data, {"optim": {"w_lr": 0.5}, "data.batch_size": 4, "data": {"options": {"b": 2}}}
+    )
+    assert data == {
+        "epochs": 3,
+        "optim": {"w_lr": 0.5, "arch_lr": 0.2},  # merged key by key
+        "data": {"options": {"b": 2}, "batch_size": 4},  # options replaced, like a=b overrides
+    }
+    with pytest.raises(ConfigError, match="'epochs' is not a section"):
+        merge_overrides(data, {"epochs": {"x": 1}})
+    with pytest.raises(ConfigError, match="empty key part"):
+        merge_overrides(data, {"optim..w_lr": 1})
+
+
+def test_optional_fields_report_the_inner_error():
+    # ``X | None`` fields say what X needs rather than "expected X | None"
+    with pytest.raises(ConfigError, match=r"optim\.grad_clip: expected a number, got 'big'"):
+        load_config(None, ["optim.grad_clip=big"])
+    with pytest.raises(ConfigError, match=r"data\.eval_size: expected 2 values"):
+        load_config(None, ["data.eval_size=[1, 2, 3]"])
+    assert load_config(None, ["optim.grad_clip=null"]).optim.grad_clip is None

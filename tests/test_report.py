@@ -545,3 +545,14 @@ def test_rewrite_replaces_the_report(tmp_path):
         html_path, md_path = report.write(tmp_path)
     assert "version two" in html_path.read_text() and "version two" in md_path.read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "report.md"]
+
+
+def test_write_takes_a_file_stem(tmp_path):
+    report = Report("Study")
+    report.paragraph("text")
+    html_path, md_path = report.write(tmp_path, name="study")
+    assert (html_path.name, md_path.name) == ("study.html", "study.md")
+    assert not (tmp_path / "report.md").exists()
+    assert md_path.read_text().startswith("# Study")
+    with pytest.raises(ValueError, match="file stem"):
+        report.write(tmp_path, name="../up")

@@ -23,7 +23,13 @@ from autodeeplab.engine import train as train_engine
 from autodeeplab.engine.common import deferred_interrupt
 from autodeeplab.engine.distributed import SyncBatchNorm2d, convert_sync_batchnorm
 from autodeeplab.engine.search import NonFiniteLossError
-from autodeeplab.engine.train import TrainEngine, global_batch_loss, poly_lr, run_train
+from autodeeplab.engine.train import (
+    TrainEngine,
+    global_batch_loss,
+    poly_lr,
+    resolve_network,
+    run_train,
+)
 from autodeeplab.genotype import RELEASED, Genotype
 from autodeeplab.network import AutoDeepLab
 from autodeeplab.runfolder import RunFolderLockedError
@@ -330,6 +336,23 @@ def test_train_configs_load():
     for name in ("voc", "ade20k"):
         cfg = load_config(ROOT / "configs" / "train" / f"{name}.yaml", cls=TrainConfig)
         assert cfg.data.crop_size == 513
+
+
+def test_resolve_network_with_a_given_genotype(tmp_path):
+    from autodeeplab.config import TrainModelConfig
+
+    g = Genotype(cell=RELEASED.cell, path=(0, 1, 2))
+    net = resolve_network(TrainModelConfig(aspp_channels=16), 5, genotype=g)
+    assert (net.genotype, net.num_classes, net.filter_multiplier) == (g, 5, 20)
+    assert net.aspp_channels == 16
+    # the same as reading the genotype from a file
+    model = TrainModelConfig(aspp_channels=16, genotype=str(genotype_file(tmp_path, g.path)))
+    assert resolve_network(model, 5) == net
+    assert (
+        resolve_network(TrainModelConfig(filter_multiplier=4), 5, genotype=g).filter_multiplier == 4
+    )
+    with pytest.raises(ValueError, match="must be null"):
+        resolve_network(TrainModelConfig(preset="autodeeplab-s"), 5, genotype=g)
 
 
 # ---------------------------------------------------------------------------- torchrun

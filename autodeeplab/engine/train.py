@@ -134,26 +134,38 @@ def poly_lr(
 
 # ---------------------------------------------------------------------------- model
 def resolve_network(
-    model: TrainModelConfig, num_classes: int, crop_size: int | None = None
+    model: TrainModelConfig,
+    num_classes: int,
+    crop_size: int | None = None,
+    genotype: Genotype | None = None,
 ) -> NetworkConfig:
     """The :class:`NetworkConfig` a train config asks for (genotype file or model preset).
 
     ``model.aspp_rates: auto`` is resolved here, from the training ``crop_size``, into explicit
     rates, so the saved network does not depend on the crop; ``paper`` stays ``None`` (the
     network applies DeepLab's rule for its output stride).
+
+    ``genotype`` given: that architecture with the config's network options (``model.genotype``
+    and ``model.preset`` must then be null), as if it were read from a genotype file.
     """
     from autodeeplab.models import get_model_spec
 
-    if (model.genotype is None) == (model.preset is None):
+    multiplier = 20  # a genotype without a preset gets the S model's width
+    if genotype is not None:
+        if model.genotype is not None or model.preset is not None:
+            raise ValueError(
+                "an architecture is given, so model.genotype and model.preset must be null"
+            )
+    elif (model.genotype is None) == (model.preset is None):
         raise ValueError(
             "name exactly one architecture: --genotype FILE (model.genotype) or --preset NAME "
             "(model.preset)"
         )
-    if model.preset is not None:
+    elif model.preset is not None:
         spec = get_model_spec(model.preset)
         genotype, multiplier = spec.genotype, spec.filter_multiplier
     else:
-        genotype, multiplier = Genotype.load(model.genotype), 20  # type: ignore[arg-type]
+        genotype = Genotype.load(model.genotype)  # type: ignore[arg-type]
     if model.filter_multiplier is not None:
         multiplier = model.filter_multiplier
     rates = resolve_atrous_rates(model.aspp_rates, genotype.output_stride, crop_size)

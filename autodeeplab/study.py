@@ -1,0 +1,1386 @@
+"""Does the search beat random architectures? Every candidate retrained under one budget.
+
+A study retrains every candidate architecture with the identical training configuration (data,
+iterations, schedule, F, crop, batch, evaluation; only the architecture and the training seed
+differ) and reports every candidate's validation mIoU, favourable or not:
+
+* ``searched``: search trials with different seeds (the search engine), each decoded genotype;
+* ``random``: architectures drawn uniformly from the same space (:mod:`autodeeplab.sample`);
+* ``hand-designed``: the hand-designed path families of the space with one cell;
+* ``file``: genotype files named in the study config.
+
+Study folder::
+
+    study.yaml              the resolved study, checked on every rerun
+    candidates/<name>.json  the genotype of every candidate
+    search/<name>/          one search run per trial (+ trial.json once finished)
+    train/<name>/seed<k>/   one training run per candidate and training seed (+ trial.json)
+    trials.jsonl            one record per trial finished, in the order they finished
+    study.json              every candidate with its figures, and the summary statistics
+    study.md, study.html    the same as a report: the table of every candidate, sorted
+    study.png               mIoU against parameters and against Multi-Adds
+
+Running the same study again resumes it: a finished trial (its ``trial.json`` exists and was
+written for the same configuration) is never redone, an interrupted one continues from its
+``last.pt`` through the engines' own resume, and a study folder written with a different
+configuration is refused with the keys that differ.
+
+The statistics (:func:`competition_ranks`, :func:`z_score`, :func:`pooled_std`,
+:func:`summarize`) are pure functions of the per-seed results.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import multiprocessing
+import re
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from autodeeplab import space
+from autodeeplab.config import (
+    ConfigError,
+    SearchConfig,
+    TrainConfig,
+    apply_overrides,
+    config_diff,
+    from_dict,
+    identity,
+    merge_overrides,
+    read_config_file,
+    to_dict,
+)
+from autodeeplab.engine.search import print_flush
+from autodeeplab.genotype import RELEASED, Genotype
+from autodeeplab.sample import LARGEST_BY
+
+FORMAT_VERSION = 1
+KINDS: tuple[str, ...] = ("searched", "random", "hand-designed", "file")
+"""Candidate kinds, in the order candidates are listed before sorting."""
+
+# A subset of the engines' runtime keys: epochs, max_steps, eval_interval and max_eval_samples
+# may change when a single run is resumed, but they change what a study trial reports.
+_RUN_KEYS = (
+    "output",
+    "device",
+    "threads",
+    "progress",
+    "tensorboard",
+    "log_interval",
+    "checkpoint_interval",
+    "data.root",
+    "data.workers",
+    "data.eval_batch_size",
+)
+TRIAL_RUNTIME_KEYS: frozenset[str] = frozenset({*_RUN_KEYS, "model.genotype", "model.preset"})
+"""Keys of a trial's config that may change between sessions of a study: where and how fast a
+trial runs, not what it computes (the genotype is compared by content, not by file name)."""
+STUDY_RUNTIME_KEYS: frozenset[str] = frozenset(
+    {f"{part}.{key}" for part in ("train", "search") for key in (*_RUN_KEYS, "seed")}
+)
+"""Keys of the resolved study (``study.yaml``) that may change between sessions. The ``seed``
+of the base configs is replaced by every trial's own seed."""
+
+
+class StudyError(ValueError):
+    """A study folder cannot be used with this configuration (another study, altered files)."""
+
+
+class StudyInterrupted(RuntimeError):
+    """A trial stopped early (Ctrl-C); what finished is kept and a rerun continues the study."""
+
+
+# ---------------------------------------------------------------------------- configuration
+@dataclass
+class StudyTrainConfig:
+    """The retraining budget every candidate shares."""
+
+    config: str | None = None
+    """Train config YAML (e.g. ``configs/train/synthetic.yaml``); null = TrainConfig defaults."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Train config keys set on top of it (nested or dotted keys: ``{iterations: 300}``)."""
+
+
+@dataclass
+class StudySearchConfig:
+    """Search trials: the search engine run once per seed, each decoded genotype retrained."""
+
+    config: str | None = None
+    """Search config YAML (e.g. ``configs/search/synthetic.yaml``); null = the defaults."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Search config keys set on top of it."""
+    trials: int | None = None
+    """Number of search trials; their seeds are ``0..trials-1`` unless ``seeds`` are given."""
+    seeds: list[int] | None = None
+    """The search seeds, one trial each."""
+
+
+@dataclass
+class StudyRandomConfig:
+    """Architectures drawn uniformly from the search space (:func:`sample_genotypes`)."""
+
+    num: int = 0
+    seed: int = 0
+    params: tuple[float | None, float | None] | None = None
+    """Keep draws whose parameter count is in ``[min, max]`` (null for an open end)."""
+    multiply_adds: tuple[float | None, float | None] | None = None
+    """Keep draws whose Multi-Adds at the crop size are in ``[min, max]``."""
+    largest_of: int = 1
+    """Each candidate is the largest of this many draws (by ``largest_by``)."""
+    largest_by: str = "params"
+
+
+@dataclass
+class StudyHandDesignedConfig:
+    """The hand-designed path families of the space with one cell."""
+
+    cell: str = "released"
+    """``released`` (the published cell; needs 5 blocks), ``searched`` (the cell decoded by the
+    first search trial) or a genotype JSON file whose cell is used."""
+    families: list[str] | None = None
+    """Path families (``constant-4``, ``deeplabv3``, ...); null = every family that fits."""
+
+
+@dataclass
+class StudyConfig:
+    """Everything that defines a study (see ``docs/study.md`` for the schema)."""
+
+    output: str = "runs/study"
+    layers: int | None = None
+    """Layers of the search space; null = the search config's ``model.layers``."""
+    blocks: int | None = None
+    """Blocks per cell; null = the search config's ``model.blocks``."""
+    train: StudyTrainConfig = field(default_factory=StudyTrainConfig)
+    train_seeds: list[int] = field(default_factory=lambda: [0, 1])
+    """Every candidate is retrained once per seed."""
+    search: StudySearchConfig | None = None
+    random: StudyRandomConfig | None = None
+    hand_designed: StudyHandDesignedConfig | None = None
+    genotypes: list[str] = field(default_factory=list)
+    """Genotype JSON files retrained as further candidates."""
+
+
+def load_study_config(path: str | Path | None, overrides: Sequence[str] = ()) -> StudyConfig:
+    """Read a study YAML (or start from the defaults), apply ``key=value`` overrides, check
+    types and unknown keys. The rest of the validation happens in :class:`Study`."""
+    data = {} if path is None else read_config_file(path)
+    return from_dict(StudyConfig, apply_overrides(data, overrides))
+
+
+def _base_config(section: StudyTrainConfig | StudySearchConfig, cls: type[Any], key: str) -> Any:
+    """The train or search config of a study section: its file, then its overrides."""
+    if section.config is not None and not Path(section.config).is_file():
+        raise FileNotFoundError(f"{key}.config: file {section.config} does not exist")
+    data = {} if section.config is None else read_config_file(section.config)
+    where = f"{key}.config {section.config}" if section.config else f"{key} (defaults)"
+    try:
+        return from_dict(cls, merge_overrides(data, section.overrides))
+    except ConfigError as err:
+        raise ConfigError(f"{where} with {key}.overrides: {err}") from None
+
+
+def _seeds(values: Sequence[int], key: str) -> tuple[int, ...]:
+    if not values:
+        raise ConfigError(f"{key}: give at least one seed")
+    if any(v < 0 for v in values) or len(set(values)) != len(values):
+        raise ConfigError(f"{key}: seeds must be distinct non-negative integers, got {values}")
+    return tuple(values)
+
+
+# ---------------------------------------------------------------------------- candidates, trials
+@dataclass(frozen=True)
+class Candidate:
+    """One architecture of the study. ``genotype`` is None for a searched candidate (and for
+    hand-designed ones with the searched cell) until the search trials have run."""
+
+    name: str
+    kind: str
+    genotype: Genotype | None
+    source: dict[str, Any]
+    """Where it comes from: ``search_seed``; ``seed``/``index``; ``family``/``cell``; ``file``."""
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One engine run: a search (``kind="search"``) or a retraining (``kind="train"``)."""
+
+    kind: str
+    name: str
+    """``search-s0`` or ``<candidate>/seed<k>``."""
+    seed: int
+    config: Any
+    """The run's :class:`SearchConfig` or :class:`TrainConfig`; ``output`` is the run folder."""
+    key: str
+    """Hash of what the run computes: its config without runtime keys, and its genotype."""
+    candidate: str | None = None
+
+    @property
+    def output(self) -> Path:
+        return Path(self.config.output)
+
+
+def trial_key(config: Any, genotype: Genotype | None = None) -> str:
+    """Short SHA-256 of a trial's identity: its config without :data:`TRIAL_RUNTIME_KEYS` and
+    the architecture it trains."""
+    blob = json.dumps(
+        {"config": identity(config, TRIAL_RUNTIME_KEYS), "genotype": str(genotype)},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def same_architecture(candidates: Sequence[Candidate]) -> dict[str, str]:
+    """``{name: earlier name}`` for every candidate whose genotype equals an earlier
+    candidate's: the architecture is trained once and reported under both names (e.g. a search
+    that finds a hand-designed path with the cell the hand-designed candidates use)."""
+    first: dict[Genotype, str] = {}
+    twins = {}
+    for c in candidates:
+        if c.genotype is None:
+            continue
+        if c.genotype in first:
+            twins[c.name] = first[c.genotype]
+        else:
+            first[c.genotype] = c.name
+    return twins
+
+
+def _file_stem(path: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(path).stem).strip("-.") or "genotype"
+
+
+class Study:
+    """A validated, planned study: the base configs, the space, the candidates and trials.
+
+    Building one checks the whole configuration (files, ranges, the space of every candidate)
+    and draws the random candidates, before anything runs.
+    """
+
+    def __init__(self, config: StudyConfig, *, device: str | None = None) -> None:
+        self.cfg = config
+        self.output = Path(config.output)
+        self.device = device
+        self.train = _base_config(config.train, TrainConfig, "train")
+        self.search = _base_config(config.search, SearchConfig, "search") if config.search else None
+        self.train_seeds = _seeds(config.train_seeds, "train_seeds")
+        self.search_seeds = self._search_seeds()
+        self._check_run_configs()
+        self.files = {path: self._load_genotype(path, "genotypes") for path in config.genotypes}
+        self.layers, self.blocks = self._space()
+        self.crop = self.train.data.crop_size
+        self.num_classes = self._num_classes()
+        self.candidates = self._candidates()
+        for c in self.candidates:
+            self.check_crop(c.genotype, c.name)
+        if not self.candidates:
+            raise ConfigError(
+                "the study has no candidates: add search trials (search.trials), random "
+                "architectures (random.num), hand_designed families or genotypes files"
+            )
+
+    # -------------------------------------------------------------- validation
+    def _search_seeds(self) -> tuple[int, ...]:
+        s = self.cfg.search
+        if s is None:
+            return ()
+        if s.trials is None and s.seeds is None:
+            raise ConfigError("search: give the number of trials (search.trials) or their seeds")
+        if s.trials is not None and s.trials < 1:
+            raise ConfigError(f"search.trials must be >= 1, got {s.trials}")
+        if s.seeds is None:
+            return tuple(range(s.trials or 0))
+        seeds = _seeds(s.seeds, "search.seeds")
+        if s.trials is not None and s.trials != len(seeds):
+            raise ConfigError(
+                f"search.trials = {s.trials} but search.seeds has {len(seeds)} seeds; give one"
+            )
+        return seeds
+
+    def _check_run_configs(self) -> None:
+        m = self.train.model
+        if m.genotype is not None or m.preset is not None:
+            raise ConfigError(
+                "train: model.genotype and model.preset must be null; the study sets the "
+                "architecture of every candidate (set model.filter_multiplier for the width)"
+            )
+        if self.train.iterations < 1:
+            raise ConfigError(f"train: iterations must be >= 1, got {self.train.iterations}")
+        for key, cfg in (("train", self.train), ("search", self.search)):
+            if cfg is not None and cfg.data.name != "synthetic" and cfg.data.root is None:
+                raise ConfigError(
+                    f"{key}: data set {cfg.data.name!r} needs a root folder; set "
+                    f"data.root in {key}.config or {key}.overrides"
+                )
+            if cfg is not None and cfg.max_steps is not None:
+                raise ConfigError(
+                    f"{key}: max_steps must be null in a study (every trial runs to its end; "
+                    "stop a study with Ctrl-C and rerun it to continue)"
+                )
+        if self.search is not None and self.search.epochs < 1:
+            raise ConfigError(f"search: epochs must be >= 1, got {self.search.epochs}")
+
+    def _load_genotype(self, path: str, key: str) -> Genotype:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{key}: genotype file {path} does not exist")
+        return Genotype.load(path)
+
+    def _space(self) -> tuple[int, int]:
+        """``(layers, blocks)``: from the study, else the search config, else the files."""
+        c, s = self.cfg, self.search
+        first = next(iter(self.files.values()), None)
+        layers = c.layers or (s.model.layers if s else None) or (first.layers if first else None)
+        blocks = c.blocks or (s.model.blocks if s else None) or (first.blocks if first else None)
+        if layers is None or blocks is None:
+            raise ConfigError("set layers and blocks (the search space of every candidate)")
+        if layers < 1 or blocks < 1:
+            raise ConfigError(f"layers and blocks must be >= 1, got {layers} and {blocks}")
+        where = "every candidate must come from the same space (study layers/blocks)"
+        if s is not None and (s.model.layers, s.model.blocks) != (layers, blocks):
+            raise ConfigError(
+                f"search: model.layers={s.model.layers}, model.blocks={s.model.blocks} but the "
+                f"study has layers={layers}, blocks={blocks}; {where}"
+            )
+        for path, g in self.files.items():
+            if (g.layers, g.blocks) != (layers, blocks):
+                raise ConfigError(
+                    f"genotypes: {path} has {g.layers} layers and {g.blocks} blocks, the study "
+                    f"{layers} and {blocks}; {where}"
+                )
+        return layers, blocks
+
+    def _num_classes(self) -> int:
+        from autodeeplab.data import dataset_class_names
+
+        d = self.train.data
+        try:
+            return len(dataset_class_names(d.name, d.root, d.options))
+        except ValueError as err:  # an unknown data set, a missing root
+            raise ConfigError(f"train.data: {err}") from None
+
+    def check_crop(self, genotype: Genotype | None, name: str) -> None:
+        """Refuse a crop that the candidate's deepest level cannot take (before any trial)."""
+        if genotype is not None and self.crop <= genotype.max_stride:
+            raise ConfigError(
+                f"train: data.crop_size {self.crop} is too small for candidate {name} ({genotype}),"
+                f" which reaches stride {genotype.max_stride}; use a crop of at least "
+                f"{genotype.max_stride + 1}"
+            )
+
+    # -------------------------------------------------------------- candidates
+    def network(self, genotype: Genotype) -> Any:
+        """The :class:`NetworkConfig` a candidate is retrained as (the study's train config)."""
+        from autodeeplab.engine.train import resolve_network
+
+        return resolve_network(
+            self.train.model, self.num_classes, self.train.data.crop_size, genotype=genotype
+        )
+
+    def _candidates(self) -> list[Candidate]:
+        out = [
+            Candidate(f"search-s{s}", "searched", None, {"search_seed": s})
+            for s in self.search_seeds
+        ]
+        out += self._random()
+        out += self._hand_designed()
+        names = {c.name for c in out}
+        for path, g in self.files.items():
+            stem, k = _file_stem(path), 1
+            name = f"file-{stem}"
+            while name in names:
+                k += 1
+                name = f"file-{stem}-{k}"
+            names.add(name)
+            out.append(Candidate(name, "file", g, {"file": path}))
+        return out
+
+    def _random(self) -> list[Candidate]:
+        from autodeeplab.sample import sample_genotypes
+
+        r = self.cfg.random
+        if r is None or r.num == 0:
+            return []
+        if r.num < 0 or r.seed < 0 or r.largest_of < 1:
+            raise ConfigError(
+                f"random: need num >= 0, seed >= 0 and largest_of >= 1, got num={r.num}, "
+                f"seed={r.seed}, largest_of={r.largest_of}"
+            )
+        if r.largest_by not in LARGEST_BY:
+            raise ConfigError(
+                f"random.largest_by must be one of {', '.join(LARGEST_BY)}, got {r.largest_by!r}"
+            )
+        probe = self.network(RELEASED)  # the width and options of every candidate
+        options = {
+            f.name: getattr(probe, f.name)
+            for f in fields(probe)
+            if f.name not in ("genotype", "num_classes", "filter_multiplier")
+        }
+        try:
+            drawn = sample_genotypes(
+                r.num,
+                r.seed,
+                layers=self.layers,
+                blocks=self.blocks,
+                params=r.params,
+                multiply_adds=r.multiply_adds,
+                input_size=(self.crop, self.crop),
+                num_classes=self.num_classes,
+                filter_multiplier=probe.filter_multiplier,
+                largest_of=r.largest_of,
+                largest_by=r.largest_by,
+                network_options=options,
+            )
+        except ValueError as err:
+            raise ConfigError(f"random: {err}") from None
+        width = len(str(r.num - 1))
+        return [
+            Candidate(f"random-{i:0{width}d}", "random", g, {"seed": r.seed, "index": i})
+            for i, g in enumerate(drawn)
+        ]
+
+    def _hand_designed(self) -> list[Candidate]:
+        h = self.cfg.hand_designed
+        if h is None:
+            return []
+        try:
+            paths = space.hand_designed_paths(self.layers, families=h.families)
+        except ValueError as err:
+            raise ConfigError(f"hand_designed.families: {err}") from None
+        cell: Any
+        if h.cell == "released":
+            cell = RELEASED.cell
+            if len(cell) != self.blocks:
+                raise ConfigError(
+                    f"hand_designed.cell: the released cell has {len(cell)} blocks, the study "
+                    f"{self.blocks}; use cell: searched or a genotype file with {self.blocks} "
+                    "blocks"
+                )
+        elif h.cell == "searched":
+            if not self.search_seeds:
+                raise ConfigError("hand_designed.cell: 'searched' needs search trials")
+            cell = None  # known once the first search trial has run
+        else:
+            g = self._load_genotype(h.cell, "hand_designed.cell")
+            if g.blocks != self.blocks:
+                raise ConfigError(
+                    f"hand_designed.cell: {h.cell} has {g.blocks} blocks, the study {self.blocks}"
+                )
+            cell = g.cell
+        return [
+            Candidate(
+                f"hand-{family}",
+                "hand-designed",
+                None if cell is None else Genotype(cell=cell, path=path),
+                {"family": family, "cell": h.cell, "path": list(path)},
+            )
+            for family, path in paths.items()
+        ]
+
+    def with_searched(self, genotypes: Mapping[int, Genotype]) -> list[Candidate]:
+        """The candidates with the genotypes of the search trials (by seed) filled in."""
+        first = genotypes[self.search_seeds[0]] if self.search_seeds else None
+        out = []
+        for c in self.candidates:
+            g = c.genotype
+            if c.kind == "searched":
+                g = genotypes[c.source["search_seed"]]
+            elif g is None:  # hand-designed path with the cell of the first search trial
+                assert first is not None
+                g = Genotype(cell=first.cell, path=tuple(c.source["path"]))
+            out.append(Candidate(c.name, c.kind, g, c.source))
+        return out
+
+    # -------------------------------------------------------------- trials
+    def _run_config(self, base: Any, seed: int, output: Path) -> Any:
+        cfg = copy.deepcopy(base)
+        cfg.seed, cfg.output = seed, str(output)
+        if self.device is not None:
+            cfg.device = self.device
+        return cfg
+
+    def search_trials(self) -> list[Trial]:
+        trials = []
+        for seed in self.search_seeds:
+            name = f"search-s{seed}"
+            cfg = self._run_config(self.search, seed, self.output / "search" / name)
+            trials.append(Trial("search", name, seed, cfg, trial_key(cfg)))
+        return trials
+
+    def train_trials(self, candidates: Sequence[Candidate]) -> list[Trial]:
+        """One retraining run per candidate and training seed; a candidate with the
+        architecture of an earlier one is not trained again (:func:`same_architecture`)."""
+        trials = []
+        twins = same_architecture(candidates)
+        for c in candidates:
+            assert c.genotype is not None
+            if c.name in twins:
+                continue
+            for seed in self.train_seeds:
+                out = self.output / "train" / c.name / f"seed{seed}"
+                cfg = self._run_config(self.train, seed, out)
+                cfg.model.genotype = str(self.output / "candidates" / f"{c.name}.json")
+                trials.append(
+                    Trial(
+                        "train",
+                        f"{c.name}/seed{seed}",
+                        seed,
+                        cfg,
+                        trial_key(cfg, c.genotype),
+                        c.name,
+                    )
+                )
+        return trials
+
+    @property
+    def trial_count(self) -> int:
+        """Trials to run, counting the architectures known before the search once each (a
+        searched architecture that equals another candidate lowers it later)."""
+        known = {c.genotype for c in self.candidates if c.genotype is not None}
+        unknown = sum(c.genotype is None for c in self.candidates)
+        return len(self.search_seeds) + (len(known) + unknown) * len(self.train_seeds)
+
+    # -------------------------------------------------------------- study folder
+    def record(self) -> dict[str, Any]:
+        """The resolved study as written to ``study.yaml``: what a rerun must match."""
+        c = self.cfg
+        return {
+            "format_version": FORMAT_VERSION,
+            "space": {"layers": self.layers, "blocks": self.blocks},
+            "train_seeds": list(self.train_seeds),
+            "search_seeds": list(self.search_seeds),
+            "random": None if c.random is None else to_dict(c.random),
+            "hand_designed": None if c.hand_designed is None else to_dict(c.hand_designed),
+            "genotypes": list(c.genotypes),
+            "train": to_dict(self.train),
+            "search": None if self.search is None else to_dict(self.search),
+            "candidates": {
+                k.name: None if k.genotype is None else str(k.genotype) for k in self.candidates
+            },
+        }
+
+    def prepare(self) -> None:
+        """Create the study folder, or check that it holds this study."""
+        path = self.output / "study.yaml"
+        new = self.record()
+        if path.is_file():
+            old = yaml.safe_load(path.read_text())
+            if not isinstance(old, dict):
+                raise StudyError(f"{path} is not a study record; choose another output folder")
+            diff = config_diff(old, new, STUDY_RUNTIME_KEYS)
+            if diff:
+                raise StudyError(
+                    f"{self.output} holds a study with another configuration; differing keys:\n  "
+                    + "\n  ".join(diff)
+                    + "\nRun it with its original configuration (only where and how fast trials "
+                    "run may change: device, threads, workers, data.root, ...) or choose another "
+                    "output folder."
+                )
+        elif self.output.exists() and any(self.output.iterdir()):
+            raise StudyError(
+                f"{self.output} exists, is not empty and holds no study.yaml; choose another "
+                "output folder"
+            )
+        self.output.mkdir(parents=True, exist_ok=True)
+        _write_text(path, yaml.safe_dump(new, sort_keys=False))
+
+    def write_candidates(self, candidates: Sequence[Candidate]) -> None:
+        """``candidates/<name>.json`` for every candidate (refusing to change an existing one)."""
+        folder = self.output / "candidates"
+        folder.mkdir(parents=True, exist_ok=True)
+        for c in candidates:
+            assert c.genotype is not None
+            path = folder / f"{c.name}.json"
+            if path.is_file():
+                old = Genotype.load(path)
+                if old != c.genotype:
+                    raise StudyError(
+                        f"{path} holds {old}, but the study's candidate {c.name} is "
+                        f"{c.genotype}; was the study folder altered? Choose another output "
+                        "folder"
+                    )
+                continue
+            _write_text(path, c.genotype.to_json(indent=2) + "\n")
+
+
+def describe(study: Study) -> list[str]:
+    """Lines that say what a study will run: budget, space, candidates (with their size when
+    the genotype is known before the search), trials."""
+    from autodeeplab.complexity import complexity
+
+    t = study.train
+    lines = [
+        f"study {study.output}: {t.data.name}, {t.iterations} iterations per candidate and seed "
+        f"(batch {t.data.batch_size}, crop {study.crop}, "
+        f"F={study.network(RELEASED).filter_multiplier}), training seeds "
+        f"{list(study.train_seeds)}; space: {study.layers} layers, {study.blocks} blocks",
+    ]
+    if study.search is not None:
+        lines.append(
+            f"search trials: seeds {list(study.search_seeds)}, {study.search.epochs} epochs each"
+        )
+    for c in study.candidates:
+        if c.genotype is None:
+            what = (
+                f"decoded by search trial seed {c.source['search_seed']}"
+                if c.kind == "searched"
+                else f"path {c.source['path']} with the cell of the first search trial"
+            )
+        else:
+            size = complexity(study.network(c.genotype), (study.crop, study.crop))
+            what = (
+                f"{c.genotype} ({size.params / 1e6:.3f}M params, "
+                f"{size.multiply_adds / 1e6:.1f}M Multi-Adds at {study.crop}x{study.crop})"
+            )
+        lines.append(f"  {c.name:20s} {c.kind:14s} {what}")
+    twins = same_architecture(study.candidates)
+    for name, earlier in twins.items():
+        lines.append(f"{name} is the same architecture as {earlier}: trained once")
+    lines.append(
+        f"{study.trial_count} trials: {len(study.search_seeds)} search, "
+        f"{len(study.candidates) - len(twins)} architectures x {len(study.train_seeds)} seeds"
+        + (" (fewer if a search finds one of the other candidates)" if study.search_seeds else "")
+    )
+    return lines
+
+
+def _write_text(path: Path, text: str) -> None:
+    from autodeeplab.report import _write_files
+
+    _write_files([(path, text.encode("utf-8"))])
+
+
+# ---------------------------------------------------------------------------- running trials
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _finished_record(trial: Trial) -> dict[str, Any] | None:
+    """The ``trial.json`` of a finished trial, or None; a record for another configuration is
+    an error (the study-level check makes this a sign of an altered folder)."""
+    path = trial.output / "trial.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if record.get("key") != trial.key:
+        raise StudyError(
+            f"{path} was written for another configuration of this trial (key "
+            f"{record.get('key')} vs {trial.key}); was the study folder altered? Delete that run "
+            "folder to redo the trial, or choose another output folder"
+        )
+    return record
+
+
+def run_trial(trial: Trial, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run one trial to its end (resuming from its ``last.pt``), write its ``trial.json`` and
+    return that record; a finished trial is not run again (its record is returned).
+
+    Raises :class:`StudyInterrupted` when the engine stopped early (Ctrl-C).
+    """
+    from autodeeplab.engine.search import NonFiniteLossError, run_search
+    from autodeeplab.engine.train import run_train
+
+    done = _finished_record(trial)
+    if done is not None:
+        return done
+    out = trial.output
+    resume = (out / "last.pt").is_file()
+    if not resume and out.exists():
+        shutil.rmtree(out)  # stopped before its first checkpoint: nothing to continue from
+    start = time.perf_counter()
+    record: dict[str, Any] = {"kind": trial.kind, "name": trial.name, "seed": trial.seed}
+    if trial.kind == "search":
+        s = run_search(trial.config, resume=resume, log=log)
+        if not s.finished:
+            raise StudyInterrupted(f"search trial {trial.name} stopped at epoch {s.epoch}")
+        last = s.history[-1] if s.history else {}
+        record |= {
+            "genotype": str(s.genotype),
+            "epochs": s.epoch,
+            "supernet_mIoU": last.get("mIoU"),
+        }
+    else:
+        record |= {
+            "candidate": trial.candidate,
+            "genotype": str(Genotype.load(trial.config.model.genotype)),
+        }
+        try:
+            t = run_train(trial.config, resume=resume, log=log)
+        except NonFiniteLossError as err:
+            # A candidate that diverges under the shared budget is a result, not a crash: it
+            # is reported without an mIoU (and ranked last) rather than left out.
+            record |= {"mIoU": None, "best_mIoU": None, "best_iteration": None, "error": str(err)}
+        else:
+            if not t.finished:
+                raise StudyInterrupted(
+                    f"training trial {trial.name} stopped at iteration {t.iteration}"
+                )
+            record |= {
+                "mIoU": t.final_miou,
+                "best_mIoU": t.best_miou,
+                "best_iteration": t.best_iteration,
+                "iterations": t.iteration,
+                "error": None,
+            }
+    record |= {
+        "key": trial.key,
+        "resumed": resume,
+        "time_s": time.perf_counter() - start,
+        "finished_at": _now(),
+    }
+    _write_text(out / "trial.json", _dumps(record))
+    return record
+
+
+_WORKER_DEVICE: str | None = None
+
+
+def _init_worker(devices: Any) -> None:
+    """Pool worker set-up: take a device for the worker's life; ignore Ctrl-C while idle (an
+    engine run installs its own handler: finish the step, checkpoint, stop)."""
+    global _WORKER_DEVICE
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _WORKER_DEVICE = devices.get()
+
+
+def _worker_run(trial: Trial) -> dict[str, Any]:
+    config = copy.deepcopy(trial.config)
+    if _WORKER_DEVICE is not None:
+        config.device = _WORKER_DEVICE
+    prefix = f"    [{trial.name}] "
+    return run_trial(
+        Trial(trial.kind, trial.name, trial.seed, config, trial.key, trial.candidate),
+        log=lambda text: print_flush(prefix + text),
+    )
+
+
+class _Progress:
+    """One line per trial with the study's position and an ETA from the trials run so far."""
+
+    def __init__(
+        self, searches: int, trains: int, jobs: int, log: Callable[[str], None] | None
+    ) -> None:
+        self.total, self.jobs, self.log = searches + trains, jobs, log
+        self.done = self.started = 0
+        self.seconds: dict[str, list[float]] = {"search": [], "train": []}
+        self.remaining = {"search": searches, "train": trains}
+
+    def set_trains(self, count: int) -> None:
+        """The number of training trials, once the searched architectures are known."""
+        self.total += count - self.remaining["train"]
+        self.remaining["train"] = count
+
+    def say(self, text: str) -> None:
+        if self.log is not None:
+            self.log(text)
+
+    def start(self, trial: Trial) -> None:
+        self.started = max(self.started, self.done) + 1
+        self.say(f"[{self.started}/{self.total}] {trial.kind} {trial.name} ...")
+
+    def finish(self, trial: Trial, record: dict[str, Any], ran: bool) -> None:
+        self.done += 1
+        self.remaining[trial.kind] -= 1
+        what = (
+            f"{record['genotype']}"
+            if trial.kind == "search"
+            else f"mIoU {_pct(record.get('mIoU'))} (best {_pct(record.get('best_mIoU'))})"
+        )
+        if not ran:
+            self.say(
+                f"[{self.done}/{self.total}] {trial.kind} {trial.name}: finished earlier, {what}"
+            )
+            return
+        self.seconds[trial.kind].append(record["time_s"])
+        self.say(
+            f"[{self.done}/{self.total}] {trial.kind} {trial.name}: {what} in "
+            f"{record['time_s']:.0f}s; {self.eta()}"
+        )
+
+    def eta(self) -> str:
+        total = 0.0
+        for kind, left in self.remaining.items():
+            if left == 0:
+                continue
+            if not self.seconds[kind]:
+                return f"ETA after the first {kind} trial"
+            total += left * float(np.mean(self.seconds[kind]))
+        # trials of one kind run side by side with --jobs (searches finish before retraining)
+        return f"ETA {_duration(total / self.jobs)}" if total else "last trial done"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.2f}"
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(_dumps(record, indent=None) + "\n")
+
+
+def _run_trials(
+    study: Study,
+    trials: Sequence[Trial],
+    progress: _Progress,
+    jobs: int,
+    devices: Sequence[str] | None,
+    log: Callable[[str], None] | None,
+) -> list[dict[str, Any]]:
+    """Run (or skip, when finished) every trial; records in the order of ``trials``."""
+    records: dict[str, dict[str, Any]] = {}
+    todo = []
+    for t in trials:
+        done = _finished_record(t)
+        if done is not None:
+            records[t.name] = done
+            progress.finish(t, done, ran=False)
+        else:
+            todo.append(t)
+    log_path = study.output / "trials.jsonl"
+
+    def finished(t: Trial, record: dict[str, Any]) -> None:
+        records[t.name] = record
+        _append_jsonl(log_path, record)
+        progress.finish(t, record, ran=True)
+
+    if jobs <= 1 or len(todo) <= 1:
+        for t in todo:
+            progress.start(t)
+            engine_log = None if log is None else (lambda text, _log=log: _log("    " + text))
+            finished(t, run_trial(t, engine_log))
+    else:
+        for t, record in _pool(todo, jobs, devices, progress):
+            finished(t, record)
+    return [records[t.name] for t in trials]
+
+
+def _pool(
+    trials: Sequence[Trial], jobs: int, devices: Sequence[str] | None, progress: _Progress
+) -> Iterator[tuple[Trial, dict[str, Any]]]:
+    """Run trials in ``jobs`` worker processes, each holding one of ``devices`` for its life;
+    yields ``(trial, record)`` as they finish. Ctrl-C lets the running trials checkpoint."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    for i in range(jobs):
+        queue.put(devices[i % len(devices)] if devices else None)
+    interrupted: list[str] = []
+    with ProcessPoolExecutor(
+        jobs, mp_context=ctx, initializer=_init_worker, initargs=(queue,)
+    ) as pool:
+        pending: dict[Future, Trial] = {}
+        waiting = list(trials)
+        try:
+            while waiting or pending:
+                while waiting and len(pending) < jobs:
+                    t = waiting.pop(0)
+                    progress.start(t)
+                    pending[pool.submit(_worker_run, t)] = t
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    t = pending.pop(future)
+                    try:
+                        yield t, future.result()
+                    except StudyInterrupted as err:
+                        interrupted.append(str(err))
+                        waiting.clear()
+        except KeyboardInterrupt:
+            waiting.clear()
+            for future in pending:
+                future.cancel()
+            wait(pending)  # the running engines checkpoint and stop
+            raise StudyInterrupted("the study was interrupted") from None
+    if interrupted:
+        raise StudyInterrupted("; ".join(interrupted))
+
+
+# ---------------------------------------------------------------------------- statistics
+def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (``ddof=1``; None for a single value)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return math.nan, None
+    return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else None)
+
+
+def competition_ranks(scores: Sequence[float]) -> list[int]:
+    """Rank 1 = highest score; tied scores share the better rank (``1 + number of strictly
+    higher scores``); NaN scores share the place after every finite one."""
+    s = np.asarray(scores, dtype=np.float64)
+    finite = s[np.isfinite(s)]
+    return [int(1 + np.sum(finite > x)) if math.isfinite(x) else int(finite.size + 1) for x in s]
+
+
+def z_score(value: float, reference: Sequence[float]) -> float | None:
+    """``(value - mean(reference)) / std(reference)`` with the sample standard deviation; None
+    with fewer than two finite references or none of them different."""
+    r = np.asarray([x for x in reference if math.isfinite(x)], dtype=np.float64)
+    if r.size < 2 or not math.isfinite(value):
+        return None
+    sd = float(r.std(ddof=1))
+    return None if sd == 0 else (value - float(r.mean())) / sd
+
+
+def pooled_std(groups: Sequence[Sequence[float]]) -> float | None:
+    """Pooled within-group standard deviation ``sqrt(sum (n_i - 1) s_i^2 / sum (n_i - 1))``
+    over the groups with two or more finite values: here the spread of one candidate's mIoU
+    over training seeds, the noise floor of any comparison. None when no group has two."""
+    ss, dof = 0.0, 0
+    for g in groups:
+        v = np.asarray([x for x in g if math.isfinite(x)], dtype=np.float64)
+        if v.size > 1:
+            ss += float(np.sum((v - v.mean()) ** 2))
+            dof += v.size - 1
+    return math.sqrt(ss / dof) if dof else None
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    """A candidate's figures: per-seed final mIoU (0..1), their mean and std, its size."""
+
+    name: str
+    kind: str
+    genotype: str
+    source: dict[str, Any]
+    params: int
+    multiply_adds: int
+    seeds: tuple[int, ...]
+    miou: tuple[float, ...]
+    """Validation mIoU at the end of the budget, one per training seed."""
+    best_miou: tuple[float, ...]
+    """Best of the periodic evaluations, one per seed (selected on the validation split)."""
+    errors: tuple[str | None, ...] = ()
+    """Why a seed has no mIoU (its training diverged), one per seed; None where it has one."""
+    same_as: str | None = None
+    """The earlier candidate with the same architecture, whose training runs these are."""
+
+    @property
+    def mean(self) -> float:
+        return mean_std(self.miou)[0]
+
+    @property
+    def std(self) -> float | None:
+        return mean_std(self.miou)[1]
+
+
+def summarize(results: Sequence[CandidateResult]) -> dict[str, Any]:
+    """Ranks, the random distribution, each searched candidate against it, the training-seed
+    noise and the best hand-designed candidate (every mIoU as a fraction, 0..1)."""
+    means = [r.mean for r in results]
+    ranks = competition_ranks(means)
+    rank_of = {r.name: k for r, k in zip(results, ranks, strict=True)}
+    random_means = [r.mean for r in results if r.kind == "random"]
+    finite_random = [m for m in random_means if math.isfinite(m)]
+    rand_mean, rand_std = mean_std(finite_random)
+    summary: dict[str, Any] = {
+        "candidates": len(results),
+        "ranks": rank_of,
+        "random": (
+            {
+                "n": len(random_means),
+                "mean": rand_mean,
+                "std": rand_std,
+                "min": min(finite_random),
+                "max": max(finite_random),
+            }
+            if finite_random
+            else None
+        ),
+        "searched": [
+            {
+                "name": r.name,
+                "mean": r.mean,
+                "std": r.std,
+                "rank": rank_of[r.name],
+                "z_score": z_score(r.mean, random_means),
+                "random_beaten": sum(m < r.mean for m in finite_random),
+                "random_n": len(random_means),
+            }
+            for r in results
+            if r.kind == "searched"
+        ],
+        # each training run once: a candidate that shares another's runs adds nothing new
+        "seed_noise": pooled_std([r.miou for r in results if r.same_as is None]),
+    }
+    hand = [r for r in results if r.kind == "hand-designed" and math.isfinite(r.mean)]
+    best_hand = max(hand, key=lambda r: r.mean, default=None)
+    summary["best_hand_designed"] = (
+        None
+        if best_hand is None
+        else {"name": best_hand.name, "mean": best_hand.mean, "rank": rank_of[best_hand.name]}
+    )
+    finite = [r for r in results if math.isfinite(r.mean)]
+    best = max(finite, key=lambda r: r.mean, default=None)
+    summary["best"] = (
+        None if best is None else {"name": best.name, "kind": best.kind, "mean": best.mean}
+    )
+    return summary
+
+
+# ---------------------------------------------------------------------------- outputs
+def json_safe(obj: Any) -> Any:
+    """``obj`` with non-finite floats as None and tuples as lists (strict JSON)."""
+    if isinstance(obj, float | np.floating):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, Mapping):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def _dumps(obj: Any, indent: int | None = 2) -> str:
+    return json.dumps(json_safe(obj), indent=indent, allow_nan=False)
+
+
+def _sorted(results: Sequence[CandidateResult]) -> list[CandidateResult]:
+    """Best mean first; NaN last; ties by kind order, then name."""
+    return sorted(
+        results,
+        key=lambda r: (
+            -r.mean if math.isfinite(r.mean) else math.inf,
+            KINDS.index(r.kind),
+            r.name,
+        ),
+    )
+
+
+def _macs_unit(results: Sequence[CandidateResult]) -> tuple[float, str]:
+    """Giga Multi-Adds for full-size inputs, mega for the small crops of quick studies."""
+    return (1e9, "G") if max(r.multiply_adds for r in results) >= 1e9 else (1e6, "M")
+
+
+_STYLE = {
+    "random": {"marker": "o", "color": "#7f8c8d", "ms": 6, "label": "random"},
+    "searched": {"marker": "*", "color": "#d62728", "ms": 15, "label": "searched"},
+    "hand-designed": {"marker": "s", "color": "#1f77b4", "ms": 7, "label": "hand-designed"},
+    "file": {"marker": "D", "color": "#2ca02c", "ms": 6, "label": "genotype file"},
+}
+
+
+def draw_study(
+    results: Sequence[CandidateResult], summary: Mapping[str, Any], input_size: tuple[int, int]
+) -> Any:
+    """Two panels, mIoU (%) against parameters and against Multi-Adds at ``input_size``: one
+    point per candidate with error bars over the training seeds, the searched candidates
+    highlighted, the hand-designed ones named, the random mean +- std as a band."""
+    from autodeeplab.draw import _new_figure
+
+    macs_scale, macs_unit = _macs_unit(results)
+    axes_spec = (
+        ("params", 1e6, "parameters (M)"),
+        (
+            "multiply_adds",
+            macs_scale,
+            f"Multi-Adds at {input_size[0]}x{input_size[1]} ({macs_unit})",
+        ),
+    )
+    fig = _new_figure((11.0, 4.8))
+    axes = fig.subplots(1, 2, sharey=True)
+    rand = summary.get("random")
+    for ax, (attr, scale, label) in zip(axes, axes_spec, strict=True):
+        if rand is not None and rand["mean"] is not None:
+            m, s = 100 * rand["mean"], 100 * (rand["std"] or 0.0)
+            ax.axhspan(m - s, m + s, color="#bdc3c7", alpha=0.35, lw=0, label="random mean ± std")
+            ax.axhline(m, color="#7f8c8d", lw=1.0, ls="--")
+        for kind in KINDS:
+            group = [r for r in results if r.kind == kind and math.isfinite(r.mean)]
+            if not group:
+                continue
+            style = dict(_STYLE[kind])
+            ax.errorbar(
+                [getattr(r, attr) / scale for r in group],
+                [100 * r.mean for r in group],
+                yerr=[100 * (r.std or 0.0) for r in group],
+                fmt=style.pop("marker"),
+                capsize=2,
+                lw=1.0,
+                mec="black" if kind == "searched" else style["color"],
+                zorder=4 if kind == "searched" else 3,
+                **style,
+            )
+            if kind in ("hand-designed", "searched", "file"):
+                for r in group:
+                    ax.annotate(
+                        r.name.removeprefix("hand-"),
+                        (getattr(r, attr) / scale, 100 * r.mean),
+                        textcoords="offset points",
+                        xytext=(5, 4),
+                        fontsize=7,
+                        color=_STYLE[kind]["color"],
+                    )
+        ax.set_xlabel(label)
+        ax.grid(True, color="#e5e5e5", lw=0.6)
+        ax.set_axisbelow(True)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+    axes[0].set_ylabel("validation mIoU (%)")
+    axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle("Every candidate under the same retraining budget (error bars: std over seeds)")
+    return fig
+
+
+def _protocol(study: Study) -> dict[str, Any]:
+    t = study.train
+    return {
+        "data": t.data.name,
+        "train_split": t.data.train_split,
+        "eval_split": t.data.eval_split,
+        "max_eval_samples": t.data.max_eval_samples,
+        "crop_size": t.data.crop_size,
+        "batch_size": t.data.batch_size,
+        "iterations": t.iterations,
+        "lr": t.optim.lr,
+        "filter_multiplier": study.network(RELEASED).filter_multiplier,
+        "num_classes": study.num_classes,
+        "layers": study.layers,
+        "blocks": study.blocks,
+        "train_seeds": list(study.train_seeds),
+        "search_seeds": list(study.search_seeds),
+        "search_epochs": None if study.search is None else study.search.epochs,
+        "metric": "validation mIoU after the last iteration, averaged over the training seeds",
+        "multiply_adds_input_size": [study.crop, study.crop],
+    }
+
+
+def _candidate_json(r: CandidateResult, rank: int) -> dict[str, Any]:
+    return {
+        "name": r.name,
+        "kind": r.kind,
+        "rank": rank,
+        "genotype": r.genotype,
+        "source": r.source,
+        "params": r.params,
+        "multiply_adds": r.multiply_adds,
+        "seeds": list(r.seeds),
+        "mIoU": list(r.miou),
+        "mean": r.mean,
+        "std": r.std,
+        "best_mIoU": list(r.best_miou),
+        "errors": list(r.errors),
+        "same_as": r.same_as,
+    }
+
+
+def _write_report(
+    study: Study, results: Sequence[CandidateResult], summary: Mapping[str, Any], protocol: dict
+) -> None:
+    from autodeeplab.report import Report
+
+    p = protocol
+    rows = _sorted(results)
+    report = Report(f"Architecture study on {p['data']}: {len(rows)} candidates")
+    report.paragraph(
+        f"Every candidate was retrained from scratch with the same configuration: "
+        f"{p['iterations']} iterations, batch {p['batch_size']}, crop {p['crop_size']}, "
+        f"F = {p['filter_multiplier']}, learning rate {p['lr']} (poly), once per training "
+        f"seed {p['train_seeds']}. The score is the {p['eval_split']} mIoU after the last "
+        "iteration, averaged over the seeds; nothing is selected on the validation split and "
+        f"no candidate is left out. Search space: {p['layers']} layers, {p['blocks']} blocks."
+    )
+    lines = []
+    rand = summary["random"]
+    if rand is not None:
+        lines.append(
+            f"Random architectures ({rand['n']}): mean {_pct(rand['mean'])} %, std "
+            f"{_pct(rand['std'])} %, range {_pct(rand['min'])} to {_pct(rand['max'])} %."
+        )
+    for s in summary["searched"]:
+        z = "n/a" if s["z_score"] is None else f"{s['z_score']:+.2f}"
+        lines.append(
+            f"Searched `{s['name']}`: {_pct(s['mean'])} %, rank {s['rank']} of "
+            f"{summary['candidates']}, z = {z} against the random architectures, better than "
+            f"{s['random_beaten']} of {s['random_n']} of them."
+        )
+    hand = summary["best_hand_designed"]
+    if hand is not None:
+        lines.append(
+            f"Best hand-designed: `{hand['name']}`, {_pct(hand['mean'])} % (rank {hand['rank']})."
+        )
+    lines.append(
+        f"Training-seed noise (pooled within-candidate std): {_pct(summary['seed_noise'])} %."
+    )
+    report.heading("Summary")
+    for line in lines:
+        report.paragraph(line)
+    report.image(
+        study.output / "study.png",
+        "mIoU against parameters and Multi-Adds; error bars: std over training seeds",
+    )
+    report.heading("Every candidate")
+    ranks = summary["ranks"]
+    scale, unit = _macs_unit(rows)
+    report.table(
+        [
+            "rank",
+            "candidate",
+            "kind",
+            "mIoU %",
+            "std",
+            "per seed",
+            "params (M)",
+            f"Multi-Adds ({unit})",
+            "genotype",
+        ],
+        [
+            [
+                ranks[r.name],
+                r.name if r.same_as is None else f"{r.name} (= {r.same_as})",
+                r.kind,
+                _pct(r.mean),
+                _pct(r.std),
+                " / ".join(
+                    "diverged" if e else _pct(x)
+                    for x, e in zip(r.miou, r.errors or [None] * len(r.miou), strict=True)
+                ),
+                f"{r.params / 1e6:.3f}",
+                f"{r.multiply_adds / scale:.1f}",
+                f"`{r.genotype}`",
+            ]
+            for r in rows
+        ],
+    )
+    report.heading("Reproduce")
+    report.code(f"autodeeplab study --config STUDY.yaml --output {study.output}")
+    report.write(study.output, name="study")
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """What a finished study wrote."""
+
+    output: Path
+    results: list[CandidateResult]
+    summary: dict[str, Any]
+    ran: int
+    """Trials run in this session (the others had finished earlier)."""
+
+
+def collect(
+    study: Study,
+    candidates: Sequence[Candidate],
+    records: Sequence[dict[str, Any]],
+) -> list[CandidateResult]:
+    """Per-candidate results from the training trial records, with params and Multi-Adds."""
+    from autodeeplab.complexity import complexity
+
+    by_candidate: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_candidate.setdefault(r["candidate"], []).append(r)
+    twins = same_architecture(candidates)
+    out = []
+    for c in candidates:
+        assert c.genotype is not None
+        runs = sorted(
+            by_candidate[twins.get(c.name, c.name)],
+            key=lambda r: study.train_seeds.index(r["seed"]),
+        )
+        size = complexity(study.network(c.genotype), (study.crop, study.crop))
+        out.append(
+            CandidateResult(
+                name=c.name,
+                kind=c.kind,
+                genotype=str(c.genotype),
+                source=dict(c.source),
+                params=size.params,
+                multiply_adds=size.multiply_adds,
+                seeds=tuple(r["seed"] for r in runs),
+                miou=tuple(math.nan if r["mIoU"] is None else r["mIoU"] for r in runs),
+                best_miou=tuple(
+                    math.nan if r["best_mIoU"] is None else r["best_mIoU"] for r in runs
+                ),
+                errors=tuple(r.get("error") for r in runs),
+                same_as=twins.get(c.name),
+            )
+        )
+    return out
+
+
+def write_outputs(study: Study, results: Sequence[CandidateResult]) -> dict[str, Any]:
+    """``study.json``, ``study.png``, ``study.md`` and ``study.html``; returns the summary."""
+    from autodeeplab.draw import save_figure
+
+    summary = summarize(results)
+    protocol = _protocol(study)
+    ranks = summary["ranks"]
+    document = {
+        "format_version": FORMAT_VERSION,
+        "protocol": protocol,
+        "candidates": [_candidate_json(r, ranks[r.name]) for r in _sorted(results)],
+        "summary": summary,
+    }
+    _write_text(study.output / "study.json", _dumps(document) + "\n")
+    save_figure(draw_study(results, summary, (study.crop, study.crop)), study.output / "study.png")
+    _write_report(study, results, summary, protocol)
+    return summary
+
+
+def run_study(
+    config: StudyConfig,
+    *,
+    device: str | None = None,
+    jobs: int = 1,
+    devices: Sequence[str] | None = None,
+    log: Callable[[str], None] | None = print_flush,
+) -> StudyResult:
+    """Run (or continue) a study: search trials, then every candidate once per training seed,
+    then ``study.json`` / ``.md`` / ``.html`` / ``.png``.
+
+    ``jobs > 1`` runs that many trials at once in worker processes, each worker on one of
+    ``devices`` (e.g. ``["cuda:0", "cuda:1"]``; default: every worker on the configs' device).
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    if devices is not None and not devices:
+        raise ValueError("devices: give at least one device or leave it out")
+    study = Study(config, device=device)
+    existed = (study.output / "study.yaml").is_file()
+    study.prepare()
+    n_cand, n_seeds = len(study.candidates), len(study.train_seeds)
+    n_search = len(study.search_seeds)
+    progress = _Progress(n_search, study.trial_count - n_search, jobs, log)
+    progress.say(
+        f"study {study.output}{' (continued)' if existed else ''}: "
+        f"{n_search} search trial(s), {n_cand} candidates x {n_seeds} training seed(s): "
+        f"{study.trial_count} trials"
+    )
+    searches = study.search_trials()
+    search_records = _run_trials(study, searches, progress, jobs, devices, log)
+    genotypes = {r["seed"]: Genotype.from_string(r["genotype"]) for r in search_records}
+    candidates = study.with_searched(genotypes)
+    for c in candidates:
+        study.check_crop(c.genotype, c.name)
+    study.write_candidates(candidates)
+    trains = study.train_trials(candidates)
+    for name, earlier in same_architecture(candidates).items():
+        progress.say(f"{name} is the same architecture as {earlier}: trained once, reported twice")
+    progress.set_trains(len(trains))
+    train_records = _run_trials(study, trains, progress, jobs, devices, log)
+    results = collect(study, candidates, train_records)
+    summary = write_outputs(study, results)
+    ran = sum(len(v) for v in progress.seconds.values())
+    progress.say(
+        f"wrote {study.output / 'study.json'}, study.md, study.html and study.png "
+        f"({ran} trial(s) run now, {progress.total - ran} finished earlier)"
+    )
+    return StudyResult(study.output, list(results), summary, ran)

@@ -1,0 +1,585 @@
+"""Architecture study: config validation, statistics, end-to-end run, resume, refusal."""
+
+import json
+import math
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from autodeeplab import space
+from autodeeplab.checkpoint import load_checkpoint
+from autodeeplab.cli import main
+from autodeeplab.config import ConfigError
+from autodeeplab.engine import search as search_engine
+from autodeeplab.engine.search import NonFiniteLossError
+from autodeeplab.engine.train import TrainEngine
+from autodeeplab.genotype import Genotype
+from autodeeplab.network import AutoDeepLab
+from autodeeplab.report import PNG_SIGNATURE
+from autodeeplab.sample import sample_genotypes
+from autodeeplab.study import (
+    CandidateResult,
+    Study,
+    StudyError,
+    competition_ranks,
+    json_safe,
+    load_study_config,
+    mean_std,
+    pooled_std,
+    run_study,
+    summarize,
+    z_score,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = {
+    "options": {"length": 8, "size": 32, "seed": 0},
+    "crop_size": 32,
+    "batch_size": 2,
+    "eval_batch_size": 4,
+    "max_eval_samples": 4,
+}
+TRAIN = {
+    "config": str(ROOT / "configs" / "train" / "synthetic.yaml"),
+    "overrides": {
+        "iterations": 2,
+        "data": DATA,
+        "model": {
+            "filter_multiplier": 2,
+            "aspp_channels": 8,
+            "decoder_channels": 8,
+            "low_level_reduced": 4,
+        },
+        "eval_interval": 0,
+        "checkpoint_interval": 1,
+        "progress": False,
+        "tensorboard": False,
+        "threads": 1,
+    },
+}
+SEARCH = {
+    "config": str(ROOT / "configs" / "search" / "synthetic.yaml"),
+    "overrides": {
+        "epochs": 1,
+        "arch_start_epoch": 0,
+        "data": DATA,
+        "model": {"layers": 3, "blocks": 2, "filter_multiplier": 2, "stem_channels": [8, 8, 8]},
+        "progress": False,
+        "tensorboard": False,
+        "threads": 1,
+    },
+    "trials": 1,
+}  # 4 + 4 samples, batch 2: two steps
+
+
+def study_data(tmp_path: Path, name: str = "study", **changes) -> dict:
+    """A tiny study without search trials: 3 layers, 2 blocks, 2 random candidates."""
+    data = {
+        "output": str(tmp_path / name),
+        "layers": 3,
+        "blocks": 2,
+        "train": json.loads(json.dumps(TRAIN)),
+        "train_seeds": [0, 1],
+        "random": {"num": 2, "seed": 0},
+    }
+    data.update(changes)
+    return data
+
+
+def write_study(tmp_path: Path, data: dict, file: str = "study.yaml") -> Path:
+    path = tmp_path / file
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def load(tmp_path: Path, data: dict):
+    return load_study_config(write_study(tmp_path, data))
+
+
+def genotype_file(tmp_path: Path, path=(0, 1, 1), name: str = "mine.json", blocks: int = 2):
+    cell = (((0, "sep_conv_3x3"), (1, "skip_connect")), ((0, "atr_conv_3x3"), (2, "max_pool_3x3")))
+    cell += tuple(((0, "sep_conv_5x5"), (1, "avg_pool_3x3")) for _ in range(blocks - 2))
+    file = tmp_path / name
+    Genotype(cell=cell, path=path).save(file)
+    return file
+
+
+def strict_json(path: Path):
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+# ---------------------------------------------------------------------------- validation
+def test_shipped_study_config_plans_without_running(tmp_path):
+    cfg = load_study_config(ROOT / "configs" / "study" / "synthetic.yaml")
+    cfg.output = str(tmp_path / "s")
+    study = Study(cfg)
+    kinds = [c.kind for c in study.candidates]
+    assert kinds.count("searched") == 3 and kinds.count("random") >= 5
+    assert (study.layers, study.blocks) == (study.search.model.layers, study.search.model.blocks)
+    fitting = space.hand_designed_paths(study.layers)
+    assert [c.name for c in study.candidates if c.kind == "hand-designed"] == [
+        f"hand-{f}" for f in fitting
+    ]
+    assert len(study.train_seeds) >= 2
+    assert not (tmp_path / "s").exists()  # planning writes nothing
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"random": {"nmu": 3}}, ConfigError, r"random\.nmu.*valid keys under random: num"),
+        ({"train_seeds": []}, ConfigError, "train_seeds: give at least one seed"),
+        ({"train_seeds": [0, 0]}, ConfigError, "distinct"),
+        ({"train": {"config": "missing.yaml"}}, FileNotFoundError, r"train\.config.*missing"),
+        (
+            {"train": {"overrides": {"optim": {"learning_rate": 1}}}},
+            ConfigError,
+            r"train\.overrides.*optim\.learning_rate",
+        ),
+        (
+            {"train": {"overrides": {"data": {**DATA, "name": "cityscapes"}}}},
+            ConfigError,
+            "'cityscapes' needs a root folder; set data.root",
+        ),
+        ({"genotypes": ["nowhere.json"]}, FileNotFoundError, "genotypes: .*nowhere.json"),
+        ({"search": {"config": SEARCH["config"]}}, ConfigError, "search.trials"),
+        (
+            {"search": {**SEARCH, "trials": 2, "seeds": [4]}},
+            ConfigError,
+            "search.trials = 2 but search.seeds has 1",
+        ),
+        (
+            {"search": {**SEARCH, "overrides": {"model": {"layers": 5}}}},
+            ConfigError,
+            "model.layers=5.*same space",
+        ),
+        ({"hand_designed": {"cell": "released"}}, ConfigError, "released cell has 5 blocks"),
+        ({"hand_designed": {"cell": "searched"}}, ConfigError, "needs search trials"),
+        (
+            {"hand_designed": {"cell": "released", "families": ["spiral"]}},
+            ConfigError,
+            "valid families: constant-4",
+        ),
+        ({"random": {"num": 2, "largest_by": "depth"}}, ConfigError, "largest_by must be one of"),
+        ({"random": {"num": 2, "params": [2, 1]}}, ConfigError, "random: params range is empty"),
+        ({"random": {"num": -1}}, ConfigError, "num >= 0"),
+        ({"random": None}, ConfigError, "no candidates"),
+        ({"layers": None, "random": {"num": 2}}, ConfigError, "set layers and blocks"),
+    ],
+)
+def test_invalid_study_configs_are_refused_with_the_key(tmp_path, change, error, message):
+    data = study_data(tmp_path)
+    for key, value in change.items():
+        if key == "train" and "config" not in value:
+            data["train"]["overrides"].update(value["overrides"])
+        else:
+            data[key] = value
+    with pytest.raises(error, match=message):
+        Study(load(tmp_path, data))
+
+
+def test_study_refuses_what_would_fail_mid_study(tmp_path):
+    data = study_data(tmp_path)
+    data["train"]["overrides"]["model"]["preset"] = "autodeeplab-s"
+    with pytest.raises(ConfigError, match=r"model\.genotype and model\.preset must be null"):
+        Study(load(tmp_path, data))
+    data = study_data(tmp_path)
+    data["train"]["overrides"]["max_steps"] = 1
+    with pytest.raises(ConfigError, match="max_steps must be null"):
+        Study(load(tmp_path, data))
+    # a crop the deepest level of a candidate cannot take (constant-32 reaches stride 32)
+    cell = str(genotype_file(tmp_path))
+    data = study_data(
+        tmp_path, random=None, hand_designed={"cell": cell, "families": ["constant-32"]}
+    )
+    data["train"]["overrides"]["data"] = {**DATA, "crop_size": 24}
+    with pytest.raises(ConfigError, match="crop_size 24 is too small for candidate hand-constant"):
+        Study(load(tmp_path, data))
+    # a genotype file from another space
+    other = genotype_file(tmp_path, path=(0, 1, 1, 2), name="deep.json")
+    data = study_data(tmp_path, genotypes=[str(other)])
+    with pytest.raises(ConfigError, match=r"deep\.json has 4 layers"):
+        Study(load(tmp_path, data))
+
+
+def test_random_candidates_are_the_sampler_draws_with_the_training_width(tmp_path):
+    data = study_data(tmp_path, random={"num": 3, "seed": 7, "params": [0, 1e9]})
+    study = Study(load(tmp_path, data))
+    expected = sample_genotypes(
+        3,
+        7,
+        layers=3,
+        blocks=2,
+        params=(0, 1e9),
+        num_classes=study.num_classes,
+        filter_multiplier=2,
+        network_options={"aspp_channels": 8, "decoder_channels": 8, "low_level_reduced": 4},
+        input_size=(32, 32),
+    )
+    assert [c.genotype for c in study.candidates] == expected
+    assert [c.name for c in study.candidates] == ["random-0", "random-1", "random-2"]
+
+
+# ---------------------------------------------------------------------------- statistics
+def planted(name, kind, values, params=1_000_000):
+    return CandidateResult(
+        name=name,
+        kind=kind,
+        genotype=f"g-{name}",
+        source={},
+        params=params,
+        multiply_adds=10 * params,
+        seeds=tuple(range(len(values))),
+        miou=tuple(values),
+        best_miou=tuple(values),
+        errors=(None,) * len(values),
+    )
+
+
+def test_statistics_match_hand_computation():
+    # random means 0.10 .. 0.50 (mean 0.30, sample std sqrt(0.025)); two seeds each, +-d
+    rows = [
+        planted(f"random-{i}", "random", [m - d, m + d])
+        for i, (m, d) in enumerate(
+            [(0.1, 0.01), (0.2, 0.02), (0.3, 0.01), (0.4, 0.03), (0.5, 0.01)]
+        )
+    ]
+    rows += [
+        planted("search-s0", "searched", [0.44, 0.46]),  # mean 0.45
+        planted("search-s1", "searched", [0.05, 0.07]),  # mean 0.06: below every random one
+        planted("hand-a", "hand-designed", [0.33, 0.37]),  # mean 0.35
+        planted("hand-b", "hand-designed", [0.6, 0.6]),  # mean 0.60, the best overall
+    ]
+    s = summarize(rows)
+    rand_sd = math.sqrt((0.2**2 + 0.1**2 + 0 + 0.1**2 + 0.2**2) / 4)
+    assert s["random"]["n"] == 5
+    assert s["random"]["mean"] == pytest.approx(0.3)
+    assert s["random"]["std"] == pytest.approx(rand_sd)
+    assert (s["random"]["min"], s["random"]["max"]) == pytest.approx((0.1, 0.5))
+    # order of means: hand-b .60, random-4 .50, search-s0 .45, random-3 .40, hand-a .35, ...
+    assert s["ranks"] == {
+        "hand-b": 1,
+        "random-4": 2,
+        "search-s0": 3,
+        "random-3": 4,
+        "hand-a": 5,
+        "random-2": 6,
+        "random-1": 7,
+        "random-0": 8,
+        "search-s1": 9,
+    }
+    s0, s1 = s["searched"]
+    assert s0["rank"] == 3 and s0["z_score"] == pytest.approx(0.15 / rand_sd)
+    assert s0["random_beaten"] == 4 and s0["random_n"] == 5
+    assert s1["z_score"] == pytest.approx(-0.24 / rand_sd) and s1["random_beaten"] == 0
+    assert s0["std"] == pytest.approx(0.01 * math.sqrt(2))
+    # pooled over 9 candidates with one degree of freedom each: s_i^2 = 2 d_i^2
+    ds = [0.01, 0.02, 0.01, 0.03, 0.01, 0.01, 0.01, 0.02, 0.0]
+    assert s["seed_noise"] == pytest.approx(math.sqrt(sum(2 * d * d for d in ds) / 9))
+    assert s["best_hand_designed"] == {"name": "hand-b", "mean": pytest.approx(0.6), "rank": 1}
+    assert s["best"]["name"] == "hand-b"
+
+
+def test_rank_z_and_pooled_std_edge_cases():
+    assert competition_ranks([0.5, 0.7, 0.7, math.nan, 0.1]) == [3, 1, 1, 5, 4]
+    assert competition_ranks([]) == []
+    assert z_score(0.5, [0.4]) is None  # one reference: no spread
+    assert z_score(0.5, [0.4, 0.4]) is None  # no spread
+    assert z_score(0.5, [0.2, 0.4, math.nan]) == pytest.approx(0.2 / math.sqrt(0.02))
+    assert mean_std([0.3]) == (0.3, None)
+    assert pooled_std([[0.1], [0.2]]) is None
+    # unequal group sizes: the pooled variance is the sum of squared deviations from each
+    # group's own mean over (N - groups), a second formula
+    groups = [[0.1, 0.2, 0.6], [0.3, 0.5], [0.9], [0.2, math.nan, 0.4, 0.3]]
+    finite = [[x for x in g if math.isfinite(x)] for g in groups if sum(map(math.isfinite, g)) > 1]
+    ss = sum(np.var(g) * len(g) for g in finite)
+    dof = sum(len(g) for g in finite) - len(finite)
+    assert pooled_std(groups) == pytest.approx(math.sqrt(ss / dof))
+
+
+def test_a_diverged_candidate_ranks_last_and_stays_out_of_the_random_statistics():
+    rows = [
+        planted("random-0", "random", [0.2, 0.3]),
+        planted("random-1", "random", [0.4, 0.5]),
+        planted("random-2", "random", [math.nan, 0.1]),
+        planted("search-s0", "searched", [0.35, 0.35]),
+    ]
+    s = summarize(rows)
+    assert s["random"]["n"] == 3 and s["random"]["mean"] == pytest.approx(0.35)
+    assert s["ranks"]["random-2"] == 4 and s["ranks"]["search-s0"] == 2
+    assert s["searched"][0]["z_score"] == pytest.approx(0.0)
+    text = json.dumps(json_safe(s), allow_nan=False)
+    assert json.loads(text)["random"]["mean"] == pytest.approx(0.35)
+    assert json_safe({"a": (math.nan, np.float32(1.5), np.int64(2))}) == {"a": [None, 1.5, 2]}
+
+
+# ---------------------------------------------------------------------------- end to end
+def test_study_runs_every_candidate_and_writes_json_markdown_and_figure(tmp_path, capsys):
+    mine = genotype_file(tmp_path)
+    data = study_data(
+        tmp_path,
+        layers=None,  # layers and blocks from the search config
+        blocks=None,
+        search=SEARCH,
+        hand_designed={"cell": "searched", "families": ["constant-8"]},
+        genotypes=[str(mine)],
+    )
+    result = run_study(load(tmp_path, data))
+    out = tmp_path / "study"
+    names = ["search-s0", "random-0", "random-1", "hand-constant-8", "file-mine"]
+    doc = strict_json(out / "study.json")
+    assert sorted(c["name"] for c in doc["candidates"]) == sorted(names)
+    architectures = {c["genotype"] for c in doc["candidates"]}
+    assert result.ran == 1 + len(architectures) * 2
+
+    searched = Genotype.load(out / "search" / "search-s0" / "genotype.json")
+    by_name = {c["name"]: c for c in doc["candidates"]}
+    assert by_name["search-s0"]["genotype"] == str(searched)
+    assert by_name["hand-constant-8"]["genotype"] == str(
+        Genotype(cell=searched.cell, path=space.hand_designed_paths(3)["constant-8"])
+    )
+    assert by_name["file-mine"]["genotype"] == str(Genotype.load(mine))
+    for c in doc["candidates"]:
+        # per-seed mIoU = the last eval record of each training run's own log
+        for seed, miou in zip(c["seeds"], c["mIoU"], strict=True):
+            run = out / "train" / c["name"] / f"seed{seed}"
+            evals = [
+                json.loads(line)
+                for line in (run / "metrics.jsonl").read_text().splitlines()
+                if json.loads(line)["type"] == "eval"
+            ]
+            assert evals[-1]["iteration"] == 2 and evals[-1]["mIoU"] == miou
+            assert Genotype.load(run / "genotype.json") == Genotype.from_string(c["genotype"])
+        assert c["seeds"] == [0, 1]
+        assert c["mean"] == pytest.approx(np.mean(c["mIoU"]))
+        assert c["std"] == pytest.approx(np.std(c["mIoU"], ddof=1))
+        # parameters of the real network the candidate trains as
+        model = AutoDeepLab(
+            Genotype.from_string(c["genotype"]),
+            num_classes=7,
+            filter_multiplier=2,
+            aspp_channels=8,
+            decoder_channels=8,
+            low_level_reduced=4,
+        )
+        assert c["params"] == sum(p.numel() for p in model.parameters())
+        assert c["multiply_adds"] > 0
+    # summary = the statistics recomputed from the table
+    means = {c["name"]: np.mean(c["mIoU"]) for c in doc["candidates"]}
+    random = [means["random-0"], means["random-1"]]
+    s = doc["summary"]
+    assert s["random"]["mean"] == pytest.approx(np.mean(random))
+    assert s["searched"][0]["rank"] == 1 + sum(m > means["search-s0"] for m in means.values())
+    expected_z = (means["search-s0"] - np.mean(random)) / np.std(random, ddof=1)
+    assert s["searched"][0]["z_score"] == pytest.approx(expected_z)
+    per_seed_var = [np.var(c["mIoU"], ddof=1) for c in doc["candidates"]]
+    assert s["seed_noise"] == pytest.approx(math.sqrt(np.mean(per_seed_var)))
+    assert [c["rank"] for c in doc["candidates"]] == sorted(c["rank"] for c in doc["candidates"])
+
+    md = (out / "study.md").read_text()
+    assert all(f"| {n} |" in md for n in names)
+    assert "(study.png)" in md and (out / "study.html").is_file()
+    assert (out / "study.png").read_bytes().startswith(PNG_SIGNATURE)
+    log = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    assert len(log) == result.ran and log[0]["kind"] == "search"
+    printed = capsys.readouterr().out
+    assert f"[{result.ran}/{result.ran}] train file-mine/seed1: mIoU" in printed
+    assert "ETA" in printed
+
+    # a rerun redoes nothing and rewrites the same results
+    stamps = {
+        p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name in ("last.pt", "trial.json")
+    }
+    again = run_study(load(tmp_path, data))
+    assert again.ran == 0
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert strict_json(out / "study.json") == doc
+
+
+def test_killed_study_resumes_without_redoing_finished_trials(tmp_path, monkeypatch):
+    data = study_data(tmp_path, name="split")
+    data["train"]["overrides"]["iterations"] = 3
+    cfg = load(tmp_path, data)
+    original = TrainEngine.train_step
+    calls = {"steps": 0, "engines": 0}
+
+    def killed_in_second_run(self, images, masks):
+        calls["steps"] += 1
+        if calls["steps"] == 5:  # second step of the second training run (3 + 2)
+            raise KeyboardInterrupt
+        return original(self, images, masks)
+
+    monkeypatch.setattr(TrainEngine, "train_step", killed_in_second_run)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg)
+    out = tmp_path / "split"
+    first = out / "train" / "random-0" / "seed0"
+    second = out / "train" / "random-0" / "seed1"
+    assert (first / "trial.json").is_file() and not (second / "trial.json").exists()
+    assert load_checkpoint(second / "last.pt")["iteration"] == 1
+    stamps = {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()}
+
+    monkeypatch.setattr(TrainEngine, "train_step", original)
+    init = TrainEngine.__init__
+
+    def counting(self, *args, **kwargs):
+        calls["engines"] += 1
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrainEngine, "__init__", counting)
+    resumed = run_study(cfg)
+    assert resumed.ran == 3 and calls["engines"] == 3  # 2 of 4 runs left + the resumed one
+    assert {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()} == stamps
+    log = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in log] == [
+        "random-0/seed0",
+        "random-0/seed1",
+        "random-1/seed0",
+        "random-1/seed1",
+    ]
+    assert [r["resumed"] for r in log] == [False, True, False, False]
+
+    full = run_study(load(tmp_path, study_data(tmp_path, name="full") | {"train": data["train"]}))
+    a, b = strict_json(out / "study.json"), strict_json(tmp_path / "full" / "study.json")
+    assert a["candidates"] == b["candidates"] and a["summary"] == b["summary"]
+    assert resumed.summary == full.summary
+
+
+def test_ctrl_c_stops_the_study_after_a_checkpoint(tmp_path, monkeypatch, capsys):
+    data = study_data(tmp_path, random={"num": 1, "seed": 0}, train_seeds=[0])
+    data["train"]["overrides"]["iterations"] = 3
+    original = TrainEngine.train_step
+
+    def step_then_ctrl_c(self, images, masks):
+        value = original(self, images, masks)
+        if self.iteration == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return value
+
+    monkeypatch.setattr(TrainEngine, "train_step", step_then_ctrl_c)
+    path = write_study(tmp_path, data)
+    assert main(["study", "--config", str(path)]) == 130
+    assert "run the same command again to continue" in capsys.readouterr().err
+    run = tmp_path / "study" / "train" / "random-0" / "seed0"
+    assert load_checkpoint(run / "last.pt")["iteration"] == 2
+    monkeypatch.setattr(TrainEngine, "train_step", original)
+    assert main(["study", "--config", str(path)]) == 0
+    assert json.loads((run / "trial.json").read_text())["resumed"] is True
+
+
+def test_changed_study_config_is_refused_with_the_differing_keys(tmp_path):
+    data = study_data(tmp_path, random={"num": 1, "seed": 0}, train_seeds=[0])
+    data["train"]["overrides"]["iterations"] = 1
+    run_study(load(tmp_path, data))
+    changed = json.loads(json.dumps(data))
+    changed["train"]["overrides"]["iterations"] = 2
+    changed["train_seeds"] = [0, 1]
+    with pytest.raises(StudyError) as err:
+        run_study(load(tmp_path, changed))
+    msg = str(err.value)
+    assert "train.iterations: 1 -> 2" in msg and "train_seeds: [0] -> [0, 1]" in msg
+    changed = json.loads(json.dumps(data))
+    changed["random"]["seed"] = 3
+    with pytest.raises(StudyError, match=r"random\.seed: 0 -> 3") as err:
+        run_study(load(tmp_path, changed))
+    assert "candidates.random-0" in str(err.value)  # another architecture was drawn
+    # where and how fast trials run may change: nothing is redone
+    same = json.loads(json.dumps(data))
+    same["train"]["overrides"]["threads"] = 2
+    same["train"]["overrides"]["log_interval"] = 7
+    assert run_study(load(tmp_path, same)).ran == 0
+    # a non-empty folder that holds no study
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("x")
+    with pytest.raises(StudyError, match=r"holds no study\.yaml"):
+        run_study(load(tmp_path, study_data(tmp_path, name="other")))
+
+
+def test_a_candidate_with_the_architecture_of_another_is_trained_once(tmp_path, capsys):
+    cell = genotype_file(tmp_path, name="cell.json")
+    twin = genotype_file(tmp_path, path=(1, 1, 1), name="twin.json")  # = hand-constant-8
+    data = study_data(
+        tmp_path,
+        random=None,
+        hand_designed={"cell": str(cell), "families": ["constant-4", "constant-8"]},
+        genotypes=[str(twin)],
+    )
+    assert main(["study", "--config", str(write_study(tmp_path, data)), "--dry-run"]) == 0
+    assert "file-twin is the same architecture as hand-constant-8: trained once" in (
+        capsys.readouterr().out
+    )
+    result = run_study(load(tmp_path, data))
+    assert result.ran == 2 * 2  # two architectures, two seeds
+    assert not (tmp_path / "study" / "train" / "file-twin").exists()
+    doc = strict_json(tmp_path / "study" / "study.json")
+    by_name = {c["name"]: c for c in doc["candidates"]}
+    assert by_name["file-twin"]["same_as"] == "hand-constant-8"
+    assert by_name["hand-constant-8"]["same_as"] is None
+    assert by_name["file-twin"]["mIoU"] == by_name["hand-constant-8"]["mIoU"]
+    assert by_name["file-twin"]["rank"] == by_name["hand-constant-8"]["rank"]
+    assert "file-twin (= hand-constant-8)" in (tmp_path / "study" / "study.md").read_text()
+
+
+def test_a_diverged_training_run_is_reported_not_dropped(tmp_path, monkeypatch):
+    data = study_data(tmp_path, train_seeds=[0])
+    original = TrainEngine.train_step
+
+    def diverges_for_random_1(self, images, masks):
+        if "random-1" in self.cfg.output:
+            self._check_finite(math.nan)  # the engine's own check of a NaN loss
+        return original(self, images, masks)
+
+    monkeypatch.setattr(TrainEngine, "train_step", diverges_for_random_1)
+    result = run_study(load(tmp_path, data))
+    doc = strict_json(tmp_path / "study" / "study.json")
+    last = doc["candidates"][-1]
+    assert last["name"] == "random-1" and last["mIoU"] == [None] and last["rank"] == 2
+    assert "loss became nan" in last["errors"][0]
+    assert "diverged" in (tmp_path / "study" / "study.md").read_text()
+    assert result.ran == 2 and run_study(load(tmp_path, data)).ran == 0  # recorded, not retried
+
+
+def test_search_divergence_stops_the_study(tmp_path, monkeypatch):
+    def nan_loss(model, batch, ignore_index=255):
+        return model(batch[0]).sum() * math.nan
+
+    monkeypatch.setattr(search_engine, "segmentation_loss", nan_loss)
+    data = study_data(tmp_path, search=SEARCH, random=None, layers=None, blocks=None)
+    with pytest.raises(NonFiniteLossError):
+        run_study(load(tmp_path, data))
+
+
+# ---------------------------------------------------------------------------- command line
+def test_cli_dry_run_lists_every_candidate_and_bad_input_exits_2(tmp_path, capsys):
+    path = write_study(tmp_path, study_data(tmp_path, search=SEARCH, layers=None, blocks=None))
+    assert main(["study", "--config", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    for name in ("search-s0", "random-0", "random-1"):
+        assert name in out
+    assert "7 trials: 1 search, 3 architectures x 2 seeds" in out
+    assert not (tmp_path / "study").exists()
+    assert main(["study", "--config", str(path), "random.nmu=1"]) == 2
+    assert "random.nmu" in capsys.readouterr().err
+    assert main(["study", "--config", str(tmp_path / "none.yaml")]) == 2
+
+
+@pytest.mark.slow
+def test_parallel_jobs_give_the_sequential_results(tmp_path):
+    data = study_data(tmp_path, name="sequential", train_seeds=[0])
+    run_study(load(tmp_path, data))
+    parallel = run_study(
+        load(tmp_path, {**data, "output": str(tmp_path / "parallel")}), jobs=2, devices=["cpu"]
+    )
+    assert parallel.ran == 2
+    a = strict_json(tmp_path / "sequential" / "study.json")
+    b = strict_json(tmp_path / "parallel" / "study.json")
+    assert a["candidates"] == b["candidates"] and a["summary"] == b["summary"]
+    log = [json.loads(line) for line in (tmp_path / "parallel" / "trials.jsonl").open()]
+    assert sorted(r["name"] for r in log) == ["random-0/seed0", "random-1/seed0"]
