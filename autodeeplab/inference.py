@@ -1,4 +1,4 @@
-"""Inference modes and streaming evaluation (SPEC section 5).
+"""Inference modes and streaming evaluation (see docs/inference.md).
 
 ``predict_logits(model, image, scales=..., flip=..., sliding_window=...)`` maps a normalised
 ``(N, 3, H, W)`` batch to class scores ``(N, C, H, W)``:

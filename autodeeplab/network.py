@@ -1,4 +1,4 @@
-"""The discrete Auto-DeepLab network that is retrained after search (SPEC section 4).
+"""The discrete Auto-DeepLab network that is retrained after search (see docs/network.md).
 
 ``AutoDeepLab = Encoder (stem + cells along the path) -> ASPP -> DeepLabv3+ decoder``.
 

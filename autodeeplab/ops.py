@@ -1,4 +1,4 @@
-"""The eight candidate operations (SPEC section 1) as a registry of module factories.
+"""The eight candidate operations (see docs/supernet.md) as a registry of module factories.
 
 Every factory has the same signature ``factory(channels, stride, affine) -> nn.Module`` and maps
 ``(N, channels, H, W)`` to ``(N, channels, ceil(H / stride), ceil(W / stride))``.

@@ -45,7 +45,7 @@ def _op_params(op: str, f: int, stride: int) -> int:
 def reference_params(
     g: Genotype, F: int, classes: int, aspp: int = 256, decoder: int = 256, low: int = 48
 ) -> int:
-    """Parameter count from the architecture description (SPEC section 4), by hand; ``aspp``,
+    """Parameter count from the architecture description (the paper's retrained network), by hand; ``aspp``,
     ``decoder`` and ``low`` are the head widths (the paper's 256, 256, 48 by default)."""
     total = 3 * 64 * 9 + 128 + 64 * 64 * 9 + 128 + 64 * 128 * 9 + 256  # stem
     c_pp, c_p, prev_level = 64, 128, 0

@@ -1,4 +1,4 @@
-"""The seeded trainA / trainB split used by the architecture search (SPEC section 3)."""
+"""The seeded trainA / trainB split used by the architecture search (see docs/search.md)."""
 
 from __future__ import annotations
 

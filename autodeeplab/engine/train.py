@@ -1,4 +1,4 @@
-"""Retraining a discrete architecture from scratch (SPEC section 4).
+"""Retraining a discrete architecture from scratch (as in the paper; see docs/train.md).
 
 SGD with the poly schedule (power 0.9, optional linear warm-up), Scheduled Drop Path (the
 drop probability grows linearly with training progress), periodic evaluation on the held-out
