@@ -11,6 +11,7 @@ differ) and reports every candidate's validation mIoU, favourable or not:
 
 Study folder::
 
+    config.yaml             the study config as given (``--config`` for a rerun)
     study.yaml              the resolved study, checked on every rerun
     candidates/<name>.json  the genotype of every candidate
     search/<name>/          one search run per trial (+ trial.json once finished)
@@ -594,6 +595,8 @@ class Study:
             )
         self.output.mkdir(parents=True, exist_ok=True)
         _write_text(path, yaml.safe_dump(new, sort_keys=False))
+        # the study config as given: `autodeeplab study --config <output>/config.yaml` reruns it
+        _write_text(self.output / "config.yaml", yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
 
     def write_candidates(self, candidates: Sequence[Candidate]) -> None:
         """``candidates/<name>.json`` for every candidate (refusing to change an existing one)."""
@@ -1082,9 +1085,15 @@ def draw_study(
     results: Sequence[CandidateResult], summary: Mapping[str, Any], input_size: tuple[int, int]
 ) -> Any:
     """Two panels, mIoU (%) against parameters and against Multi-Adds at ``input_size``: one
-    point per candidate with error bars over the training seeds, the searched candidates
-    highlighted, the hand-designed ones named, the random mean +- std as a band."""
+    point per architecture with error bars over the training seeds, the searched candidates
+    highlighted, the others but random ones named (candidates that share an architecture
+    share its point and label), the random mean +- std as a band."""
     from autodeeplab.draw import _new_figure
+
+    twins: dict[str, list[str]] = {}
+    for r in results:
+        if r.same_as is not None:
+            twins.setdefault(r.same_as, []).append(r.name)
 
     macs_scale, macs_unit = _macs_unit(results)
     axes_spec = (
@@ -1104,7 +1113,9 @@ def draw_study(
             ax.axhspan(m - s, m + s, color="#bdc3c7", alpha=0.35, lw=0, label="random mean ± std")
             ax.axhline(m, color="#7f8c8d", lw=1.0, ls="--")
         for kind in KINDS:
-            group = [r for r in results if r.kind == kind and math.isfinite(r.mean)]
+            group = [
+                r for r in results if r.kind == kind and r.same_as is None and math.isfinite(r.mean)
+            ]
             if not group:
                 continue
             style = dict(_STYLE[kind])
@@ -1119,10 +1130,12 @@ def draw_study(
                 zorder=4 if kind == "searched" else 3,
                 **style,
             )
-            if kind in ("hand-designed", "searched", "file"):
-                for r in group:
+            for r in group:
+                if kind != "random" or r.name in twins:
                     ax.annotate(
-                        r.name.removeprefix("hand-"),
+                        " = ".join(
+                            n.removeprefix("hand-") for n in [r.name, *twins.get(r.name, [])]
+                        ),
                         (getattr(r, attr) / scale, 100 * r.mean),
                         textcoords="offset points",
                         xytext=(5, 4),
@@ -1261,7 +1274,10 @@ def _write_report(
         ],
     )
     report.heading("Reproduce")
-    report.code(f"autodeeplab study --config STUDY.yaml --output {study.output}")
+    report.code(
+        f"autodeeplab study --config {study.output / 'config.yaml'}   # finds every trial done\n"
+        f"autodeeplab study --config {study.output / 'config.yaml'} --output NEW_FOLDER"
+    )
     report.write(study.output, name="study")
 
 

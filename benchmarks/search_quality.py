@@ -9,12 +9,15 @@ Runs (or continues: the study folder is resumable) ``autodeeplab study`` and pri
 ``summary`` of its ``study.json`` (random mean and std, each searched architecture's rank and
 z-score against the random architectures, the training-seed noise, the best hand-designed
 path), the protocol, every candidate's mean mIoU and the wall time of this invocation. The
-trial logs go to stderr.
+trial logs go to stderr. Without ``--output`` the study folder is
+``runs/search-quality/<config>-<hash of the resolved study>``, so every size gets its own folder
+and running the same command again continues it.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import sys
@@ -23,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from autodeeplab.study import load_study_config, run_study
+from autodeeplab.config import flatten
+from autodeeplab.study import STUDY_RUNTIME_KEYS, Study, load_study_config, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +37,7 @@ def main() -> None:
     p.add_argument(
         "--config", default=str(ROOT / "configs" / "study" / "synthetic.yaml"), help="study YAML"
     )
-    p.add_argument("--output", help="study folder (default: the config's output)")
+    p.add_argument("--output", help="study folder (default: one per resolved study)")
     p.add_argument("--trials", type=int, help="search trials (seeds 0..K-1)")
     p.add_argument("--random", type=int, help="random architectures")
     p.add_argument("--iterations", type=int, help="retraining iterations per candidate and seed")
@@ -57,6 +61,11 @@ def main() -> None:
     if args.seeds is not None:
         overrides.append(f"train_seeds={json.dumps(args.seeds)}")
     config = load_study_config(args.config, overrides)
+    if args.output is None:
+        record = flatten(Study(config).record())
+        what = {k: v for k, v in record.items() if k not in STUDY_RUNTIME_KEYS}
+        digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:8]
+        config.output = str(Path("runs") / "search-quality" / f"{Path(args.config).stem}-{digest}")
 
     start = time.perf_counter()
     result = run_study(config, device=args.device, log=lambda text: print(text, file=sys.stderr))

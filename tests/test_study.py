@@ -4,6 +4,7 @@ import json
 import math
 import os
 import signal
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from autodeeplab.study import (
     Study,
     StudyError,
     competition_ranks,
+    draw_study,
     json_safe,
     load_study_config,
     mean_std,
@@ -304,6 +306,32 @@ def test_rank_z_and_pooled_std_edge_cases():
     assert pooled_std(groups) == pytest.approx(math.sqrt(ss / dof))
 
 
+def test_study_figure_marks_the_kinds_and_merges_candidates_of_one_architecture():
+    rows = [
+        planted("random-0", "random", [0.2, 0.3], params=2_000_000),
+        planted("random-1", "random", [0.4, 0.5], params=3_000_000),
+        planted("search-s0", "searched", [0.35, 0.45], params=2_500_000),
+        planted("hand-a", "hand-designed", [0.3, 0.3], params=1_500_000),
+    ]
+    twin = planted("hand-b", "hand-designed", [0.35, 0.45], params=2_500_000)
+    rows.append(CandidateResult(**{**twin.__dict__, "same_as": "search-s0"}))
+    fig = draw_study(rows, summarize(rows), (64, 64))
+    left, right = fig.axes
+    assert left.get_xlabel() == "parameters (M)"
+    assert right.get_xlabel() == "Multi-Adds at 64x64 (M)"  # 10x params: 15..30M
+    for ax in (left, right):
+        labels = sorted(t.get_text() for t in ax.texts)
+        assert labels == ["a", "search-s0 = b"]  # random points unnamed, twins share one
+        markers = Counter(
+            line.get_marker() for line in ax.lines for _ in line.get_xdata()
+        )  # error-bar caps are the "_" markers, two per point
+        assert {m: markers[m] for m in "o*sD"} == {"o": 2, "*": 1, "s": 1, "D": 0}
+        (band,) = [p for p in ax.patches if p.get_label() == "random mean ± std"]
+        y = (band.get_y(), band.get_y() + band.get_height())
+        sd = math.sqrt(2 * 0.1**2)  # random means 0.25 and 0.45
+        assert y == pytest.approx((100 * (0.35 - sd), 100 * (0.35 + sd)))
+
+
 def test_a_diverged_candidate_ranks_last_and_stays_out_of_the_random_statistics():
     rows = [
         planted("random-0", "random", [0.2, 0.3]),
@@ -331,8 +359,11 @@ def test_study_runs_every_candidate_and_writes_json_markdown_and_figure(tmp_path
         hand_designed={"cell": "searched", "families": ["constant-8"]},
         genotypes=[str(mine)],
     )
-    result = run_study(load(tmp_path, data))
+    cfg = load(tmp_path, data)
+    result = run_study(cfg)
     out = tmp_path / "study"
+    assert load_study_config(out / "config.yaml") == cfg  # the rerun command of study.md
+    assert f"--config {out / 'config.yaml'}" in (out / "study.md").read_text()
     names = ["search-s0", "random-0", "random-1", "hand-constant-8", "file-mine"]
     doc = strict_json(out / "study.json")
     assert sorted(c["name"] for c in doc["candidates"]) == sorted(names)
