@@ -41,13 +41,9 @@ class ArchSchedule:
 
     @classmethod
     def from_config(cls, cfg: Any, steps_per_epoch: int) -> ArchSchedule:
-        """The schedule of a :class:`~autodeeplab.config.SearchConfig`; bad values raise
+        """The schedule of a :class:`~autodeeplab.config.SearchConfig` (whose ``epochs`` and
+        ``arch_start_epoch`` the engine has checked); bad values of the keys read here raise
         ``ValueError`` naming the key."""
-        if cfg.epochs < 1 or cfg.arch_start_epoch < 0:
-            raise ValueError(
-                f"need epochs >= 1 and arch_start_epoch >= 0, got {cfg.epochs}, "
-                f"{cfg.arch_start_epoch}"
-            )
         if cfg.arch_steps_per_step < 1:
             raise ValueError(f"arch_steps_per_step must be >= 1, got {cfg.arch_steps_per_step}")
         total = cfg.epochs * steps_per_epoch
