@@ -344,7 +344,17 @@ RUNTIME_KEYS: frozenset[str] = frozenset(
 )
 """Keys that may change between an interrupted run and its resumption."""
 
-NEUTRAL_DEFAULTS: dict[str, Any] = {"data.repeat": 1, "model.aspp_rates": "paper"}
+NEUTRAL_DEFAULTS: dict[str, Any] = {
+    "data.repeat": 1,
+    "model.aspp_rates": "paper",
+    "arch_start_fraction": None,
+    "arch_steps_per_step": 1,
+    "arch_regularizer.name": "none",
+    "arch_regularizer.weight": 1.0,
+    "arch_regularizer.ramp": "linear",
+    "aux_skip.schedule": "none",
+    "aux_skip.start": 1.0,
+}
 """Keys added after run folders were first written, with the value under which a run behaves
 as runs did before the key existed. While a key holds that value it is left out of the config
 identity and hash, so a checkpoint written before the key existed still resumes."""
