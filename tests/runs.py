@@ -1,10 +1,39 @@
-"""Helpers for the tests of run folders: a child process holding a folder's lock, strict JSON."""
+"""Helpers for the tests of runs: the tiny search config, a child process holding a folder's
+lock, strict JSON."""
 
 import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+SEARCH_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "search" / "synthetic.yaml"
+SEARCH_TINY = [
+    "epochs=2",
+    "arch_start_epoch=1",
+    "data.options={length: 16, size: 32, seed: 0}",
+    "data.crop_size=32",
+    "data.batch_size=2",
+    "data.eval_batch_size=4",
+    "data.max_eval_samples=4",
+    "model.layers=3",
+    "model.blocks=2",
+    "model.filter_multiplier=2",
+    "model.stem_channels=[8, 8, 8]",
+    "progress=false",
+    "tensorboard=false",
+    "log_interval=1",
+]
+"""Overrides of the synthetic search config for a tiny search: 8 + 8 samples, 4 steps per
+epoch."""
+
+
+def tiny_search(tmp_path: Path, *extra: str, name: str = "run"):
+    """The tiny search config writing to ``tmp_path / name``, with ``extra`` overrides."""
+    from autodeeplab.config import load_config
+
+    return load_config(SEARCH_CONFIG, [*SEARCH_TINY, f"output={tmp_path / name}", *extra])
+
 
 _HOLDER = textwrap.dedent(
     """

@@ -26,6 +26,7 @@ from autodeeplab.checkpoint import (
 )
 from autodeeplab.cli import main
 from autodeeplab.draw import load_architecture
+from runs import SEARCH_TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,18 +80,16 @@ def test_library_readers_refuse_and_never_execute(tmp_path, zipped):
 
 
 def _tiny_search_run(tmp_path: Path) -> Path:
-    from tests.test_search import TINY
-
     out = tmp_path / "search"
     config = ROOT / "configs" / "search" / "synthetic.yaml"
     assert (
-        main(["search", "--config", str(config), "--output", str(out), *TINY, "max_steps=1"]) == 0
+        main(["search", "--config", str(config), "--output", str(out), *SEARCH_TINY, "max_steps=1"])
+        == 0
     )
     return out
 
 
 def test_every_command_that_reads_checkpoints_refuses_a_planted_one(tmp_path, capsys):
-    from tests.test_search import TINY as SEARCH_TINY
     from tests.test_train import TINY as TRAIN_TINY
     from tests.test_train import genotype_file
 

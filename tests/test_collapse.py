@@ -2,7 +2,6 @@
 skip schedule inside a search, config validation."""
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +11,9 @@ from autodeeplab.collapse import RAMPS, CollapseGuards, beta_decay
 from autodeeplab.config import load_config
 from autodeeplab.engine.search import SearchEngine, run_search
 from autodeeplab.supernet import SearchNetwork
+from runs import SEARCH_CONFIG, SEARCH_TINY
 
-SYNTHETIC = Path(__file__).resolve().parents[1] / "configs" / "search" / "synthetic.yaml"
+SYNTHETIC = SEARCH_CONFIG
 
 
 def _model(layers=4, blocks=3, seed=0):
@@ -104,22 +104,7 @@ def test_add_regularizer_gradients_adds_lambda_times_the_gradient():
     assert not any(p.requires_grad for p in model.arch_parameters())
 
 
-TINY = [
-    "epochs=2",
-    "arch_start_epoch=1",
-    "data.options={length: 16, size: 32, seed: 0}",
-    "data.crop_size=32",
-    "data.batch_size=2",
-    "data.eval_batch_size=4",
-    "data.max_eval_samples=4",
-    "model.layers=3",
-    "model.blocks=2",
-    "model.filter_multiplier=2",
-    "model.stem_channels=[8, 8, 8]",
-    "progress=false",
-    "tensorboard=false",
-    "log_interval=1",
-]  # 8 + 8 samples -> 4 steps per epoch
+TINY = SEARCH_TINY  # 8 + 8 samples -> 4 steps per epoch
 
 
 def test_search_feeds_the_decaying_aux_skip_to_every_forward(tmp_path, monkeypatch):

@@ -2,7 +2,6 @@
 step, progress; in a search run: step counts, trainB passes, exact resume with every option."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,28 +10,13 @@ from autodeeplab.checkpoint import load_checkpoint
 from autodeeplab.config import load_config
 from autodeeplab.engine.schedule import ArchSchedule
 from autodeeplab.engine.search import SearchEngine, epoch_batches, run_search
+from runs import SEARCH_CONFIG, SEARCH_TINY, tiny_search
 
-SYNTHETIC = Path(__file__).resolve().parents[1] / "configs" / "search" / "synthetic.yaml"
-TINY = [
-    "epochs=2",
-    "arch_start_epoch=1",
-    "data.options={length: 16, size: 32, seed: 0}",
-    "data.crop_size=32",
-    "data.batch_size=2",
-    "data.eval_batch_size=4",
-    "data.max_eval_samples=4",
-    "model.layers=3",
-    "model.blocks=2",
-    "model.filter_multiplier=2",
-    "model.stem_channels=[8, 8, 8]",
-    "progress=false",
-    "tensorboard=false",
-    "log_interval=1",
-]  # 8 + 8 samples -> 4 steps per epoch
+SYNTHETIC = SEARCH_CONFIG
+TINY = SEARCH_TINY  # 8 + 8 samples -> 4 steps per epoch
 
 
-def tiny(tmp_path: Path, *extra: str, name: str = "run"):
-    return load_config(SYNTHETIC, [*TINY, f"output={tmp_path / name}", *extra])
+tiny = tiny_search
 
 
 def test_schedule_from_epoch_or_fraction():

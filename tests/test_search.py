@@ -17,7 +17,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from runs import hold_lock, read_records
 from torch.func import functional_call
 from torch.utils.data import default_collate
 
@@ -35,28 +34,13 @@ from autodeeplab.engine.search import (
 from autodeeplab.genotype import Genotype
 from autodeeplab.runfolder import RunFolderLock, RunFolderLockedError
 from autodeeplab.supernet import SearchNetwork
+from runs import SEARCH_CONFIG, SEARCH_TINY, hold_lock, read_records, tiny_search
 
-SYNTHETIC = Path(__file__).resolve().parents[1] / "configs" / "search" / "synthetic.yaml"
-TINY = [
-    "epochs=2",
-    "arch_start_epoch=1",
-    "data.options={length: 16, size: 32, seed: 0}",
-    "data.crop_size=32",
-    "data.batch_size=2",
-    "data.eval_batch_size=4",
-    "data.max_eval_samples=4",
-    "model.layers=3",
-    "model.blocks=2",
-    "model.filter_multiplier=2",
-    "model.stem_channels=[8, 8, 8]",
-    "progress=false",
-    "tensorboard=false",
-    "log_interval=1",
-]  # 8 + 8 samples -> 4 steps per epoch
+SYNTHETIC = SEARCH_CONFIG
+TINY = SEARCH_TINY  # 8 + 8 samples -> 4 steps per epoch
 
 
-def tiny(tmp_path: Path, *extra: str, name: str = "run") -> SearchConfig:
-    return load_config(SYNTHETIC, [*TINY, f"output={tmp_path / name}", *extra])
+tiny = tiny_search
 
 
 def initial_arch(cfg: SearchConfig) -> list[torch.Tensor]:

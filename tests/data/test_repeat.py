@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import runs
 from autodeeplab.checkpoint import load_checkpoint
 from autodeeplab.config import (
     SearchConfig,
@@ -31,22 +32,8 @@ from autodeeplab.engine.train import TrainEngine, run_train
 from autodeeplab.genotype import RELEASED, Genotype
 
 ROOT = Path(__file__).resolve().parents[2]
-SEARCH_TINY = [
-    "epochs=2",
-    "arch_start_epoch=1",
-    "data.options={length: 8, size: 32, seed: 0}",
-    "data.crop_size=32",
-    "data.batch_size=2",
-    "data.eval_batch_size=4",
-    "data.max_eval_samples=4",
-    "model.layers=3",
-    "model.blocks=2",
-    "model.filter_multiplier=2",
-    "model.stem_channels=[8, 8, 8]",
-    "progress=false",
-    "tensorboard=false",
-    "log_interval=1",
-]  # 4 + 4 distinct samples, twice each -> 4 steps per epoch
+SEARCH_TINY = [*runs.SEARCH_TINY, "data.options={length: 8, size: 32, seed: 0}"]
+# 4 + 4 distinct samples, twice each -> 4 steps per epoch
 TRAIN_TINY = [
     "iterations=6",
     "data.options={length: 4, size: 32, seed: 0}",
