@@ -26,6 +26,7 @@ from autodeeplab.checkpoint import (
 )
 from autodeeplab.cli import main
 from autodeeplab.draw import load_architecture
+
 from runs import SEARCH_TINY
 
 ROOT = Path(__file__).resolve().parents[1]

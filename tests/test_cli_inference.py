@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny import make_tiny_model
 
 from autodeeplab import inference
 from autodeeplab import predict as predict_module
@@ -16,6 +15,8 @@ from autodeeplab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from autodeeplab.inference import DEFAULT_TILE_ABOVE, tile_window
 from autodeeplab.predict import blend, collect_images, normalise, segment
 from autodeeplab.saved_model import load_model, save_model
+
+from tiny import make_tiny_model
 
 KINDS = ("color", "labels", "overlay")
 

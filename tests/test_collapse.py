@@ -11,6 +11,7 @@ from autodeeplab.collapse import RAMPS, CollapseGuards, beta_decay
 from autodeeplab.config import load_config
 from autodeeplab.engine.search import SearchEngine, run_search
 from autodeeplab.supernet import SearchNetwork
+
 from runs import SEARCH_CONFIG, SEARCH_TINY
 
 SYNTHETIC = SEARCH_CONFIG

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from runs import hold_lock
 
 from autodeeplab.cli import main
 from autodeeplab.data import build_dataset
 from autodeeplab.demo import STAGES, DemoStopped, majority_baseline, resource_config, run_demo
 from autodeeplab.engine.search import SearchEngine
 from autodeeplab.runfolder import RunFolderLockedError
+
+from runs import hold_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = "data.options={length: 24, size: 32, seed: 0}"

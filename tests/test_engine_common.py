@@ -2,9 +2,9 @@
 
 import json
 
-from runs import read_records
-
 from autodeeplab.engine.common import RunLog
+
+from runs import read_records
 
 
 def _log(tmp_path, rank: int = 0) -> RunLog:

@@ -5,12 +5,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from tiny import make_tiny_model
 
 from autodeeplab.export import INPUT_NAME, OUTPUT_NAME, export_onnx, onnx_max_abs_diff
 from autodeeplab.genotype import RELEASED, Genotype
 from autodeeplab.network import AutoDeepLab
 from autodeeplab.saved_model import SavedModelConfig
+
+from tiny import make_tiny_model
 
 
 def run_both(model, path, shape):

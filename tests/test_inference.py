@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import make_tiny_model
 from torch import nn
 
 from autodeeplab import inference
@@ -20,6 +19,8 @@ from autodeeplab.inference import (
     window_starts,
 )
 from autodeeplab.metrics import ConfusionMatrix
+
+from tiny import make_tiny_model
 
 
 @pytest.fixture(scope="module")

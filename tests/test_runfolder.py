@@ -7,7 +7,6 @@ import signal
 from pathlib import Path
 
 import pytest
-from runs import hold_lock, strict_loads
 
 from autodeeplab.runfolder import (
     LOCK_FILE,
@@ -19,6 +18,8 @@ from autodeeplab.runfolder import (
     read_lock_holder,
     remove_interrupted_writes,
 )
+
+from runs import hold_lock, strict_loads
 
 
 def test_a_second_process_is_refused_with_the_holders_pid(tmp_path):

@@ -3,10 +3,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny import make_tiny_model
 
 import autodeeplab
 from autodeeplab.saved_model import CONFIG_FILE, WEIGHTS_FILE, load_model, read_config, save_model
+
+from tiny import make_tiny_model
 
 NAMES = ("a", "b", "c")
 PALETTE = np.array([(0, 0, 0), (255, 0, 0), (0, 255, 0)], dtype=np.uint8)

@@ -10,6 +10,7 @@ from autodeeplab.checkpoint import load_checkpoint
 from autodeeplab.config import load_config
 from autodeeplab.engine.schedule import ArchSchedule
 from autodeeplab.engine.search import SearchEngine, epoch_batches, run_search
+
 from runs import SEARCH_CONFIG, SEARCH_TINY, tiny_search
 
 SYNTHETIC = SEARCH_CONFIG

@@ -34,6 +34,7 @@ from autodeeplab.engine.search import (
 from autodeeplab.genotype import Genotype
 from autodeeplab.runfolder import RunFolderLock, RunFolderLockedError
 from autodeeplab.supernet import SearchNetwork
+
 from runs import SEARCH_CONFIG, SEARCH_TINY, hold_lock, read_records, tiny_search
 
 SYNTHETIC = SEARCH_CONFIG

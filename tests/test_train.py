@@ -13,7 +13,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from runs import hold_lock, read_records, strict_loads
 
 from autodeeplab import load_model
 from autodeeplab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -33,6 +32,8 @@ from autodeeplab.engine.train import (
 from autodeeplab.genotype import RELEASED, Genotype
 from autodeeplab.network import AutoDeepLab
 from autodeeplab.runfolder import RunFolderLockedError
+
+from runs import hold_lock, read_records, strict_loads
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = ROOT / "configs" / "train" / "synthetic.yaml"

@@ -6,16 +6,6 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from layouts import (
-    make_ade,
-    make_cityscapes,
-    make_folder,
-    make_voc,
-    save_gray,
-    save_png16_rgb,
-    save_rgb,
-    voc_colormap_reference,
-)
 from PIL import Image
 
 from autodeeplab.data import (
@@ -34,6 +24,17 @@ from autodeeplab.data import (
 from autodeeplab.data import cityscapes as cs
 from autodeeplab.data.base import read_image
 from autodeeplab.data.folder import read_metadata
+
+from layouts import (
+    make_ade,
+    make_cityscapes,
+    make_folder,
+    make_voc,
+    save_gray,
+    save_png16_rgb,
+    save_rgb,
+    voc_colormap_reference,
+)
 
 # The official cityscapesScripts table (helpers/labels.py), written out independently:
 # (name, id, trainId).

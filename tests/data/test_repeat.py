@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-import runs
 from autodeeplab.checkpoint import load_checkpoint
 from autodeeplab.config import (
     SearchConfig,
@@ -30,6 +29,8 @@ from autodeeplab.engine.common import build_datasets
 from autodeeplab.engine.search import KeyedSamples, SearchEngine, run_search
 from autodeeplab.engine.train import TrainEngine, run_train
 from autodeeplab.genotype import RELEASED, Genotype
+
+import runs
 
 ROOT = Path(__file__).resolve().parents[2]
 SEARCH_TINY = [*runs.SEARCH_TINY, "data.options={length: 8, size: 32, seed: 0}"]

@@ -2,11 +2,11 @@
 
 from pathlib import Path
 
-from layouts import make_cityscapes
-
 from autodeeplab import load_model
 from autodeeplab.cli import main
 from autodeeplab.genotype import RELEASED, Genotype
+
+from layouts import make_cityscapes
 
 TINY = [
     "iterations=2",
