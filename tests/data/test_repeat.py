@@ -30,11 +30,23 @@ from autodeeplab.engine.search import KeyedSamples, SearchEngine, run_search
 from autodeeplab.engine.train import TrainEngine, run_train
 from autodeeplab.genotype import RELEASED, Genotype
 
-import runs
-
 ROOT = Path(__file__).resolve().parents[2]
-SEARCH_TINY = [*runs.SEARCH_TINY, "data.options={length: 8, size: 32, seed: 0}"]
-# 4 + 4 distinct samples, twice each -> 4 steps per epoch
+SEARCH_TINY = [
+    "epochs=2",
+    "arch_start_epoch=1",
+    "data.options={length: 8, size: 32, seed: 0}",
+    "data.crop_size=32",
+    "data.batch_size=2",
+    "data.eval_batch_size=4",
+    "data.max_eval_samples=4",
+    "model.layers=3",
+    "model.blocks=2",
+    "model.filter_multiplier=2",
+    "model.stem_channels=[8, 8, 8]",
+    "progress=false",
+    "tensorboard=false",
+    "log_interval=1",
+]  # 4 + 4 distinct samples, twice each -> 4 steps per epoch
 TRAIN_TINY = [
     "iterations=6",
     "data.options={length: 4, size: 32, seed: 0}",
