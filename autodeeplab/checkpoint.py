@@ -166,7 +166,7 @@ def _pickle_globals(stream: Any) -> list[str]:
 
 def _reason(err: BaseException) -> str:
     """The informative line of a loader error (PyTorch wraps it in advice about
-    ``weights_only=False``, which is exactly what must not be done with a shared file)."""
+    turning the restriction off, which is exactly what must not be done with a shared file)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     boiler = ("Weights only load failed", "Please file an issue", "Check the documentation")
     useful = [line for line in lines if not line.startswith(boiler) and "weights_only" not in line]
