@@ -87,12 +87,12 @@ _RUN_KEYS = (
     "data.eval_batch_size",
 )
 TRIAL_RUNTIME_KEYS: frozenset[str] = frozenset({*_RUN_KEYS, "model.genotype", "model.preset"})
-"""Keys of a trial's config that may change between sessions of a study: where and how fast a
+"""Keys of a trial's config that may change between runs of a study: where and how fast a
 trial runs, not what it computes (the genotype is compared by content, not by file name)."""
 STUDY_RUNTIME_KEYS: frozenset[str] = frozenset(
     {f"{part}.{key}" for part in ("train", "search") for key in (*_RUN_KEYS, "seed")}
 )
-"""Keys of the resolved study (``study.yaml``) that may change between sessions. The ``seed``
+"""Keys of the resolved study (``study.yaml``) that may change between runs. The ``seed``
 of the base configs is replaced by every trial's own seed."""
 
 
@@ -1304,7 +1304,7 @@ class StudyResult:
     results: list[CandidateResult]
     summary: dict[str, Any]
     ran: int
-    """Trials run in this session (the others had finished earlier)."""
+    """Trials run by this call (the others had finished earlier)."""
 
 
 def collect(
