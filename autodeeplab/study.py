@@ -87,12 +87,12 @@ _RUN_KEYS = (
     "data.eval_batch_size",
 )
 TRIAL_RUNTIME_KEYS: frozenset[str] = frozenset({*_RUN_KEYS, "model.genotype", "model.preset"})
-"""Keys of a trial's config that may change between sessions of a study: where and how fast a
+"""Keys of a trial's config that may change between runs of a study: where and how fast a
 trial runs, not what it computes (the genotype is compared by content, not by file name)."""
 STUDY_RUNTIME_KEYS: frozenset[str] = frozenset(
     {f"{part}.{key}" for part in ("train", "search") for key in (*_RUN_KEYS, "seed")}
 )
-"""Keys of the resolved study (``study.yaml``) that may change between sessions. The ``seed``
+"""Keys of the resolved study (``study.yaml``) that may change between runs. The ``seed``
 of the base configs is replaced by every trial's own seed."""
 
 
@@ -955,6 +955,18 @@ def pooled_std(groups: Sequence[Sequence[float]]) -> float | None:
     return math.sqrt(ss / dof) if dof else None
 
 
+def seed_means(results: Sequence[CandidateResult]) -> dict[str, float]:
+    """``{seed: mean mIoU over the candidates}`` (finite values only). Every candidate trains
+    with the same seeds, so a seed that is easier for all of them shifts every score alike: it
+    shows here, and it cancels when two candidates are compared."""
+    by_seed: dict[int, list[float]] = {}
+    for r in results:
+        for seed, miou in zip(r.seeds, r.miou, strict=True):
+            if math.isfinite(miou):
+                by_seed.setdefault(seed, []).append(miou)
+    return {str(seed): float(np.mean(v)) for seed, v in by_seed.items()}
+
+
 @dataclass(frozen=True)
 class CandidateResult:
     """A candidate's figures: per-seed final mIoU (0..1), their mean and std, its size."""
@@ -1022,6 +1034,7 @@ def summarize(results: Sequence[CandidateResult]) -> dict[str, Any]:
         ],
         # each training run once: a candidate that shares another's runs adds nothing new
         "seed_noise": pooled_std([r.miou for r in results if r.same_as is None]),
+        "seed_means": seed_means([r for r in results if r.same_as is None]),
     }
     hand = [r for r in results if r.kind == "hand-designed" and math.isfinite(r.mean)]
     best_hand = max(hand, key=lambda r: r.mean, default=None)
@@ -1143,6 +1156,7 @@ def draw_study(
                         color=_STYLE[kind]["color"],
                     )
         ax.set_xlabel(label)
+        ax.margins(x=0.1)  # room for the names of the outermost points
         ax.grid(True, color="#e5e5e5", lw=0.6)
         ax.set_axisbelow(True)
         for side in ("top", "right"):
@@ -1230,8 +1244,11 @@ def _write_report(
         lines.append(
             f"Best hand-designed: `{hand['name']}`, {_pct(hand['mean'])} % (rank {hand['rank']})."
         )
+    per_seed = ", ".join(f"seed {k} {_pct(v)} %" for k, v in summary["seed_means"].items())
     lines.append(
-        f"Training-seed noise (pooled within-candidate std): {_pct(summary['seed_noise'])} %."
+        f"Training-seed noise (pooled within-candidate std): {_pct(summary['seed_noise'])} %. "
+        f"Mean over the candidates per seed: {per_seed} (a shift common to every candidate "
+        "cancels when two candidates are compared)."
     )
     report.heading("Summary")
     for line in lines:
@@ -1289,7 +1306,7 @@ class StudyResult:
     results: list[CandidateResult]
     summary: dict[str, Any]
     ran: int
-    """Trials run in this session (the others had finished earlier)."""
+    """Trials run by this call (the others had finished earlier)."""
 
 
 def collect(

@@ -285,6 +285,12 @@ def test_statistics_match_hand_computation():
     # pooled over 9 candidates with one degree of freedom each: s_i^2 = 2 d_i^2
     ds = [0.01, 0.02, 0.01, 0.03, 0.01, 0.01, 0.01, 0.02, 0.0]
     assert s["seed_noise"] == pytest.approx(math.sqrt(sum(2 * d * d for d in ds) / 9))
+    # seed 0 is m - d and seed 1 is m + d for every candidate
+    means = [0.1, 0.2, 0.3, 0.4, 0.5, 0.45, 0.06, 0.35, 0.6]
+    assert s["seed_means"] == {
+        "0": pytest.approx(np.mean(means) - np.mean(ds)),
+        "1": pytest.approx(np.mean(means) + np.mean(ds)),
+    }
     assert s["best_hand_designed"] == {"name": "hand-b", "mean": pytest.approx(0.6), "rank": 1}
     assert s["best"]["name"] == "hand-b"
 
