@@ -531,7 +531,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="the whole pipeline on the synthetic data set, with a report",
-        description="Synthetic data -> search -> decode -> retrain -> evaluate -> predict -> "
+        description="Synthetic data -> search -> decode -> retrain, next to a random and a "
+        "hand-designed architecture with the same budget -> evaluate -> predict -> "
         "report.html / report.md. A few minutes on 2 CPU cores.",
     )
     p.add_argument("--output", default="runs/demo", help="demo folder (default: runs/demo)")
@@ -556,7 +557,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="overrides of the training config (e.g. iterations=100)",
+        help="overrides of the training config, for the searched and the baseline "
+        "architectures alike (e.g. iterations=100)",
     )
     p.set_defaults(func=_run_demo)
 

@@ -9,7 +9,9 @@ baseline, segments a few validation images and writes a report::
       genotype.json      the decoded architecture
       architecture.png   path, cell and beta heat maps
       train/             training run (metrics.jsonl, best/, model/, curves.png, ...)
-      eval.json          per-class metrics of the retrained model and of the baseline
+      baselines/         <name>.json genotype and <name>/ training run of each baseline
+      eval.json          per-class metrics of the retrained model and of the majority-class
+                         baseline; mIoU, params and Multi-Adds of the three architectures
       predictions/       input images and their label / colour / overlay PNGs
       report.html        self-contained report (images embedded)
       report.md          the same report in Markdown (images in report_files/)
@@ -23,6 +25,7 @@ The stage configs are the package's ``resources/demo_search.yaml`` and
 from __future__ import annotations
 
 import contextlib
+import copy
 import shutil
 import signal
 import time
@@ -43,7 +46,19 @@ from autodeeplab.genotype import Genotype
 from autodeeplab.metrics import ConfusionMatrix
 from autodeeplab.runfolder import LOCK_FILE, RunFolderLock, dumps_json
 
-STAGES: tuple[str, ...] = ("search", "decode", "train", "evaluate", "predict", "report")
+STAGES: tuple[str, ...] = (
+    "search",
+    "decode",
+    "train",
+    "baselines",
+    "evaluate",
+    "predict",
+    "report",
+)
+
+HAND_DESIGNED_FAMILIES: tuple[str, ...] = ("deeplabv3", "constant-8")
+"""The demo's hand-designed baseline: the first of these path families that fits the search's
+layers (the DeepLabv3-like path, the paper's hand-designed reference, needs 4)."""
 
 
 class DemoStopped(Exception):
@@ -99,6 +114,24 @@ def demo_configs(
     return search, train
 
 
+def demo_baselines(searched: Genotype, seed: int) -> dict[str, tuple[str, Genotype]]:
+    """``{name: (kind, genotype)}`` of the architectures retrained next to ``searched``: one
+    drawn uniformly at random from the same space (cell and path, with ``seed``) and a
+    hand-designed path (:data:`HAND_DESIGNED_FAMILIES`) with the searched cell, so that it
+    differs from the searched architecture in the path only."""
+    from autodeeplab import space
+    from autodeeplab.sample import sample_genotypes
+
+    layers, blocks = len(searched.path), searched.blocks
+    (drawn,) = sample_genotypes(1, seed, layers=layers, blocks=blocks)
+    families = space.hand_designed_paths(layers)
+    family = next(f for f in HAND_DESIGNED_FAMILIES if f in families)
+    return {
+        "random": ("random", drawn),
+        f"hand-{family}": ("hand-designed", Genotype(cell=searched.cell, path=families[family])),
+    }
+
+
 def _prepare_output(output: Path, overwrite: bool) -> RunFolderLock:
     """Lock ``output`` (created if missing) and check that it is empty, or empty it with
     ``overwrite``. Returns the held lock."""
@@ -148,6 +181,18 @@ def majority_baseline(
         mask = torch.from_numpy(eval_set.load(i)[1].astype(np.int64))  # (H, W)
         cm.update(torch.full_like(mask, majority)[None], mask[None])
     return majority, cm
+
+
+def _evaluate(loaded: Any, val: SegmentationDataset, batch_size: int) -> ConfusionMatrix:
+    from autodeeplab.inference import evaluate
+
+    return evaluate(
+        loaded.model,
+        val,
+        loaded.config.num_classes,
+        batch_size=batch_size,
+        ignore_index=loaded.config.ignore_index,
+    )
 
 
 class _Clock:
@@ -202,10 +247,10 @@ def _run_stages(
     samples: int,
     log: Callable[[str], None] | None,
 ) -> DemoResult:
+    from autodeeplab.complexity import complexity
     from autodeeplab.draw import draw_architecture, load_architecture, save_figure
     from autodeeplab.engine.search import run_search
     from autodeeplab.engine.train import run_train
-    from autodeeplab.inference import evaluate
     from autodeeplab.predict import predict_images
     from autodeeplab.saved_model import load_model
 
@@ -229,7 +274,27 @@ def _run_stages(
         raise DemoStopped("train", trained.stop_signal)
     clock.stop("train")
 
-    clock.start("evaluate", "evaluate the best model and a majority-class baseline")
+    clock.start("baselines", "retrain a random and a hand-designed architecture, same budget")
+    runs = {"searched": ("searched", genotype, trained.output)}
+    for name, (kind, other) in demo_baselines(genotype, train_cfg.seed).items():
+        if other == genotype:  # the search found this very architecture: trained already
+            runs[name] = (kind, other, trained.output)
+            continue
+        cfg = copy.deepcopy(train_cfg)
+        cfg.output = str(output / "baselines" / name)
+        path = output / "baselines" / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        other.save(path)
+        cfg.model.genotype = str(path)
+        if log is not None:
+            log(f"{name} ({kind}): {other}")
+        run = run_train(cfg, log=log)
+        if run.stop_signal is not None:
+            raise DemoStopped("baselines", run.stop_signal)
+        runs[name] = (kind, other, run.output)
+    clock.stop("baselines")
+
+    clock.start("evaluate", "evaluate the three models and a majority-class baseline")
     loaded = load_model(trained.output / "best")
     d = train_cfg.data
     val = build_dataset(
@@ -240,20 +305,31 @@ def _run_stages(
         **d.options,
     )
     train_set = build_dataset(d.name, d.root, d.train_split, None, **d.options)
-    cm = evaluate(
-        loaded.model,
-        val,
-        loaded.config.num_classes,
-        batch_size=d.eval_batch_size,
-        ignore_index=loaded.config.ignore_index,
-    )
+    cm = _evaluate(loaded, val, d.eval_batch_size)
     majority, baseline = majority_baseline(train_set, val, loaded.config.ignore_index)
     names = loaded.config.class_names
+    architectures = []
+    for name, (kind, arch, run_dir) in runs.items():
+        model = loaded if name == "searched" else load_model(run_dir / "best")
+        arch_cm = cm if model is loaded else _evaluate(model, val, d.eval_batch_size)
+        size = complexity(model.model, (d.crop_size, d.crop_size))
+        architectures.append(
+            {
+                "name": name,
+                "kind": kind,
+                "genotype": str(arch),
+                "params": size.params,
+                "multiply_adds": size.multiply_adds,
+                "mIoU": arch_cm.mean_iou(),
+                "run": str(run_dir),
+            }
+        )
     evaluation = {
         "split": d.eval_split,
         "samples": len(val),
         "model": cm.to_dict(names),
         "baseline": {"class": names[majority], **baseline.to_dict(names)},
+        "architectures": architectures,
     }
     (output / "eval.json").write_text(dumps_json(evaluation, indent=2) + "\n")
     if log is not None:
@@ -263,6 +339,8 @@ def _run_stages(
             f"{100 * baseline.mean_iou():.2f} ('{names[majority]}' everywhere) on "
             f"{len(val)} validation images"
         )
+        for a in architectures:
+            log(f"  {a['name']:<16} mIoU {_pct(a['mIoU']):>6}  {a['genotype']}")
     clock.stop("evaluate")
 
     clock.start("predict", f"segment {samples} validation images")
@@ -292,6 +370,7 @@ def _run_stages(
         timings=clock.timings,
         total=clock.total(),
         best_iteration=trained.best_iteration,
+        architectures=architectures,
     )
     clock.stop("report")
     timings = {**clock.timings, "total": clock.total()}
@@ -352,6 +431,61 @@ def _prediction_figure(
     return fig
 
 
+def _comparison_figure(architectures: Sequence[dict[str, Any]], majority_miou: float) -> Any:
+    """Validation mIoU of each retrained architecture as a bar, the majority-class baseline as
+    a dashed line."""
+    from autodeeplab.draw import _new_figure
+
+    fig = _new_figure((6.0, 0.6 + 0.55 * len(architectures)))
+    ax = fig.subplots()
+    names = [a["name"] for a in architectures][::-1]
+    values = [100 * np.nan_to_num(a["mIoU"]) for a in architectures][::-1]
+    colours = ["tab:red" if a["kind"] == "searched" else "tab:grey" for a in architectures][::-1]
+    bars = ax.barh(names, values, color=colours)
+    ax.bar_label(bars, fmt="%.2f", padding=3)
+    ax.axvline(100 * majority_miou, color="k", linestyle="--", linewidth=1)
+    ax.text(100 * majority_miou, len(names) - 0.45, " majority class", fontsize=8, va="bottom")
+    ax.set_xlabel("validation mIoU (%)")
+    ax.set_xlim(0, max([*values, 100 * majority_miou]) * 1.25 + 1)
+    return fig
+
+
+def _compare_section(
+    report: Any, architectures: Sequence[dict[str, Any]], majority_miou: float
+) -> None:
+    ranked = sorted(architectures, key=lambda a: -np.nan_to_num(a["mIoU"], nan=-1.0))
+    rank = 1 + next(i for i, a in enumerate(ranked) if a["kind"] == "searched")
+    report.heading("Searched vs baselines")
+    report.paragraph(
+        f"The searched architecture is retrained next to {len(architectures) - 1} baselines with "
+        "the same data, schedule, width and seed: one drawn uniformly at random from the same "
+        "space (cell and path) and a hand-designed path with the searched cell. It ranks "
+        f"{rank} of {len(architectures)} here. One training run each does not separate "
+        "architectures whose mIoU differs by less than the training-seed noise; "
+        "`autodeeplab study` retrains many candidates with several seeds and reports ranks, "
+        "z-scores and that noise."
+    )
+    report.table(
+        ["architecture", "kind", "mIoU %", "params", "Multi-Adds (M)", "genotype"],
+        [
+            [
+                a["name"],
+                a["kind"],
+                _pct(a["mIoU"]),
+                f"{a['params']:,}",
+                f"{a['multiply_adds'] / 1e6:.1f}",
+                f"`{a['genotype']}`",
+            ]
+            for a in ranked
+        ],
+    )
+    report.figure(
+        _comparison_figure(architectures, majority_miou),
+        "comparison",
+        "Validation mIoU of the searched architecture (red) and the baselines, same budget",
+    )
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:.2f}"
 
@@ -372,6 +506,7 @@ def _write_report(
     timings: dict[str, float],
     total: float,
     best_iteration: int | None,
+    architectures: Sequence[dict[str, Any]],
 ) -> tuple[Path, Path]:
     from autodeeplab.report import (
         Report,
@@ -428,6 +563,7 @@ def _write_report(
         "training_curves",
         f"Retraining loss, learning rate and validation mIoU (best at iteration {best_iteration})",
     )
+    _compare_section(report, architectures, baseline.mean_iou())
     report.heading("Evaluation")
     iou, acc, base_iou = cm.per_class_iou(), cm.per_class_accuracy(), baseline.per_class_iou()
     rows = [

@@ -8,12 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from autodeeplab.cli import main
-from autodeeplab.data import build_dataset
+from autodeeplab.data import build_dataset, eval_transform
 from autodeeplab.demo import STAGES, DemoStopped, majority_baseline, resource_config, run_demo
 from autodeeplab.engine.search import SearchEngine
+from autodeeplab.genotype import Genotype
+from autodeeplab.inference import evaluate
 from autodeeplab.runfolder import RunFolderLockedError
+from autodeeplab.sample import sample_genotypes
+from autodeeplab.saved_model import load_model
+from autodeeplab.space import hand_designed_paths
 
 from runs import hold_lock
 
@@ -60,13 +66,51 @@ def test_demo_runs_every_stage_and_writes_a_self_contained_report(tmp_path, caps
     html = result.report_html.read_text()
     parser = _Sources()
     parser.feed(html)
-    assert len(parser.srcs) == 4  # architecture, search curves, training curves, predictions
+    # architecture, search curves, comparison, training curves, predictions
+    assert len(parser.srcs) == 5
     assert all(s.startswith("data:image/png;base64,") for s in parser.srcs)
     assert not parser.hrefs
     md = result.report_md.read_text()
     links = [line.split("](", 1)[1].rstrip(")") for line in md.splitlines() if "](" in line]
-    assert len(links) == 4 and all((out / link).is_file() for link in links)
+    assert len(links) == 5 and all((out / link).is_file() for link in links)
     assert f"{100 * result.miou:.2f}" in md and f"{100 * result.baseline_miou:.2f}" in md
+
+    # the baselines: a uniform draw (the sampler with the training seed) and a hand-designed
+    # path with the searched cell, retrained with the searched one's config but for the output
+    searched = Genotype.load(out / "genotype.json")
+    (drawn,) = sample_genotypes(1, 0, layers=3, blocks=2)
+    assert hand_designed_paths(3)["constant-8"] == (1, 1, 1)  # no deeplabv3 path in 3 layers
+    expected = {"searched": searched, "random": drawn}
+    expected["hand-constant-8"] = Genotype(cell=searched.cell, path=(1, 1, 1))
+    archs = evaluation["architectures"]
+    assert [a["name"] for a in archs] == list(expected)
+    assert [a["kind"] for a in archs] == ["searched", "random", "hand-designed"]
+    assert archs[0]["mIoU"] == pytest.approx(result.miou)
+    for a in archs:
+        assert a["genotype"] == str(expected[a["name"]])
+        assert a["params"] > 0 and a["multiply_adds"] > 0 and 0 <= a["mIoU"] <= 1
+        if a["name"] != "searched" and expected[a["name"]] != searched:
+            run = out / "baselines" / a["name"]
+            assert Genotype.load(run / "genotype.json") == expected[a["name"]]
+            cfg = yaml.safe_load((run / "config.yaml").read_text())
+            searched_cfg = yaml.safe_load((out / "train" / "config.yaml").read_text())
+            assert cfg["model"].pop("genotype") != searched_cfg["model"].pop("genotype")
+            assert cfg.pop("output") != searched_cfg.pop("output")
+            assert cfg == searched_cfg
+            # its mIoU is that of its best model, evaluated like the searched one
+            loaded = load_model(run / "best")
+            val = build_dataset(
+                "synthetic",
+                None,
+                "val",
+                eval_transform(mean=loaded.config.mean, std=loaded.config.std),
+                length=24,
+                size=32,
+                seed=0,
+            )
+            cm = evaluate(loaded.model, val, loaded.config.num_classes, batch_size=4)
+            assert a["mIoU"] == pytest.approx(cm.mean_iou(), nan_ok=True)
+    assert "Searched vs baselines" in md
 
     printed = capsys.readouterr().out
     for stage in STAGES:
