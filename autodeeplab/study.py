@@ -986,6 +986,8 @@ class CandidateResult:
     """Why a seed has no mIoU (its training diverged), one per seed; None where it has one."""
     same_as: str | None = None
     """The earlier candidate with the same architecture, whose training runs these are."""
+    supernet_miou: float | None = None
+    """Searched candidates: the supernet's validation mIoU at the end of its search trial."""
 
     @property
     def mean(self) -> float:
@@ -1043,12 +1045,52 @@ def summarize(results: Sequence[CandidateResult]) -> dict[str, Any]:
         if best_hand is None
         else {"name": best_hand.name, "mean": best_hand.mean, "rank": rank_of[best_hand.name]}
     )
+    summary["searched_median"] = _searched_median(results, summary)
+    # The paper ran several searches and kept the one whose supernet scored best on held-out
+    # data: that choice needs no retraining, so it is what a user of the search would get.
+    scored = [r for r in results if r.kind == "searched" and r.supernet_miou is not None]
+    chosen = max(scored, key=lambda r: r.supernet_miou or 0.0, default=None)
+    summary["selected_by_supernet"] = (
+        None
+        if chosen is None
+        else {
+            "name": chosen.name,
+            "supernet_mIoU": chosen.supernet_miou,
+            "mean": chosen.mean,
+            "rank": rank_of[chosen.name],
+            "z_score": z_score(chosen.mean, random_means),
+        }
+    )
     finite = [r for r in results if math.isfinite(r.mean)]
     best = max(finite, key=lambda r: r.mean, default=None)
     summary["best"] = (
         None if best is None else {"name": best.name, "kind": best.kind, "mean": best.mean}
     )
     return summary
+
+
+def _searched_median(
+    results: Sequence[CandidateResult], summary: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The median searched candidate's mean mIoU against the random mean (in random standard
+    deviations), the best hand-designed candidate and the training-seed noise: the three
+    comparisons that say whether the search bought anything."""
+    values = [r.mean for r in results if r.kind == "searched" and math.isfinite(r.mean)]
+    if not values:
+        return None
+    median = float(np.median(values))
+    rand, hand, noise = summary["random"], summary["best_hand_designed"], summary["seed_noise"]
+    above_random = None if rand is None else median - rand["mean"]
+    return {
+        "n": len(values),
+        "mean": median,
+        "minus_random_mean": above_random,
+        "random_stds_above_mean": (
+            None if rand is None or not rand["std"] else above_random / rand["std"]
+        ),
+        "minus_best_hand_designed": None if hand is None else median - hand["mean"],
+        "seed_noise": noise,
+    }
 
 
 # ---------------------------------------------------------------------------- outputs
@@ -1206,6 +1248,7 @@ def _candidate_json(r: CandidateResult, rank: int) -> dict[str, Any]:
         "best_mIoU": list(r.best_miou),
         "errors": list(r.errors),
         "same_as": r.same_as,
+        "supernet_mIoU": r.supernet_miou,
     }
 
 
@@ -1243,6 +1286,27 @@ def _write_report(
     if hand is not None:
         lines.append(
             f"Best hand-designed: `{hand['name']}`, {_pct(hand['mean'])} % (rank {hand['rank']})."
+        )
+    med = summary["searched_median"]
+    if med is not None:
+        parts = [f"Median of the {med['n']} searched: {_pct(med['mean'])} %"]
+        if med["minus_random_mean"] is not None:
+            k = med["random_stds_above_mean"]
+            parts.append(
+                f"{100 * med['minus_random_mean']:+.2f} points from the random mean"
+                + ("" if k is None else f" ({k:+.2f} random stds)")
+            )
+        if med["minus_best_hand_designed"] is not None:
+            parts.append(
+                f"{100 * med['minus_best_hand_designed']:+.2f} points from the best hand-designed"
+            )
+        lines.append(", ".join(parts) + ".")
+    chosen = summary["selected_by_supernet"]
+    if chosen is not None:
+        lines.append(
+            f"Selected by supernet mIoU (the paper's rule, no retraining needed): "
+            f"`{chosen['name']}` (supernet {_pct(chosen['supernet_mIoU'])} %), "
+            f"{_pct(chosen['mean'])} % retrained, rank {chosen['rank']}."
         )
     per_seed = ", ".join(f"seed {k} {_pct(v)} %" for k, v in summary["seed_means"].items())
     lines.append(
@@ -1313,9 +1377,13 @@ def collect(
     study: Study,
     candidates: Sequence[Candidate],
     records: Sequence[dict[str, Any]],
+    search_records: Sequence[dict[str, Any]] = (),
 ) -> list[CandidateResult]:
-    """Per-candidate results from the training trial records, with params and Multi-Adds."""
+    """Per-candidate results from the training trial records, with params and Multi-Adds (and,
+    for searched candidates, the supernet mIoU of their search trial's record)."""
     from autodeeplab.complexity import complexity
+
+    supernet = {r["seed"]: r.get("supernet_mIoU") for r in search_records}
 
     by_candidate: dict[str, list[dict[str, Any]]] = {}
     for r in records:
@@ -1344,6 +1412,9 @@ def collect(
                 ),
                 errors=tuple(r.get("error") for r in runs),
                 same_as=twins.get(c.name),
+                supernet_miou=(
+                    supernet.get(c.source["search_seed"]) if c.kind == "searched" else None
+                ),
             )
         )
     return out
@@ -1409,7 +1480,7 @@ def run_study(
         progress.say(f"{name} is the same architecture as {earlier}: trained once, reported twice")
     progress.set_trains(len(trains))
     train_records = _run_trials(study, trains, progress, jobs, devices, log)
-    results = collect(study, candidates, train_records)
+    results = collect(study, candidates, train_records, search_records)
     summary = write_outputs(study, results)
     ran = sum(len(v) for v in progress.seconds.values())
     progress.say(

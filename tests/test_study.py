@@ -1,5 +1,6 @@
 """Architecture study: config validation, statistics, end-to-end run, resume, refusal."""
 
+import dataclasses
 import json
 import math
 import os
@@ -230,7 +231,7 @@ def test_random_candidates_are_the_sampler_draws_with_the_training_width(tmp_pat
 
 
 # ---------------------------------------------------------------------------- statistics
-def planted(name, kind, values, params=1_000_000):
+def planted(name, kind, values, params=1_000_000, supernet=None):
     return CandidateResult(
         name=name,
         kind=kind,
@@ -242,6 +243,7 @@ def planted(name, kind, values, params=1_000_000):
         miou=tuple(values),
         best_miou=tuple(values),
         errors=(None,) * len(values),
+        supernet_miou=supernet,
     )
 
 
@@ -254,8 +256,9 @@ def test_statistics_match_hand_computation():
         )
     ]
     rows += [
-        planted("search-s0", "searched", [0.44, 0.46]),  # mean 0.45
-        planted("search-s1", "searched", [0.05, 0.07]),  # mean 0.06: below every random one
+        planted("search-s0", "searched", [0.44, 0.46], supernet=0.2),  # mean 0.45
+        # mean 0.06, below every random one, but the better supernet: the paper's rule picks it
+        planted("search-s1", "searched", [0.05, 0.07], supernet=0.3),
         planted("hand-a", "hand-designed", [0.33, 0.37]),  # mean 0.35
         planted("hand-b", "hand-designed", [0.6, 0.6]),  # mean 0.60, the best overall
     ]
@@ -293,6 +296,24 @@ def test_statistics_match_hand_computation():
     }
     assert s["best_hand_designed"] == {"name": "hand-b", "mean": pytest.approx(0.6), "rank": 1}
     assert s["best"]["name"] == "hand-b"
+    # median of the searched means (0.45, 0.06) = 0.255, against random and hand-designed
+    med = s["searched_median"]
+    assert med["n"] == 2 and med["mean"] == pytest.approx(0.255)
+    assert med["minus_random_mean"] == pytest.approx(0.255 - 0.3)
+    assert med["random_stds_above_mean"] == pytest.approx(-0.045 / rand_sd)
+    assert med["minus_best_hand_designed"] == pytest.approx(0.255 - 0.6)
+    assert med["seed_noise"] == s["seed_noise"]
+    assert s["selected_by_supernet"] == {
+        "name": "search-s1",
+        "supernet_mIoU": 0.3,
+        "mean": pytest.approx(0.06),
+        "rank": 9,
+        "z_score": pytest.approx(-0.24 / rand_sd),
+    }
+    # without supernet scores (or searched candidates) there is nothing to select
+    bare = summarize([dataclasses.replace(r, supernet_miou=None) for r in rows])
+    assert bare["selected_by_supernet"] is None
+    assert summarize(rows[:5])["searched_median"] is None
 
 
 def test_rank_z_and_pooled_std_edge_cases():
@@ -416,6 +437,12 @@ def test_study_runs_every_candidate_and_writes_json_markdown_and_figure(tmp_path
     assert s["searched"][0]["rank"] == 1 + sum(m > means["search-s0"] for m in means.values())
     expected_z = (means["search-s0"] - np.mean(random)) / np.std(random, ddof=1)
     assert s["searched"][0]["z_score"] == pytest.approx(expected_z)
+    # the supernet mIoU of the search trial's own summary, and the trial it selects
+    search_summary = json.loads((out / "search" / "search-s0" / "summary.json").read_text())
+    assert by_name["search-s0"]["supernet_mIoU"] == search_summary["supernet_mIoU"]
+    assert by_name["random-0"]["supernet_mIoU"] is None
+    assert s["selected_by_supernet"]["name"] == "search-s0"
+    assert s["searched_median"]["mean"] == pytest.approx(means["search-s0"])
     per_seed_var = [np.var(c["mIoU"], ddof=1) for c in doc["candidates"]]
     assert s["seed_noise"] == pytest.approx(math.sqrt(np.mean(per_seed_var)))
     assert [c["rank"] for c in doc["candidates"]] == sorted(c["rank"] for c in doc["candidates"])
