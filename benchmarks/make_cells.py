@@ -84,7 +84,9 @@ def write(root: Path, lengths: dict[str, int], size: int, seed: int) -> dict[str
         "lengths": lengths,
         "size": size,
         "seed": seed,
-        "class_share": {n: float(c / counts.sum()) for n, c in zip(CLASS_NAMES, counts)},
+        "class_share": {
+            n: float(c / counts.sum()) for n, c in zip(CLASS_NAMES, counts, strict=True)
+        },
     }
 
 
