@@ -433,6 +433,7 @@ class SearchNetwork(nn.Module):
         self.partial_channels, self.checkpoint_cells = partial_channels, checkpoint_cells
         rates = search_head_rates("paper" if aspp_rates is None else aspp_rates, None)
         self.aspp_rates: tuple[int, ...] = rates
+        self.search_space = space.SearchSpace(layers, blocks)
 
         self.stem = SearchStem(in_channels, stem_channels)
         half_c, quarter_c = stem_channels[1], stem_channels[2]
@@ -441,26 +442,23 @@ class SearchNetwork(nn.Module):
             return blocks * filter_multiplier * 2**level
 
         self.nodes = nn.ModuleDict()
-        for layer in range(layers):
-            for level in space.levels_at_layer(layer):
-                sources = self.source_levels(layer, level)
-                src_c = (quarter_c,) if layer == 0 else tuple(node_channels(s) for s in sources)
-                pp_level = self.prev_prev_level(layer, level)
-                pp_c = (
-                    (half_c if pp_level < 0 else quarter_c)
-                    if layer < 2
-                    else node_channels(pp_level)
-                )
-                self.nodes[self._key(layer, level)] = SearchNode(
-                    level,
-                    sources,
-                    src_c,
-                    pp_c,
-                    filter_multiplier * 2**level,
-                    blocks,
-                    partial_channels,
-                )
-        last_levels = space.levels_at_layer(layers - 1)
+        for t in self.search_space.all_nodes():
+            src_c = (quarter_c,) if t.layer == 0 else tuple(node_channels(s) for s in t.sources)
+            pp_c = (
+                (half_c if t.prev_prev < 0 else quarter_c)
+                if t.layer < 2
+                else node_channels(t.prev_prev)
+            )
+            self.nodes[self._key(t.layer, t.level)] = SearchNode(
+                t.level,
+                t.sources,
+                src_c,
+                pp_c,
+                filter_multiplier * 2**t.level,
+                blocks,
+                partial_channels,
+            )
+        last_levels = self.search_space.levels_at(layers - 1)
         self.heads = nn.ModuleList(
             SearchASPP(node_channels(s), node_channels(s), num_classes, rates[s])
             for s in last_levels
@@ -478,25 +476,6 @@ class SearchNetwork(nn.Module):
     @staticmethod
     def _key(layer: int, level: int) -> str:
         return f"{layer}_{level}"
-
-    @staticmethod
-    def source_levels(layer: int, level: int) -> tuple[int, ...]:
-        """Levels at ``layer - 1`` that feed node ``(layer, level)`` (the stem sits at level 0)."""
-        if layer == 0:
-            return (space.STEM_LEVEL,)
-        existing = space.levels_at_layer(layer - 1)
-        return tuple(s for s in (level - 1, level, level + 1) if s in existing)
-
-    @staticmethod
-    def prev_prev_level(layer: int, level: int) -> int:
-        """Level of the tensor used as ``sH^{l-2}``: the same level if it exists at layer
-        ``l - 2``, else the existing tensor of nearest spatial size (the stem's 1/2 output is
-        level -1, its 1/4 output level 0)."""
-        if layer == 0:
-            return -1
-        if layer == 1:
-            return space.STEM_LEVEL
-        return min(level, max(space.levels_at_layer(layer - 2)))
 
     # ------------------------------------------------------------------ parameters
     def arch_parameters(self) -> list[nn.Parameter]:
@@ -530,13 +509,8 @@ class SearchNetwork(nn.Module):
         return torch.cat(parts)
 
     def used_beta_mask(self) -> torch.Tensor:
-        """True for the beta entries that take part in the forward pass."""
-        mask = torch.zeros(self.layers, space.NUM_LEVELS, space.NUM_MOVES, dtype=torch.bool)
-        for layer in range(self.layers):
-            for level in space.levels_at_layer(layer):
-                for src in self.source_levels(layer, level):
-                    mask[layer, src, space.move_between(src, level)] = True
-        return mask
+        """True for the beta entries that take part in the forward pass ``(L, 4, 3)``."""
+        return torch.tensor(self.search_space.used_transition_mask())
 
     # ------------------------------------------------------------------ decoding
     def genotype(self) -> Genotype:
@@ -570,13 +544,13 @@ class SearchNetwork(nn.Module):
         prev: dict[int, torch.Tensor] = {space.STEM_LEVEL: quarter}  # layer l-1, by level
         for layer in range(self.layers):
             current = {}
-            for level in space.levels_at_layer(layer):
+            for t in self.search_space.nodes(layer):
+                level, srcs = t.level, t.sources
                 node = self.nodes[self._key(layer, level)]
-                srcs = node.source_levels
                 weights = torch.stack(
                     [beta_w[layer, s, space.move_between(s, level)] for s in srcs]
                 )
-                pp = prev_prev[self.prev_prev_level(layer, level)]
+                pp = prev_prev[t.prev_prev]
                 inputs = (
                     [prev[s] for s in srcs],
                     pp,
@@ -595,7 +569,8 @@ class SearchNetwork(nn.Module):
             prev_prev, prev = prev, current
 
         logits = None
-        for level, head in zip(space.levels_at_layer(self.layers - 1), self.heads, strict=True):
+        last_levels = self.search_space.levels_at(self.layers - 1)
+        for level, head in zip(last_levels, self.heads, strict=True):
             y = F.interpolate(
                 head(prev[level]), size=x.shape[-2:], mode="bilinear", align_corners=False
             )
