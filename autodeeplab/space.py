@@ -58,6 +58,27 @@ RELEASED_CELL: tuple[tuple[tuple[int, str], tuple[int, str]], ...] = (
 """The architecture released by the authors (found on Cityscapes)."""
 
 
+_ADDED_OPS: list[str] = []  # names added to the operation registry (autodeeplab.ops)
+
+
+def known_ops() -> tuple[str, ...]:
+    """Names of every registered operation: :data:`PRIMITIVES`, then those added with
+    :func:`autodeeplab.ops.register_op` (the registry keeps their definitions; this module only
+    their names, so that genotypes and search spaces can be checked without torch)."""
+    return (*PRIMITIVES, *_ADDED_OPS)
+
+
+def add_op_name(name: str) -> None:
+    """Record an operation name added to the registry (called by :func:`ops.register_op`)."""
+    if name not in known_ops():
+        _ADDED_OPS.append(name)
+
+
+def remove_op_name(name: str) -> None:
+    if name in _ADDED_OPS:
+        _ADDED_OPS.remove(name)
+
+
 def op_index(name: str) -> int:
     """Column of ``name`` in the alpha matrix; raises ``ValueError`` listing valid names."""
     try:
@@ -217,6 +238,11 @@ class SearchSpace:
         ops = tuple(self.ops)
         if not ops or len(set(ops)) != len(ops) or not all(isinstance(o, str) for o in ops):
             raise ValueError(f"ops must be distinct operation names, got {self.ops!r}")
+        unknown = [o for o in ops if o not in known_ops()]
+        if unknown:
+            raise ValueError(
+                f"unknown operations {unknown}; registered operations: {', '.join(known_ops())}"
+            )
         object.__setattr__(self, "ops", ops)
         object.__setattr__(
             self,
