@@ -43,9 +43,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from autodeeplab import decode, ops, space
+from autodeeplab import ops, space
 from autodeeplab.genotype import Genotype
 from autodeeplab.heads import search_head_rates
+from autodeeplab.relaxation import Relaxation, SoftmaxRelaxation
 
 # True while torch.utils.checkpoint recomputes a forward pass: BatchNorm must not update its
 # running statistics a second time.
@@ -481,6 +482,9 @@ class SearchNetwork(nn.Module):
         partial_channels: PC-DARTS ``K`` (1 = off, the paper's mixed op on all channels).
         op_names: the candidate operations, in alpha-column order (names of the operation
             registry :data:`autodeeplab.ops.OP_REGISTRY`; default the paper's eight).
+        relaxation: the architecture parameters and how they weight the supernet (built for the
+            same search space); ``None`` = the paper's :class:`SoftmaxRelaxation`, with PC-DARTS
+            edge normalisation when ``partial_channels > 1``.
         aspp_rates: atrous rate of the search head at each level (stride 4, 8, 16, 32);
             ``None`` = the paper's ``96 / stride`` (see :func:`autodeeplab.heads.search_head_rates`).
         checkpoint_cells: recompute every cell in the backward pass instead of storing its
@@ -503,6 +507,7 @@ class SearchNetwork(nn.Module):
         checkpoint_cells: bool = False,
         aspp_rates: Sequence[int] | None = None,
         op_names: Sequence[str] = space.PRIMITIVES,
+        relaxation: Relaxation | None = None,
     ):
         super().__init__()
         if num_classes < 1 or layers < 1 or blocks < 1 or filter_multiplier < 1:
@@ -552,13 +557,23 @@ class SearchNetwork(nn.Module):
             for s in last_levels
         )
 
-        n_edges = space.num_edges(blocks)
-        self.alphas = nn.Parameter(1e-3 * torch.randn(n_edges, self.search_space.num_ops))
-        self.betas = nn.Parameter(1e-3 * torch.randn(layers, space.NUM_LEVELS, space.NUM_MOVES))
-        self.edge_logits = (
-            nn.Parameter(1e-3 * torch.randn(n_edges)) if partial_channels > 1 else None
-        )
-        self.register_buffer("_move_mask", torch.tensor(space.valid_move_mask()), persistent=False)
+        # Created last, as the architecture parameters always were: seeded runs start alike.
+        if relaxation is None:
+            relaxation = SoftmaxRelaxation(
+                self.search_space, edge_normalisation=partial_channels > 1
+            )
+        elif relaxation.space != self.search_space:
+            raise ValueError(
+                f"the relaxation was built for {relaxation.space}, the supernet's search space is "
+                f"{self.search_space}"
+            )
+        self.relaxation = relaxation
+        # Registered on the supernet itself: the state_dict keys are the relaxation's names
+        # (``alphas``, ``betas``, ``edge_logits``), as in every checkpoint written so far.
+        self._arch_names: tuple[str, ...] = ()
+        for name, param in relaxation.init_parameters().items():
+            self.register_parameter(name, param)
+            self._arch_names += (name,)
 
     # ------------------------------------------------------------------ trellis structure
     @staticmethod
@@ -567,34 +582,30 @@ class SearchNetwork(nn.Module):
 
     # ------------------------------------------------------------------ parameters
     def arch_parameters(self) -> list[nn.Parameter]:
-        """Architecture parameters: alphas ``(E, 8)``, betas ``(L, 4, 3)`` (+ PC edge logits)."""
-        params = [self.alphas, self.betas]
-        if self.edge_logits is not None:
-            params.append(self.edge_logits)
-        return params
+        """Architecture parameters of the relaxation (softmax: alphas ``(E, O)``, betas
+        ``(L, 4, 3)``, + PC-DARTS edge logits ``(E,)``)."""
+        return [p for p in self.arch_state().values() if p is not None]
+
+    def arch_state(self) -> dict[str, torch.Tensor | None]:
+        """The architecture tensors by name, read from the module at call time (so that
+        ``torch.func.functional_call`` substitutes them too)."""
+        return {name: getattr(self, name) for name in self._arch_names}
 
     def weight_parameters(self) -> list[nn.Parameter]:
         arch = {id(p) for p in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in arch]
 
     def alpha_weights(self) -> torch.Tensor:
-        return F.softmax(self.alphas, dim=-1)
+        """Op mixing weights ``(E, O)`` (see :meth:`Relaxation.op_weights`)."""
+        return self.relaxation.op_weights(self.arch_state())
 
     def beta_weights(self) -> torch.Tensor:
-        """Transition probabilities ``(L, 4, 3)``: softmax over each node's valid moves; invalid
-        entries are exactly 0 and receive no gradient."""
-        masked = self.betas.masked_fill(~self._move_mask, float("-inf"))
-        return F.softmax(masked, dim=-1).masked_fill(~self._move_mask, 0.0)
+        """Transition weights ``(L, 4, 3)`` (see :meth:`Relaxation.transition_weights`)."""
+        return self.relaxation.transition_weights(self.arch_state())
 
     def edge_weights(self) -> torch.Tensor | None:
-        """PC-DARTS edge normalisation: softmax over the incoming edges of every block."""
-        if self.edge_logits is None:
-            return None
-        parts = []
-        for b in range(self.blocks):
-            start = space.block_edge_offset(b)
-            parts.append(F.softmax(self.edge_logits[start : start + b + 2], dim=0))
-        return torch.cat(parts)
+        """Whole-edge scales ``(E,)`` or ``None`` (see :meth:`Relaxation.edge_weights`)."""
+        return self.relaxation.edge_weights(self.arch_state())
 
     def used_beta_mask(self) -> torch.Tensor:
         """True for the beta entries that take part in the forward pass ``(L, 4, 3)``."""
@@ -602,10 +613,8 @@ class SearchNetwork(nn.Module):
 
     # ------------------------------------------------------------------ decoding
     def genotype(self) -> Genotype:
-        """Decode the current architecture (cell by top-2 edges, path by Viterbi)."""
-        alphas = self.alphas.detach().cpu().double().numpy()
-        betas = self.betas.detach().cpu().double().numpy()
-        return Genotype(cell=decode.decode_cell(alphas), path=decode.decode_path(betas))
+        """Decode the current architecture (see :meth:`Relaxation.decode`)."""
+        return self.relaxation.decode(self.arch_state())
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, aux_skip: float = 0.0) -> torch.Tensor:
