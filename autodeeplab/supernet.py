@@ -192,6 +192,13 @@ class MixedEdges(nn.Module):
                     spec.factory(c, 1, False) for _ in range(num_edges)
                 )
             self._kernels.append((column, name))
+        cols = self._shared_columns
+        # a slice when the columns are consecutive (the paper's ops): no gather in the graph
+        self._shared_index: slice | list[int] = (
+            slice(cols[0], cols[-1] + 1)
+            if cols and cols == list(range(cols[0], cols[-1] + 1))
+            else cols
+        )
 
     def forward(
         self,
@@ -211,7 +218,7 @@ class MixedEdges(nn.Module):
         # Parameter-free ops are shared by all edges: (M, P, c, H, W) x (E, P) -> (M, E, c, H, W)
         if self._shared_columns:
             free = torch.stack([op(xp) for op in self.shared.values()], dim=1)
-            out = torch.einsum("mpchw,ep->mechw", free, weights[:, self._shared_columns])
+            out = torch.einsum("mpchw,ep->mechw", free, weights[:, self._shared_index])
         else:
             out = xp.new_zeros(m, e, c, h, w)
 
