@@ -34,7 +34,6 @@ from typing import Any
 
 import torch
 
-from autodeeplab import space
 from autodeeplab.supernet import SearchNetwork
 
 Ramp = Callable[[float], float]
@@ -56,15 +55,10 @@ def get_ramp(name: str, key: str) -> Ramp:
 
 # ---------------------------------------------------------------------------- loss terms
 def beta_decay(model: SearchNetwork) -> torch.Tensor:
-    """Beta-Decay term ``R`` (unweighted): mean logsumexp over the op logits of every edge plus
-    mean logsumexp over the valid moves of every trellis node that takes part in the forward
-    pass."""
-    alpha_term = torch.logsumexp(model.alphas, dim=-1).mean()
-    valid = torch.tensor(space.valid_move_mask(), device=model.betas.device)  # (4, 3)
-    masked = model.betas.masked_fill(~valid, float("-inf"))  # invalid moves get no gradient
-    used = model.used_beta_mask().any(dim=-1).to(masked.device)  # (L, 4) nodes with an out-edge
-    beta_term = torch.logsumexp(masked, dim=-1)[used].mean()
-    return alpha_term + beta_term
+    """Beta-Decay term ``R`` (unweighted) of the model's relaxation: mean logsumexp over the op
+    logits of every edge plus mean logsumexp over the valid moves of every trellis node that
+    takes part in the forward pass (:meth:`SoftmaxRelaxation.regularizer`)."""
+    return model.relaxation.regularizer("beta_decay", model.arch_state())
 
 
 ARCH_REGULARIZERS: dict[str, Callable[[SearchNetwork], torch.Tensor] | None] = {

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from autodeeplab import space
@@ -42,19 +44,24 @@ def blocks_from_edges(edges: int) -> int:
 # ---------------------------------------------------------------------------- cell
 
 
-def cell_weights(alpha_logits: np.ndarray) -> np.ndarray:
-    """Softmax over operations of every edge: ``(E, 8)``."""
+def cell_weights(alpha_logits: np.ndarray, num_ops: int = space.NUM_OPS) -> np.ndarray:
+    """Softmax over operations of every edge: ``(E, O)``."""
     alpha = _as_array(alpha_logits, "alpha logits", 2)
-    if alpha.shape[1] != space.NUM_OPS:
-        raise ValueError(f"alpha logits must have {space.NUM_OPS} columns, got {alpha.shape}")
+    if alpha.shape[1] != num_ops:
+        raise ValueError(f"alpha logits must have {num_ops} columns, got {alpha.shape}")
     return softmax(alpha, axis=1)
 
 
-def decode_cell(alpha_logits: np.ndarray) -> tuple[Block, ...]:
-    """Decode a cell from alpha logits of shape ``(E, 8)`` (``E = 20`` for five blocks)."""
-    weights = cell_weights(alpha_logits)
+def decode_cell(
+    alpha_logits: np.ndarray, op_names: Sequence[str] = space.PRIMITIVES
+) -> tuple[Block, ...]:
+    """Decode a cell from alpha logits of shape ``(E, O)`` (``E = 20`` for five blocks) whose
+    columns are the operations ``op_names`` (default the paper's eight)."""
+    weights = cell_weights(alpha_logits, len(op_names))
     blocks = blocks_from_edges(weights.shape[0])
-    ops = np.array([i for i in range(space.NUM_OPS) if i != space.NONE_INDEX])
+    ops = np.array([i for i, name in enumerate(op_names) if name != "none"])
+    if ops.size == 0:
+        raise ValueError("decoding needs at least one operation other than 'none'")
     cell = []
     for b in range(blocks):
         start = space.block_edge_offset(b)
@@ -63,7 +70,7 @@ def decode_cell(alpha_logits: np.ndarray) -> tuple[Block, ...]:
         strength = w.max(axis=1)
         # Stable sort: ties go to the lower input index.
         keep = np.argsort(-strength, kind="stable")[:2]
-        cell.append(tuple((int(j), space.PRIMITIVES[best_op[j]]) for j in keep))
+        cell.append(tuple((int(j), op_names[best_op[j]]) for j in keep))
     return Genotype(cell=tuple(cell), path=(0,)).cell
 
 

@@ -61,17 +61,14 @@ def _new_figure(figsize: tuple[float, float]) -> Figure:
 
 def _plot_path(ax: Axes, genotype: Genotype) -> None:
     layers = genotype.layers
+    trellis = space.SearchSpace(layers, genotype.blocks)
     stem_x = -1
-    # Light trellis: every reachable node and every valid move between reachable nodes.
-    for layer in range(layers):
-        sources = (space.STEM_LEVEL,) if layer == 0 else space.levels_at_layer(layer - 1)
-        for src in sources:
-            for m in space.valid_moves(src):
-                dst = space.move_target(src, m)
-                if dst in space.levels_at_layer(layer):
-                    ax.plot([layer - 1, layer], [src, dst], color=_NODE_COLOUR, lw=0.8, zorder=1)
-    xs = [stem_x] + [layer for layer in range(layers) for _ in space.levels_at_layer(layer)]
-    ys = [space.STEM_LEVEL] + [s for layer in range(layers) for s in space.levels_at_layer(layer)]
+    # Light trellis: every reachable node and every transition between them.
+    for layer, src, dst in trellis.transitions():
+        ax.plot([layer - 1, layer], [src, dst], color=_NODE_COLOUR, lw=0.8, zorder=1)
+    nodes = trellis.all_nodes()
+    xs = [stem_x] + [n.layer for n in nodes]
+    ys = [space.STEM_LEVEL] + [n.level for n in nodes]
     ax.scatter(xs, ys, s=36, color=_NODE_COLOUR, zorder=2, gid="trellis-nodes")
 
     path_x = [stem_x, *range(layers)]
@@ -372,13 +369,7 @@ def used_transitions(layers: int) -> np.ndarray:
     """
     if layers < 1:
         raise ValueError(f"layers must be >= 1, got {layers}")
-    used = np.zeros((layers, space.NUM_LEVELS, space.NUM_MOVES), dtype=bool)
-    for layer in range(layers):
-        sources = (space.STEM_LEVEL,) if layer == 0 else space.levels_at_layer(layer - 1)
-        for src in sources:
-            for m in space.valid_moves(src):
-                used[layer, src, m] = True
-    return used
+    return np.array(space.SearchSpace(layers).used_transition_mask(), dtype=bool)
 
 
 def _plot_betas(canvas: Canvas, beta_logits: Any, path: Sequence[int] | None) -> list[Axes]:

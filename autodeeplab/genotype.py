@@ -192,8 +192,8 @@ def _normalise_cell(cell: Any) -> tuple[Block, ...]:
                     else f"block 0 reads input {inp}, which does not exist yet; block 0 can only "
                     "read 0 (H^(l-2)) and 1 (H^(l-1))"
                 )
-            if op == "none" or not isinstance(op, str) or op not in space.PRIMITIVES:
-                valid = ", ".join(p for p in space.PRIMITIVES if p != "none")
+            if op == "none" or not isinstance(op, str) or op not in space.known_ops():
+                valid = ", ".join(p for p in space.known_ops() if p != "none")
                 raise ValueError(f"block {b}: unknown operation {op!r}; valid operations: {valid}")
             norm.append((inp, op))
         if norm[0][0] == norm[1][0]:

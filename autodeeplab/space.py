@@ -17,7 +17,7 @@ Network level
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 
 PRIMITIVES: tuple[str, ...] = (
@@ -56,6 +56,27 @@ RELEASED_CELL: tuple[tuple[tuple[int, str], tuple[int, str]], ...] = (
     ((3, "sep_conv_5x5"), (5, "atr_conv_5x5")),
 )
 """The architecture released by the authors (found on Cityscapes)."""
+
+
+_ADDED_OPS: list[str] = []  # names added to the operation registry (autodeeplab.ops)
+
+
+def known_ops() -> tuple[str, ...]:
+    """Names of every registered operation: :data:`PRIMITIVES`, then those added with
+    :func:`autodeeplab.ops.register_op` (the registry keeps their definitions; this module only
+    their names, so that genotypes and search spaces can be checked without torch)."""
+    return (*PRIMITIVES, *_ADDED_OPS)
+
+
+def add_op_name(name: str) -> None:
+    """Record an operation name added to the registry (called by :func:`ops.register_op`)."""
+    if name not in known_ops():
+        _ADDED_OPS.append(name)
+
+
+def remove_op_name(name: str) -> None:
+    if name in _ADDED_OPS:
+        _ADDED_OPS.remove(name)
 
 
 def op_index(name: str) -> int:
@@ -172,6 +193,151 @@ def count_paths(layers: int = DEFAULT_LAYERS, *, reaching_level: int | None = No
     if reaching_level is None:
         return sum(counts.values())
     return sum(c for (_, reached), c in counts.items() if reached)
+
+
+# ----------------------------------------------------------------------------- the space
+
+
+@dataclass(frozen=True)
+class TrellisNode:
+    """Node ``(layer, level)`` of the supernet and the tensors it reads.
+
+    ``sources``: levels at ``layer - 1`` that feed it (layer 0 reads the stem, at level 0).
+    ``prev_prev``: level of the tensor used as ``sH^{l-2}``: the same level if it exists at
+    ``layer - 2``, else the existing tensor of nearest spatial size; the stem's 1/2 output counts
+    as level -1 and its 1/4 output as level 0 of layer -1.
+    """
+
+    layer: int
+    level: int
+    sources: tuple[int, ...]
+    prev_prev: int
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The search space one supernet, decoder or figure works in: ``layers`` cell layers over the
+    :data:`NUM_LEVELS`-level trellis, cells of ``blocks`` blocks, and the candidate operations
+    ``ops`` in alpha-column order (names of the operation registry, see
+    :mod:`autodeeplab.ops`; default :data:`PRIMITIVES`).
+
+    The trellis (which nodes exist, what each reads, which beta entries are transitions of the
+    supernet) is computed once here; every other module asks this value.
+    """
+
+    layers: int = DEFAULT_LAYERS
+    blocks: int = DEFAULT_BLOCKS
+    ops: tuple[str, ...] = PRIMITIVES
+    _nodes: tuple[tuple[TrellisNode, ...], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "blocks"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        ops = tuple(self.ops)
+        if not ops or len(set(ops)) != len(ops) or not all(isinstance(o, str) for o in ops):
+            raise ValueError(f"ops must be distinct operation names, got {self.ops!r}")
+        unknown = [o for o in ops if o not in known_ops()]
+        if unknown:
+            raise ValueError(
+                f"unknown operations {unknown}; registered operations: {', '.join(known_ops())}"
+            )
+        object.__setattr__(self, "ops", ops)
+        object.__setattr__(
+            self,
+            "_nodes",
+            tuple(
+                tuple(
+                    TrellisNode(
+                        layer, level, _source_levels(layer, level), _prev_prev_level(layer, level)
+                    )
+                    for level in levels_at_layer(layer)
+                )
+                for layer in range(self.layers)
+            ),
+        )
+
+    # ------------------------------------------------------------------ cell
+    @property
+    def num_edges(self) -> int:
+        return num_edges(self.blocks)
+
+    @property
+    def num_ops(self) -> int:
+        return len(self.ops)
+
+    @property
+    def num_levels(self) -> int:
+        return NUM_LEVELS
+
+    def op_index(self, name: str) -> int:
+        """Column of ``name`` in the alpha matrix; raises ``ValueError`` listing valid names."""
+        if name not in self.ops:
+            raise ValueError(
+                f"unknown operation {name!r}; valid operations are: {', '.join(self.ops)}"
+            )
+        return self.ops.index(name)
+
+    # ------------------------------------------------------------------ trellis
+    @staticmethod
+    def valid_moves(level: int) -> tuple[int, ...]:
+        """Moves that stay inside the trellis from ``level``."""
+        return valid_moves(level)
+
+    def nodes(self, layer: int) -> tuple[TrellisNode, ...]:
+        """Nodes of ``layer``, by increasing level."""
+        if not 0 <= layer < self.layers:
+            raise ValueError(f"layer must be in 0..{self.layers - 1}, got {layer}")
+        return self._nodes[layer]
+
+    def all_nodes(self) -> tuple[TrellisNode, ...]:
+        """Every node, layer by layer, by increasing level."""
+        return tuple(n for layer in self._nodes for n in layer)
+
+    def node(self, layer: int, level: int) -> TrellisNode:
+        for n in self.nodes(layer):
+            if n.level == level:
+                return n
+        raise ValueError(
+            f"layer {layer} has no node at level {level}; its levels are "
+            f"{[n.level for n in self.nodes(layer)]}"
+        )
+
+    def levels_at(self, layer: int) -> tuple[int, ...]:
+        """Levels of the nodes of ``layer``."""
+        return tuple(n.level for n in self.nodes(layer))
+
+    def transitions(self) -> tuple[tuple[int, int, int], ...]:
+        """``(layer, src_level, dst_level)`` of every trellis edge into every node (the beta
+        entries the supernet uses), layer by layer."""
+        return tuple(
+            (n.layer, src, n.level) for layers in self._nodes for n in layers for src in n.sources
+        )
+
+    def used_transition_mask(self) -> tuple[tuple[tuple[bool, ...], ...], ...]:
+        """``mask[l][s][m]`` (shape ``(L, 4, 3)``): True where ``beta[l, s, m]`` is a trellis
+        edge; all other entries carry no probability."""
+        used = {(layer, src, move_between(src, dst)) for layer, src, dst in self.transitions()}
+        return tuple(
+            tuple(tuple((layer, s, m) in used for m in range(NUM_MOVES)) for s in range(NUM_LEVELS))
+            for layer in range(self.layers)
+        )
+
+
+def _source_levels(layer: int, level: int) -> tuple[int, ...]:
+    if layer == 0:
+        return (STEM_LEVEL,)
+    existing = levels_at_layer(layer - 1)
+    return tuple(s for s in (level - 1, level, level + 1) if s in existing)
+
+
+def _prev_prev_level(layer: int, level: int) -> int:
+    if layer == 0:
+        return -1
+    if layer == 1:
+        return STEM_LEVEL
+    return min(level, max(levels_at_layer(layer - 2)))
 
 
 # ----------------------------------------------------------------------------- hand-designed paths

@@ -10,9 +10,10 @@ Layout of the computation (the mathematics is the paper's; only the batching is 
   applies that cell to up to three sources. The sources are stacked along the batch dimension
   and run through the cell in one pass; every BatchNorm keeps separate statistics (batch and
   running) per source, so the result equals three separate applications of the cell.
-* Inside a cell, all edges that leave the same input (a cell input or a block output) are fused:
-  their convolutions run as one grouped convolution, the parameter-free ops (pooling, identity)
-  are computed once and shared by every edge, and ``none`` costs nothing.
+* Inside a cell, all edges that leave the same input (a cell input or a block output) are fused
+  as each op's registry entry says (:class:`autodeeplab.ops.Fusion`): their convolutions run as
+  one grouped convolution, the parameter-free ops (pooling, identity) are computed once and
+  shared by every edge, and ``none`` costs nothing. Ops without a fusion run per edge.
 * Input 0 (``H^{l-2}``) is the same tensor for every source of a node, so its edges are
   computed once and broadcast to the sources.
 
@@ -42,9 +43,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from autodeeplab import decode, space
+from autodeeplab import ops, space
 from autodeeplab.genotype import Genotype
 from autodeeplab.heads import search_head_rates
+from autodeeplab.relaxation import Relaxation, SoftmaxRelaxation
 
 # True while torch.utils.checkpoint recomputes a forward pass: BatchNorm must not update its
 # running statistics a second time.
@@ -113,13 +115,28 @@ def _bn(num_features: int, affine: bool = False) -> nn.BatchNorm2d:
 class MixedEdges(nn.Module):
     """All mixed-operation edges leaving one cell input, fused.
 
-    ``forward(x, weights)`` maps ``x: (M, C, H, W)`` and the op weights of the ``E`` edges,
-    ``weights: (E, 8)``, to the ``E`` edge outputs ``(M, E, C, H, W)``. ``aux_skip = c`` adds
-    ``c * x`` to every edge output (DARTS-; with partial channels, to the channels that go
-    through the operations: the others bypass them anyway).
+    ``forward(x, weights)`` maps ``x: (M, C, H, W)`` (``M = N * groups``, the sources
+    interleaved) and the op weights of the ``E`` edges, ``weights: (E, O)``, to the ``E`` edge
+    outputs ``(M, E, C, H, W)``. ``aux_skip = c`` adds ``c * x`` to every edge output (DARTS-;
+    with partial channels, to the channels that go through the operations: the others bypass
+    them anyway).
+
+    The kernels follow each op's registry entry (:class:`autodeeplab.ops.Fusion`): ``zero`` ops
+    cost nothing, ``shared`` ops run once for all edges, ``sep_conv`` and ``dilated_conv`` ops
+    run as one grouped convolution over all edges, with per-source BatchNorm statistics. An op
+    without a fusion runs as one module per edge, applied to every source separately (so its
+    BatchNorms normalise each source with its own batch statistics, as the fused kernels do; the
+    sources share their running statistics).
     """
 
-    def __init__(self, channels: int, num_edges: int, groups: int, partial_channels: int = 1):
+    def __init__(
+        self,
+        channels: int,
+        num_edges: int,
+        groups: int,
+        partial_channels: int = 1,
+        op_names: Sequence[str] = space.PRIMITIVES,
+    ):
         super().__init__()
         if channels % partial_channels:
             raise ValueError(
@@ -127,28 +144,61 @@ class MixedEdges(nn.Module):
             )
         self.channels, self.num_edges, self.groups = channels, num_edges, groups
         self.partial = partial_channels
+        self.op_names: tuple[str, ...] = tuple(op_names)
         c = channels // partial_channels  # channels that go through the operations
         ec = num_edges * c
+        self.shared = nn.ModuleDict()  # parameter-free: one output shared by all edges
         self.sep = nn.ModuleDict()
-        for name, k in (("sep_conv_3x3", 3), ("sep_conv_5x5", 5)):
-            self.sep[name] = nn.ModuleList(
-                [
-                    nn.Conv2d(ec, ec, k, padding=k // 2, groups=ec, bias=False),  # depthwise
-                    nn.Conv2d(ec, ec, 1, groups=num_edges, bias=False),  # pointwise per edge
-                    GroupBatchNorm(ec, groups),
-                    nn.Conv2d(ec, ec, k, padding=k // 2, groups=ec, bias=False),
-                    nn.Conv2d(ec, ec, 1, groups=num_edges, bias=False),
-                    GroupBatchNorm(ec, groups),
-                ]
-            )
         self.atr = nn.ModuleDict()
-        for name, k in (("atr_conv_3x3", 3), ("atr_conv_5x5", 5)):
-            self.atr[name] = nn.ModuleList(
-                [
-                    nn.Conv2d(c, ec, k, padding=2 * (k // 2), dilation=2, bias=False),
-                    GroupBatchNorm(ec, groups),
-                ]
-            )
+        self.plain = nn.ModuleDict()  # no fusion: one module per edge
+        self._shared_columns: list[int] = []
+        self._kernels: list[tuple[int, str]] = []  # (alpha column, op name), in column order
+        for column, name in enumerate(self.op_names):
+            spec = ops.get_op(name)
+            kind = spec.fusion.kind if spec.fusion is not None else None
+            if kind == "zero":
+                continue
+            if kind == "shared":
+                module = spec.factory(c, 1, False)
+                if any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
+                    raise ValueError(
+                        f"operation {name!r} is registered with fusion 'shared' but its module "
+                        "has parameters or buffers; register it without a fusion"
+                    )
+                self.shared[name] = module
+                self._shared_columns.append(column)
+                continue
+            k, d = (spec.fusion.kernel_size, spec.fusion.dilation) if spec.fusion else (1, 1)
+            if kind == "sep_conv":
+                self.sep[name] = nn.ModuleList(
+                    [
+                        nn.Conv2d(ec, ec, k, padding=k // 2, groups=ec, bias=False),  # depthwise
+                        nn.Conv2d(ec, ec, 1, groups=num_edges, bias=False),  # pointwise per edge
+                        GroupBatchNorm(ec, groups),
+                        nn.Conv2d(ec, ec, k, padding=k // 2, groups=ec, bias=False),
+                        nn.Conv2d(ec, ec, 1, groups=num_edges, bias=False),
+                        GroupBatchNorm(ec, groups),
+                    ]
+                )
+            elif kind == "dilated_conv":
+                self.atr[name] = nn.ModuleList(
+                    [
+                        nn.Conv2d(c, ec, k, padding=d * (k // 2), dilation=d, bias=False),
+                        GroupBatchNorm(ec, groups),
+                    ]
+                )
+            else:
+                self.plain[name] = nn.ModuleList(
+                    spec.factory(c, 1, False) for _ in range(num_edges)
+                )
+            self._kernels.append((column, name))
+        cols = self._shared_columns
+        # a slice when the columns are consecutive (the paper's ops): no gather in the graph
+        self._shared_index: slice | list[int] = (
+            slice(cols[0], cols[-1] + 1)
+            if cols and cols == list(range(cols[0], cols[-1] + 1))
+            else cols
+        )
 
     def forward(
         self,
@@ -165,28 +215,28 @@ class MixedEdges(nn.Module):
         def mix(op_out: torch.Tensor, k: int) -> torch.Tensor:  # (M, E*c, H, W) -> (M, E, c, H, W)
             return op_out.view(m, e, c, h, w) * weights[:, k].view(1, e, 1, 1, 1)
 
-        # Parameter-free ops are shared by all edges: (M, 1, c, H, W) x (E,) -> (M, E, c, H, W)
-        free = torch.stack(
-            (
-                F.max_pool2d(xp, 3, 1, 1),
-                F.avg_pool2d(xp, 3, 1, 1, count_include_pad=False),
-                xp,
-            ),
-            dim=1,
-        )  # (M, 3, c, H, W)
-        w_free = weights[:, 1:4]  # (E, 3): max_pool, avg_pool, skip
-        out = torch.einsum("mpchw,ep->mechw", free, w_free)
+        # Parameter-free ops are shared by all edges: (M, P, c, H, W) x (E, P) -> (M, E, c, H, W)
+        if self._shared_columns:
+            free = torch.stack([op(xp) for op in self.shared.values()], dim=1)
+            out = torch.einsum("mpchw,ep->mechw", free, weights[:, self._shared_index])
+        else:
+            out = xp.new_zeros(m, e, c, h, w)
 
         r = F.relu(xp)
-        r_rep = r.repeat(1, e, 1, 1)  # (M, E*c, H, W)
-        for k, name in ((4, "sep_conv_3x3"), (5, "sep_conv_5x5")):
-            dw1, pw1, bn1, dw2, pw2, bn2 = self.sep[name]
-            y = bn1(pw1(_depthwise(dw1, r_rep)))
-            y = bn2(pw2(_depthwise(dw2, F.relu(y))))
+        r_rep = None
+        for k, name in self._kernels:
+            if name in self.sep:
+                if r_rep is None:
+                    r_rep = r.repeat(1, e, 1, 1)  # (M, E*c, H, W)
+                dw1, pw1, bn1, dw2, pw2, bn2 = self.sep[name]
+                y = bn1(pw1(_depthwise(dw1, r_rep)))
+                y = bn2(pw2(_depthwise(dw2, F.relu(y))))
+            elif name in self.atr:
+                conv, bn = self.atr[name]
+                y = bn(conv(r))
+            else:
+                y = self._per_edge(self.plain[name], xp)
             out = out + mix(y, k)
-        for k, name in ((6, "atr_conv_3x3"), (7, "atr_conv_5x5")):
-            conv, bn = self.atr[name]
-            out = out + mix(bn(conv(r)), k)
         if aux_skip:  # skipped at 0, so the paper's supernet is computed exactly as before
             out = out + aux_skip * xp.unsqueeze(1)
 
@@ -196,6 +246,38 @@ class MixedEdges(nn.Module):
         if edge_scale is not None:
             out = out * edge_scale.view(1, e, 1, 1, 1)
         return out
+
+    def _per_edge(self, modules: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+        """Unfused op: module ``k`` on edge ``k``, every source separately; ``(M, E, c, H, W)``."""
+        m, c, h, w = x.shape
+        g = self.groups
+        by_source = x.view(m // g, g, c, h, w)
+        outs = []
+        for module in modules:
+            # Under gradient checkpointing the recomputation must not update running statistics
+            # a second time: it runs on copies of the buffers.
+            scratch = _scratch_buffers(module) if _RECOMPUTING.get() else contextlib.nullcontext()
+            with scratch:
+                y = torch.stack([module(by_source[:, j]) for j in range(g)], dim=1)
+            outs.append(y.view(m, c, h, w))
+        return torch.stack(outs, dim=1)
+
+
+@contextlib.contextmanager
+def _scratch_buffers(module: nn.Module) -> Iterator[None]:
+    """Run ``module`` on copies of its buffers, leaving the originals as they are (swapped, not
+    restored in place: autograd may have saved the copies)."""
+    saved = []
+    for sub in module.modules():
+        for name, buf in sub._buffers.items():
+            if buf is not None:
+                saved.append((sub, name, buf))
+                sub._buffers[name] = buf.clone()
+    try:
+        yield
+    finally:
+        for sub, name, buf in saved:
+            sub._buffers[name] = buf
 
 
 def _depthwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -213,15 +295,23 @@ def _channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 class SearchCell(nn.Module):
-    """A cell with all 8 operations on every edge, applied to ``sources`` inputs at once.
+    """A cell with every candidate operation on every edge, applied to ``sources`` inputs at once.
 
     ``forward(s0, s1, alpha_weights)``: ``s0: (N, C, H, W)`` is ``H^{l-2}`` (shared by all
     sources), ``s1: (N * sources, C, H, W)`` the per-source ``H^{l-1}`` (interleaved, sample
-    ``n`` of source ``g`` at ``n * sources + g``), ``alpha_weights: (E, 8)``. Returns the cell
-    outputs ``(N * sources, B * C, H, W)``. ``aux_skip``: see :class:`MixedEdges`.
+    ``n`` of source ``g`` at ``n * sources + g``), ``alpha_weights: (E, O)`` for the ``O``
+    operations ``op_names``. Returns the cell outputs ``(N * sources, B * C, H, W)``.
+    ``aux_skip``: see :class:`MixedEdges`.
     """
 
-    def __init__(self, channels: int, blocks: int, sources: int, partial_channels: int = 1):
+    def __init__(
+        self,
+        channels: int,
+        blocks: int,
+        sources: int,
+        partial_channels: int = 1,
+        op_names: Sequence[str] = space.PRIMITIVES,
+    ):
         super().__init__()
         self.channels, self.blocks, self.sources = channels, blocks, sources
         # one fused group of edges per cell input (block B-1's output feeds no edge)
@@ -231,6 +321,7 @@ class SearchCell(nn.Module):
                 len(space.edges_from_input(j, blocks)),
                 1 if j == 0 else sources,
                 partial_channels,
+                op_names,
             )
             for j in range(blocks + 1)
         )
@@ -253,7 +344,7 @@ class SearchCell(nn.Module):
         aux_skip: float = 0.0,
     ) -> torch.Tensor:
         n, g = s0.shape[0], self.sources
-        w = alpha_weights[self.edge_ids]  # (E, 8), rows ordered by input
+        w = alpha_weights[self.edge_ids]  # (E, O), rows ordered by input
         ew = edge_weights[self.edge_ids] if edge_weights is not None else None
         sl = self._slices
 
@@ -302,6 +393,7 @@ class SearchNode(nn.Module):
         channels: int,
         blocks: int,
         partial_channels: int = 1,
+        op_names: Sequence[str] = space.PRIMITIVES,
     ):
         super().__init__()
         self.level, self.source_levels = level, source_levels
@@ -313,7 +405,7 @@ class SearchNode(nn.Module):
             else:  # same level, or from the coarser level after bilinear upsampling
                 pre.append(ReLUConvBN(c_src, channels))
         self.pre_prev = nn.ModuleList(pre)
-        self.cell = SearchCell(channels, blocks, len(source_levels), partial_channels)
+        self.cell = SearchCell(channels, blocks, len(source_levels), partial_channels, op_names)
 
     def forward(
         self,
@@ -395,6 +487,11 @@ class SearchNetwork(nn.Module):
         in_channels: image channels.
         stem_channels: output channels of the three stem convolutions.
         partial_channels: PC-DARTS ``K`` (1 = off, the paper's mixed op on all channels).
+        op_names: the candidate operations, in alpha-column order (names of the operation
+            registry :data:`autodeeplab.ops.OP_REGISTRY`; default the paper's eight).
+        relaxation: the architecture parameters and how they weight the supernet (built for the
+            same search space); ``None`` = the paper's :class:`SoftmaxRelaxation`, with PC-DARTS
+            edge normalisation when ``partial_channels > 1``.
         aspp_rates: atrous rate of the search head at each level (stride 4, 8, 16, 32);
             ``None`` = the paper's ``96 / stride`` (see :func:`autodeeplab.heads.search_head_rates`).
         checkpoint_cells: recompute every cell in the backward pass instead of storing its
@@ -416,6 +513,8 @@ class SearchNetwork(nn.Module):
         partial_channels: int = 1,
         checkpoint_cells: bool = False,
         aspp_rates: Sequence[int] | None = None,
+        op_names: Sequence[str] = space.PRIMITIVES,
+        relaxation: Relaxation | None = None,
     ):
         super().__init__()
         if num_classes < 1 or layers < 1 or blocks < 1 or filter_multiplier < 1:
@@ -433,6 +532,7 @@ class SearchNetwork(nn.Module):
         self.partial_channels, self.checkpoint_cells = partial_channels, checkpoint_cells
         rates = search_head_rates("paper" if aspp_rates is None else aspp_rates, None)
         self.aspp_rates: tuple[int, ...] = rates
+        self.search_space = space.SearchSpace(layers, blocks, tuple(op_names))
 
         self.stem = SearchStem(in_channels, stem_channels)
         half_c, quarter_c = stem_channels[1], stem_channels[2]
@@ -441,109 +541,87 @@ class SearchNetwork(nn.Module):
             return blocks * filter_multiplier * 2**level
 
         self.nodes = nn.ModuleDict()
-        for layer in range(layers):
-            for level in space.levels_at_layer(layer):
-                sources = self.source_levels(layer, level)
-                src_c = (quarter_c,) if layer == 0 else tuple(node_channels(s) for s in sources)
-                pp_level = self.prev_prev_level(layer, level)
-                pp_c = (
-                    (half_c if pp_level < 0 else quarter_c)
-                    if layer < 2
-                    else node_channels(pp_level)
-                )
-                self.nodes[self._key(layer, level)] = SearchNode(
-                    level,
-                    sources,
-                    src_c,
-                    pp_c,
-                    filter_multiplier * 2**level,
-                    blocks,
-                    partial_channels,
-                )
-        last_levels = space.levels_at_layer(layers - 1)
+        for t in self.search_space.all_nodes():
+            src_c = (quarter_c,) if t.layer == 0 else tuple(node_channels(s) for s in t.sources)
+            pp_c = (
+                (half_c if t.prev_prev < 0 else quarter_c)
+                if t.layer < 2
+                else node_channels(t.prev_prev)
+            )
+            self.nodes[self._key(t.layer, t.level)] = SearchNode(
+                t.level,
+                t.sources,
+                src_c,
+                pp_c,
+                filter_multiplier * 2**t.level,
+                blocks,
+                partial_channels,
+                self.search_space.ops,
+            )
+        last_levels = self.search_space.levels_at(layers - 1)
         self.heads = nn.ModuleList(
             SearchASPP(node_channels(s), node_channels(s), num_classes, rates[s])
             for s in last_levels
         )
 
-        n_edges = space.num_edges(blocks)
-        self.alphas = nn.Parameter(1e-3 * torch.randn(n_edges, space.NUM_OPS))
-        self.betas = nn.Parameter(1e-3 * torch.randn(layers, space.NUM_LEVELS, space.NUM_MOVES))
-        self.edge_logits = (
-            nn.Parameter(1e-3 * torch.randn(n_edges)) if partial_channels > 1 else None
-        )
-        self.register_buffer("_move_mask", torch.tensor(space.valid_move_mask()), persistent=False)
+        # Created last, as the architecture parameters always were: seeded runs start alike.
+        if relaxation is None:
+            relaxation = SoftmaxRelaxation(
+                self.search_space, edge_normalisation=partial_channels > 1
+            )
+        elif relaxation.space != self.search_space:
+            raise ValueError(
+                f"the relaxation was built for {relaxation.space}, the supernet's search space is "
+                f"{self.search_space}"
+            )
+        self.relaxation = relaxation
+        # Registered on the supernet itself: the state_dict keys are the relaxation's names
+        # (``alphas``, ``betas``, ``edge_logits``), as in every checkpoint written so far.
+        self._arch_names: tuple[str, ...] = ()
+        for name, param in relaxation.init_parameters().items():
+            self.register_parameter(name, param)
+            self._arch_names += (name,)
 
     # ------------------------------------------------------------------ trellis structure
     @staticmethod
     def _key(layer: int, level: int) -> str:
         return f"{layer}_{level}"
 
-    @staticmethod
-    def source_levels(layer: int, level: int) -> tuple[int, ...]:
-        """Levels at ``layer - 1`` that feed node ``(layer, level)`` (the stem sits at level 0)."""
-        if layer == 0:
-            return (space.STEM_LEVEL,)
-        existing = space.levels_at_layer(layer - 1)
-        return tuple(s for s in (level - 1, level, level + 1) if s in existing)
-
-    @staticmethod
-    def prev_prev_level(layer: int, level: int) -> int:
-        """Level of the tensor used as ``sH^{l-2}``: the same level if it exists at layer
-        ``l - 2``, else the existing tensor of nearest spatial size (the stem's 1/2 output is
-        level -1, its 1/4 output level 0)."""
-        if layer == 0:
-            return -1
-        if layer == 1:
-            return space.STEM_LEVEL
-        return min(level, max(space.levels_at_layer(layer - 2)))
-
     # ------------------------------------------------------------------ parameters
     def arch_parameters(self) -> list[nn.Parameter]:
-        """Architecture parameters: alphas ``(E, 8)``, betas ``(L, 4, 3)`` (+ PC edge logits)."""
-        params = [self.alphas, self.betas]
-        if self.edge_logits is not None:
-            params.append(self.edge_logits)
-        return params
+        """Architecture parameters of the relaxation (softmax: alphas ``(E, O)``, betas
+        ``(L, 4, 3)``, + PC-DARTS edge logits ``(E,)``)."""
+        return [p for p in self.arch_state().values() if p is not None]
+
+    def arch_state(self) -> dict[str, torch.Tensor | None]:
+        """The architecture tensors by name, read from the module at call time (so that
+        ``torch.func.functional_call`` substitutes them too)."""
+        return {name: getattr(self, name) for name in self._arch_names}
 
     def weight_parameters(self) -> list[nn.Parameter]:
         arch = {id(p) for p in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in arch]
 
     def alpha_weights(self) -> torch.Tensor:
-        return F.softmax(self.alphas, dim=-1)
+        """Op mixing weights ``(E, O)`` (see :meth:`Relaxation.op_weights`)."""
+        return self.relaxation.op_weights(self.arch_state())
 
     def beta_weights(self) -> torch.Tensor:
-        """Transition probabilities ``(L, 4, 3)``: softmax over each node's valid moves; invalid
-        entries are exactly 0 and receive no gradient."""
-        masked = self.betas.masked_fill(~self._move_mask, float("-inf"))
-        return F.softmax(masked, dim=-1).masked_fill(~self._move_mask, 0.0)
+        """Transition weights ``(L, 4, 3)`` (see :meth:`Relaxation.transition_weights`)."""
+        return self.relaxation.transition_weights(self.arch_state())
 
     def edge_weights(self) -> torch.Tensor | None:
-        """PC-DARTS edge normalisation: softmax over the incoming edges of every block."""
-        if self.edge_logits is None:
-            return None
-        parts = []
-        for b in range(self.blocks):
-            start = space.block_edge_offset(b)
-            parts.append(F.softmax(self.edge_logits[start : start + b + 2], dim=0))
-        return torch.cat(parts)
+        """Whole-edge scales ``(E,)`` or ``None`` (see :meth:`Relaxation.edge_weights`)."""
+        return self.relaxation.edge_weights(self.arch_state())
 
     def used_beta_mask(self) -> torch.Tensor:
-        """True for the beta entries that take part in the forward pass."""
-        mask = torch.zeros(self.layers, space.NUM_LEVELS, space.NUM_MOVES, dtype=torch.bool)
-        for layer in range(self.layers):
-            for level in space.levels_at_layer(layer):
-                for src in self.source_levels(layer, level):
-                    mask[layer, src, space.move_between(src, level)] = True
-        return mask
+        """True for the beta entries that take part in the forward pass ``(L, 4, 3)``."""
+        return torch.tensor(self.search_space.used_transition_mask())
 
     # ------------------------------------------------------------------ decoding
     def genotype(self) -> Genotype:
-        """Decode the current architecture (cell by top-2 edges, path by Viterbi)."""
-        alphas = self.alphas.detach().cpu().double().numpy()
-        betas = self.betas.detach().cpu().double().numpy()
-        return Genotype(cell=decode.decode_cell(alphas), path=decode.decode_path(betas))
+        """Decode the current architecture (see :meth:`Relaxation.decode`)."""
+        return self.relaxation.decode(self.arch_state())
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, aux_skip: float = 0.0) -> torch.Tensor:
@@ -570,13 +648,13 @@ class SearchNetwork(nn.Module):
         prev: dict[int, torch.Tensor] = {space.STEM_LEVEL: quarter}  # layer l-1, by level
         for layer in range(self.layers):
             current = {}
-            for level in space.levels_at_layer(layer):
+            for t in self.search_space.nodes(layer):
+                level, srcs = t.level, t.sources
                 node = self.nodes[self._key(layer, level)]
-                srcs = node.source_levels
                 weights = torch.stack(
                     [beta_w[layer, s, space.move_between(s, level)] for s in srcs]
                 )
-                pp = prev_prev[self.prev_prev_level(layer, level)]
+                pp = prev_prev[t.prev_prev]
                 inputs = (
                     [prev[s] for s in srcs],
                     pp,
@@ -595,7 +673,8 @@ class SearchNetwork(nn.Module):
             prev_prev, prev = prev, current
 
         logits = None
-        for level, head in zip(space.levels_at_layer(self.layers - 1), self.heads, strict=True):
+        last_levels = self.search_space.levels_at(self.layers - 1)
+        for level, head in zip(last_levels, self.heads, strict=True):
             y = F.interpolate(
                 head(prev[level]), size=x.shape[-2:], mode="bilinear", align_corners=False
             )

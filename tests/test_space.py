@@ -80,3 +80,59 @@ def test_levels_at_layer():
     assert space.levels_at_layer(0) == (0, 1)
     assert space.levels_at_layer(1) == (0, 1, 2)
     assert space.levels_at_layer(5) == (0, 1, 2, 3)
+
+
+# --------------------------------------------------------------------------- SearchSpace
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3, 6])
+def test_trellis_matches_the_nodes_and_moves_of_every_path(layers):
+    """Nodes, sources and used transitions of the space against brute-force enumeration of all
+    network paths from the stem: a node exists iff some path visits it, a transition is used
+    iff some path takes it."""
+    paths = list(_brute_force_paths(layers))
+    visited = {(layer, s) for p in paths for layer, s in enumerate(p)}
+    taken = {(layer, (0, *p)[layer], p[layer]) for p in paths for layer in range(layers)}
+    sp = space.SearchSpace(layers=layers, blocks=2)
+    assert {(n.layer, n.level) for n in sp.all_nodes()} == visited
+    assert set(sp.transitions()) == taken
+    assert len(sp.transitions()) == len(taken)  # no duplicates
+    for n in sp.all_nodes():
+        assert set(n.sources) == {s for (k, s, d) in taken if k == n.layer and d == n.level}
+        assert list(n.sources) == sorted(n.sources)
+    mask = sp.used_transition_mask()
+    for layer, s, m in itertools.product(range(layers), range(4), range(3)):
+        assert mask[layer][s][m] == ((layer, s, s + m - 1) in taken)
+
+
+def test_prev_prev_levels_by_hand():
+    """``sH^{l-2}``: layer 0 reads the stem's 1/2 output (-1), layer 1 its 1/4 output (0);
+    later the same level if it exists two layers back, else the coarsest existing one."""
+    sp = space.SearchSpace(layers=4, blocks=1)
+    pp = {(n.layer, n.level): n.prev_prev for n in sp.all_nodes()}
+    assert pp == {
+        (0, 0): -1, (0, 1): -1,
+        (1, 0): 0, (1, 1): 0, (1, 2): 0,
+        (2, 0): 0, (2, 1): 1, (2, 2): 1, (2, 3): 1,
+        (3, 0): 0, (3, 1): 1, (3, 2): 2, (3, 3): 2,
+    }  # fmt: skip
+
+
+def test_search_space_value_and_errors():
+    sp = space.SearchSpace(3, 2)
+    assert sp == space.SearchSpace(layers=3, blocks=2, ops=list(space.PRIMITIVES))
+    assert hash(sp) == hash(space.SearchSpace(3, 2))
+    assert sp.num_edges == 5 and sp.num_ops == 8 and sp.num_levels == 4
+    assert sp.op_index("skip_connect") == 3
+    assert sp.levels_at(0) == (0, 1) and sp.node(2, 3).sources == (2,)
+    with pytest.raises(ValueError, match="valid operations are: none, max_pool_3x3"):
+        sp.op_index("conv_7x7")
+    with pytest.raises(ValueError, match="layer 0 has no node at level 2"):
+        sp.node(0, 2)
+    with pytest.raises(ValueError, match=r"layer must be in 0..2"):
+        sp.nodes(3)
+    for bad in ({"layers": 0}, {"blocks": 0}, {"layers": True}):
+        with pytest.raises(ValueError, match="must be a positive integer"):
+            space.SearchSpace(**bad)
+    with pytest.raises(ValueError, match="distinct operation names"):
+        space.SearchSpace(ops=("none", "none"))

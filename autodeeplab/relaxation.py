@@ -1,0 +1,155 @@
+"""Continuous relaxations of the search space: how architecture parameters become the weights
+the supernet mixes with, which extra loss terms they carry, and how a discrete architecture is
+read back from them.
+
+A :class:`Relaxation` defines the architecture parameters of one
+:class:`~autodeeplab.space.SearchSpace` (names, shapes, initialisation) and everything computed
+from them; it holds no tensors itself. The supernet creates the parameters once with
+:meth:`Relaxation.init_parameters` and registers them under those names (so they live in its
+``state_dict`` under those keys, and ``torch.func.functional_call``, ``.to()``, copies and
+distributed wrappers treat them like any other parameter). In every forward pass it hands the
+current tensors, by name, to :meth:`Relaxation.op_weights`, :meth:`Relaxation.edge_weights` and
+:meth:`Relaxation.transition_weights`; it decodes with :meth:`Relaxation.decode`, and the search
+engine adds :meth:`Relaxation.regularizer` terms through :mod:`autodeeplab.collapse`. Nothing
+outside this module knows how the weights are normalised.
+
+:class:`SoftmaxRelaxation` is the paper's (the default): a softmax over the operations of every
+edge, a softmax over the valid outgoing moves of every trellis node, Viterbi path decoding, and
+optionally PC-DARTS edge normalisation.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autodeeplab import decode, space
+from autodeeplab.genotype import Genotype
+
+ArchParams = Mapping[str, torch.Tensor | None]
+"""The architecture tensors by parameter name (``None``: a disabled parameter)."""
+
+
+class Relaxation(ABC):
+    """How the architecture parameters of a search space weight the supernet and decode."""
+
+    def __init__(self, search_space: space.SearchSpace) -> None:
+        self.space = search_space
+
+    @abstractmethod
+    def init_parameters(self) -> dict[str, nn.Parameter | None]:
+        """Fresh parameters by the name the supernet registers them under (``None``: a name
+        that is registered empty, e.g. a disabled option, so that the attribute exists)."""
+
+    @abstractmethod
+    def op_weights(self, params: ArchParams) -> torch.Tensor:
+        """Mixing weights of the operations on every cell edge, ``(E, O)``."""
+
+    def edge_weights(self, params: ArchParams) -> torch.Tensor | None:
+        """Scale of every whole cell edge, ``(E,)``, or ``None`` (no edge weighting)."""
+        return None
+
+    @abstractmethod
+    def transition_weights(self, params: ArchParams) -> torch.Tensor:
+        """Weight of every trellis transition, ``(L, 4, 3)`` indexed like the betas; entries that
+        are not transitions (see :meth:`SearchSpace.used_transition_mask`) are never read."""
+
+    @property
+    def regularizers(self) -> tuple[str, ...]:
+        """Names accepted by :meth:`regularizer`."""
+        return ()
+
+    def regularizer(self, name: str, params: ArchParams) -> torch.Tensor:
+        """The extra architecture-loss term ``name`` (unweighted, differentiable in the
+        architecture parameters); an unknown name raises ``ValueError`` listing the valid ones."""
+        raise ValueError(
+            f"{type(self).__name__} has no regularizer {name!r}; valid: "
+            f"{', '.join(self.regularizers) or 'none'}"
+        )
+
+    @abstractmethod
+    def decode(self, params: ArchParams) -> Genotype:
+        """The discrete architecture the parameters stand for."""
+
+
+class SoftmaxRelaxation(Relaxation):
+    """The paper's relaxation.
+
+    * ``alphas (E, O)``: ``softmax`` over the operations of every edge.
+    * ``betas (L, 4, 3)``: ``softmax`` over the valid outgoing moves of every node; invalid
+      entries are exactly 0 and receive no gradient.
+    * ``edge_logits (E,)`` (``edge_normalisation=True``, PC-DARTS): ``softmax`` over the
+      incoming edges of every block, scaling each whole edge.
+
+    All initialised ``N(0, 1) x 1e-3``, in that order. Decoding: top-2 edges per block and the
+    argmax op without ``none`` (:func:`decode.decode_cell`), the Viterbi path over the betas
+    (:func:`decode.decode_path`). Regularizer ``beta_decay`` (beta-DARTS): mean logsumexp of the
+    op logits of every edge plus mean logsumexp over the valid moves of every node that feeds
+    the next layer.
+    """
+
+    def __init__(self, search_space: space.SearchSpace, edge_normalisation: bool = False):
+        super().__init__(search_space)
+        self.edge_normalisation = edge_normalisation
+
+    def init_parameters(self) -> dict[str, nn.Parameter | None]:
+        sp = self.space
+        alphas = nn.Parameter(1e-3 * torch.randn(sp.num_edges, sp.num_ops))
+        betas = nn.Parameter(1e-3 * torch.randn(sp.layers, space.NUM_LEVELS, space.NUM_MOVES))
+        edges = nn.Parameter(1e-3 * torch.randn(sp.num_edges)) if self.edge_normalisation else None
+        return {"alphas": alphas, "betas": betas, "edge_logits": edges}
+
+    def op_weights(self, params: ArchParams) -> torch.Tensor:
+        return F.softmax(_get(params, "alphas"), dim=-1)
+
+    @staticmethod
+    def _masked_betas(params: ArchParams) -> tuple[torch.Tensor, torch.Tensor]:
+        betas = _get(params, "betas")
+        valid = torch.tensor(space.valid_move_mask(), device=betas.device)  # (4, 3)
+        return betas.masked_fill(~valid, float("-inf")), valid  # invalid: no gradient
+
+    def transition_weights(self, params: ArchParams) -> torch.Tensor:
+        masked, valid = self._masked_betas(params)
+        return F.softmax(masked, dim=-1).masked_fill(~valid, 0.0)
+
+    def edge_weights(self, params: ArchParams) -> torch.Tensor | None:
+        if not self.edge_normalisation:
+            return None
+        logits = _get(params, "edge_logits")
+        parts = []
+        for b in range(self.space.blocks):
+            start = space.block_edge_offset(b)
+            parts.append(F.softmax(logits[start : start + b + 2], dim=0))
+        return torch.cat(parts)
+
+    @property
+    def regularizers(self) -> tuple[str, ...]:
+        return ("beta_decay",)
+
+    def regularizer(self, name: str, params: ArchParams) -> torch.Tensor:
+        if name != "beta_decay":
+            return super().regularizer(name, params)
+        alpha_term = torch.logsumexp(_get(params, "alphas"), dim=-1).mean()
+        masked, _ = self._masked_betas(params)
+        mask = torch.tensor(self.space.used_transition_mask(), device=masked.device)
+        used = mask.any(dim=-1)  # (L, 4): nodes with an outgoing transition
+        beta_term = torch.logsumexp(masked, dim=-1)[used].mean()
+        return alpha_term + beta_term
+
+    def decode(self, params: ArchParams) -> Genotype:
+        alphas = _get(params, "alphas").detach().cpu().double().numpy()
+        betas = _get(params, "betas").detach().cpu().double().numpy()
+        return Genotype(
+            cell=decode.decode_cell(alphas, self.space.ops), path=decode.decode_path(betas)
+        )
+
+
+def _get(params: ArchParams, name: str) -> torch.Tensor:
+    value = params.get(name)
+    if value is None:
+        raise ValueError(f"architecture parameter {name!r} is missing; got {sorted(params)}")
+    return value
