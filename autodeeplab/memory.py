@@ -53,10 +53,12 @@ Supernet expectation (DiNTS' memory budget)
     its ``H^{l-2}``), each last-layer node's ASPP costs the probability that the node is active
     (``1 - prod(1 - p)`` of its incoming transitions), and the decoder's low-level input is
     weighted by the probability of each choice. At 0/1 probabilities this equals
-    :func:`activation_memory` of the topology, except where one tensor is kept by two pieces
-    (a pooling branch reading an ``H^{l-2}`` that needs no 1x1 projection, which happens only
-    when its channel count equals the cell's, e.g. the stem's 128 channels with F = 32 at
-    stride 16); the expectation then counts it twice.
+    :func:`activation_memory` of the topology, except where one tensor is kept by two pieces:
+    a pooling branch reading an ``H^{l-2}`` that needs neither a 1x1 projection nor a resize
+    (same channels and size as the cell's input: one-block cells, two-block cells that move
+    coarser, the stem's outputs for F = 64 or 128) while the decoder or a second cell keeps
+    the same tensor. The expectation then counts that tensor twice (the default five-block
+    cells never share a node tensor this way).
 """
 
 from __future__ import annotations
