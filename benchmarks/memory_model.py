@@ -1,36 +1,40 @@
-"""How well the activation-memory model ranks the real peak memory of retraining steps (JSON).
+"""How well the memory model ranks the real peak memory of retraining steps (JSON on stdout).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/memory_model.py --count 20 --repeats 3
 
 Architectures: ``--count`` uniformly random genotypes (``autodeeplab.sample.sample_genotypes``,
-``--seed``), F = 8, 12 layers, 19 classes, default heads, batch 2 at 128x128 by default. For
-each one, ``--repeats`` fresh processes (one thread each) build the network and an SGD
-optimizer (momentum 0.9, as the retraining engine), run one warm-up step (so that the momentum
-buffers and the gradients exist, as in any later step), then measure a second step in the
-engine's order (forward, loss, ``zero_grad(set_to_none=True)``, backward, optimizer step):
+``--seed``), F = 8, 12 layers, 19 classes, default heads, batch 2 at 128x128 by default. Each
+measurement runs in a fresh process with one thread: it builds the network and the retraining
+optimizer (SGD, momentum 0.9, weight decay) and runs two training steps in the engine's order
+(forward, loss, ``zero_grad(set_to_none=True)``, backward, optimizer step). The second step is
+the steady state: the previous gradients and the momentum buffers are alive during its forward
+pass. Before that, two warm-up steps load the kernels and fill oneDNN's caches, then the
+gradients and the momentum are dropped and freed memory is handed back (``malloc_trim``), so
+that the measured steps start from the weights alone. What is measured is the peak over both steps above the memory at their start (weights
+already resident), two ways, each in its own process:
 
 ``profiler``
-    PyTorch's profiler memory events (every allocation and free of a tensor, with its size),
-    accumulated in time order: the peak of the live bytes above the start of the step. Exact
-    and repeatable (one thread, same operations), unaffected by the machine's load; it sees
-    the tensors PyTorch allocates, not the allocator's own overhead.
+    PyTorch's profiler memory events (every tensor allocation and free, with its size),
+    accumulated in time order. Repeatable to the byte (one thread, same operations) whatever
+    the machine's load, and every tensor of both steps is allocated inside the window, so no
+    free goes unseen. It sees PyTorch's tensors, not the allocator's overhead or oneDNN's
+    scratch space.
 ``rss``
-    The peak resident memory of the process during the step (``VmHWM`` after resetting it
-    through ``/proc/self/clear_refs``) above the resident memory at its start, with glibc's
-    mmap threshold fixed at 64 KiB so that freed tensors go back to the system. Includes what
-    the profiler does not see (oneDNN scratch space, the allocator), and its noise.
+    The peak resident memory (``VmHWM``, reset through ``/proc/self/clear_refs``) above the
+    resident memory at the start, with glibc's mmap threshold fixed at 64 KiB so that freed
+    tensors go back to the system. Sees everything, with its noise.
 
-The estimates are :func:`autodeeplab.memory.training_memory` (activations kept for backward;
-weights, gradients and momentum). The step's peak above its start holds the activations plus
-transient buffers (the weights, the previous gradients and the momentum are already there),
-so the figure compared with both measurements is the activation estimate; the JSON also gives
-the median ratio of measured to estimated bytes. Spearman's rank correlation is computed with
-average ranks for ties; each measurement is the median of the repeats.
+The figure compared is :func:`autodeeplab.memory.training_memory` without the weights:
+activations kept for backward + gradients + momentum (``step_bytes`` below); the JSON also
+gives Spearman's correlation of the activation estimate alone and the median ratio of
+measured to estimated bytes. Spearman uses average ranks for ties; each measurement is the
+median of ``--repeats`` processes.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -63,8 +67,8 @@ def _profiler_peak(prof: Any) -> int:
     return peak
 
 
-def measure(genotype: str, f: int, size: int, batch: int, classes: int) -> dict[str, int]:
-    """In this (fresh) process: peak memory of one retraining step above its start."""
+def measure(method: str, genotype: str, f: int, size: int, batch: int, classes: int) -> int:
+    """In this (fresh) process: peak bytes of two retraining steps above their start."""
     import torch.nn.functional as F
     from torch.profiler import ProfilerActivity, profile
 
@@ -78,23 +82,28 @@ def measure(genotype: str, f: int, size: int, batch: int, classes: int) -> dict[
     x = torch.randn(batch, 3, size, size)
     y = torch.randint(0, classes, (batch, size, size))
 
-    def step() -> None:
-        loss = F.cross_entropy(model(x), y, ignore_index=255)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def steps() -> None:
+        for _ in range(2):
+            loss = F.cross_entropy(model(x), y, ignore_index=255)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
 
-    step()  # warm-up: momentum buffers, gradients, lazy initialisation
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    profiler_peak = _profiler_peak(prof)
-    del prof
+    # Warm-up: load the kernels and fill oneDNN's caches once, then go back to weights only
+    # (no gradients, no momentum) and hand freed memory back to the system.
+    steps()
+    opt.zero_grad(set_to_none=True)
+    opt.state.clear()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    if method == "profiler":
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            steps()
+        return _profiler_peak(prof)
     rss_start = _status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f_:
         f_.write("5")  # reset the high-water mark to the current resident size
-    step()
-    rss_peak = _status_kib("VmHWM")
-    return {"profiler": profiler_peak, "rss": (rss_peak - rss_start) * 1024}
+    steps()
+    return (_status_kib("VmHWM") - rss_start) * 1024
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -124,11 +133,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--classes", type=int, default=19)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     shape = (args.filter_multiplier, args.size, args.batch, args.classes)
     if args.child:
-        print(json.dumps(measure(args.child, *shape)))
+        print(json.dumps(measure(*args.child, *shape)))
         return
 
     from autodeeplab.memory import training_memory
@@ -141,25 +150,35 @@ def main() -> None:
     for g in genotypes:
         config = NetworkConfig(g, args.classes, args.filter_multiplier)
         est = training_memory(config, (args.size, args.size), args.batch)
-        runs = []
+        runs: dict[str, list[int]] = {"profiler": [], "rss": []}
         for _ in range(args.repeats):
-            cmd = [sys.executable, __file__, "--child", str(g)]
-            cmd += ["--filter-multiplier", str(args.filter_multiplier), "--size", str(args.size)]
-            cmd += ["--batch", str(args.batch), "--classes", str(args.classes)]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            for method, values in runs.items():
+                cmd = [sys.executable, __file__, "--child", method, str(g)]
+                cmd += [
+                    "--filter-multiplier",
+                    str(args.filter_multiplier),
+                    "--size",
+                    str(args.size),
+                ]
+                cmd += ["--batch", str(args.batch), "--classes", str(args.classes)]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+                values.append(json.loads(out.stdout.strip().splitlines()[-1]))
         row = {
             "genotype": str(g),
-            "estimate_activation_bytes": est.activations.total,
-            "estimate_peak_bytes": est.peak_bytes,
-            "profiler_step_peak_bytes": statistics.median(r["profiler"] for r in runs),
-            "rss_step_peak_bytes": statistics.median(r["rss"] for r in runs),
-            "rss_spread_bytes": max(r["rss"] for r in runs) - min(r["rss"] for r in runs),
+            "activation_bytes": est.activations.total,
+            "step_bytes": est.peak_bytes - est.weight_bytes,
+            "profiler_bytes": statistics.median(runs["profiler"]),
+            "profiler_spread_bytes": max(runs["profiler"]) - min(runs["profiler"]),
+            "rss_bytes": statistics.median(runs["rss"]),
+            "rss_spread_bytes": max(runs["rss"]) - min(runs["rss"]),
         }
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
-    est = [r["estimate_activation_bytes"] for r in rows]
-    summary = {
+
+    def column(key: str) -> list[float]:
+        return [r[key] for r in rows]
+
+    summary: dict[str, Any] = {
         "architectures": len(rows),
         "repeats": args.repeats,
         "filter_multiplier": args.filter_multiplier,
@@ -167,24 +186,17 @@ def main() -> None:
         "input_size": [args.size, args.size],
         "batch_size": args.batch,
         "seed": args.seed,
-        "spearman_profiler": round(spearman(est, [r["profiler_step_peak_bytes"] for r in rows]), 4),
-        "spearman_rss": round(spearman(est, [r["rss_step_peak_bytes"] for r in rows]), 4),
-        "median_ratio_profiler": round(
-            statistics.median(
-                r["profiler_step_peak_bytes"] / r["estimate_activation_bytes"] for r in rows
-            ),
-            3,
-        ),
-        "median_ratio_rss": round(
-            statistics.median(
-                r["rss_step_peak_bytes"] / r["estimate_activation_bytes"] for r in rows
-            ),
-            3,
-        ),
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-        "rows": rows,
     }
+    for measured in ("profiler", "rss"):
+        m = column(f"{measured}_bytes")
+        summary[f"spearman_step_{measured}"] = round(spearman(column("step_bytes"), m), 4)
+        summary[f"spearman_activations_{measured}"] = round(
+            spearman(column("activation_bytes"), m), 4
+        )
+        summary[f"median_ratio_{measured}"] = round(
+            statistics.median(a / b for a, b in zip(m, column("step_bytes"), strict=True)), 3
+        )
+    summary.update(torch=torch.__version__, machine=platform.machine(), rows=rows)
     print(json.dumps(summary, indent=2))
 
 
