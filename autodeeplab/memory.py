@@ -26,10 +26,12 @@ What is counted
 
 Training peak
     :func:`training_memory` adds what the peak of a step holds besides activations: the
-    weights, their gradients and the optimizer's state (SGD momentum: one buffer per weight).
-    Transient buffers of the backward pass (the gradient of the widest activation while it is
-    being propagated) are not modelled; ``benchmarks/memory_model.py`` measures how well the
-    estimate ranks real steps.
+    weights, their gradients, the optimizer's state (SGD momentum: one buffer per weight) and
+    the logits. In the retraining engine's order (forward, loss, ``zero_grad``, backward,
+    step) the previous gradients are alive until the loss is computed, which is when all of
+    these coexist. Other short-lived buffers (a layer's output until the next layer has used
+    it, the gradient being propagated backward) are not modelled; ``benchmarks/memory_model.py``
+    measures how close the estimate comes to real steps.
 
 Topologies
     An architecture is a :class:`Topology`: the cell and a set of active trellis transitions
@@ -605,11 +607,16 @@ class TrainingMemory:
     weight_bytes: int
     gradient_bytes: int
     optimizer_bytes: int
+    logits_bytes: int
 
     @property
     def peak_bytes(self) -> int:
         return (
-            self.activations.total + self.weight_bytes + self.gradient_bytes + self.optimizer_bytes
+            self.activations.total
+            + self.weight_bytes
+            + self.gradient_bytes
+            + self.optimizer_bytes
+            + self.logits_bytes
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -618,6 +625,7 @@ class TrainingMemory:
             "weight_bytes": self.weight_bytes,
             "gradient_bytes": self.gradient_bytes,
             "optimizer_bytes": self.optimizer_bytes,
+            "logits_bytes": self.logits_bytes,
             "peak_bytes": self.peak_bytes,
         }
 
@@ -630,13 +638,15 @@ def training_memory(
     dtype: torch.dtype = torch.float32,
     momentum_buffers: int = MOMENTUM_BUFFERS,
 ) -> TrainingMemory:
-    """Activation memory of ``config`` plus its weights, gradients and ``momentum_buffers``
-    optimizer buffers per weight (parameters counted on a meta-device twin)."""
+    """Activation memory of ``config`` plus its weights, gradients, ``momentum_buffers``
+    optimizer buffers per weight and the logits (parameters counted on a meta-device twin)."""
     from autodeeplab.complexity import count_parameters, meta_model
 
     params = count_parameters(meta_model(config))["total"] * dtype.itemsize
     act = network_activation_memory(config, input_size, batch_size, dtype=dtype)
-    return TrainingMemory(act, params, params, momentum_buffers * params)
+    h, w = act.input_size
+    logits = batch_size * config.num_classes * h * w * dtype.itemsize
+    return TrainingMemory(act, params, params, momentum_buffers * params, logits)
 
 
 # ----------------------------------------------------------------------------- supernet

@@ -25,7 +25,8 @@ already resident), two ways, each in its own process:
     tensors go back to the system. Sees everything, with its noise.
 
 The figure compared is :func:`autodeeplab.memory.training_memory` without the weights:
-activations kept for backward + gradients + momentum (``step_bytes`` below); the JSON also
+activations kept for backward + gradients + momentum + logits (``step_bytes`` below; the input
+batch and labels, which the activations include, exist before the measured steps); the JSON also
 gives Spearman's correlation of the activation estimate alone and the median ratio of
 measured to estimated bytes. Spearman uses average ranks for ties; each measurement is the
 median of ``--repeats`` processes.

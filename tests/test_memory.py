@@ -122,7 +122,8 @@ def test_training_memory_adds_weights_gradients_and_momentum():
     mem = training_memory(config, (65, 65), 2)
     n = count_parameters(meta_model(config))["total"]
     assert mem.weight_bytes == mem.gradient_bytes == mem.optimizer_bytes == 4 * n
-    assert mem.peak_bytes == mem.activations.total + 12 * n
+    assert mem.logits_bytes == 2 * 5 * 65 * 65 * 4
+    assert mem.peak_bytes == mem.activations.total + 12 * n + mem.logits_bytes
 
 
 # ----------------------------------------------------------------------------- topologies
