@@ -130,7 +130,7 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
         description="Parameters (by part) and Multi-Adds (multiply-accumulates of convolutions, "
         "FLOPs / 2) of one forward pass, counted without allocating the model, and the "
         "estimated memory of a float32 training step (activations kept for backward; with "
-        "weights, gradients and SGD momentum). The network comes from a model preset, a "
+        "weights, gradients, SGD momentum and logits). The network comes from a model preset, a "
         "genotype file (19 classes, F=20 unless given), a train config (classes of its data "
         "set, its F and heads; Multi-Adds and memory at its crop size and batch) or a "
         "retraining run / model folder (its saved config).",
@@ -247,8 +247,8 @@ def _run_info(args: argparse.Namespace) -> int:
     )
     print(f"  activations      {mem['activation_bytes'] / 2**30:.3f} GiB kept for backward")
     print(
-        f"  step peak        {mem['peak_bytes'] / 2**30:.3f} GiB with weights, gradients and "
-        "SGD momentum"
+        f"  step peak        {mem['peak_bytes'] / 2**30:.3f} GiB with weights, gradients, "
+        "SGD momentum and logits"
     )
     if info.get("paper"):
         paper = info["paper"]
