@@ -731,6 +731,11 @@ class SupernetMemory:
     def usage(self, probs: torch.Tensor) -> torch.Tensor:
         """Expected bytes for transition probabilities ``probs: (L, 4, 3)`` (invalid entries
         ignored); differentiable, in ``probs``' dtype."""
+        if not isinstance(probs, torch.Tensor) or not probs.is_floating_point():
+            raise ValueError(
+                f"probabilities must be a floating-point tensor of shape {tuple(self.mask.shape)}, "
+                f"got {type(probs).__name__}"
+            )
         if probs.shape != self.mask.shape:
             raise ValueError(
                 f"probabilities must have the beta layout {tuple(self.mask.shape)} "

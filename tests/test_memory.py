@@ -376,3 +376,5 @@ def test_budget_loss():
         sm.budget_loss(mask, 1.5)
     with pytest.raises(ValueError, match="beta layout"):
         sm.usage(torch.zeros(2, 4, 3))
+    with pytest.raises(ValueError, match="floating-point tensor"):
+        sm.usage([[0.5]])
