@@ -637,16 +637,20 @@ def training_memory(
     *,
     dtype: torch.dtype = torch.float32,
     momentum_buffers: int = MOMENTUM_BUFFERS,
+    params: int | None = None,
 ) -> TrainingMemory:
     """Activation memory of ``config`` plus its weights, gradients, ``momentum_buffers``
-    optimizer buffers per weight and the logits (parameters counted on a meta-device twin)."""
+    optimizer buffers per weight and the logits. ``params``: the parameter count when it is
+    already known (else counted on a meta-device twin)."""
     from autodeeplab.complexity import count_parameters, meta_model
 
-    params = count_parameters(meta_model(config))["total"] * dtype.itemsize
+    if params is None:
+        params = count_parameters(meta_model(config))["total"]
+    weights = params * dtype.itemsize
     act = network_activation_memory(config, input_size, batch_size, dtype=dtype)
     h, w = act.input_size
     logits = batch_size * config.num_classes * h * w * dtype.itemsize
-    return TrainingMemory(act, params, params, momentum_buffers * params, logits)
+    return TrainingMemory(act, weights, weights, momentum_buffers * weights, logits)
 
 
 # ----------------------------------------------------------------------------- supernet

@@ -160,7 +160,9 @@ def network_info(
         "output_stride": config.genotype.output_stride,
         "aspp_rates": list(rates),
         **c.to_dict(),
-        "training_memory": training_memory(config, input_size, batch_size).to_dict(),
+        "training_memory": training_memory(
+            config, input_size, batch_size, params=c.params
+        ).to_dict(),
     }
     spec = None if preset is None else get_model_spec(preset)
     # The paper's figures hold for the preset as published: 19 classes, its F, default heads
