@@ -70,9 +70,9 @@ def _profiler_peak(prof: Any) -> int:
 
 def measure(method: str, genotype: str, f: int, size: int, batch: int, classes: int) -> int:
     """In this (fresh) process: peak bytes of two retraining steps above their start."""
-    import torch.nn.functional as F
     from torch.profiler import ProfilerActivity, profile
 
+    from autodeeplab.engine.common import global_batch_loss
     from autodeeplab.genotype import Genotype
     from autodeeplab.network import AutoDeepLab
 
@@ -85,7 +85,7 @@ def measure(method: str, genotype: str, f: int, size: int, batch: int, classes: 
 
     def steps() -> None:
         for _ in range(2):
-            loss = F.cross_entropy(model(x), y, ignore_index=255)
+            loss, _ = global_batch_loss(model(x), y, 255, 1)  # the engine's loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
