@@ -125,11 +125,14 @@ def _input_size(values: Sequence[str] | None) -> tuple[int, int] | None:
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "info",
-        help="parameters and Multi-Adds of a preset, genotype, train config or run folder",
+        help="parameters, Multi-Adds and training memory of a preset, genotype, train config "
+        "or run folder",
         description="Parameters (by part) and Multi-Adds (multiply-accumulates of convolutions, "
-        "FLOPs / 2) of one forward pass, counted without allocating the model. The network "
-        "comes from a model preset, a genotype file (19 classes, F=20 unless given), a train "
-        "config (classes of its data set, its F and heads; Multi-Adds at its crop size) or a "
+        "FLOPs / 2) of one forward pass, counted without allocating the model, and the "
+        "estimated memory of a float32 training step (activations kept for backward; with "
+        "weights, gradients, SGD momentum and logits). The network comes from a model preset, a "
+        "genotype file (19 classes, F=20 unless given), a train config (classes of its data "
+        "set, its F and heads; Multi-Adds and memory at its crop size and batch) or a "
         "retraining run / model folder (its saved config).",
     )
     p.add_argument(
@@ -147,6 +150,13 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
         help="classes (default: the data set's with --config, else 19)",
     )
     _add_input_size(p, "the crop size of a train config or run, else 1024x2048")
+    p.add_argument(
+        "--batch-size",
+        type=_at_least(1),
+        metavar="N",
+        help="images per training step for the memory estimate (default: the batch of a train "
+        "config or run, else 1)",
+    )
     p.add_argument(
         "--filter-multiplier",
         type=_at_least(1),
@@ -187,10 +197,10 @@ def _run_info(args: argparse.Namespace) -> int:
         ]
         if given:
             raise ValueError(
-                f"{', '.join(given)}: a run folder defines its network; only --input-size "
-                "and --json go with it"
+                f"{', '.join(given)}: a run folder defines its network; only --input-size, "
+                "--batch-size and --json go with it"
             )
-        info = info_lib.source_info(info_lib.from_run(run), size)
+        info = info_lib.source_info(info_lib.from_run(run), size, args.batch_size)
     elif args.config is not None:
         source = info_lib.from_train_config(
             args.config,
@@ -199,7 +209,7 @@ def _run_info(args: argparse.Namespace) -> int:
             num_classes=args.num_classes,
             filter_multiplier=args.filter_multiplier,
         )
-        info = info_lib.source_info(source, size)
+        info = info_lib.source_info(source, size, args.batch_size)
     elif args.preset is None and args.genotype is None:
         raise ValueError("name a network: --preset, --genotype, --config, RUNDIR or --list")
     else:
@@ -209,6 +219,7 @@ def _run_info(args: argparse.Namespace) -> int:
             num_classes=19 if args.num_classes is None else args.num_classes,
             filter_multiplier=args.filter_multiplier,
             input_size=size or info_lib.DEFAULT_INPUT_SIZE,
+            batch_size=1 if args.batch_size is None else args.batch_size,
         )
     if args.json:
         print(json.dumps(info, indent=2))
@@ -228,6 +239,17 @@ def _run_info(args: argparse.Namespace) -> int:
     print(f"Multi-Adds {h}x{w}{basis}  {info['multiply_adds'] / 1e9:.2f}B")
     for part, n in info["multiply_adds_by_part"].items():
         print(f"  {part:16s} {n / 1e9:.2f}B")
+    mem = info["training_memory"]
+    batch_basis = " (batch_size)" if info.get("batch_size_from") == "batch_size" else ""
+    print(
+        f"training memory    batch {mem['batch_size']}{batch_basis} x {h}x{w}{basis}, "
+        f"{mem['dtype']} (estimate, see docs/memory.md)"
+    )
+    print(f"  activations      {mem['activation_bytes'] / 2**30:.3f} GiB kept for backward")
+    print(
+        f"  step peak        {mem['peak_bytes'] / 2**30:.3f} GiB with weights, gradients, "
+        "SGD momentum and logits"
+    )
     if info.get("paper"):
         paper = info["paper"]
         print(

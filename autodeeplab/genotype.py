@@ -135,6 +135,12 @@ class Genotype:
 # ---------------------------------------------------------------------- validation
 
 
+def validate_cell(cell: Any) -> tuple[Block, ...]:
+    """The cell as :class:`Genotype` stores it (branches sorted by input); raises
+    ``ValueError`` saying what is wrong, as a genotype would."""
+    return _normalise_cell(cell)
+
+
 def _normalise_path(path: Any) -> tuple[int, ...]:
     if isinstance(path, (str, bytes)) or not hasattr(path, "__iter__"):
         raise ValueError(f"path must be a sequence of levels, got {path!r}")

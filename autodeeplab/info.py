@@ -45,6 +45,8 @@ class ModelSource:
     preset: str | None = None
     crop_size: int | None = None
     """Training crop of the source, the default input size of its Multi-Adds."""
+    batch_size: int | None = None
+    """Training batch (per process) of the source, the default batch of its memory estimate."""
 
 
 def network_from_train_config(
@@ -89,7 +91,12 @@ def from_train_config(
         )
     network = network_from_train_config(cfg, num_classes=num_classes)
     return ModelSource(
-        network, str(path), "train config", cfg.model.preset, crop_size=cfg.data.crop_size
+        network,
+        str(path),
+        "train config",
+        cfg.model.preset,
+        crop_size=cfg.data.crop_size,
+        batch_size=cfg.data.batch_size,
     )
 
 
@@ -100,9 +107,11 @@ def from_run(path: str | Path) -> ModelSource:
         raise FileNotFoundError(f"run folder {path} does not exist")
     if (path / CONFIG_FILE).is_file():
         saved = read_config(path)
-        crop = _crop_of(saved.extra.get("train_config"))
-        preset = _preset_of(saved.extra.get("train_config"))
-        return ModelSource(saved.network, str(path), "model folder", preset, crop)
+        train_config = saved.extra.get("train_config")
+        crop = _data_int(train_config, "crop_size")
+        batch = _data_int(train_config, "batch_size")
+        preset = _preset_of(train_config)
+        return ModelSource(saved.network, str(path), "model folder", preset, crop, batch)
     if not (path / RUN_CONFIG).is_file():
         raise FileNotFoundError(
             f"{path} is neither a model folder (no {CONFIG_FILE}) nor a retraining run folder "
@@ -124,7 +133,14 @@ def from_run(path: str | Path) -> ModelSource:
                 )
             cfg.model.genotype = str(path / RUN_GENOTYPE)
         network = network_from_train_config(cfg)
-    return ModelSource(network, str(path), "run folder", cfg.model.preset, cfg.data.crop_size)
+    return ModelSource(
+        network,
+        str(path),
+        "run folder",
+        cfg.model.preset,
+        cfg.data.crop_size,
+        cfg.data.batch_size,
+    )
 
 
 def _read_run_config(file: Path) -> TrainConfig:
@@ -141,12 +157,13 @@ def _read_run_config(file: Path) -> TrainConfig:
         ) from None
 
 
-def _crop_of(train_config: Any) -> int | None:
+def _data_int(train_config: Any, key: str) -> int | None:
+    """``data.<key>`` of a recorded train config when it is an integer, else ``None``."""
     try:
-        crop = train_config["data"]["crop_size"]
+        value = train_config["data"][key]
     except (TypeError, KeyError):
         return None
-    return crop if isinstance(crop, int) and not isinstance(crop, bool) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _preset_of(train_config: Any) -> str | None:
@@ -157,15 +174,33 @@ def _preset_of(train_config: Any) -> str | None:
     return preset if isinstance(preset, str) else None
 
 
-def source_info(source: ModelSource, input_size: tuple[int, int] | None = None) -> dict[str, Any]:
-    """:func:`~autodeeplab.models.network_info` of ``source``; Multi-Adds at ``input_size``,
-    else at the source's crop, else at 1024x2048."""
+def source_info(
+    source: ModelSource,
+    input_size: tuple[int, int] | None = None,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """:func:`~autodeeplab.models.network_info` of ``source``; Multi-Adds and memory at
+    ``input_size``, else at the source's crop, else at 1024x2048; memory for ``batch_size``
+    images, else the source's batch, else 1."""
     if input_size is not None:
         size, basis = input_size, "given"
     elif source.crop_size is not None:
         size, basis = (source.crop_size, source.crop_size), "crop_size"
     else:
         size, basis = DEFAULT_INPUT_SIZE, "default"
-    info = network_info(source.network, size, name=source.name, preset=source.preset)
-    info.update(source=source.kind, input_size_from=basis, network=source.network.to_dict())
+    if batch_size is not None:
+        batch, batch_basis = batch_size, "given"
+    elif source.batch_size is not None:
+        batch, batch_basis = source.batch_size, "batch_size"
+    else:
+        batch, batch_basis = 1, "default"
+    info = network_info(
+        source.network, size, name=source.name, preset=source.preset, batch_size=batch
+    )
+    info.update(
+        source=source.kind,
+        input_size_from=basis,
+        batch_size_from=batch_basis,
+        network=source.network.to_dict(),
+    )
     return info

@@ -13,6 +13,7 @@ from typing import Any
 from autodeeplab.complexity import complexity
 from autodeeplab.genotype import GENOTYPES, RELEASED, Genotype
 from autodeeplab.heads import atrous_rates_for_stride
+from autodeeplab.memory import training_memory
 from autodeeplab.network import AutoDeepLab, NetworkConfig
 
 
@@ -108,18 +109,24 @@ def model_info(
     num_classes: int = 19,
     filter_multiplier: int | None = None,
     input_size: tuple[int, int] = (1024, 2048),
+    batch_size: int = 1,
 ) -> dict[str, Any]:
     """Architecture summary and complexity of a preset or a genotype file, as plain data.
 
     Exactly one of ``preset`` and ``genotype_file``; a genotype file uses ``F = 20`` unless
-    ``filter_multiplier`` is given. Nothing is allocated (see :mod:`autodeeplab.complexity`).
+    ``filter_multiplier`` is given. Nothing is allocated (see :mod:`autodeeplab.complexity`);
+    the training memory is estimated for ``batch_size`` images of ``input_size``.
     """
     if (preset is None) == (genotype_file is None):
         raise ValueError("give exactly one of a preset name and a genotype file")
     overrides = {} if filter_multiplier is None else {"filter_multiplier": filter_multiplier}
     if preset is not None:
         return network_info(
-            model_config(preset, num_classes, **overrides), input_size, name=preset, preset=preset
+            model_config(preset, num_classes, **overrides),
+            input_size,
+            name=preset,
+            preset=preset,
+            batch_size=batch_size,
         )
     assert genotype_file is not None
     config = NetworkConfig(
@@ -127,7 +134,7 @@ def model_info(
         num_classes=num_classes,
         filter_multiplier=filter_multiplier or 20,
     )
-    return network_info(config, input_size, name=str(genotype_file))
+    return network_info(config, input_size, name=str(genotype_file), batch_size=batch_size)
 
 
 def network_info(
@@ -136,9 +143,12 @@ def network_info(
     *,
     name: str,
     preset: str | None = None,
+    batch_size: int = 1,
 ) -> dict[str, Any]:
     """Architecture summary and complexity of ``config`` as plain data; the paper's figures
-    are added when ``config`` is the published network of ``preset``."""
+    are added when ``config`` is the published network of ``preset``. ``training_memory`` is
+    the estimate of :func:`autodeeplab.memory.training_memory` for ``batch_size`` float32
+    images of ``input_size``."""
     c = complexity(config, input_size)
     rates = config.aspp_rates or atrous_rates_for_stride(config.genotype.output_stride)
     info: dict[str, Any] = {
@@ -150,6 +160,9 @@ def network_info(
         "output_stride": config.genotype.output_stride,
         "aspp_rates": list(rates),
         **c.to_dict(),
+        "training_memory": training_memory(
+            config, input_size, batch_size, params=c.params
+        ).to_dict(),
     }
     spec = None if preset is None else get_model_spec(preset)
     # The paper's figures hold for the preset as published: 19 classes, its F, default heads

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from autodeeplab.config import SearchConfig, TrainConfig, load_config, save_conf
 from autodeeplab.data import dataset_class_names, write_metadata
 from autodeeplab.engine.train import run_train
 from autodeeplab.genotype import RELEASED, Genotype
+from autodeeplab.memory import training_memory
 from autodeeplab.network import NetworkConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +36,11 @@ def assert_counts(info: dict, config: NetworkConfig, size: tuple[int, int]) -> N
     assert info["input_size"] == list(size)
     assert info["num_classes"] == config.num_classes
     assert info["filter_multiplier"] == config.filter_multiplier
+
+
+def assert_memory(info: dict, config: NetworkConfig, size: tuple[int, int], batch: int) -> None:
+    assert info["training_memory"] == training_memory(config, size, batch).to_dict()
+    assert info["training_memory"]["batch_size"] == batch
 
 
 @pytest.fixture
@@ -67,6 +74,8 @@ def test_config_with_preset_takes_classes_f_and_crop(capsys):
     assert info["input_size_from"] == "crop_size" and info["source"] == "train config"
     assert info["network"]["drop_path_rate"] == 0.2
     assert info["paper"]["params"] == 10.15e6  # the published network: the paper's figures apply
+    assert_memory(info, replace(net, drop_path_rate=0.2), (769, 769), 8)
+    assert info["batch_size_from"] == "batch_size"
 
 
 def test_config_with_genotype_and_overrides(tmp_path, capsys):
@@ -78,6 +87,10 @@ def test_config_with_genotype_and_overrides(tmp_path, capsys):
     assert "paper" not in info
     info = info_json(capsys, *argv, "--num-classes", "5", "--input-size", "65x97")
     assert_counts(info, NetworkConfig(genotype=g, num_classes=5, filter_multiplier=20), (65, 97))
+    info = info_json(capsys, *argv, "--input-size", "65x97", "--batch-size", "3")
+    net = NetworkConfig(genotype=g, num_classes=21, filter_multiplier=20, drop_path_rate=0.2)
+    assert_memory(info, net, (65, 97), 3)
+    assert info["batch_size_from"] == "given"
 
 
 def test_config_of_a_folder_data_set_reads_its_classes(tmp_path, capsys):
@@ -140,11 +153,13 @@ def test_run_folder(run_folder, capsys, no_unpickling):
         assert_counts(info, run_network(), (40, 40))
         assert info["source"] == "run folder"
         assert info["network"]["drop_path_rate"] == 0.0
+        assert_memory(info, run_network(), (40, 40), 2)
     info = info_json(capsys, str(run_folder / "model"), "--input-size", "64", "96")
     assert_counts(info, run_network(), (64, 96))
     assert info["source"] == "model folder"
     info = info_json(capsys, str(run_folder / "best"))  # crop size from the config it recorded
     assert_counts(info, run_network(), (40, 40))
+    assert_memory(info, run_network(), (40, 40), 2)  # and its batch
 
 
 def test_interrupted_run_folder_is_rebuilt_from_its_config(
@@ -158,6 +173,7 @@ def test_interrupted_run_folder_is_rebuilt_from_its_config(
     (partial / "config.yaml").write_text(yaml.safe_dump(cfg))
     info = info_json(capsys, str(partial))
     assert_counts(info, run_network(), (40, 40))
+    assert_memory(info, run_network(), (40, 40), 2)
 
 
 def test_run_folder_errors(run_folder, tmp_path, capsys):
@@ -179,3 +195,17 @@ def test_run_folder_errors(run_folder, tmp_path, capsys):
     assert "--genotype FILE or --preset NAME" in capsys.readouterr().err
     assert main(["info", "--preset", "autodeeplab-s", "--input-size", "12x"]) == 2
     assert "HxW" in capsys.readouterr().err
+
+
+def test_text_shows_the_training_memory_and_its_assumptions(capsys):
+    argv = ["info", "--preset", "autodeeplab-s", "--input-size", "65x65", "--batch-size", "4"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    mem = training_memory(NetworkConfig(genotype=RELEASED), (65, 65), 4)
+    assert "training memory    batch 4 x 65x65, float32" in out
+    assert f"activations      {mem.activations.total / 2**30:.3f} GiB" in out
+    assert f"step peak        {mem.peak_bytes / 2**30:.3f} GiB" in out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["info", "--preset", "autodeeplab-s", "--batch-size", "0"])
+    assert exit_info.value.code == 2
+    assert "--batch-size: must be >= 1, got 0" in capsys.readouterr().err
