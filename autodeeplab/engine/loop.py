@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -111,19 +111,23 @@ def epoch_batches(
 # ---------------------------------------------------------------------------- the base
 Batch = tuple[torch.Tensor, torch.Tensor]  # images (N, 3, *spatial), masks (N, *spatial)
 Keys = list[list[tuple[int, int]]]  # batches of KeyedSamples keys
+E = TypeVar("E", bound="EngineBase")
 
 
 class EngineBase:
     """The logistics of one run, shared by the search and training engines.
 
     A subclass names its checkpoint ``kind``, the ``noun`` its messages use, the config keys
-    that may change on resumption (``runtime_keys``) and the record key of its position
-    (``position_key``); it calls :meth:`_set_up`, builds its data (:meth:`_load_data`), model
-    and optimisers, then calls :meth:`_open`. It adds its own checkpoint entries
-    (:meth:`_state` / :meth:`_load_state`).
+    that may change on resumption (``runtime_keys``) and the key of its position in records
+    and checkpoints (``position_key``). Its ``__init__`` calls :meth:`_set_up`, builds its data
+    (:meth:`_load_data`, :meth:`_set_steps_per_epoch`), model and optimisers, sets
+    ``total_steps`` (and ``checkpoint_steps``), then calls :meth:`_open`. For the loop it
+    provides :meth:`_epoch_data`, :meth:`_step` and :meth:`_result`, and where it has work
+    there :meth:`_start`, :meth:`_step_done` and :meth:`_finish`; its own checkpoint entries
+    come from :meth:`_state` and go back through :meth:`_load_state`.
 
-    ``global_step`` counts the steps done in the whole run; ``steps_per_epoch`` steps make
-    an epoch.
+    ``global_step`` counts the steps done in the whole run; ``steps_per_epoch`` steps make an
+    epoch. An engine is a context manager that :meth:`close` s on exit.
     """
 
     kind: ClassVar[str]
@@ -137,27 +141,11 @@ class EngineBase:
     divergence_hint: ClassVar[str] = "Lower the learning rate or check the data."
     """What a non-finite loss message advises."""
 
-    cfg: Any
-    output: Path
-    rank: int
-    world_size: int
-    device: torch.device
-    run_log: RunLog
-    last_path: Path
     model: nn.Module
-    train_set: SegmentationDataset
-    eval_set: SegmentationDataset
-    keyed: KeyedSamples
-    global_batch: int
-    steps_per_epoch: int
     total_steps: int
     """Steps of the whole run."""
     checkpoint_steps: int = 0
     """Also write ``last.pt`` every N steps (0: only where the engine saves)."""
-    global_step: int = 0
-    history: list[dict[str, Any]]
-    _interrupted: StopRequest
-    _started: tuple[int, float]
     _owns_process_group: bool = False
     _lock: RunFolderLock | None = None
 
@@ -547,6 +535,12 @@ class EngineBase:
             f"the {what or self.noun} loss became {value} at {self._step_name()}; the "
             f"{self.noun} stopped and {self._checkpoint_note()}. {self.divergence_hint}"
         )
+
+    def __enter__(self: E) -> E:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         """Close the logs, unlock the run folder and release the process group if this engine

@@ -582,8 +582,5 @@ def run_search(
     config: SearchConfig, resume: bool = False, log: Callable[[str], None] | None = print_flush
 ) -> SearchResult:
     """Run (or resume) an architecture search described by ``config``."""
-    engine = SearchEngine(config, resume=resume, log=log)
-    try:
+    with SearchEngine(config, resume=resume, log=log) as engine:
         return engine.run()
-    finally:
-        engine.close()

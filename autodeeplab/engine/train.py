@@ -459,8 +459,5 @@ def run_train(
     config: TrainConfig, resume: bool = False, log: Callable[[str], None] | None = print_flush
 ) -> TrainResult:
     """Run (or resume) a training run described by ``config``."""
-    engine = TrainEngine(config, resume=resume, log=log)
-    try:
+    with TrainEngine(config, resume=resume, log=log) as engine:
         return engine.run()
-    finally:
-        engine.close()
