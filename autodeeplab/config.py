@@ -452,8 +452,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     unknown = [k for k in data if k not in names]
     if unknown:
-        raise ConfigError(
-            f"unknown config key '{prefix}{unknown[0]}'; valid keys"
+        raise ConfigError(  # repr: a key with a line break stays on the message's one line
+            f"unknown config key {prefix + str(unknown[0])!r}; valid keys"
             f"{' under ' + prefix.rstrip('.') if prefix else ''}: {', '.join(names)}"
         )
     kwargs = {k: _convert(v, hints[k], prefix + k) for k, v in data.items()}

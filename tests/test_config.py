@@ -489,6 +489,7 @@ override_like = st.text(max_size=30) | st.builds(
 
 @PROPERTY
 @given(st.lists(override_like, max_size=3))
+@example(["0\n0="])  # an unknown key with a line break
 def test_arbitrary_overrides_raise_only_config_errors(overrides):
     try:
         apply_overrides({}, overrides)
