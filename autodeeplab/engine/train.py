@@ -290,12 +290,15 @@ class TrainEngine(EngineBase):
         self.model.train()
         if self.iteration == 0:
             d = self.cfg.data
+            # the training set holds every sample data.repeat times: say how many are distinct
+            samples = f"{len(self.train_set) // d.repeat} samples"
+            if d.repeat > 1:
+                samples += f" x {d.repeat} passes per epoch"
             self._say(
                 f"training {self.network.genotype} F={self.network.filter_multiplier} on "
-                f"{d.name} ({len(self.train_set)} samples, global batch "
-                f"{self.global_batch}, {self.world_size} process(es), {self.device}"
-                f"{', AMP ' + self.cfg.amp_dtype if self.amp else ''}) for {self.total_steps} "
-                "iterations"
+                f"{d.name} ({samples}, global batch {self.global_batch}, {self.world_size} "
+                f"process(es), {self.device}{', AMP ' + self.cfg.amp_dtype if self.amp else ''}) "
+                f"for {self.total_steps} iterations"
             )
 
     def _batches(self, epoch: int) -> list[list[tuple[int, int]]]:
