@@ -127,7 +127,7 @@ class EngineBase:
     come from :meth:`_state` and go back through :meth:`_load_state`.
 
     ``global_step`` counts the steps done in the whole run; ``steps_per_epoch`` steps make an
-    epoch. An engine is a context manager that :meth:`close` s on exit.
+    epoch. An engine is a context manager: leaving it calls :meth:`close`.
     """
 
     kind: ClassVar[str]
@@ -172,7 +172,7 @@ class EngineBase:
             log=log,
         )
         self.global_step = 0
-        self.history = []
+        self.history: list[dict[str, Any]] = []  # what the engine records per epoch/evaluation
         self._interrupted = StopRequest()  # replaced by the live one while run() runs
         random.seed(config.seed)
         np.random.seed(config.seed)
