@@ -15,7 +15,13 @@ from torch import nn
 
 from autodeeplab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from autodeeplab.config import to_dict
-from autodeeplab.engine.loop import EngineBase, KeyedSamples, NonFiniteLossError, epoch_batches
+from autodeeplab.engine.loop import (
+    EngineBase,
+    KeyedSamples,
+    NonFiniteLossError,
+    RunResult,
+    epoch_batches,
+)
 from autodeeplab.metrics import ConfusionMatrix
 
 from runs import read_records
@@ -119,8 +125,14 @@ class ToyEngine(EngineBase):
             cm.update(self.model(x), y)
         return cm
 
-    def _result(self, finished: bool, stop_signal: int | None) -> dict:
-        return {"finished": finished, "global_step": self.global_step, "signal": stop_signal}
+    def _result(self, **run) -> dict:
+        result = RunResult(**run)  # the base passes exactly the common fields
+        assert result.output == self.output and result.history == self.history
+        return {
+            "finished": result.finished,
+            "global_step": self.global_step,
+            "signal": result.stop_signal,
+        }
 
 
 def run_toy(cfg: ToyConfig, resume: bool = False) -> dict:

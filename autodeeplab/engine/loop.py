@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -65,6 +66,21 @@ class NonFiniteLossError(RuntimeError):
 def print_flush(text: str) -> None:
     """Default log sink: print and flush (progress lines show up promptly in piped output)."""
     print(text, flush=True)
+
+
+@dataclass(kw_only=True)
+class RunResult:
+    """What every run leaves behind; each engine's result adds its own fields."""
+
+    output: Path
+    finished: bool
+    """False when the run stopped early (``max_steps`` or a stop signal) with a checkpoint."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """The engine's summary records (search: one per epoch; training: one per evaluation)."""
+    rank: int = 0
+    """Process rank in a multi-process run (0 writes the run folder)."""
+    stop_signal: int | None = None
+    """The signal (SIGINT, SIGTERM) that stopped the run early with a checkpoint, else None."""
 
 
 # ---------------------------------------------------------------------------- data order
@@ -412,7 +428,13 @@ class EngineBase:
             try:
                 self._start()
                 finished = self._loop()
-                result = self._result(finished, None if finished else self._interrupted.signum)
+                result = self._result(
+                    output=self.output,
+                    finished=finished,
+                    history=list(self.history),
+                    rank=self.rank,
+                    stop_signal=None if finished else self._interrupted.signum,
+                )
                 if finished:
                     self._finish(result)
                 return result
@@ -514,8 +536,8 @@ class EngineBase:
         """Where the run stopped, as the stop message says it."""
         return f"step {self.global_step}"
 
-    def _result(self, finished: bool, stop_signal: int | None) -> Any:
-        """The engine's result; ``stop_signal`` is the signal that stopped it early, if any."""
+    def _result(self, **run: Any) -> RunResult:
+        """The engine's result, from the fields of :class:`RunResult` in ``run``."""
         raise NotImplementedError
 
     def _finish(self, result: Any) -> None:

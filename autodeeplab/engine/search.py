@@ -23,8 +23,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,7 +38,7 @@ from autodeeplab.data import search_split
 from autodeeplab.diagnostics import describe, model_diagnostics, stagnation_warning
 from autodeeplab.engine.common import global_batch_loss, global_valid_pixels
 from autodeeplab.engine.distributed import dist_info
-from autodeeplab.engine.loop import Batch, EngineBase, print_flush
+from autodeeplab.engine.loop import Batch, EngineBase, RunResult, print_flush
 from autodeeplab.engine.loop import KeyedSamples as KeyedSamples  # re-exported
 from autodeeplab.engine.loop import NonFiniteLossError as NonFiniteLossError  # re-exported
 from autodeeplab.engine.loop import epoch_batches as epoch_batches  # re-exported
@@ -53,23 +52,15 @@ LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 ReduceFn = Callable[[Sequence[torch.Tensor]], None]
 
 
-@dataclass
-class SearchResult:
-    """What a search run leaves behind."""
+@dataclass(kw_only=True)
+class SearchResult(RunResult):
+    """What a search run leaves behind (``history``: the ``epoch`` records of
+    ``metrics.jsonl``)."""
 
-    output: Path
     genotype: Genotype
     epoch: int
     """Completed epochs."""
     global_step: int
-    finished: bool
-    """False when the run stopped early at ``max_steps``."""
-    history: list[dict[str, Any]] = field(default_factory=list)
-    """One summary per completed epoch (the ``epoch`` records of ``metrics.jsonl``)."""
-    rank: int = 0
-    """Process rank in a multi-process run (0 writes the run folder)."""
-    stop_signal: int | None = None
-    """The signal (SIGINT, SIGTERM) that stopped the run early with a checkpoint, else None."""
     supernet_miou: float | None = None
     """Supernet mIoU of the last evaluation (to rank the trials of a study), None if none ran."""
     warning: str | None = None
@@ -488,20 +479,18 @@ class SearchEngine(EngineBase):
             return f"the end of epoch {self.epoch}"
         return f"epoch {self.epoch + 1}, step {self.step}"
 
-    def _result(self, finished: bool, stop_signal: int | None = None) -> SearchResult:
+    def _result(self, **run: Any) -> SearchResult:
         return SearchResult(
-            output=self.output,
+            **run,
             genotype=self.model.genotype(),
             epoch=self.epoch,
             global_step=self.global_step,
-            finished=finished,
-            history=list(self.history),
-            rank=self.rank,
-            stop_signal=stop_signal,
             supernet_miou=next(
                 (h["mIoU"] for h in reversed(self.history) if h.get("mIoU") is not None), None
             ),
-            warning=stagnation_warning(self.history[-1]) if finished and self.history else None,
+            warning=stagnation_warning(self.history[-1])
+            if run["finished"] and self.history
+            else None,
         )
 
     def _finish(self, result: SearchResult) -> None:

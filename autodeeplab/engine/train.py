@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ from autodeeplab.config import (
 from autodeeplab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from autodeeplab.engine.common import global_batch_loss
 from autodeeplab.engine.distributed import convert_sync_batchnorm
-from autodeeplab.engine.loop import Batch, EngineBase, print_flush
+from autodeeplab.engine.loop import Batch, EngineBase, RunResult, print_flush
 from autodeeplab.genotype import Genotype
 from autodeeplab.heads import resolve_atrous_rates
 from autodeeplab.inference import evaluate
@@ -63,23 +63,16 @@ from autodeeplab.saved_model import save_model
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-@dataclass
-class TrainResult:
-    """What a training run leaves behind."""
+@dataclass(kw_only=True)
+class TrainResult(RunResult):
+    """What a training run leaves behind (``history``: the ``eval`` records of
+    ``metrics.jsonl``)."""
 
-    output: Path
     iteration: int
     """Completed iterations."""
-    finished: bool
-    """False when the run stopped early at ``max_steps``."""
     best_miou: float | None
     best_iteration: int | None
     final_miou: float | None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    """The ``eval`` records of ``metrics.jsonl``."""
-    rank: int = 0
-    stop_signal: int | None = None
-    """The signal (SIGINT, SIGTERM) that stopped the run early with a checkpoint, else None."""
 
 
 # ---------------------------------------------------------------------------- schedules
@@ -444,17 +437,13 @@ class TrainEngine(EngineBase):
             return
         save_figure(fig, self.output / "curves.png")
 
-    def _result(self, finished: bool, stop_signal: int | None = None) -> TrainResult:
+    def _result(self, **run: Any) -> TrainResult:
         return TrainResult(
-            output=self.output,
+            **run,
             iteration=self.iteration,
-            finished=finished,
             best_miou=self.best_miou,
             best_iteration=self.best_iteration,
             final_miou=self.history[-1]["mIoU"] if self.history else None,
-            history=list(self.history),
-            rank=self.rank,
-            stop_signal=stop_signal,
         )
 
 
