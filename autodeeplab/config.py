@@ -53,9 +53,12 @@ class Range:
     """The valid values of a numeric config field (of every element, for a tuple field).
 
     ``ge``/``gt``/``le``/``lt`` are inclusive/exclusive bounds (a string names a sibling field,
-    which must not be optional); ``increasing`` asks a tuple to be in non-decreasing order; ``zero`` accepts 0 as well and says what it means (``"to turn it
-    off"``); ``null`` says what ``null`` means for an optional field. Non-finite numbers are
-    never valid. :func:`check_ranges` applies the ranges of a config object.
+    which must not be optional); ``increasing`` asks a tuple to be in non-decreasing order;
+    ``zero`` accepts 0 as well and says what it means (``"to turn it off"``); ``null`` says
+    what ``null`` means for an optional field; ``unless_set`` names an optional sibling field
+    that replaces this one when set, and then the bounds naming sibling fields do not apply.
+    Non-finite numbers are never valid. :func:`check_ranges` applies the ranges of a config
+    object.
     """
 
     ge: Bound = None
@@ -65,33 +68,41 @@ class Range:
     increasing: bool = False
     zero: str | None = None
     null: str | None = None
+    unless_set: str | None = None
 
-    def _bound(self, bound: Bound, obj: Any) -> tuple[float, str] | None:
+    def _bound(self, bound: Bound, obj: Any, siblings: bool = True) -> tuple[float, str] | None:
         if bound is None:
             return None
         if isinstance(bound, str):
+            if not siblings:
+                return None
             if obj is None:  # describing the rule, not a value
                 return math.nan, bound
+            if self.unless_set is not None and getattr(obj, self.unless_set) is not None:
+                return None  # the field is not used, so its relation to siblings is moot
             value = getattr(obj, bound)
             return value, f"{bound} = {_fmt(value)}"
         return bound, _fmt(bound)
+
+    def _interval(self, obj: Any, siblings: bool = True) -> str:
+        """``in [0, epochs = 40]``, ``> 0``, ...: the bounds, sibling ones read from ``obj``."""
+        lo = self._bound(self.ge, obj, siblings) or self._bound(self.gt, obj, siblings)
+        hi = self._bound(self.le, obj, siblings) or self._bound(self.lt, obj, siblings)
+        if lo and hi:
+            left = "[" if self.ge is not None else "("
+            right = "]" if self.le is not None else ")"
+            return f"in {left}{lo[1]}, {hi[1]}{right}"
+        if lo:
+            return f"{'>=' if self.ge is not None else '>'} {lo[1]}"
+        if hi:
+            return f"{'<=' if self.le is not None else '<'} {hi[1]}"
+        return "a finite number"
 
     def describe(self, obj: Any = None, value: Any = None) -> str:
         """``must be in [0, epochs = 40] (or ...)``, sibling bounds read from ``obj`` (just
         named without it); worded for ``value`` (every element of a tuple; finite where it
         is not)."""
-        lo = self._bound(self.ge, obj) or self._bound(self.gt, obj)
-        hi = self._bound(self.le, obj) or self._bound(self.lt, obj)
-        if lo and hi:
-            left = "[" if self.ge is not None else "("
-            right = "]" if self.le is not None else ")"
-            text = f"in {left}{lo[1]}, {hi[1]}{right}"
-        elif lo:
-            text = f"{'>=' if self.ge is not None else '>'} {lo[1]}"
-        elif hi:
-            text = f"{'<=' if self.le is not None else '<'} {hi[1]}"
-        else:
-            text = "a finite number"
+        text = self._interval(obj)
         values = value if isinstance(value, tuple | list) else (value,)
         if any(isinstance(v, float) and not math.isfinite(v) for v in values):
             text = f"finite and {text}"
@@ -99,6 +110,8 @@ class Range:
         text = f"every value must be {text}" if many else f"must be {text}"
         if self.increasing:
             text += ", smallest first"
+        if self.unless_set is not None and obj is None:
+            text += f"; {self._interval(None, siblings=False)} while {self.unless_set} is set"
         notes = [
             f"{v} {meaning}" for v, meaning in (("0", self.zero), ("null", self.null)) if meaning
         ]
@@ -288,8 +301,9 @@ class SearchConfig:
 
     seed: int = bounded(0, ge=0, le=SEED_MAX)
     epochs: int = bounded(40, ge=1)
-    arch_start_epoch: int = bounded(20, ge=0, le="epochs")
-    """Architecture steps run in epochs ``>= arch_start_epoch`` (0-based), i.e. after it."""
+    arch_start_epoch: int = bounded(20, ge=0, le="epochs", unless_set="arch_start_fraction")
+    """Architecture steps run in epochs ``>= arch_start_epoch`` (0-based), i.e. after it; not
+    used (nor bounded by ``epochs``) while ``arch_start_fraction`` is set."""
     arch_start_fraction: float | None = bounded(None, ge=0, lt=1, null="to use arch_start_epoch")
     """Architecture steps run from this fraction of all weight steps on (``0.5``: the second
     half, like the paper's 20 of 40 epochs), possibly from inside an epoch; replaces
@@ -438,8 +452,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     unknown = [k for k in data if k not in names]
     if unknown:
-        raise ConfigError(
-            f"unknown config key '{prefix}{unknown[0]}'; valid keys"
+        raise ConfigError(  # repr: a key with a line break stays on the message's one line
+            f"unknown config key {prefix + str(unknown[0])!r}; valid keys"
             f"{' under ' + prefix.rstrip('.') if prefix else ''}: {', '.join(names)}"
         )
     kwargs = {k: _convert(v, hints[k], prefix + k) for k, v in data.items()}

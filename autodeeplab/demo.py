@@ -41,7 +41,7 @@ from PIL import Image
 
 from autodeeplab.config import SearchConfig, TrainConfig, load_config
 from autodeeplab.data import SegmentationDataset, build_dataset, eval_transform
-from autodeeplab.engine.search import print_flush
+from autodeeplab.engine.loop import print_flush
 from autodeeplab.genotype import Genotype
 from autodeeplab.metrics import ConfusionMatrix
 from autodeeplab.runfolder import LOCK_FILE, RunFolderLock, dumps_json

@@ -64,7 +64,7 @@ from autodeeplab.config import (
     read_config_file,
     to_dict,
 )
-from autodeeplab.engine.search import print_flush
+from autodeeplab.engine.loop import print_flush
 from autodeeplab.genotype import RELEASED, Genotype
 from autodeeplab.sample import LARGEST_BY
 

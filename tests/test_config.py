@@ -26,6 +26,7 @@ from autodeeplab.config import (
     save_config,
     to_dict,
 )
+from autodeeplab.engine.schedule import ArchSchedule
 
 CONFIGS = sorted(Path(__file__).resolve().parents[1].joinpath("configs", "search").glob("*.yaml"))
 
@@ -317,6 +318,19 @@ def test_sibling_bound_follows_the_sibling():
         load_config(None, ["optim.w_lr=0.0005"])  # the default w_lr_min is now above w_lr
 
 
+def test_arch_start_epoch_is_not_bounded_by_epochs_when_a_fraction_replaces_it():
+    # the default arch_start_epoch (20) is not used by a 10-epoch run that starts by fraction
+    cfg = load_config(None, ["epochs=10", "arch_start_fraction=0.5"])
+    assert (cfg.arch_start_epoch, ArchSchedule.from_config(cfg, 4).start_step) == (20, 20)
+    with pytest.raises(ConfigError, match=r"arch_start_epoch = 20 .* \[0, epochs = 10\]$"):
+        load_config(None, ["epochs=10"])
+    with pytest.raises(ConfigError, match=r"arch_start_epoch = -1 .*: must be >= 0$"):
+        load_config(None, ["epochs=10", "arch_start_fraction=0.5", "arch_start_epoch=-1"])
+    cfg.arch_start_fraction = None  # a config changed in code is checked again
+    with pytest.raises(ConfigError, match=r"arch_start_epoch = 20"):
+        check_ranges(cfg)
+
+
 def test_configs_built_in_code_are_checked_by_check_ranges():
     cfg = SearchConfig()
     cfg.optim.grad_clip = -1.0
@@ -475,6 +489,7 @@ override_like = st.text(max_size=30) | st.builds(
 
 @PROPERTY
 @given(st.lists(override_like, max_size=3))
+@example(["0\n0="])  # an unknown key with a line break
 def test_arbitrary_overrides_raise_only_config_errors(overrides):
     try:
         apply_overrides({}, overrides)

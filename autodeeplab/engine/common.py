@@ -1,5 +1,6 @@
 """Pieces shared by the search and training engines: data sets from a config, the loss over
-the valid pixels of the global batch, run logs, stop signals, the run folder's lock."""
+the valid pixels of the global batch, run logs, stop signals (the loop base that uses them is
+:mod:`autodeeplab.engine.loop`)."""
 
 from __future__ import annotations
 
@@ -13,19 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from autodeeplab.data import SegmentationDataset, build_dataset, eval_transform, train_transform
 from autodeeplab.data.repeat import check_repeat, repeat_dataset
 from autodeeplab.engine.distributed import all_reduce_sum
-from autodeeplab.runfolder import (
-    RunFolderLock,
-    RunFolderLockedError,
-    atomic_write_text,
-    dumps_json,
-    remove_interrupted_writes,
-)
+from autodeeplab.runfolder import atomic_write_text, dumps_json
 
 POSITION_KEYS = frozenset({"epoch", "step", "global_step", "iteration"})
 """Record keys that say where a record was written rather than what was measured."""
@@ -244,80 +238,3 @@ def deferred_interrupt(
         yield stop
     finally:
         restore()
-
-
-class EngineBase:
-    """What the search and training engines share: the run log, the run folder's lock, the
-    last checkpoint's path and the process group they may have created."""
-
-    output: Path
-    rank: int
-    world_size: int
-    device: torch.device
-    run_log: RunLog
-    last_path: Path
-    _owns_process_group: bool = False
-    _lock: RunFolderLock | None = None
-
-    def _claim_output(self) -> None:
-        """Lock the run folder and remove what interrupted writes left in it. Rank 0 takes the
-        lock for all processes of a multi-process run; every process raises
-        :class:`~autodeeplab.runfolder.RunFolderLockedError` if it cannot."""
-        error: Exception | None = None
-        if self.rank == 0:
-            lock = RunFolderLock(self.output)
-            try:
-                self._lock = lock.acquire()
-            except (RunFolderLockedError, OSError) as err:
-                error = err  # raised below, once the other ranks know
-        if self.world_size > 1:  # the other ranks learn whether rank 0 got it
-            refused = torch.tensor([float(error is not None)], device=self.device)
-            if all_reduce_sum(refused).item() > 0 and error is None:
-                error = RunFolderLockedError(
-                    f"rank 0 could not lock the run folder {self.output}; its error says why "
-                    "(another process holding it is named there)"
-                )
-        if error is not None:
-            raise error
-        if self.rank == 0:
-            removed = remove_interrupted_writes(self.output)
-            if removed:
-                self._say(
-                    f"removed {len(removed)} leftover(s) of interrupted writes: "
-                    + ", ".join(str(p.relative_to(self.output)) for p in removed)
-                )
-
-    def _rewind_log(self, position: int) -> None:
-        """Drop log records written after the checkpoint this run starts from."""
-        dropped = self.run_log.rewind(position)
-        if dropped:
-            self._say(
-                f"dropped {dropped} record(s) of {self.run_log.path.name} written after "
-                f"{self.run_log.step_key} {position}, where this run starts"
-            )
-
-    def _release_output(self) -> None:
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
-
-    def _record(self, record: dict[str, Any]) -> None:
-        self.run_log.record(record)
-
-    def _say(self, text: str) -> None:
-        self.run_log.say(text)
-
-    def _checkpoint_note(self) -> str:
-        """How a stop leaves the run folder: what a failure message should say."""
-        if self.last_path.exists():
-            return f"the last good checkpoint {self.last_path} is kept"
-        return "no checkpoint was written yet"
-
-    def close(self) -> None:
-        """Close the logs, unlock the run folder and release the process group if this engine
-        created it."""
-        self.run_log.close()
-        self._release_output()
-        if self._owns_process_group and dist.is_initialized():
-            dist.destroy_process_group()
-            self._owns_process_group = False

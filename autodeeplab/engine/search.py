@@ -7,10 +7,9 @@ architecture parameters do not require gradients and vice versa, so neither step
 gradients it does not use. Collapse guards (:mod:`autodeeplab.collapse`) add an auxiliary skip
 connection to the supernet and a term to the architecture loss when the config asks for them.
 
-Data order and augmentation are pure functions of ``(seed, epoch, position)``: the batches of
-an epoch come from a seeded permutation, and sample ``i`` is augmented with a generator seeded
-by ``(seed, epoch, i)``. A run resumed in the middle of an epoch therefore skips exactly the
-batches already consumed and sees the same data as an uninterrupted run.
+Data order and augmentation are pure functions of ``(seed, epoch, position)``
+(:mod:`autodeeplab.engine.loop`), so a run resumed in the middle of an epoch sees the same data
+as an uninterrupted run.
 
 Multi-process runs (``torchrun``) give each rank its slice of every global batch; weight and
 architecture gradients are averaged with ``all_reduce`` after each backward pass. Rank 0
@@ -22,129 +21,51 @@ from __future__ import annotations
 import functools
 import json
 import math
-import random
-import signal
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import Dataset
 
-from autodeeplab.checkpoint import (
-    CheckpointError,
-    copy_checkpoint,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from autodeeplab.checkpoint import CheckpointError
 from autodeeplab.collapse import CollapseGuards
-from autodeeplab.config import (
-    SearchConfig,
-    check_ranges,
-    config_diff,
-    config_hash,
-    save_config,
-    to_dict,
-)
-from autodeeplab.data import SegmentationDataset, search_split
+from autodeeplab.config import SearchConfig
+from autodeeplab.data import search_split
 from autodeeplab.diagnostics import describe, model_diagnostics, stagnation_warning
-from autodeeplab.engine.common import (
-    EngineBase,
-    RunLog,
-    StopRequest,
-    build_datasets,
-    deferred_interrupt,
-    global_batch_loss,
-    global_valid_pixels,
-    process_device,
-    resolve_device,
-)
-from autodeeplab.engine.distributed import dist_info, init_distributed
+from autodeeplab.engine.common import global_batch_loss, global_valid_pixels
+from autodeeplab.engine.distributed import dist_info
+from autodeeplab.engine.loop import Batch, EngineBase, RunResult, print_flush
+from autodeeplab.engine.loop import KeyedSamples as KeyedSamples  # re-exported
+from autodeeplab.engine.loop import NonFiniteLossError as NonFiniteLossError  # re-exported
+from autodeeplab.engine.loop import epoch_batches as epoch_batches  # re-exported
 from autodeeplab.engine.schedule import ArchSchedule
 from autodeeplab.genotype import Genotype
 from autodeeplab.heads import search_head_rates
 from autodeeplab.metrics import ConfusionMatrix
 from autodeeplab.supernet import SearchNetwork
 
-Batch = tuple[torch.Tensor, torch.Tensor]  # images (N, 3, H, W), masks (N, H, W)
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 ReduceFn = Callable[[Sequence[torch.Tensor]], None]
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run stopped without overwriting the checkpoint."""
+@dataclass(kw_only=True)
+class SearchResult(RunResult):
+    """What a search run leaves behind (``history``: the ``epoch`` records of
+    ``metrics.jsonl``)."""
 
-
-@dataclass
-class SearchResult:
-    """What a search run leaves behind."""
-
-    output: Path
     genotype: Genotype
     epoch: int
     """Completed epochs."""
     global_step: int
-    finished: bool
-    """False when the run stopped early at ``max_steps``."""
-    history: list[dict[str, Any]] = field(default_factory=list)
-    """One summary per completed epoch (the ``epoch`` records of ``metrics.jsonl``)."""
-    rank: int = 0
-    """Process rank in a multi-process run (0 writes the run folder)."""
-    stop_signal: int | None = None
-    """The signal (SIGINT, SIGTERM) that stopped the run early with a checkpoint, else None."""
     supernet_miou: float | None = None
     """Supernet mIoU of the last evaluation (to rank the trials of a study), None if none ran."""
     warning: str | None = None
     """Set when the architecture distribution has barely moved by the end (see
     :func:`autodeeplab.diagnostics.stagnation_warning`)."""
-
-
-# ---------------------------------------------------------------------------- data order
-class KeyedSamples(torch.utils.data.Dataset):
-    """Item ``(epoch, index)`` is sample ``index`` augmented with a generator seeded by
-    ``(seed, epoch, index)``: the same on every rank, worker and resumption."""
-
-    def __init__(self, dataset: SegmentationDataset, seed: int) -> None:
-        self.dataset, self.seed = dataset, seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]) -> Any:
-        epoch, index = key
-        return self.dataset.get(index, np.random.default_rng([self.seed, epoch, index]))
-
-
-def epoch_batches(
-    indices: Sequence[int],
-    seed: int,
-    stream: int,
-    epoch: int,
-    batch_size: int,
-    rank: int = 0,
-    world_size: int = 1,
-    repeat: int = 0,
-) -> list[list[tuple[int, int]]]:
-    """This rank's batches of ``(epoch, index)`` keys for one epoch (last partial batch dropped).
-
-    A global batch of ``batch_size * world_size`` samples is cut from a permutation seeded by
-    ``(seed, stream, epoch)`` (``(seed, stream, epoch, repeat)`` for a further pass over the
-    samples in the same epoch); rank ``r`` takes its ``r``-th slice.
-    """
-    key = [seed, stream, epoch] if repeat == 0 else [seed, stream, epoch, repeat]
-    perm = np.random.default_rng(key).permutation(np.asarray(indices))
-    g = batch_size * world_size
-    lo, hi = rank * batch_size, (rank + 1) * batch_size
-    return [
-        [(epoch, int(i)) for i in perm[s * g : (s + 1) * g][lo:hi]] for s in range(len(perm) // g)
-    ]
 
 
 # ---------------------------------------------------------------------------- arch gradients
@@ -259,11 +180,6 @@ def _add_step(sums: dict[str, Any], prefix: str, loss: float | None) -> None:
         sums[prefix + "steps"] += 1
 
 
-def print_flush(text: str) -> None:
-    """Default log sink: print and flush (epoch lines show up promptly in piped output)."""
-    print(text, flush=True)
-
-
 # ---------------------------------------------------------------------------- engine
 class SearchEngine(EngineBase):
     """Holds the model, optimisers, data and position of one search run.
@@ -272,41 +188,32 @@ class SearchEngine(EngineBase):
     to the end (or to ``max_steps``) and returns a :class:`SearchResult`.
     """
 
+    kind = "search"
+    noun = "search"
+    divergence_hint = "Lower the learning rate (optim.w_lr / optim.arch_lr) or check the data."
+
     def __init__(
         self,
         config: SearchConfig,
         resume: bool = False,
         log: Callable[[str], None] | None = print_flush,
     ) -> None:
-        self.cfg = config
-        self._validate()
-        self._owns_process_group = init_distributed(resolve_device(config.device).type == "cuda")
-        self.rank, self.world_size = dist_info()
-        if config.threads is not None:
-            torch.set_num_threads(config.threads)
-        self.device = process_device(config.device, self.world_size)
-        self.output = Path(config.output)
-        self.last_path = self.output / "last.pt"
-
-        random.seed(config.seed)
-        np.random.seed(config.seed)
-        torch.manual_seed(config.seed)
-
-        self.train_set, self.eval_set = self._datasets()
+        self._set_up(config, log)
+        self._load_data()
+        if len(self.train_set) < 2:
+            raise ValueError(
+                f"the {config.data.train_split!r} split of {config.data.name!r} has "
+                f"{len(self.train_set)} samples; need >= 2"
+            )
         train_a, train_b = search_split(
             self.train_set, seed=config.seed, fraction=config.data.split_fraction
         )
         self.train_a: list[int] = list(train_a.indices)
         self.train_b: list[int] = list(train_b.indices)
-        self.keyed = KeyedSamples(self.train_set, config.seed)
-        self.global_batch = config.data.batch_size * self.world_size
-        self.steps_per_epoch = min(len(self.train_a), len(self.train_b)) // self.global_batch
-        if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"trainA/trainB have {len(self.train_a)}/{len(self.train_b)} samples, fewer than "
-                f"one global batch of {self.global_batch} (batch_size {config.data.batch_size} x "
-                f"{self.world_size} processes); use more samples or a smaller data.batch_size"
-            )
+        self._set_steps_per_epoch(
+            min(len(self.train_a), len(self.train_b)),
+            f"trainA/trainB have {len(self.train_a)}/{len(self.train_b)} samples",
+        )
 
         self.schedule = ArchSchedule.from_config(config, self.steps_per_epoch)
         self.guards = CollapseGuards.from_config(config)
@@ -336,49 +243,10 @@ class SearchEngine(EngineBase):
         )
         self.epoch = 0  # current epoch (0-based)
         self.step = 0  # next step inside the epoch
-        self.global_step = 0
-        self.history: list[dict[str, Any]] = []
         self.epoch_sums = _new_epoch_sums()
-        self._interrupted = StopRequest()  # replaced by the live one while run() runs
-        self.run_log = RunLog(
-            self.output,
-            rank=self.rank,
-            step_key="global_step",
-            tensorboard=config.tensorboard,
-            log=log,
-        )
-        self._claim_output()
-        try:
-            if resume:
-                self._resume()
-            elif self.last_path.exists():
-                raise ValueError(
-                    f"{self.output} already holds a search run ({self.last_path}); pass --resume "
-                    "to continue it or choose another output folder"
-                )
-            self._rewind_log(self.global_step)
-        except BaseException:
-            self._release_output()
-            raise
-
-    # -------------------------------------------------------------- setup
-    def _validate(self) -> None:
-        c = self.cfg
-        check_ranges(c)  # again: a config built in code has not been through from_dict
-        if c.data.name != "synthetic" and c.data.root is None:
-            raise ValueError(
-                f"data set {c.data.name!r} needs a root folder: set data.root in the config or "
-                "pass --data-root DIR"
-            )
-
-    def _datasets(self) -> tuple[SegmentationDataset, SegmentationDataset]:
-        train, evaluation = build_datasets(self.cfg.data)
-        if len(train) < 2:
-            raise ValueError(
-                f"the {self.cfg.data.train_split!r} split of {self.cfg.data.name!r} has "
-                f"{len(train)} samples; need >= 2"
-            )
-        return train, evaluation
+        self.total_steps = self.schedule.total_steps
+        self.checkpoint_steps = config.checkpoint_steps
+        self._open(resume)
 
     # -------------------------------------------------------------- distributed helpers
     def _average(self, tensors: Sequence[torch.Tensor]) -> None:
@@ -421,19 +289,8 @@ class SearchEngine(EngineBase):
         aux = self.guards.aux_skip(self.schedule.run_progress(self.global_step))
         return functools.partial(model, aux_skip=aux) if aux else model
 
-    def _to_device(self, batch: Sequence[torch.Tensor]) -> Batch:
-        images, masks = batch
-        return images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
-
-    def _check_finite(self, value: float, kind: str) -> None:
-        if math.isfinite(value):
-            return
-        where = self._checkpoint_note()
-        raise NonFiniteLossError(
-            f"the {kind} loss became {value} at epoch {self.epoch + 1}, step {self.step + 1} "
-            f"(global step {self.global_step + 1}); the search stopped and {where}. Lower the "
-            "learning rate (optim.w_lr / optim.arch_lr) or check the data."
-        )
+    def _step_name(self) -> str:
+        return f"epoch {self.epoch + 1}, step {self.step + 1} (global step {self.global_step + 1})"
 
     def _no_valid_pixel(self, batch: Batch) -> bool:
         """True for a global batch whose pixels all carry the ignore label. It is skipped (no
@@ -508,294 +365,159 @@ class SearchEngine(EngineBase):
         return value
 
     # -------------------------------------------------------------- data
-    def _loader(self, batches: list[list[tuple[int, int]]], epoch: int) -> Iterator[Any]:
-        if not batches:
-            return iter(())
-        workers = self.cfg.data.workers
-        return iter(
-            torch.utils.data.DataLoader(
-                self.keyed,
-                batch_sampler=batches,
-                num_workers=workers,
-                pin_memory=self.device.type == "cuda",
-                persistent_workers=False,
-                generator=torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch),
-            )
-        )
-
     def batches(self, stream: int, epoch: int) -> list[list[tuple[int, int]]]:
         """This rank's batch keys of trainA (stream 0) or trainB (stream 1) for ``epoch``.
 
         trainB gives ``arch_steps_per_step`` batches per step: that many passes over it, each
         with its own order; step ``s`` takes batches ``s * k .. s * k + k - 1``."""
         indices = self.train_a if stream == 0 else self.train_b
-        out = []
-        for repeat in range(1 if stream == 0 else self.schedule.per_step):
-            b = epoch_batches(
-                indices,
-                self.cfg.seed,
-                stream,
-                epoch,
-                self.cfg.data.batch_size,
-                self.rank,
-                self.world_size,
-                repeat,
-            )
-            out += b[: self.steps_per_epoch]
-        return out
+        passes = 1 if stream == 0 else self.schedule.per_step
+        return [b for r in range(passes) for b in self._epoch_keys(indices, stream, epoch, r)]
 
     # -------------------------------------------------------------- evaluation
-    @torch.no_grad()
     def evaluate(self) -> float:
         """Supernet mIoU on the held-out split (this rank's share, summed over ranks)."""
-        self.model.eval()
-        n = len(self.eval_set)
-        if self.cfg.data.max_eval_samples is not None:
-            n = min(n, self.cfg.data.max_eval_samples)
-        indices = list(range(self.rank, n, self.world_size))
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(self.eval_set, indices),
-            batch_size=self.cfg.data.eval_batch_size,
-            num_workers=self.cfg.data.workers,
-            generator=torch.Generator().manual_seed(self.cfg.seed),
-        )
-        cm = ConfusionMatrix(self.model.num_classes, self.cfg.optim.ignore_index)
-        for batch in loader:
-            images, masks = self._to_device(batch)
-            cm.update(self._supernet(self.model)(images), masks)
-        cm.matrix = cm.matrix.to(self.device)
-        cm.all_reduce()
-        self.model.train()
-        return cm.mean_iou()
+
+        def confusion(shard: Dataset) -> ConfusionMatrix:
+            loader = torch.utils.data.DataLoader(
+                shard,
+                batch_size=self.cfg.data.eval_batch_size,
+                num_workers=self.cfg.data.workers,
+                generator=torch.Generator().manual_seed(self.cfg.seed),
+            )
+            cm = ConfusionMatrix(self.model.num_classes, self.cfg.optim.ignore_index)
+            for batch in loader:
+                images, masks = self._to_device(batch)
+                cm.update(self._supernet(self.model)(images), masks)
+            return cm
+
+        return self._evaluate(confusion).mean_iou()
 
     # -------------------------------------------------------------- checkpoints
-    def state_dict(self) -> dict[str, Any]:
+    def _state(self) -> dict[str, Any]:
         return {
-            "kind": "search",
-            "model": self.model.state_dict(),
             "w_opt": self.w_opt.state_dict(),
             "a_opt": self.a_opt.state_dict(),
             "w_sched": self.w_sched.state_dict(),
-            "rng": rng_state(),
             "epoch": self.epoch,
             "step": self.step,
-            "global_step": self.global_step,
             "epoch_sums": dict(self.epoch_sums),
-            "history": list(self.history),
             "split": {"train_a": self.train_a, "train_b": self.train_b},
-            "world_size": self.world_size,
-            "config": to_dict(self.cfg),
-            "config_hash": config_hash(self.cfg),
             "genotype": self.model.genotype().to_dict(),
         }
 
-    def save(self) -> None:
-        """Write ``last.pt`` (rank 0; every rank waits for it)."""
-        self._sync_buffers()
-        if self.rank == 0:
-            save_checkpoint(self.state_dict(), self.last_path)
-            every = self.cfg.checkpoint_interval
-            if every > 0 and self.step == 0 and self.epoch % every == 0:
-                copy_checkpoint(
-                    self.last_path, self.output / "checkpoints" / f"epoch_{self.epoch:03d}.pt"
-                )
-        if self.world_size > 1:
-            dist.barrier()
-
-    def _resume(self) -> None:
-        if not self.last_path.exists():
-            raise FileNotFoundError(
-                f"cannot resume: {self.last_path} does not exist; run without --resume to start "
-                "a new search in this folder"
-            )
-        state = load_checkpoint(self.last_path, map_location=self.device)
-        if state.get("kind") != "search":
-            raise CheckpointError(f"{self.last_path} is not a search checkpoint")
-        if state["config_hash"] != config_hash(self.cfg):
-            diff = config_diff(state["config"], to_dict(self.cfg))
-            raise CheckpointError(
-                f"cannot resume from {self.last_path}: it was written with another configuration "
-                f"(hash {state['config_hash']} vs {config_hash(self.cfg)}); differing keys:\n  "
-                + "\n  ".join(diff or ["<none reported>"])
-                + "\nUse the same config (only runtime keys such as epochs, output, device may "
-                "change) or start a new run in another output folder."
-            )
-        if state["world_size"] != self.world_size:
-            raise CheckpointError(
-                f"{self.last_path} was written by {state['world_size']} processes, this run has "
-                f"{self.world_size}; resume with the same number of processes"
-            )
+    def _load_state(self, state: dict[str, Any]) -> None:
         split = state["split"]
         if split["train_a"] != self.train_a or split["train_b"] != self.train_b:
             raise CheckpointError(
                 f"the trainA/trainB split in {self.last_path} differs from the one of the data "
                 "set now (was the data set changed?); start a new run"
             )
-        self.model.load_state_dict(state["model"])
         self.w_opt.load_state_dict(state["w_opt"])
         self.a_opt.load_state_dict(state["a_opt"])
         self.w_sched.load_state_dict(state["w_sched"])
-        set_rng_state(state["rng"])
         self.epoch, self.step = state["epoch"], state["step"]
-        self.global_step = state["global_step"]
         self.epoch_sums = {**_new_epoch_sums(), **state["epoch_sums"]}
-        self.history = list(state["history"])
         if self.epoch > self.cfg.epochs:
             raise ValueError(
                 f"the checkpoint is at epoch {self.epoch} but epochs={self.cfg.epochs}; raise epochs"
             )
 
-    # -------------------------------------------------------------- main loop
-    def run(self) -> SearchResult:
-        """Search until ``epochs`` (or ``max_steps``); write genotypes, metrics, checkpoints."""
-        if self.rank == 0:
-            self.output.mkdir(parents=True, exist_ok=True)
-            (self.output / "genotypes").mkdir(exist_ok=True)
-            save_config(self.cfg, self.output / "config.yaml")
-        self.run_log.open()
-        # one process: Ctrl-C or SIGTERM finishes the step and checkpoints (ranks could not
-        # agree on it)
-        with deferred_interrupt(self.world_size == 1) as self._interrupted:
-            try:
-                while self.epoch < self.cfg.epochs:
-                    if not self._run_epoch():
-                        return self._result(finished=False)
-                genotype = self.model.genotype()
-                result = self._result(finished=True)
-                if self.rank == 0:
-                    genotype.save(self.output / "genotype.json")
-                    self._write_summary(result)
-                if result.warning is not None:
-                    self._say(f"warning: {result.warning}")
-                return result
-            finally:
-                self.run_log.close()
+    def save(self) -> None:
+        """Write ``last.pt`` (and every ``checkpoint_interval`` epochs a kept copy) once the
+        processes hold the same BatchNorm statistics."""
+        self._sync_buffers()
+        every = self.cfg.checkpoint_interval
+        keep = every > 0 and self.step == 0 and self.epoch % every == 0
+        super().save(self.output / "checkpoints" / f"epoch_{self.epoch:03d}.pt" if keep else None)
 
-    def _result(self, finished: bool) -> SearchResult:
+    # -------------------------------------------------------------- the loop's steps
+    def _start(self) -> None:
+        if self.rank == 0:
+            (self.output / "genotypes").mkdir(exist_ok=True)
+
+    def _epoch_data(self, epoch: int, first: int) -> tuple[Iterator[Batch], Iterator[Batch]]:
+        """trainA batches from step ``first`` on, and the trainB batches of the steps from the
+        first one with architecture steps on."""
+        k = self.schedule.per_step
+        first_arch = self.schedule.first_arch_position(epoch, first)
+        self._epoch_start = time.perf_counter()
+        self._epoch_arch = self.schedule.first_arch_position(epoch) < self.steps_per_epoch
+        return (
+            self._loader(self.batches(0, epoch)[first:], epoch),
+            self._loader(self.batches(1, epoch)[first_arch * k :], epoch),
+        )
+
+    def _step(self, data: tuple[Iterator[Batch], Iterator[Batch]]) -> dict[str, float | None]:
+        """A weight step, then (once the schedule says so) the architecture steps."""
+        it_a, it_b = data
+        batch_a = next(it_a)
+        values = {"lr": self.w_opt.param_groups[0]["lr"], "loss": self.weight_step(batch_a)}
+        _add_step(self.epoch_sums, "", values["loss"])
+        if self.schedule.active(self.global_step):
+            arch_losses = []
+            for _ in range(self.schedule.per_step):
+                value = self.arch_step(next(it_b), batch_a)
+                _add_step(self.epoch_sums, "arch_", value)
+                if value is not None:
+                    arch_losses.append(value)
+            values["arch_loss"] = sum(arch_losses) / len(arch_losses) if arch_losses else None
+        self.step += 1
+        return values
+
+    def _position(self) -> dict[str, int]:
+        return {"epoch": self.epoch + 1, "step": self.step, "global_step": self.global_step}
+
+    def _step_done(self) -> bool:
+        if self.step < self.steps_per_epoch:
+            return False
+        self._end_epoch()
+        return True
+
+    def _stop_point(self) -> str:
+        if self.step == 0:
+            return f"the end of epoch {self.epoch}"
+        return f"epoch {self.epoch + 1}, step {self.step}"
+
+    def _result(self, **run: Any) -> SearchResult:
         return SearchResult(
-            output=self.output,
+            **run,
             genotype=self.model.genotype(),
             epoch=self.epoch,
             global_step=self.global_step,
-            finished=finished,
-            history=list(self.history),
-            rank=self.rank,
-            stop_signal=None if finished else self._interrupted.signum,
             supernet_miou=next(
                 (h["mIoU"] for h in reversed(self.history) if h.get("mIoU") is not None), None
             ),
-            warning=stagnation_warning(self.history[-1]) if finished and self.history else None,
+            warning=stagnation_warning(self.history[-1])
+            if run["finished"] and self.history
+            else None,
         )
 
-    def _write_summary(self, result: SearchResult) -> None:
-        """``summary.json``: what a study compares between trials."""
-        last = self.history[-1] if self.history else {}
-        keys = ("arch_steps", "alpha_entropy_fraction", "beta_entropy_fraction")
-        keys += ("path_log_prob", "parameter_free_share")
-        summary = {
-            "genotype": str(result.genotype),
-            "supernet_mIoU": result.supernet_miou,
-            "epochs": result.epoch,
-            "global_step": result.global_step,
-            **{k: last.get(k) for k in keys},
-            "warning": result.warning,
-        }
-        (self.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    def _finish(self, result: SearchResult) -> None:
+        """``genotype.json`` and ``summary.json`` (what a study compares between trials)."""
+        if self.rank == 0:
+            result.genotype.save(self.output / "genotype.json")
+            last = self.history[-1] if self.history else {}
+            keys = ("arch_steps", "alpha_entropy_fraction", "beta_entropy_fraction")
+            keys += ("path_log_prob", "parameter_free_share")
+            summary = {
+                "genotype": str(result.genotype),
+                "supernet_mIoU": result.supernet_miou,
+                "epochs": result.epoch,
+                "global_step": result.global_step,
+                **{k: last.get(k) for k in keys},
+                "warning": result.warning,
+            }
+            (self.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if result.warning is not None:
+            self._say(f"warning: {result.warning}")
 
-    def _progress(self, epoch: int) -> Any:
-        from tqdm import tqdm
-
-        enabled = self.cfg.progress and self.rank == 0 and sys.stderr.isatty()
-        return tqdm(
-            total=self.steps_per_epoch,
-            initial=self.step,
-            desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
-            disable=not enabled,
-            leave=False,
-            dynamic_ncols=True,
-        )
-
-    def _stop_reason(self) -> str | None:
-        """Why the run should stop after this step (``max_steps`` or a stop signal), if so."""
-        if self.cfg.max_steps is not None and self.global_step >= self.cfg.max_steps:
-            return f"stopped at max_steps={self.cfg.max_steps}"
-        if self._interrupted.signum is not None:
-            return f"stopped by {signal.Signals(self._interrupted.signum).name}"
-        return None
-
-    def _run_epoch(self) -> bool:
-        """Run the rest of the current epoch; False if it stopped early with a checkpoint.
-
-        A stop at the last step of an epoch ends the epoch first, and periodic checkpoints
-        skip that step: every checkpoint at global step G is thus written after every record
-        of step G, which :meth:`RunLog.rewind` relies on when a run restarts from it.
-        """
-        epoch, cfg, k = self.epoch, self.cfg, self.schedule.per_step
-        first_arch = self.schedule.first_arch_position(epoch, self.step)
-        search_arch = self.schedule.first_arch_position(epoch) < self.steps_per_epoch
-        start = time.perf_counter()
-        it_a = self._loader(self.batches(0, epoch)[self.step :], epoch)
-        it_b = self._loader(self.batches(1, epoch)[first_arch * k :], epoch)
-        sums = self.epoch_sums
-        bar = self._progress(epoch)
-        stop: str | None = None
-        try:
-            for _ in range(self.step, self.steps_per_epoch):
-                batch_a = self._to_device(next(it_a))
-                record: dict[str, Any] = {"loss": self.weight_step(batch_a)}
-                _add_step(sums, "", record["loss"])
-                if self.schedule.active(self.global_step):
-                    arch_losses = []
-                    for _ in range(k):
-                        value = self.arch_step(self._to_device(next(it_b)), batch_a)
-                        _add_step(sums, "arch_", value)
-                        if value is not None:
-                            arch_losses.append(value)
-                    record["arch_loss"] = (
-                        sum(arch_losses) / len(arch_losses) if arch_losses else None
-                    )
-                self.step += 1
-                self.global_step += 1
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if v is not None})
-                if self.global_step % max(1, cfg.log_interval) == 0:
-                    self._record(
-                        {
-                            "type": "step",
-                            "epoch": epoch + 1,
-                            "step": self.step,
-                            "global_step": self.global_step,
-                            "lr": self.w_opt.param_groups[0]["lr"],
-                            **record,
-                        }
-                    )
-                stop = self._stop_reason()
-                if self.step == self.steps_per_epoch:
-                    break  # the end of the epoch writes the checkpoint
-                if stop is not None:
-                    self.save()
-                    self._say(
-                        f"{stop} at epoch {epoch + 1}, step {self.step}; wrote "
-                        f"{self.last_path}, continue with --resume"
-                    )
-                    return False
-                if cfg.checkpoint_steps > 0 and self.global_step % cfg.checkpoint_steps == 0:
-                    self.save()
-        finally:
-            bar.close()
-        self._end_epoch(epoch, start, search_arch)
-        if stop is not None and self.epoch < cfg.epochs:
-            self._say(
-                f"{stop} at the end of epoch {self.epoch}; wrote {self.last_path}, continue "
-                "with --resume"
-            )
-            return False
-        return True
-
-    def _end_epoch(self, epoch: int, start: float, search_arch: bool) -> None:
+    def _end_epoch(self) -> None:
+        """The cosine schedule's step, an evaluation when due, the epoch record, its genotype
+        and line, and the checkpoint."""
         cfg, sums = self.cfg, self.epoch_sums
         self.w_sched.step()
-        self.epoch, self.step = epoch + 1, 0
+        self.epoch, self.step = self.epoch + 1, 0
         self._sync_buffers()
         miou = None
         if cfg.eval_interval > 0 and (
@@ -822,9 +544,9 @@ class SearchEngine(EngineBase):
                 self.schedule.run_progress(self.global_step),
                 self.schedule.arch_progress(self.global_step),
             ),
-            "arch_search": search_arch,
+            "arch_search": self._epoch_arch,
             "genotype": str(genotype),
-            "time_s": time.perf_counter() - start,
+            "time_s": time.perf_counter() - self._epoch_start,
         }
         self.history.append(summary)
         self.epoch_sums = _new_epoch_sums()
@@ -849,8 +571,5 @@ def run_search(
     config: SearchConfig, resume: bool = False, log: Callable[[str], None] | None = print_flush
 ) -> SearchResult:
     """Run (or resume) an architecture search described by ``config``."""
-    engine = SearchEngine(config, resume=resume, log=log)
-    try:
+    with SearchEngine(config, resume=resume, log=log) as engine:
         return engine.run()
-    finally:
-        engine.close()

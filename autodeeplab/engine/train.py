@@ -7,7 +7,7 @@ and multi-process training under ``torchrun`` (DistributedDataParallel + BatchNo
 global batch).
 
 The learning rate and the drop path rate are pure functions of the iteration; data order and
-augmentation are pure functions of ``(seed, epoch, position)`` as in the search engine. A run
+augmentation are pure functions of ``(seed, epoch, position)`` (:mod:`autodeeplab.engine.loop`). A run
 resumed from ``last.pt`` (which also holds the random number generator states) therefore
 continues exactly as the uninterrupted run would have.
 
@@ -30,58 +30,28 @@ Run folder::
 
 from __future__ import annotations
 
-import contextlib
 import math
-import random
-import signal
-import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset
 
-from autodeeplab.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
 from autodeeplab.config import (
     TRAIN_RUNTIME_KEYS,
     ConfigError,
     TrainConfig,
     TrainModelConfig,
-    check_ranges,
-    config_diff,
-    config_hash,
-    save_config,
     to_dict,
 )
-from autodeeplab.data import SegmentationDataset
 from autodeeplab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from autodeeplab.engine.common import (
-    EngineBase,
-    RunLog,
-    build_datasets,
-    deferred_interrupt,
-    global_batch_loss,
-    process_device,
-    resolve_device,
-)
-from autodeeplab.engine.distributed import convert_sync_batchnorm, dist_info, init_distributed
-from autodeeplab.engine.search import (
-    KeyedSamples,
-    NonFiniteLossError,
-    epoch_batches,
-    print_flush,
-)
+from autodeeplab.engine.common import global_batch_loss
+from autodeeplab.engine.distributed import convert_sync_batchnorm
+from autodeeplab.engine.loop import Batch, EngineBase, RunResult, print_flush
 from autodeeplab.genotype import Genotype
 from autodeeplab.heads import resolve_atrous_rates
 from autodeeplab.inference import evaluate
@@ -93,23 +63,16 @@ from autodeeplab.saved_model import save_model
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-@dataclass
-class TrainResult:
-    """What a training run leaves behind."""
+@dataclass(kw_only=True)
+class TrainResult(RunResult):
+    """What a training run leaves behind (``history``: the ``eval`` records of
+    ``metrics.jsonl``)."""
 
-    output: Path
     iteration: int
     """Completed iterations."""
-    finished: bool
-    """False when the run stopped early at ``max_steps``."""
     best_miou: float | None
     best_iteration: int | None
     final_miou: float | None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    """The ``eval`` records of ``metrics.jsonl``."""
-    rank: int = 0
-    stop_signal: int | None = None
-    """The signal (SIGINT, SIGTERM) that stopped the run early with a checkpoint, else None."""
 
 
 # ---------------------------------------------------------------------------- schedules
@@ -189,38 +152,30 @@ class TrainEngine(EngineBase):
     to ``iterations`` (or ``max_steps``) and returns a :class:`TrainResult`.
     """
 
+    kind = "train"
+    noun = "training"
+    runtime_keys = TRAIN_RUNTIME_KEYS
+    position_key = "iteration"
+    divergence_hint = (
+        "Lower the learning rate (optim.lr), add warm-up (optim.warmup_iters) or check the data."
+    )
+
     def __init__(
         self,
         config: TrainConfig,
         resume: bool = False,
         log: Callable[[str], None] | None = print_flush,
     ) -> None:
-        self.cfg = config
-        self._validate()
-        self._owns_process_group = init_distributed(resolve_device(config.device).type == "cuda")
-        self.rank, self.world_size = dist_info()
-        if config.threads is not None:
-            torch.set_num_threads(config.threads)
-        self.device = process_device(config.device, self.world_size)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        self.output = Path(config.output)
-        self.last_path = self.output / "last.pt"
-
-        random.seed(config.seed)
-        np.random.seed(config.seed)
-        torch.manual_seed(config.seed)
-
-        self.train_set, self.eval_set = self._datasets()
-        self.keyed = KeyedSamples(self.train_set, config.seed)
-        self.global_batch = config.data.batch_size * self.world_size
-        self.steps_per_epoch = len(self.train_set) // self.global_batch
-        if self.steps_per_epoch == 0:
+        self._set_up(config, log)
+        self._load_data()
+        if len(self.eval_set) == 0:
             raise ValueError(
-                f"the {config.data.train_split!r} split has {len(self.train_set)} samples, fewer "
-                f"than one global batch of {self.global_batch} (batch_size "
-                f"{config.data.batch_size} x {self.world_size} processes)"
+                f"the {config.data.eval_split!r} split of {config.data.name!r} has no samples"
             )
+        self._set_steps_per_epoch(
+            len(self.train_set),
+            f"the {config.data.train_split!r} split has {len(self.train_set)} samples",
+        )
 
         self.network = resolve_network(
             config.model, self.train_set.num_classes, config.data.crop_size
@@ -248,43 +203,24 @@ class TrainEngine(EngineBase):
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=self.amp and self.amp_dtype == torch.float16
         )
-        self.iteration = 0
         self.best_miou: float | None = None
         self.best_iteration: int | None = None
-        self.history: list[dict[str, Any]] = []
         self.loss_sum, self.loss_steps = 0.0, 0
-        self.run_log = RunLog(
-            self.output,
-            rank=self.rank,
-            step_key="iteration",
-            tensorboard=config.tensorboard,
-            log=log,
-        )
-        self._claim_output()
-        try:
-            if resume:
-                self._resume()
-            elif self.last_path.exists():
-                raise ValueError(
-                    f"{self.output} already holds a training run ({self.last_path}); pass "
-                    "--resume to continue it or choose another output folder"
-                )
-            self._rewind_log(self.iteration)
-        except BaseException:
-            self._release_output()
-            raise
+        self.total_steps = config.iterations
+        self.checkpoint_steps = config.checkpoint_interval
+        self._open(resume)
+
+    @property
+    def iteration(self) -> int:
+        """Iterations done (the run's global step)."""
+        return self.global_step
 
     # -------------------------------------------------------------- setup
     def _validate(self) -> None:
+        super()._validate()
         c = self.cfg
-        check_ranges(c)  # again: a config built in code has not been through from_dict
         if c.amp_dtype not in AMP_DTYPES:
             raise ValueError(f"amp_dtype must be one of {sorted(AMP_DTYPES)}, got {c.amp_dtype!r}")
-        if c.data.name != "synthetic" and c.data.root is None:
-            raise ValueError(
-                f"data set {c.data.name!r} needs a root folder: set data.root in the config or "
-                "pass --data-root DIR"
-            )
         if c.model.genotype is not None and not Path(c.model.genotype).is_file():
             raise FileNotFoundError(f"genotype file {c.model.genotype} does not exist")
 
@@ -305,14 +241,6 @@ class TrainEngine(EngineBase):
                 f"genotype: its deepest level has stride {need - 1}; use data.crop_size >= {need}"
             )
 
-    def _datasets(self) -> tuple[SegmentationDataset, SegmentationDataset]:
-        train, evaluation = build_datasets(self.cfg.data)
-        if len(evaluation) == 0:
-            raise ValueError(
-                f"the {self.cfg.data.eval_split!r} split of {self.cfg.data.name!r} has no samples"
-            )
-        return train, evaluation
-
     # -------------------------------------------------------------- steps
     def lr_at(self, iteration: int) -> float:
         o = self.cfg.optim
@@ -326,15 +254,8 @@ class TrainEngine(EngineBase):
             o.warmup_ratio,
         )
 
-    def _check_finite(self, value: float) -> None:
-        if math.isfinite(value):
-            return
-        where = self._checkpoint_note()
-        raise NonFiniteLossError(
-            f"the training loss became {value} at iteration {self.iteration + 1}; training "
-            f"stopped and {where}. Lower the learning rate (optim.lr), add warm-up "
-            "(optim.warmup_iters) or check the data."
-        )
+    def _step_name(self) -> str:
+        return f"iteration {self.iteration + 1}"
 
     def train_step(self, images: torch.Tensor, masks: torch.Tensor) -> float:
         """One SGD step on a (per-process) batch; returns the global-batch mean loss."""
@@ -355,133 +276,100 @@ class TrainEngine(EngineBase):
         self.scaler.update()
         return value
 
-    # -------------------------------------------------------------- data
-    def _batches(self, epoch: int) -> list[list[tuple[int, int]]]:
-        b = epoch_batches(
-            range(len(self.train_set)),
-            self.cfg.seed,
-            0,
-            epoch,
-            self.cfg.data.batch_size,
-            self.rank,
-            self.world_size,
-        )
-        return b[: self.steps_per_epoch]
-
-    def _data(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches from the current iteration on, epoch after epoch."""
-        epoch, position = divmod(self.iteration, self.steps_per_epoch)
-        while True:
-            loader = torch.utils.data.DataLoader(
-                self.keyed,
-                batch_sampler=self._batches(epoch)[position:],
-                num_workers=self.cfg.data.workers,
-                pin_memory=self.device.type == "cuda",
-                generator=torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch),
+    # -------------------------------------------------------------- the loop's steps
+    def _start(self) -> None:
+        if self.rank == 0:
+            self.network.genotype.save(self.output / "genotype.json")
+        self.model.train()
+        if self.iteration == 0:
+            d = self.cfg.data
+            # the training set holds every sample data.repeat times: say how many are distinct
+            samples = f"{len(self.train_set) // d.repeat} samples"
+            if d.repeat > 1:
+                samples += f" x {d.repeat} passes per epoch"
+            self._say(
+                f"training {self.network.genotype} F={self.network.filter_multiplier} on "
+                f"{d.name} ({samples}, global batch {self.global_batch}, {self.world_size} "
+                f"process(es), {self.device}{', AMP ' + self.cfg.amp_dtype if self.amp else ''}) "
+                f"for {self.total_steps} iterations"
             )
-            for images, masks in loader:
-                yield (
-                    images.to(self.device, non_blocking=True),
-                    masks.to(self.device, non_blocking=True),
-                )
-            epoch, position = epoch + 1, 0
+
+    def _batches(self, epoch: int) -> list[list[tuple[int, int]]]:
+        """This rank's batch keys for ``epoch``."""
+        return self._epoch_keys(range(len(self.train_set)), 0, epoch)
+
+    def _epoch_data(self, epoch: int, first: int) -> Iterator[Batch]:
+        return self._loader(self._batches(epoch)[first:], epoch)
+
+    def _step(self, data: Iterator[Batch]) -> dict[str, float | None]:
+        loss = self.train_step(*next(data))
+        self.loss_sum += loss
+        self.loss_steps += 1
+        return {
+            "loss": loss,
+            "lr": self.optimizer.param_groups[0]["lr"],  # the rate this step used
+            "drop_path": max(self.model.drop_path_rates(), default=0.0),
+        }
+
+    def _position(self) -> dict[str, int]:
+        return {"iteration": self.iteration, "epoch": self._epoch()}
+
+    def _epoch(self) -> int:
+        """The (1-based) epoch of the last iteration done."""
+        return (self.iteration - 1) // self.steps_per_epoch + 1
+
+    def _step_done(self) -> bool:
+        """Evaluate (and checkpoint) every ``eval_interval`` iterations and after the last."""
+        every = self.cfg.eval_interval
+        if self.iteration < self.total_steps and not (every > 0 and self.iteration % every == 0):
+            return False
+        self._evaluate_and_report()
+        self.save()
+        return True
+
+    def _stop_point(self) -> str:
+        return f"iteration {self.iteration}"
 
     # -------------------------------------------------------------- evaluation
     def evaluate(self) -> ConfusionMatrix:
         """Single-scale confusion matrix on the evaluation split (sharded over processes)."""
-        n = len(self.eval_set)
-        if self.cfg.data.max_eval_samples is not None:
-            n = min(n, self.cfg.data.max_eval_samples)
-        shard = torch.utils.data.Subset(self.eval_set, range(self.rank, n, self.world_size))
-        # evaluation must not shift the training RNG (data loaders draw seeds from it)
-        with (
-            torch.random.fork_rng(devices=[]),
-            torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp),
-        ):
-            cm = evaluate(
-                self.model,
-                shard,
-                self.train_set.num_classes,
-                batch_size=self.cfg.data.eval_batch_size,
-                num_workers=self.cfg.data.workers,
-                ignore_index=self.cfg.optim.ignore_index,
-                device=self.device,
-            )
-        self.model.train()
-        cm.matrix = cm.matrix.to(self.device)
-        cm.all_reduce()
-        cm.matrix = cm.matrix.cpu()
-        return cm
+
+        def confusion(shard: Dataset) -> ConfusionMatrix:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                return evaluate(
+                    self.model,
+                    shard,
+                    self.train_set.num_classes,
+                    batch_size=self.cfg.data.eval_batch_size,
+                    num_workers=self.cfg.data.workers,
+                    ignore_index=self.cfg.optim.ignore_index,
+                    device=self.device,
+                )
+
+        return self._evaluate(confusion)
 
     # -------------------------------------------------------------- checkpoints
-    def state_dict(self) -> dict[str, Any]:
+    def _state(self) -> dict[str, Any]:
         return {
-            "kind": "train",
-            "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": rng_state(),
-            "iteration": self.iteration,
             "best_miou": self.best_miou,
             "best_iteration": self.best_iteration,
-            "history": list(self.history),
             "loss_sum": self.loss_sum,
             "loss_steps": self.loss_steps,
-            "world_size": self.world_size,
-            "config": to_dict(self.cfg),
-            "config_hash": config_hash(self.cfg, TRAIN_RUNTIME_KEYS),
             "network": self.network.to_dict(),
         }
 
-    def save(self) -> None:
-        """Write ``last.pt`` (rank 0; every rank waits for it)."""
-        if self.rank == 0:
-            save_checkpoint(self.state_dict(), self.last_path)
-        self._barrier()
+    def _resume_problems(self, state: dict[str, Any]) -> list[str]:
+        if state["network"] == self.network.to_dict():
+            return []
+        old = NetworkConfig.from_dict(state["network"]).genotype
+        return [f"network: {old} -> {self.network.genotype} (or its options)"]
 
-    def _barrier(self) -> None:
-        if self.world_size > 1:
-            torch.distributed.barrier()
-
-    def _resume(self) -> None:
-        if not self.last_path.exists():
-            raise FileNotFoundError(
-                f"cannot resume: {self.last_path} does not exist; run without --resume to start "
-                "a new training run in this folder"
-            )
-        state = load_checkpoint(self.last_path, map_location=self.device)
-        if state.get("kind") != "train":
-            raise CheckpointError(
-                f"{self.last_path} is not a training checkpoint (kind {state.get('kind')!r})"
-            )
-        problems = []
-        if state["config_hash"] != config_hash(self.cfg, TRAIN_RUNTIME_KEYS):
-            problems += config_diff(state["config"], to_dict(self.cfg), TRAIN_RUNTIME_KEYS)
-        if state["network"] != self.network.to_dict():
-            problems.append(
-                f"network: {NetworkConfig.from_dict(state['network']).genotype} -> "
-                f"{self.network.genotype} (or its options)"
-            )
-        if problems:
-            raise CheckpointError(
-                f"cannot resume from {self.last_path}: it was written with another "
-                "configuration; differing keys:\n  "
-                + "\n  ".join(problems)
-                + "\nUse the same config and architecture (only runtime keys such as output, "
-                "device, eval_interval may change) or start a new run in another output folder."
-            )
-        if state["world_size"] != self.world_size:
-            raise CheckpointError(
-                f"{self.last_path} was written by {state['world_size']} processes, this run has "
-                f"{self.world_size}; resume with the same number of processes"
-            )
-        self.model.load_state_dict(state["model"])
+    def _load_state(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        self.iteration = state["iteration"]
         self.best_miou, self.best_iteration = state["best_miou"], state["best_iteration"]
-        self.history = list(state["history"])
         self.loss_sum, self.loss_steps = state["loss_sum"], state["loss_steps"]
 
     def _save_model(self, name: str, miou: float | None) -> None:
@@ -501,110 +389,18 @@ class TrainEngine(EngineBase):
             ),
         )
 
-    # -------------------------------------------------------------- logging
-    def _bar(self) -> Any:
-        from tqdm import tqdm
-
-        enabled = self.cfg.progress and self.rank == 0 and sys.stderr.isatty()
-        return tqdm(
-            total=self.cfg.iterations,
-            initial=self.iteration,
-            desc="train",
-            unit="it",
-            disable=not enabled,
-            dynamic_ncols=True,
-        )
-
-    # -------------------------------------------------------------- main loop
-    def run(self) -> TrainResult:
-        """Train to ``iterations`` (or ``max_steps``); evaluate, checkpoint, save models."""
-        cfg = self.cfg
-        if self.rank == 0:
-            self.output.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.output / "config.yaml")
-            self.network.genotype.save(self.output / "genotype.json")
-        self.run_log.open()
-        self.model.train()
-        start_iteration, start = self.iteration, time.perf_counter()
-        data = self._data()
-        bar = self._bar()
-        # one process: Ctrl-C or SIGTERM finishes the step and checkpoints (ranks could not
-        # agree on it)
-        stop = contextlib.ExitStack()
-        interrupted = stop.enter_context(deferred_interrupt(self.world_size == 1))
-        try:
-            if self.iteration == 0:
-                self._say(
-                    f"training {self.network.genotype} F={self.network.filter_multiplier} on "
-                    f"{cfg.data.name} ({len(self.train_set)} samples, global batch "
-                    f"{self.global_batch}, {self.world_size} process(es), {self.device}"
-                    f"{', AMP ' + cfg.amp_dtype if self.amp else ''}) for {cfg.iterations} "
-                    "iterations"
-                )
-            while self.iteration < cfg.iterations:
-                images, masks = next(data)
-                loss = self.train_step(images, masks)
-                lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
-                self.iteration += 1
-                self.loss_sum += loss
-                self.loss_steps += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-                if self.iteration % max(1, cfg.log_interval) == 0:
-                    self._record(
-                        {
-                            "type": "step",
-                            "iteration": self.iteration,
-                            "epoch": (self.iteration - 1) // self.steps_per_epoch + 1,
-                            "loss": loss,
-                            "lr": lr,
-                            "drop_path": max(self.model.drop_path_rates(), default=0.0),
-                        }
-                    )
-                done = self.iteration == cfg.iterations
-                if done or (cfg.eval_interval > 0 and self.iteration % cfg.eval_interval == 0):
-                    self._evaluate_and_report(start_iteration, start)
-                    self.save()
-                elif cfg.checkpoint_interval > 0 and self.iteration % cfg.checkpoint_interval == 0:
-                    self.save()
-                if not done and cfg.max_steps is not None and self.iteration >= cfg.max_steps:
-                    self.save()
-                    self._say(
-                        f"stopped at max_steps={cfg.max_steps} (iteration {self.iteration}); "
-                        "continue with --resume"
-                    )
-                    return self._result(finished=False)
-                if not done and interrupted():
-                    self.save()
-                    self._say(
-                        f"stopped by {signal.Signals(interrupted.signum).name} at iteration "
-                        f"{self.iteration}; wrote {self.last_path}, continue with --resume"
-                    )
-                    return self._result(finished=False, stop_signal=interrupted.signum)
-        finally:
-            stop.close()
-            bar.close()
-            self.run_log.close()
-        self._save_model("model", self.history[-1]["mIoU"] if self.history else None)
-        if self.rank == 0:
-            self._write_curves()
-        self._barrier()
-        return self._result(finished=True)
-
-    def _evaluate_and_report(self, start_iteration: int, start: float) -> None:
+    def _evaluate_and_report(self) -> None:
         cm = self.evaluate()
         miou = cm.mean_iou()
         improved = math.isfinite(miou) and (self.best_miou is None or miou > self.best_miou)
         if improved:
             self.best_miou, self.best_iteration = miou, self.iteration
             self._save_model("best", miou)
-        elapsed = time.perf_counter() - start
-        done = self.iteration - start_iteration
-        eta = elapsed / max(1, done) * (self.cfg.iterations - self.iteration)
+        elapsed, eta = self._timing()
         record = {
             "type": "eval",
             "iteration": self.iteration,
-            "epoch": (self.iteration - 1) // self.steps_per_epoch + 1,
+            "epoch": self._epoch(),
             "loss": self.loss_sum / max(1, self.loss_steps),
             "mIoU": miou,
             "pixel_accuracy": cm.pixel_accuracy(),
@@ -623,6 +419,13 @@ class TrainEngine(EngineBase):
             f"[{elapsed:.0f}s, eta {eta:.0f}s]"
         )
 
+    def _finish(self, result: TrainResult) -> None:
+        """The final model folder and the curves."""
+        self._save_model("model", result.final_miou)
+        if self.rank == 0:
+            self._write_curves()
+        self._barrier()
+
     def _write_curves(self) -> None:
         from autodeeplab.draw import save_figure
         from autodeeplab.report import draw_training_curves, load_jsonl
@@ -634,17 +437,13 @@ class TrainEngine(EngineBase):
             return
         save_figure(fig, self.output / "curves.png")
 
-    def _result(self, finished: bool, stop_signal: int | None = None) -> TrainResult:
+    def _result(self, **run: Any) -> TrainResult:
         return TrainResult(
-            output=self.output,
+            **run,
             iteration=self.iteration,
-            finished=finished,
             best_miou=self.best_miou,
             best_iteration=self.best_iteration,
             final_miou=self.history[-1]["mIoU"] if self.history else None,
-            history=list(self.history),
-            rank=self.rank,
-            stop_signal=stop_signal,
         )
 
 
@@ -652,8 +451,5 @@ def run_train(
     config: TrainConfig, resume: bool = False, log: Callable[[str], None] | None = print_flush
 ) -> TrainResult:
     """Run (or resume) a training run described by ``config``."""
-    engine = TrainEngine(config, resume=resume, log=log)
-    try:
+    with TrainEngine(config, resume=resume, log=log) as engine:
         return engine.run()
-    finally:
-        engine.close()

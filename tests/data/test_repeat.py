@@ -211,3 +211,12 @@ def test_train_with_repeat_resumes_bit_identically(tmp_path):
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
     assert full.final_miou == resumed.final_miou
+
+
+def test_train_start_line_counts_distinct_samples_and_passes(tmp_path):
+    lines: list[str] = []
+    run_train(train_cfg(tmp_path, "data.repeat=3", "iterations=1"), log=lines.append)
+    assert "on synthetic (4 samples x 3 passes per epoch, global batch 2," in lines[0]
+    lines.clear()
+    run_train(train_cfg(tmp_path, "iterations=1", name="once"), log=lines.append)
+    assert "on synthetic (4 samples, global batch 2," in lines[0]
