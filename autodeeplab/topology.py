@@ -27,6 +27,7 @@ level ``s`` of layer ``l - 1`` to level ``s + m - 1`` of layer ``l`` (see
 from __future__ import annotations
 
 import json
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -96,6 +97,12 @@ def _patterns(trans: tuple[Transition, ...]) -> LayerPatterns:
 # ----------------------------------------------------------------------------- the value
 
 
+def _as_level(x: object) -> int:
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+        raise TypeError(f"a level is an integer, got {x!r}")
+    return int(x)
+
+
 @dataclass(frozen=True)
 class Topology:
     """A feasible multi-path network topology: ``layers[l]`` is the sorted tuple of active
@@ -111,7 +118,8 @@ class Topology:
     def __post_init__(self) -> None:
         try:
             layers = tuple(
-                tuple(sorted({(int(s), int(d)) for s, d in layer})) for layer in self.layers
+                tuple(sorted({(_as_level(s), _as_level(d)) for s, d in layer}))
+                for layer in self.layers
             )
         except (TypeError, ValueError):
             raise ValueError(
@@ -313,6 +321,22 @@ def topology_log_prob(logits: np.ndarray, topology: Topology) -> float:
         on = np.array([t in trans for t in layer_transitions(layer)])
         total += float(np.where(on, _log_sigmoid(a), _log_sigmoid(-a)).sum()) - log_normaliser(a)
     return total
+
+
+def count_topologies(layers: int) -> int:
+    """Number of feasible topologies of ``layers`` layers (exact integer), by the same
+    recursion over sets of active levels as :func:`decode_topology` with counts for scores."""
+    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+        raise ValueError(f"layers must be a positive integer, got {layers!r}")
+    counts = {1 << space.STEM_LEVEL: 1}
+    for layer in range(layers):
+        pat = layer_patterns(layer)
+        nxt: dict[int, int] = {}
+        for src, dst in zip(pat.src_mask.tolist(), pat.dst_mask.tolist(), strict=True):
+            if src in counts:
+                nxt[dst] = nxt.get(dst, 0) + counts[src]
+        counts = nxt
+    return sum(counts.values())
 
 
 # ----------------------------------------------------------------------------- decoding

@@ -105,6 +105,8 @@ def test_feasible_counts_match_the_validator():
             r"layer 1: active levels \[1\] of layer 0 feed no transition",
         ),
         ((("a", 0),), "list of \\[src_level, dst_level\\] pairs"),
+        ((((0, 0.5),),), "list of \\[src_level, dst_level\\] pairs"),
+        ((((0, True),),), "list of \\[src_level, dst_level\\] pairs"),
     ],
 )
 def test_topology_rejects_infeasible(layers, match):
@@ -207,6 +209,7 @@ def test_decode_equals_brute_force(layers):
     for trial in range(6 if layers < 4 else 1):
         logits = _random_logits(rng, layers, scale=[2.0, 0.5, 4.0][trial % 3])
         feasible = _ref_feasible(layers, logits)
+        assert len(feasible) == T.count_topologies(layers)
         scores = np.array([lp for _, lp in feasible])
         best = feasible[int(np.argmax(scores))][0]
         top = T.decode_topology(logits)
