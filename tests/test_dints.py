@@ -249,3 +249,23 @@ def test_supernet_runs_on_dints_and_mixes_with_the_marginals():
 
     assert net.genotype().path == T.best_single_path(net.path_logits.detach().numpy())
     assert net.relaxation.decode_topology(net.arch_state()).num_layers == TINY["layers"]
+
+
+def test_extreme_logits_keep_every_term_finite_in_float32():
+    """Logits of size 100 saturate every sigmoid and softmax in float32; the weights, the three
+    terms and their gradients stay finite (log-sigmoids and log-sum-exps throughout)."""
+    relax = DintsRelaxation(space.SearchSpace(layers=5, blocks=2))
+    torch.manual_seed(0)
+    params = relax.init_parameters()
+    with torch.no_grad():
+        for p in params.values():
+            p.normal_(std=100.0)
+    probs = relax.edge_probs(params)
+    used = torch.tensor(relax.space.used_transition_mask())
+    torch.testing.assert_close(probs[used], torch.sigmoid(params["path_logits"])[used])
+    assert (probs[~used] == 0).all()
+    loss = relax.search_loss(params, 1.0) + relax.transition_weights(params).sum()
+    loss.backward()
+    assert torch.isfinite(loss)
+    for p in params.values():
+        assert torch.isfinite(p.grad).all()
