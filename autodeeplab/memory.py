@@ -34,7 +34,7 @@ Training peak
     measures how close the estimate comes to real steps.
 
 Topologies
-    An architecture is a :class:`Topology`: the cell and a set of active trellis transitions
+    An architecture is an :class:`Architecture`: the cell and a set of active trellis transitions
     ``(layer, source level, target level)``. Layer 0 reads the stem (level 0). Every active
     transition is one cell; an active node (a target of at least one transition) sums the
     outputs of its incoming cells. A cell's ``H^{l-2}`` input is the active node of layer
@@ -44,7 +44,7 @@ Topologies
     for its stride); their outputs are resized to the finest of them and summed before the
     decoder. The decoder's low-level feature is the level-0 node of the last layer of the
     initial run in which level 0 is the only active node, else the stem's stride-4 output.
-    A single path (:func:`topology_from_genotype`) is exactly today's :class:`AutoDeepLab`.
+    A single path (:func:`architecture_from_genotype`) is exactly today's :class:`AutoDeepLab`.
 
 Supernet expectation (DiNTS' memory budget)
     :class:`SupernetMemory` gives, for independent transition probabilities ``p`` in the beta
@@ -83,6 +83,7 @@ from autodeeplab.heads import (
     feature_size,
 )
 from autodeeplab.network import STEM_CHANNELS, NetworkConfig, low_level_cell_index
+from autodeeplab.topology import Topology
 
 Transition = tuple[int, int, int]
 """``(layer, source level, target level)``; layer 0 reads the stem at level 0."""
@@ -98,12 +99,14 @@ INDEX_BYTES = 8
 
 
 @dataclass(frozen=True)
-class Topology:
+class Architecture:
     """A (possibly multi-path) discrete architecture: the cell and the active transitions.
 
-    Transitions are kept sorted. Validation follows DiNTS' feasibility rules: every layer has
-    an active transition, a transition leaves an active node (the stem for layer 0), every
-    active node before the last layer feeds at least one transition.
+    ``transitions`` are ``(layer, source level, target level)`` triples, kept sorted; their
+    feasibility (DiNTS' rules: every layer has an active transition, a transition leaves an
+    active node, the stem for layer 0, and every active node before the last layer feeds one)
+    is checked by :class:`autodeeplab.topology.Topology`, the network-level value this one
+    pairs with a cell (:attr:`topology`).
     """
 
     cell: tuple[Block, ...]
@@ -115,16 +118,36 @@ class Topology:
         layers = self.layers
         if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
             raise ValueError(f"layers must be a positive integer, got {layers!r}")
-        object.__setattr__(self, "transitions", _normalise_transitions(self.transitions, layers))
+        triples = _transition_triples(self.transitions, layers)
+        Topology(tuple(tuple((s, t) for k, s, t in triples if k == i) for i in range(layers)))
+        object.__setattr__(self, "transitions", triples)
 
     @classmethod
-    def from_genotype(cls, genotype: Genotype) -> Topology:
-        return topology_from_genotype(genotype)
+    def from_genotype(cls, genotype: Genotype) -> Architecture:
+        return architecture_from_genotype(genotype)
 
     @classmethod
-    def all_on(cls, cell: Sequence[Block], layers: int) -> Topology:
+    def from_topology(cls, cell: Sequence[Block], topology: Topology) -> Architecture:
+        """``cell`` on the network-level ``topology`` (e.g. a decoded DiNTS topology)."""
+        transitions = tuple(
+            (layer, s, t) for layer, pairs in enumerate(topology.layers) for s, t in pairs
+        )
+        return cls(tuple(cell), transitions, topology.num_layers)
+
+    @classmethod
+    def all_on(cls, cell: Sequence[Block], layers: int) -> Architecture:
         """Every transition of the trellis (the supernet as one multi-path network)."""
         return cls(tuple(cell), all_transitions(layers), layers)
+
+    @property
+    def topology(self) -> Topology:
+        """The network-level part: active ``(source, target)`` levels per layer."""
+        return Topology(
+            tuple(
+                tuple((s, t) for k, s, t in self.transitions if k == layer)
+                for layer in range(self.layers)
+            )
+        )
 
     def active_levels(self, layer: int) -> tuple[int, ...]:
         """Levels of the active nodes of ``layer`` (``-1``: the stem, level 0)."""
@@ -153,34 +176,28 @@ class Topology:
         return Genotype(cell=self.cell, path=tuple(path))
 
 
-def topology_from_genotype(genotype: Genotype) -> Topology:
-    """The single-path topology of ``genotype``: one transition per layer along its path."""
+def architecture_from_genotype(genotype: Genotype) -> Architecture:
+    """The single-path architecture of ``genotype``: one transition per layer along its path."""
     sources = (space.STEM_LEVEL, *genotype.path[:-1])
     transitions = tuple(
         (layer, s, t) for layer, (s, t) in enumerate(zip(sources, genotype.path, strict=True))
     )
-    return Topology(genotype.cell, transitions, genotype.layers)
+    return Architecture(genotype.cell, transitions, genotype.layers)
 
 
 def all_transitions(layers: int) -> tuple[Transition, ...]:
-    """Every transition of an ``layers``-layer trellis that starts from the stem."""
-    out = []
-    for layer in range(layers):
-        sources = (space.STEM_LEVEL,) if layer == 0 else space.levels_at_layer(layer - 1)
-        for s in sources:
-            out += [(layer, s, space.move_target(s, m)) for m in space.valid_moves(s)]
-    return tuple(out)
+    """Every transition of an ``layers``-layer trellis (the search space's), sorted."""
+    return tuple(sorted(space.SearchSpace(layers=layers).transitions()))
 
 
 def transition_mask(layers: int) -> torch.Tensor:
     """``(L, 4, 3)`` bool: which entries of the beta layout are transitions of the trellis."""
-    mask = torch.zeros(layers, space.NUM_LEVELS, space.NUM_MOVES, dtype=torch.bool)
-    for layer, s, t in all_transitions(layers):
-        mask[layer, s, space.move_between(s, t)] = True
-    return mask
+    return torch.tensor(space.SearchSpace(layers=layers).used_transition_mask())
 
 
-def _normalise_transitions(transitions: Any, layers: int) -> tuple[Transition, ...]:
+def _transition_triples(transitions: Any, layers: int) -> tuple[Transition, ...]:
+    """The triples sorted, after the checks of their form (the levels, moves and feasibility
+    are :class:`Topology`'s)."""
     if isinstance(transitions, (str, bytes)) or not isinstance(transitions, Iterable):
         raise ValueError(
             f"transitions must be (layer, source, target) triples, got {transitions!r}"
@@ -192,42 +209,12 @@ def _normalise_transitions(transitions: Any, layers: int) -> tuple[Transition, .
             raise ValueError(
                 f"transition {item!r} must be three integers (layer, source level, target level)"
             )
-        layer, s, t = triple
-        if not 0 <= layer < layers:
+        if not 0 <= triple[0] < layers:
             raise ValueError(f"transition {triple}: layer must be in 0..{layers - 1}")
-        for level in (s, t):
-            if not 0 <= level < space.NUM_LEVELS:
-                raise ValueError(
-                    f"transition {triple}: levels must be in 0..{space.NUM_LEVELS - 1}"
-                )
-        if abs(t - s) > 1:
-            raise ValueError(f"transition {triple} moves more than one level; moves are -1, 0, +1")
-        if layer == 0 and s != space.STEM_LEVEL:
-            raise ValueError(
-                f"transition {triple}: layer 0 reads the stem, so its source level is "
-                f"{space.STEM_LEVEL}"
-            )
         if triple in seen:
             raise ValueError(f"transition {triple} is listed twice")
         seen.add(triple)
-    out = tuple(sorted(seen))
-    nodes = {(layer, t) for layer, _, t in out}
-    for layer in range(layers):
-        if not any(e[0] == layer for e in out):
-            raise ValueError(f"layer {layer} has no active transition; every layer needs one")
-    for layer, s, t in out:
-        if layer > 0 and (layer - 1, s) not in nodes:
-            raise ValueError(
-                f"transition {(layer, s, t)} leaves node (layer {layer - 1}, level {s}), which "
-                "no transition of the previous layer activates"
-            )
-    for layer, level in sorted(nodes):
-        if layer < layers - 1 and not any(e[0] == layer + 1 and e[1] == level for e in out):
-            raise ValueError(
-                f"node (layer {layer}, level {level}) is active but feeds no transition of "
-                f"layer {layer + 1}; every active node before the last layer needs one"
-            )
-    return out
+    return tuple(sorted(seen))
 
 
 def prev_prev_candidates(layer: int, level: int) -> tuple[int, ...]:
@@ -242,7 +229,7 @@ def prev_prev_candidates(layer: int, level: int) -> tuple[int, ...]:
     return tuple(sorted(existing, key=lambda k: (abs(k - level), k)))
 
 
-def _prev_prev_level(topology: Topology, layer: int, level: int) -> int:
+def _prev_prev_level(topology: Architecture, layer: int, level: int) -> int:
     active = set(topology.active_levels(layer - 2))
     return next(k for k in prev_prev_candidates(layer, level) if layer < 2 or k in active)
 
@@ -509,7 +496,7 @@ def _setting(
 
 
 def activation_memory(
-    topology: Topology | Genotype,
+    topology: Architecture | Genotype,
     *,
     filter_multiplier: int,
     input_size: tuple[int, int],
@@ -523,7 +510,7 @@ def activation_memory(
     ``drop_path``: Scheduled Drop Path is active (adds a per-sample mask per branch).
     """
     if isinstance(topology, Genotype):
-        topology = topology_from_genotype(topology)
+        topology = architecture_from_genotype(topology)
     st = _setting(
         filter_multiplier,
         heads or Heads(),
@@ -567,7 +554,7 @@ def activation_memory(
     )
 
 
-def _low_level_layer(topology: Topology) -> int | None:
+def _low_level_layer(topology: Architecture) -> int | None:
     """Layer of the decoder's low-level node (level 0), ``None`` for the stem."""
     if all(len(topology.active_levels(layer)) == 1 for layer in range(topology.layers)):
         return low_level_cell_index(topology.to_genotype().path)  # the network's own rule

@@ -13,13 +13,13 @@ from autodeeplab.engine.common import global_batch_loss
 from autodeeplab.genotype import RELEASED, Genotype
 from autodeeplab.heads import ASPP, DeepLabV3PlusDecoder, atrous_rates_for_stride
 from autodeeplab.memory import (
+    Architecture,
     Heads,
     SupernetMemory,
-    Topology,
     activation_memory,
     all_transitions,
+    architecture_from_genotype,
     network_activation_memory,
-    topology_from_genotype,
     training_memory,
     transition_mask,
 )
@@ -130,12 +130,12 @@ def test_training_memory_adds_weights_gradients_and_momentum():
 
 
 def test_topology_of_a_genotype():
-    topo = topology_from_genotype(RELEASED)
+    topo = architecture_from_genotype(RELEASED)
     assert topo.transitions[:3] == ((0, 0, 0), (1, 0, 0), (2, 0, 0))
     assert topo.transitions[3] == (3, 0, 1)
     assert len(topo.transitions) == RELEASED.layers
     assert topo.to_genotype() == RELEASED
-    assert Topology.from_genotype(RELEASED) == topo
+    assert Architecture.from_genotype(RELEASED) == topo
 
 
 def test_all_transitions_match_the_trellis():
@@ -156,30 +156,31 @@ def test_all_transitions_match_the_trellis():
 @pytest.mark.parametrize(
     ("transitions", "message"),
     [
-        ([(0, 0, 0), (1, 0, 2)], "moves more than one level"),
-        ([(0, 1, 1)], "layer 0 reads the stem"),
-        ([(0, 0, 0), (1, 1, 1)], "which no transition of the previous layer activates"),
-        ([(0, 0, 0), (0, 0, 1), (1, 0, 0)], r"node \(layer 0, level 1\) is active but feeds no"),
+        ([(0, 0, 0), (1, 0, 2)], "changes the level by more than one"),
+        ([(0, 1, 1)], r"layer 0: transitions leave levels \[1\], which are not active in the stem"),
+        ([(0, 0, 0), (1, 1, 1)], r"layer 1: transitions leave levels \[1\], which are not active"),
+        ([(0, 0, 0), (0, 0, 1), (1, 0, 0)], r"layer 1: active levels \[1\] of layer 0 feed no"),
         ([(0, 0, 0), (0, 0, 0)], "listed twice"),
         ([(0, 0, 0)], "layer 1 has no active transition"),
-        ([(0, 0, 0), (1, 0, 4)], "levels must be in 0..3"),
+        ([(0, 0, 0), (1, 0, 4)], "has a level outside 0..3"),
         ([(0, 0)], "three integers"),
+        ([(0, 0, 0), (2, 0, 0)], r"layer must be in 0..1"),
     ],
 )
 def test_topology_errors(transitions, message):
     layers = 1 if transitions == [(0, 1, 1)] else 2
     with pytest.raises(ValueError, match=message):
-        Topology(RELEASED.cell, transitions, layers)
+        Architecture(RELEASED.cell, transitions, layers)
 
 
 def test_multi_path_topology_is_not_a_genotype():
-    topo = Topology(RELEASED.cell, [(0, 0, 0), (0, 0, 1), (1, 0, 0), (1, 1, 1)], 2)
+    topo = Architecture(RELEASED.cell, [(0, 0, 0), (0, 0, 1), (1, 0, 0), (1, 1, 1)], 2)
     assert topo.active_levels(1) == (0, 1)
     with pytest.raises(ValueError, match="layer 0 has 2 active nodes"):
         topo.to_genotype()
 
 
-def random_topology(rng: np.random.Generator, cell, layers: int) -> Topology:
+def random_topology(rng: np.random.Generator, cell, layers: int) -> Architecture:
     """A feasible multi-path topology: every active node feeds a random non-empty set of
     moves."""
     transitions, active = [], [space.STEM_LEVEL]
@@ -192,7 +193,7 @@ def random_topology(rng: np.random.Generator, cell, layers: int) -> Topology:
                 transitions.append((layer, s, space.move_target(s, m)))
                 targets.add(space.move_target(s, m))
         active = sorted(targets)
-    return Topology(cell, transitions, layers)
+    return Architecture(cell, transitions, layers)
 
 
 class MultiPathNet(nn.Module):
@@ -200,7 +201,7 @@ class MultiPathNet(nn.Module):
     Cell per transition, nodes sum their cells, one ASPP per last-layer node (outputs resized
     to the finest and summed), the DeepLabv3+ decoder."""
 
-    def __init__(self, topo: Topology, f: int, classes: int = 5):
+    def __init__(self, topo: Architecture, f: int, classes: int = 5):
         super().__init__()
         self.topo, self.b = topo, len(topo.cell)
         self.stem = Stem()
@@ -280,7 +281,7 @@ def test_single_path_reference_is_the_network():
     torch.manual_seed(0)
     x, y = batch((33, 33))
     net = AutoDeepLab(g, 5, 2, **HEAD_KW).train()
-    ref = MultiPathNet(topology_from_genotype(g), 2).train()
+    ref = MultiPathNet(architecture_from_genotype(g), 2).train()
     assert saved_bytes(ref, x, y) == saved_bytes(net, x, y)
 
 
@@ -289,7 +290,7 @@ def test_low_level_rule_matches_the_network(path):
     from autodeeplab.memory import _low_level_layer
 
     g = Genotype(cell=RELEASED.cell, path=path)
-    assert _low_level_layer(topology_from_genotype(g)) == low_level_cell_index(path)
+    assert _low_level_layer(architecture_from_genotype(g)) == low_level_cell_index(path)
 
 
 # ----------------------------------------------------------------------------- supernet
@@ -300,14 +301,14 @@ def supernet(cell, layers: int = 4, **kw) -> SupernetMemory:
     return SupernetMemory(cell, layers, **kw)
 
 
-def one_hot(topo: Topology) -> torch.Tensor:
+def one_hot(topo: Architecture) -> torch.Tensor:
     p = torch.zeros(topo.layers, 4, 3, dtype=torch.float64)
     for layer, s, t in topo.transitions:
         p[layer, s, space.move_between(s, t)] = 1.0
     return p
 
 
-def discrete(topo: Topology) -> int:
+def discrete(topo: Architecture) -> int:
     return activation_memory(
         topo, filter_multiplier=2, input_size=(65, 65), batch_size=2, heads=HEADS
     ).total
@@ -318,18 +319,18 @@ def test_supernet_vertices_equal_the_discrete_estimate(seed):
     rng = np.random.default_rng(seed)
     g = random_genotype(rng, layers=4, blocks=3)
     sm = supernet(g.cell)
-    topo = topology_from_genotype(g)
+    topo = architecture_from_genotype(g)
     assert sm.usage(one_hot(topo)).item() == discrete(topo)
     multi = random_topology(rng, g.cell, 4)
     assert sm.usage(one_hot(multi)).item() == discrete(multi)
-    assert sm.usage_all_on == discrete(Topology.all_on(g.cell, 4))
+    assert sm.usage_all_on == discrete(Architecture.all_on(g.cell, 4))
 
 
 def test_supernet_counts_a_shared_tensor_twice():
     # one-block cell: node (1, 0) is the decoder's low-level input and, unprojected and
     # unresized, the input of a pooling branch of cell 3; the expectation counts it per piece
     g = Genotype(cell=(((0, "max_pool_3x3"), (1, "skip_connect")),), path=(0, 0, 1, 0))
-    topo = topology_from_genotype(g)
+    topo = architecture_from_genotype(g)
     sm = supernet(g.cell)
     node = 2 * 2 * 17 * 17 * 4  # batch x B F x 65/4 x 65/4 x float32
     assert sm.usage(one_hot(topo)).item() == discrete(topo) + node
@@ -378,3 +379,18 @@ def test_budget_loss():
         sm.usage(torch.zeros(2, 4, 3))
     with pytest.raises(ValueError, match="floating-point tensor"):
         sm.usage([[0.5]])
+
+
+def test_a_decoded_dints_topology_is_an_architecture_of_the_memory_model():
+    from autodeeplab.topology import Topology, decode_topology
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        topo = decode_topology(rng.normal(0, 2, (5, space.NUM_LEVELS, space.NUM_MOVES)))
+        arch = Architecture.from_topology(RELEASED.cell, topo)
+        assert arch.topology == topo
+        assert {(k, s, t) for k, pairs in enumerate(topo.layers) for s, t in pairs} == set(
+            arch.transitions
+        )
+    path = Architecture.from_topology(RELEASED.cell, Topology.from_path(RELEASED.path))
+    assert path == architecture_from_genotype(RELEASED)
