@@ -11,7 +11,9 @@ decoded architecture the search has actually decided:
   of ``log(number of valid moves)`` over the same nodes);
 * ``path_log_prob``: log probability of the decoded (Viterbi) path under the betas;
 * ``parameter_free_share``: share of the decoded cell's operations that have no weights
-  (pooling and ``skip_connect``; ``none`` is never decoded), the mark of the DARTS collapse.
+  (pooling and ``skip_connect``; ``none`` is never decoded), the mark of the DARTS collapse;
+* ``alpha_grad_z`` / ``alpha_grad_z_above_2`` (:func:`gradient_signal`): whether the
+  architecture steps of an epoch pushed the alphas consistently (a signal) or at random.
 
 The computations are plain numpy on the logits; :func:`model_diagnostics` reads them from a
 supernet.
@@ -103,6 +105,36 @@ def model_diagnostics(model: Any) -> ArchDiagnostics:
 
 
 # ---------------------------------------------------------------------------- warnings
+NOISE_Z_MEAN = math.sqrt(2.0 / math.pi)
+"""Mean of ``|z|`` for zero-mean noise (half-normal): about 0.80; 4.6 % of entries exceed 2."""
+
+
+def gradient_signal(
+    total: np.ndarray | Any, total_sq: np.ndarray | Any, steps: int
+) -> tuple[float, float] | None:
+    """``(mean |z|, share of |z| > 2)`` of the alpha gradient over ``steps`` architecture steps.
+
+    ``total`` and ``total_sq`` are the sums over the steps of the gradient and of its square,
+    entry by entry, each gradient taken relative to the mean of its edge's row (only the
+    differences between an edge's logits change its softmax). ``z = mean / standard error`` of
+    an entry: ``|z|`` averages :data:`NOISE_Z_MEAN` (0.80) when the gradients are zero-mean
+    noise, and Adam's steps then only random-walk the logits (about ``lr * sqrt(steps)``);
+    well above it, the steps add up (about ``lr * steps``) in the direction the data favours.
+    None with fewer than 2 steps; entries whose gradient never varied are left out.
+    """
+    if steps < 2:
+        return None
+    total = np.asarray(total, dtype=np.float64)
+    mean = total / steps
+    var = (np.asarray(total_sq, dtype=np.float64) - steps * mean**2) / (steps - 1)
+    se = np.sqrt(np.clip(var, 0.0, None) / steps)
+    ok = se > 0
+    if not ok.any():
+        return None
+    z = np.abs(mean[ok]) / se[ok]
+    return float(z.mean()), float((z > 2).mean())
+
+
 def stagnation_warning(record: Mapping[str, Any]) -> str | None:
     """A warning for the final ``epoch`` record of a search (``metrics.jsonl``) whose
     architecture distribution has barely moved, saying what to try; None when it moved (or

@@ -11,13 +11,15 @@ half-normal: mean 0.80, and 4.6 % of the entries above 2. Adam moves a logit by 
 learning rate per step whatever the gradient's size, so where ``z`` stays near 0.8 the logits
 only random-walk (about ``lr * sqrt(T)``) and the decoded architecture is decided by noise;
 where ``z`` is well above 2 the steps add up (about ``lr * T``) in the direction the data
-favours. ``z`` is also given per epoch of architecture steps.
+favours. ``z`` is also given per epoch of architecture steps (the search's own
+``alpha_grad_z`` epoch records); this script adds the statistic over the whole run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -25,17 +27,19 @@ from pathlib import Path
 import numpy as np
 
 from autodeeplab.config import load_config
+from autodeeplab.diagnostics import gradient_signal
 from autodeeplab.engine import search as search_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def z_statistics(grads: np.ndarray) -> dict[str, float]:
-    """``grads: (T, E, O)`` -> mean ``|z|`` and the share of entries with ``|z| > 2``."""
+    """``grads: (T, E, O)`` -> mean ``|z|`` and the share of entries with ``|z| > 2`` (the
+    engine's per-epoch formula, :func:`autodeeplab.diagnostics.gradient_signal`)."""
     g = grads - grads.mean(-1, keepdims=True)
-    t = len(g)
-    z = np.abs(g.mean(0)) / (g.std(0, ddof=1) / np.sqrt(t))
-    return {"z_mean": float(z.mean()), "z_above_2": float((z > 2).mean())}
+    signal = gradient_signal(g.sum(0), (g * g).sum(0), len(g))
+    z_mean, above = (math.nan, math.nan) if signal is None else signal
+    return {"z_mean": z_mean, "z_above_2": above}
 
 
 def main() -> None:

@@ -10,12 +10,15 @@ import pytest
 
 from autodeeplab.config import load_config
 from autodeeplab.diagnostics import (
+    NOISE_Z_MEAN,
     arch_diagnostics,
     describe,
+    gradient_signal,
     model_diagnostics,
     parameter_free_share,
     stagnation_warning,
 )
+from autodeeplab.engine import search as search_engine
 from autodeeplab.engine.search import run_search
 from autodeeplab.genotype import Genotype
 from autodeeplab.supernet import SearchNetwork
@@ -130,12 +133,41 @@ def test_describe_says_when_no_architecture_step_was_taken():
     assert "no architecture step" not in describe(d, 3, g)
 
 
-def test_search_logs_the_diagnostics_and_writes_a_summary(tmp_path, capsys):
+def test_gradient_signal_against_a_direct_computation():
+    rng = np.random.default_rng(0)
+    grads = rng.normal(0, 1, (7, 5, 8)) + np.linspace(-1, 1, 8)  # a steady push per op
+    g = grads - grads.mean(-1, keepdims=True)
+    z = np.abs(g.mean(0)) / (g.std(0, ddof=1) / np.sqrt(len(g)))
+    got = gradient_signal(g.sum(0), (g * g).sum(0), len(g))
+    assert got == pytest.approx((z.mean(), (z > 2).mean()))
+    # two steps by hand, one entry: gradients 1 and 3 -> mean 2, std sqrt(2), se 1, z 2
+    assert gradient_signal(np.array([4.0]), np.array([10.0]), 2) == pytest.approx((2.0, 0.0))
+    # pure noise: |z| is half-normal, mean sqrt(2 / pi), 4.55 % above 2
+    noise = rng.normal(0, 1, (50, 400, 8))
+    z_mean, above = gradient_signal(noise.sum(0), (noise * noise).sum(0), 50)
+    assert z_mean == pytest.approx(NOISE_Z_MEAN, abs=0.02)
+    assert above == pytest.approx(0.0455, abs=0.01)
+    assert gradient_signal(np.ones(3), np.ones(3), 1) is None  # no spread from one step
+    assert gradient_signal(np.full(3, 2.0), np.full(3, 2.0), 2) is None  # constant: no noise
+
+
+def test_search_logs_the_diagnostics_and_writes_a_summary(tmp_path, capsys, monkeypatch):
+    seen: dict[int, list[np.ndarray]] = {}
+    original = search_engine.SearchEngine.arch_gradients
+
+    def recording(self, *args, **kwargs):
+        value = original(self, *args, **kwargs)
+        if value is not None:
+            seen.setdefault(self.epoch + 1, []).append(self.model.alphas.grad.double().numpy())
+        return value
+
+    monkeypatch.setattr(search_engine.SearchEngine, "arch_gradients", recording)
     cfg = load_config(
         SYNTHETIC,
         [
             "epochs=2",
             "arch_start_epoch=1",
+            "optim.arch_lr=0.003",
             "data.options={length: 16, size: 32, seed: 0}",
             "data.crop_size=32",
             "data.batch_size=2",
@@ -160,6 +192,13 @@ def test_search_logs_the_diagnostics_and_writes_a_summary(tmp_path, capsys):
         if r["type"] == "epoch"
     ]
     assert [r["arch_steps"] for r in epochs] == [0, 4]
+    # the gradient signal of each epoch, from the gradients its architecture steps used
+    assert epochs[0]["alpha_grad_z"] is None and epochs[0]["alpha_grad_z_above_2"] is None
+    g = np.stack(seen[2])
+    g = g - g.mean(-1, keepdims=True)
+    z = np.abs(g.mean(0)) / (g.std(0, ddof=1) / 2.0)
+    assert epochs[1]["alpha_grad_z"] == pytest.approx(z.mean())
+    assert epochs[1]["alpha_grad_z_above_2"] == pytest.approx((z > 2).mean())
     for r in epochs:
         genotype = Genotype.from_string(r["genotype"])
         assert r["parameter_free_share"] == parameter_free_share(genotype)

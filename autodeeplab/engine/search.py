@@ -35,7 +35,12 @@ from autodeeplab.checkpoint import CheckpointError
 from autodeeplab.collapse import CollapseGuards
 from autodeeplab.config import SearchConfig
 from autodeeplab.data import search_split
-from autodeeplab.diagnostics import describe, model_diagnostics, stagnation_warning
+from autodeeplab.diagnostics import (
+    describe,
+    gradient_signal,
+    model_diagnostics,
+    stagnation_warning,
+)
 from autodeeplab.engine.common import global_batch_loss, global_valid_pixels
 from autodeeplab.engine.distributed import dist_info
 from autodeeplab.engine.loop import Batch, EngineBase, RunResult, print_flush
@@ -161,7 +166,8 @@ def unrolled_arch_gradients(
 # ---------------------------------------------------------------------------- helpers
 def _new_epoch_sums() -> dict[str, Any]:
     """Running sums of an epoch: losses and counts of the weight and architecture steps taken,
-    and of the batches skipped because no pixel of them had a valid label."""
+    of the batches skipped because no pixel of them had a valid label, and of the alpha
+    gradients and their squares (:func:`autodeeplab.diagnostics.gradient_signal`)."""
     return {
         "loss": 0.0,
         "steps": 0,
@@ -169,7 +175,19 @@ def _new_epoch_sums() -> dict[str, Any]:
         "arch_loss": 0.0,
         "arch_steps": 0,
         "arch_skipped": 0,
+        "alpha_grad": None,
+        "alpha_grad_sq": None,
     }
+
+
+def _add_alpha_gradient(sums: dict[str, Any], grad: torch.Tensor) -> None:
+    """Add one step's alpha gradient, relative to the mean of each edge's row, in float64."""
+    g = grad.detach().double().cpu()
+    g = g - g.mean(dim=-1, keepdim=True)
+    if sums["alpha_grad"] is None:
+        sums["alpha_grad"], sums["alpha_grad_sq"] = torch.zeros_like(g), torch.zeros_like(g)
+    sums["alpha_grad"] += g
+    sums["alpha_grad_sq"] += g * g
 
 
 def _add_step(sums: dict[str, Any], prefix: str, loss: float | None) -> None:
@@ -359,6 +377,8 @@ class SearchEngine(EngineBase):
         when the batch has no valid pixel."""
         value = self.arch_gradients(val_batch, train_batch)
         if value is not None:
+            # the data's push on the alphas, before a collapse guard adds its own gradient
+            _add_alpha_gradient(self.epoch_sums, self.model.alphas.grad)
             progress = self.schedule.arch_progress(self.global_step)
             self.guards.add_regularizer_gradients(self.model, progress)
             self.a_opt.step()
@@ -526,6 +546,11 @@ class SearchEngine(EngineBase):
             miou = self.evaluate()
         genotype = self.model.genotype()
         diagnostics = model_diagnostics(self.model)
+        signal = (
+            None
+            if sums["alpha_grad"] is None
+            else gradient_signal(sums["alpha_grad"], sums["alpha_grad_sq"], sums["arch_steps"])
+        )
         arch_steps = sums["arch_steps"] + (
             self.history[-1].get("arch_steps", 0) if self.history else 0
         )
@@ -539,6 +564,8 @@ class SearchEngine(EngineBase):
             "skipped_arch_batches": sums["arch_skipped"],
             "mIoU": miou,
             **diagnostics.to_dict(),
+            "alpha_grad_z": None if signal is None else signal[0],
+            "alpha_grad_z_above_2": None if signal is None else signal[1],
             "arch_steps": arch_steps,
             **self.guards.state(
                 self.schedule.run_progress(self.global_step),
