@@ -34,7 +34,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from autodeeplab.diagnostics import STAGNANT_FRACTION, stagnation_warning
+from autodeeplab.diagnostics import NOISE_Z_MEAN, STAGNANT_FRACTION, stagnation_warning
 from autodeeplab.draw import _new_figure
 
 ASSET_DIR = "report_files"
@@ -214,7 +214,9 @@ def draw_search_curves(records: Iterable[Mapping[str, Any]]) -> Figure:
       below which the distribution counts as having moved;
     * ``"free"``: share (%) of parameter-free operations (pooling, skip) in the decoded cell;
     * ``"path"``: log probability of the decoded network path;
-    * ``"arch_steps"``: architecture steps taken so far.
+    * ``"arch_steps"``: architecture steps taken so far;
+    * ``"signal"``: ``alpha_grad_z`` per epoch, the signal in the architecture gradients, with
+      the level pure noise gives (:data:`autodeeplab.diagnostics.NOISE_Z_MEAN`).
 
     A dashed line marks where the architecture steps begin when warm-up epochs precede them.
     Missing or null values leave the point out; unknown keys and record types are ignored.
@@ -284,6 +286,7 @@ def draw_search_curves(records: Iterable[Mapping[str, Any]]) -> Figure:
     free = _series(epochs, "epoch", "parameter_free_share", scale=100.0)
     path = _series(epochs, "epoch", "path_log_prob")
     arch_steps = _series(epochs, "epoch", "arch_steps")
+    signal = _series(epochs, "epoch", "alpha_grad_z")
     has_loss = any(xs for (xs, _), _ in losses)
     has_entropy = any(xs for (xs, _), _ in entropies)
     has_movement = any(xs for (xs, _), _ in movement)
@@ -294,9 +297,15 @@ def draw_search_curves(records: Iterable[Mapping[str, Any]]) -> Figure:
             "(the metrics.jsonl of a search run)"
         )
 
-    fig = _new_figure((9.0, 11.6))
+    fig = _new_figure((9.0, 14.0))
     axes = fig.subplot_mosaic(
-        [["loss", "loss"], ["miou", "entropy"], ["movement", "free"], ["path", "arch_steps"]]
+        [
+            ["loss", "loss"],
+            ["miou", "entropy"],
+            ["movement", "free"],
+            ["path", "arch_steps"],
+            ["signal", "signal"],
+        ]
     )
     start = _arch_start(epochs)
     ax = axes["loss"]
@@ -360,6 +369,28 @@ def draw_search_curves(records: Iterable[Mapping[str, Any]]) -> Figure:
             _tidy(ax, "epoch", ylabel, title, integer_x=True)
         else:
             _no_data(ax, f"no {name.replace('_', ' ')} records")
+
+    ax = axes["signal"]
+    if signal[0]:
+        ax.plot(*signal, color=_ARCH_COLOUR, lw=1.4, marker="o", gid="alpha-grad-z")
+        ax.axhline(
+            NOISE_Z_MEAN,
+            color=_MARK_COLOUR,
+            ls=":",
+            lw=1,
+            gid="noise-level",
+            label=f"{NOISE_Z_MEAN:.2f}: what zero-mean noise gives",
+        )
+        ax.legend(fontsize=8, frameon=False)
+        _tidy(
+            ax,
+            "epoch",
+            "mean |z| of the alpha gradients",
+            "signal in the architecture gradients (mean over standard error)",
+            integer_x=True,
+        )
+    else:
+        _no_data(ax, "no gradient-signal records")
 
     if start is not None:  # between the last warm-up epoch and the first with arch steps
         for name in ("miou", "entropy", "movement", "free", "path", "arch_steps"):

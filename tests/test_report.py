@@ -85,6 +85,7 @@ def _search_records(epochs=4, steps=6, warmup=2, log_every=2):
                 "path_log_prob": -3.0 + 0.25 * epoch,
                 "parameter_free_share": 0.25 * (epoch % 3),
                 "arch_steps": max(0, epoch - warmup) * steps,
+                "alpha_grad_z": 0.8 + 0.3 * (epoch - warmup) if arch else None,
                 "arch_search": arch,
                 "genotype": "cell=... path=...",
                 "time_s": 1.5,
@@ -157,7 +158,16 @@ def test_search_curves_plot_the_records():
     steps_per_epoch, warmup = 6, 2
     records = _search_records(epochs=4, steps=steps_per_epoch, warmup=warmup)
     axes = _axes(draw_search_curves(records))
-    assert set(axes) == {"loss", "miou", "entropy", "movement", "free", "path", "arch_steps"}
+    assert set(axes) == {
+        "loss",
+        "miou",
+        "entropy",
+        "movement",
+        "free",
+        "path",
+        "arch_steps",
+        "signal",
+    }
     steps = [r for r in records if r["type"] == "step"]
     epochs = [r for r in records if r["type"] == "epoch"]
 
@@ -203,17 +213,22 @@ def test_search_curves_plot_the_records():
     assert ys == pytest.approx([100 * r["parameter_free_share"] for r in epochs])
     assert _line(axes["path"], "path")[1] == [r["path_log_prob"] for r in epochs]
     assert _line(axes["arch_steps"], "arch-steps") == ([1, 2, 3, 4], [0, 0, 6, 12])
+    # the gradient signal from the first epoch with architecture steps, and the noise level
+    xs, ys = _line(axes["signal"], "alpha-grad-z")
+    assert xs == [3, 4] and ys == pytest.approx([1.1, 1.4])
+    (noise,) = _by_gid(axes["signal"], "noise-level")
+    assert list(noise.get_ydata()) == pytest.approx([math.sqrt(2 / math.pi)] * 2)
 
 
 def test_search_curves_of_a_log_without_the_movement_figures():
     """Logs written before the movement diagnostics existed still draw; the new panels say that
     they have no data."""
     keys = ("alpha_entropy_fraction", "beta_entropy_fraction", "path_log_prob")
-    keys += ("parameter_free_share", "arch_steps")
+    keys += ("parameter_free_share", "arch_steps", "alpha_grad_z")
     records = [{k: v for k, v in r.items() if k not in keys} for r in _search_records()]
     axes = _axes(draw_search_curves(records))
     assert _by_gid(axes["entropy"], "alpha-entropy")
-    for name in ("movement", "free", "path", "arch_steps"):
+    for name in ("movement", "free", "path", "arch_steps", "signal"):
         assert not axes[name].lines and _no_data(axes[name]), name
     assert search_warning(records) is None
 
