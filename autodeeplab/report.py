@@ -343,15 +343,12 @@ def draw_search_curves(records: Iterable[Mapping[str, Any]]) -> Figure:
     ax = axes["movement"]
     if has_movement:
         _plot_lines(ax, movement)
-        ax.axhline(
+        _reference_level(
+            ax,
             100 * STAGNANT_FRACTION,
-            color=_MARK_COLOUR,
-            ls=":",
-            lw=1,
-            gid="stagnation-threshold",
-            label=f"{100 * STAGNANT_FRACTION:.0f} % (barely moved above)",
+            "stagnation-threshold",
+            f"{100 * STAGNANT_FRACTION:.0f} % (barely moved above)",
         )
-        ax.legend(fontsize=8, frameon=False)
         _tidy(ax, "epoch", "% of maximum entropy", "movement of the distributions", integer_x=True)
     else:
         _no_data(ax, "no entropy-fraction records")
@@ -373,15 +370,9 @@ def draw_search_curves(records: Iterable[Mapping[str, Any]]) -> Figure:
     ax = axes["signal"]
     if signal[0]:
         ax.plot(*signal, color=_ARCH_COLOUR, lw=1.4, marker="o", gid="alpha-grad-z")
-        ax.axhline(
-            NOISE_Z_MEAN,
-            color=_MARK_COLOUR,
-            ls=":",
-            lw=1,
-            gid="noise-level",
-            label=f"{NOISE_Z_MEAN:.2f}: what zero-mean noise gives",
+        _reference_level(
+            ax, NOISE_Z_MEAN, "noise-level", f"{NOISE_Z_MEAN:.2f}: what zero-mean noise gives"
         )
-        ax.legend(fontsize=8, frameon=False)
         _tidy(
             ax,
             "epoch",
@@ -397,6 +388,12 @@ def draw_search_curves(records: Iterable[Mapping[str, Any]]) -> Figure:
             if axes[name].lines:
                 axes[name].axvline(start - 0.5, color=_MARK_COLOUR, ls="--", lw=1, gid="arch-start")
     return fig
+
+
+def _reference_level(ax: Axes, y: float, gid: str, label: str) -> None:
+    """A dotted horizontal line that the curves of ``ax`` are read against, and the legend."""
+    ax.axhline(y, color=_MARK_COLOUR, ls=":", lw=1, gid=gid, label=label)
+    ax.legend(fontsize=8, frameon=False)
 
 
 def search_warning(records: Iterable[Mapping[str, Any]]) -> str | None:
