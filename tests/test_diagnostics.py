@@ -3,12 +3,10 @@ epoch lines and summary."""
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from autodeeplab.config import load_config
 from autodeeplab.diagnostics import (
     NOISE_Z_MEAN,
     arch_diagnostics,
@@ -23,7 +21,7 @@ from autodeeplab.engine.search import run_search
 from autodeeplab.genotype import Genotype
 from autodeeplab.supernet import SearchNetwork
 
-SYNTHETIC = Path(__file__).resolve().parents[1] / "configs" / "search" / "synthetic.yaml"
+from runs import tiny_search
 
 
 def _used(layers: int) -> np.ndarray:
@@ -162,26 +160,7 @@ def test_search_logs_the_diagnostics_and_writes_a_summary(tmp_path, capsys, monk
         return value
 
     monkeypatch.setattr(search_engine.SearchEngine, "arch_gradients", recording)
-    cfg = load_config(
-        SYNTHETIC,
-        [
-            "epochs=2",
-            "arch_start_epoch=1",
-            "optim.arch_lr=0.003",
-            "data.options={length: 16, size: 32, seed: 0}",
-            "data.crop_size=32",
-            "data.batch_size=2",
-            "data.eval_batch_size=4",
-            "data.max_eval_samples=4",
-            "model.layers=3",
-            "model.blocks=2",
-            "model.filter_multiplier=2",
-            "model.stem_channels=[8, 8, 8]",
-            "progress=false",
-            "tensorboard=false",
-            f"output={tmp_path / 'run'}",
-        ],
-    )
+    cfg = tiny_search(tmp_path, "optim.arch_lr=0.003")  # the paper's rate
     result = run_search(cfg)
     lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("epoch ")]
     assert "(no architecture step yet" in lines[0] and "(no architecture step" not in lines[1]
