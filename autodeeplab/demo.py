@@ -309,9 +309,12 @@ def _run_stages(
     majority, baseline = majority_baseline(train_set, val, loaded.config.ignore_index)
     names = loaded.config.class_names
     architectures = []
+    evaluated = {trained.output: (loaded, cm)}  # a baseline the search found is its run
     for name, (kind, arch, run_dir) in runs.items():
-        model = loaded if name == "searched" else load_model(run_dir / "best")
-        arch_cm = cm if model is loaded else _evaluate(model, val, d.eval_batch_size)
+        if run_dir not in evaluated:
+            other = load_model(run_dir / "best")
+            evaluated[run_dir] = (other, _evaluate(other, val, d.eval_batch_size))
+        model, arch_cm = evaluated[run_dir]
         size = complexity(model.model, (d.crop_size, d.crop_size))
         architectures.append(
             {
