@@ -1,7 +1,15 @@
-"""A discrete Auto-DeepLab architecture: one cell plus a network-level path.
+"""A discrete Auto-DeepLab architecture: one cell plus its network-level topology.
 
-A :class:`Genotype` is a frozen, validated value: every instance that exists is a valid
-architecture, it round-trips losslessly through JSON and has a short canonical string.
+The network level is a single path (one level per layer, the paper's networks) or, after a
+DiNTS search, a multi-path :class:`~autodeeplab.topology.Topology` (a set of active trellis
+transitions per layer). A :class:`Genotype` is a frozen, validated value: every instance that
+exists is a valid architecture, it round-trips losslessly through JSON and has a short
+canonical string.
+
+JSON formats: version 1 holds ``path`` and ``cell``; version 2 holds ``cell`` and either
+``path`` or ``transitions`` (per layer, the active ``[source_level, target_level]`` pairs).
+A genotype is written in the lowest version that holds it (single paths stay version 1, so
+files stay readable by earlier releases); both versions load.
 """
 
 from __future__ import annotations
@@ -12,28 +20,60 @@ from pathlib import Path
 from typing import Any
 
 from autodeeplab import space
+from autodeeplab.topology import Topology
 
 Branch = tuple[int, str]
 """``(input_index, op_name)``: one of the two branches of a block."""
 Block = tuple[Branch, Branch]
 
-JSON_FORMAT_VERSION = 1
+JSON_FORMAT_VERSION = 2
+"""Newest JSON format this release reads and writes (see the module docstring)."""
+
+SINGLE_PATH_FORMAT_VERSION = 1
+"""Format of single-path genotypes (the version that introduced them)."""
+
+_KEYS = {1: {"path", "cell"}, 2: {"cell"}}
+"""Required keys per format version (version 2 also needs ``path`` or ``transitions``)."""
 
 
 @dataclass(frozen=True)
 class Genotype:
-    """Cell (``B`` blocks of two ``(input, op)`` branches) and path (one level per layer).
+    """Cell (``B`` blocks of two ``(input, op)`` branches) and network-level topology.
+
+    Give the topology as ``path`` (one level per layer) or as ``topology`` (a
+    :class:`~autodeeplab.topology.Topology`, possibly multi-path); both are then set:
+    ``topology`` always, ``path`` for a single-path topology and ``None`` otherwise. Giving both
+    is allowed when they agree (as :func:`dataclasses.replace` does).
 
     Within a block the two branches are kept sorted by input index (a block adds them, so the
     order carries no meaning).
     """
 
     cell: tuple[Block, ...]
-    path: tuple[int, ...]
+    path: tuple[int, ...] | None = None
+    topology: Topology | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cell", _normalise_cell(self.cell))
-        object.__setattr__(self, "path", _normalise_path(self.path))
+        path, topology = self.path, self.topology
+        if topology is not None and not isinstance(topology, Topology):
+            raise ValueError(
+                f"topology must be an autodeeplab.topology.Topology, got {type(topology).__name__}"
+            )
+        if path is None:
+            if topology is None:
+                raise ValueError("a genotype needs a path or a topology")
+            path = topology.path() if topology.is_single_path() else None
+        else:
+            path = _normalise_path(path)
+            from_path = Topology.from_path(path)
+            if topology is not None and topology != from_path:
+                raise ValueError(
+                    f"path {list(path)} and topology {topology} disagree; give one of them"
+                )
+            topology = from_path
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "topology", topology)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -42,24 +82,46 @@ class Genotype:
 
     @property
     def layers(self) -> int:
-        return len(self.path)
+        return self.topology.num_layers
+
+    @property
+    def is_multi_path(self) -> bool:
+        """More than one active node in some layer (a DiNTS topology)."""
+        return self.path is None
+
+    @property
+    def output_levels(self) -> tuple[int, ...]:
+        """Levels of the last layer's active nodes (the ones that feed the head)."""
+        return self.topology.active_levels(self.layers - 1)
 
     @property
     def output_stride(self) -> int:
-        """Downsample rate of the last cell."""
-        return space.LEVEL_STRIDES[self.path[-1]]
+        """Downsample rate of the finest node of the last layer (of the last cell for a path)."""
+        return space.LEVEL_STRIDES[min(self.output_levels)]
 
     @property
     def max_stride(self) -> int:
-        """Deepest downsample rate along the path."""
-        return space.LEVEL_STRIDES[max(self.path)]
+        """Deepest downsample rate of any active node."""
+        return space.LEVEL_STRIDES[max(d for layer in self.topology.layers for _, d in layer)]
 
     # ------------------------------------------------------------------ (de)serialisation
+    @property
+    def format_version(self) -> int:
+        """The JSON format version :meth:`to_dict` writes: the lowest that holds this genotype."""
+        return JSON_FORMAT_VERSION if self.is_multi_path else SINGLE_PATH_FORMAT_VERSION
+
     def to_dict(self) -> dict[str, Any]:
+        cell = [[[i, op] for i, op in block] for block in self.cell]
+        if self.path is not None:
+            return {
+                "format_version": SINGLE_PATH_FORMAT_VERSION,
+                "path": list(self.path),
+                "cell": cell,
+            }
         return {
             "format_version": JSON_FORMAT_VERSION,
-            "path": list(self.path),
-            "cell": [[[i, op] for i, op in block] for block in self.cell],
+            "transitions": self.topology.to_dict()["transitions"],
+            "cell": cell,
         }
 
     @classmethod
@@ -68,19 +130,31 @@ class Genotype:
             raise ValueError(
                 f"a genotype must be a JSON object with keys 'path' and 'cell', got {type(data).__name__}"
             )
-        unknown = set(data) - {"format_version", "path", "cell"}
+        version = data.get("format_version", SINGLE_PATH_FORMAT_VERSION)
+        if type(version) is not int or version not in _KEYS:  # not 1.0, not true
+            raise ValueError(
+                f"genotype format_version {version!r} is not supported (supported: "
+                f"{', '.join(map(str, sorted(_KEYS)))})"
+            )
+        allowed = {"format_version", "path", "cell"} | ({"transitions"} if version >= 2 else set())
+        unknown = set(data) - allowed
         if unknown:
             raise ValueError(
-                f"unknown genotype keys {sorted(unknown)}; expected 'path', 'cell' and optionally 'format_version'"
+                f"unknown genotype keys {sorted(unknown)} for format_version {version}; expected "
+                f"{', '.join(repr(k) for k in sorted(allowed - {'format_version'}))} and "
+                "optionally 'format_version'"
             )
-        missing = {"path", "cell"} - set(data)
+        missing = _KEYS[version] - set(data)
         if missing:
             raise ValueError(f"genotype is missing {sorted(missing)}")
-        version = data.get("format_version", JSON_FORMAT_VERSION)
-        if type(version) is not int or version != JSON_FORMAT_VERSION:  # not 1.0, not true
+        if version >= 2 and ("path" in data) == ("transitions" in data):
             raise ValueError(
-                f"genotype format_version {version!r} is not supported (expected {JSON_FORMAT_VERSION})"
+                "a format_version 2 genotype has exactly one of 'path' (a single path) and "
+                "'transitions' (per layer, the active [source_level, target_level] pairs)"
             )
+        if "transitions" in data:
+            topo = Topology.from_dict({"transitions": data["transitions"]})
+            return cls(cell=data["cell"], topology=topo)
         return cls(cell=data["cell"], path=data["path"])
 
     def to_json(self, indent: int | None = None) -> str:
@@ -108,28 +182,43 @@ class Genotype:
             raise ValueError(f"invalid genotype file {path}: {err}") from None
 
     def __str__(self) -> str:
-        """Short canonical form, e.g. ``path=0-0-1|cell=0:atr_conv_5x5+1:sep_conv_3x3/...``."""
-        path = "-".join(str(s) for s in self.path)
+        """Short canonical form, e.g. ``path=0-0-1|cell=0:atr_conv_5x5+1:sep_conv_3x3/...``;
+        a multi-path topology is written ``transitions=0>0;0>0,0>1;...`` (layers separated by
+        ``;``, a layer's active ``source>target`` transitions by ``,``)."""
         cell = "/".join("+".join(f"{i}:{op}" for i, op in block) for block in self.cell)
-        return f"path={path}|cell={cell}"
+        if self.path is not None:
+            return f"path={'-'.join(str(s) for s in self.path)}|cell={cell}"
+        layers = ";".join(",".join(f"{s}>{d}" for s, d in t) for t in self.topology.layers)
+        return f"transitions={layers}|cell={cell}"
 
     @classmethod
     def from_string(cls, text: str) -> Genotype:
         """Parse the canonical form produced by ``str(genotype)``."""
         try:
-            path_part, cell_part = text.strip().split("|")
-            if not path_part.startswith("path=") or not cell_part.startswith("cell="):
+            net_part, cell_part = text.strip().split("|")
+            if not cell_part.startswith("cell="):
                 raise ValueError
-            path = tuple(int(s) for s in path_part[len("path=") :].split("-"))
             cell = tuple(
                 tuple((int(b.split(":")[0]), b.split(":")[1]) for b in block.split("+"))
                 for block in cell_part[len("cell=") :].split("/")
             )
+            if net_part.startswith("path="):
+                path = tuple(int(s) for s in net_part[len("path=") :].split("-"))
+                return cls(cell=cell, path=path)
+            if not net_part.startswith("transitions="):
+                raise ValueError
+            layers = tuple(
+                tuple(tuple(int(x) for x in pair.split(">", 1)) for pair in layer.split(","))
+                for layer in net_part[len("transitions=") :].split(";")
+            )
+            if any(len(pair) != 2 for layer in layers for pair in layer):
+                raise ValueError
         except (ValueError, IndexError):
             raise ValueError(
-                f"cannot parse genotype string {text!r}; expected 'path=0-0-1|cell=0:op+1:op/...'"
+                f"cannot parse genotype string {text!r}; expected 'path=0-0-1|cell=0:op+1:op/...' "
+                "or 'transitions=0>0;0>0,0>1;...|cell=...'"
             ) from None
-        return cls(cell=cell, path=path)
+        return cls(cell=cell, topology=Topology(layers))
 
 
 # ---------------------------------------------------------------------- validation

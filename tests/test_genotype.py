@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -6,6 +7,7 @@ from hypothesis import strategies as st
 
 from autodeeplab import space
 from autodeeplab.genotype import GENOTYPES, RELEASED, Genotype, get_genotype
+from autodeeplab.topology import Topology
 
 
 def test_released_preset_matches_spec():
@@ -180,3 +182,126 @@ def test_format_version_must_be_the_integer_1():
     for bad in (1.0, True, "1"):
         with pytest.raises(ValueError, match="format_version"):
             Genotype.from_dict({**data, "format_version": bad})
+
+
+# ---------------------------------------------------------------------------- multi-path (format 2)
+@st.composite
+def topologies(draw, max_layers: int = 8) -> Topology:
+    """Feasible topologies: every active node feeds a non-empty set of the moves it has."""
+    layers, active = [], [space.STEM_LEVEL]
+    for _ in range(draw(st.integers(1, max_layers))):
+        trans = []
+        for src in active:
+            dsts = [d for d in (src - 1, src, src + 1) if 0 <= d < space.NUM_LEVELS]
+            chosen = draw(st.lists(st.sampled_from(dsts), min_size=1, max_size=3, unique=True))
+            trans += [(src, d) for d in chosen]
+        layers.append(tuple(trans))
+        active = sorted({d for _, d in trans})
+    return Topology(tuple(layers))
+
+
+@st.composite
+def multi_path_genotypes(draw) -> Genotype:
+    return Genotype(cell=draw(genotypes()).cell, topology=draw(topologies()))
+
+
+TWO_PATHS = Topology((((0, 0), (0, 1)), ((0, 0), (1, 1)), ((0, 0), (1, 2))))
+"""Layer 0 splits into levels 0 and 1, layer 1 merges into level 1 from both (and keeps level
+0), layer 2 leaves level 0 to 0 and level 1 to 2: active last-layer levels 0 and 2."""
+
+
+@PROPERTY
+@given(multi_path_genotypes())
+def test_multi_path_round_trips_are_lossless(g):
+    assert Genotype.from_dict(g.to_dict()) == g
+    assert Genotype.from_json(g.to_json(indent=2)) == g
+    assert Genotype.from_string(str(g)) == g
+    # the lowest format that holds it: a single path stays version 1
+    assert g.to_dict()["format_version"] == (2 if g.is_multi_path else 1)
+    assert ("path" in g.to_dict()) == (not g.is_multi_path)
+
+
+def test_multi_path_genotype_views():
+    g = Genotype(cell=RELEASED.cell, topology=TWO_PATHS)
+    assert g.is_multi_path and g.path is None and g.layers == 3
+    assert g.output_levels == (0, 2)
+    assert g.output_stride == 4  # the finest node of the last layer
+    assert g.max_stride == 16  # level 2
+    assert g.to_dict() == {
+        "format_version": 2,
+        "transitions": [[[0, 0], [0, 1]], [[0, 0], [1, 1]], [[0, 0], [1, 2]]],
+        "cell": [[[i, op] for i, op in block] for block in RELEASED.cell],
+    }
+    assert str(g).startswith("transitions=0>0,0>1;0>0,1>1;0>0,1>2|cell=")
+
+
+def test_a_single_path_given_as_topology_is_the_path_genotype():
+    by_path = Genotype(cell=RELEASED.cell, path=(0, 1, 1))
+    by_topology = Genotype(cell=RELEASED.cell, topology=Topology.from_path((0, 1, 1)))
+    assert by_topology == by_path and by_topology.path == (0, 1, 1)
+    assert not by_path.is_multi_path
+    assert by_path.topology == Topology((((0, 0),), ((0, 1),), ((1, 1),)))
+    assert dataclasses.replace(by_path, cell=RELEASED.cell[:2]).path == (0, 1, 1)
+
+
+def test_version_1_files_load_and_version_2_accepts_a_path(tmp_path):
+    v1 = tmp_path / "v1.json"
+    v1.write_text(
+        json.dumps(
+            {
+                "format_version": 1,
+                "path": [0, 1],
+                "cell": [[[0, "skip_connect"], [1, "max_pool_3x3"]]],
+            }
+        )
+    )
+    assert Genotype.load(v1).path == (0, 1)
+    v2 = {"format_version": 2, "path": [0, 1], "cell": [[[0, "skip_connect"], [1, "max_pool_3x3"]]]}
+    assert Genotype.from_dict(v2) == Genotype.load(v1)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"format_version": 1, "transitions": [[[0, 0]]]}, "unknown genotype keys"),
+        ({"format_version": 2}, "exactly one of .path."),
+        ({"format_version": 2, "path": [0], "transitions": [[[0, 0]]]}, "exactly one"),
+        ({"format_version": 2, "transitions": [[[0, 0]], [[1, 1]]]}, "layer 1"),  # from a dead node
+        ({"format_version": 2, "transitions": [[[0, 0], [0, 1]], [[0, 0]]]}, "feed no transition"),
+        ({"format_version": 2, "transitions": [[[0, 2]]]}, "more than one"),
+        ({"format_version": 2, "transitions": [[]]}, "no active transition"),
+        ({"format_version": 2, "transitions": "0>0"}, "transitions"),
+        ({"format_version": 3, "path": [0]}, "format_version 3 is not supported"),
+    ],
+)
+def test_invalid_format_2_genotypes_raise(data, message):
+    cell = [[[0, "skip_connect"], [1, "max_pool_3x3"]]]
+    with pytest.raises(ValueError, match=message):
+        Genotype.from_dict({"cell": cell, **data})
+
+
+def test_path_and_topology_must_agree():
+    with pytest.raises(ValueError, match="disagree"):
+        Genotype(cell=RELEASED.cell, path=(0, 0, 0), topology=TWO_PATHS)
+    with pytest.raises(ValueError, match="path or a topology"):
+        Genotype(cell=RELEASED.cell)
+
+
+@PROPERTY
+@given(st.text(max_size=60) | multi_path_genotypes().map(str).map(lambda s: s[: len(s) // 2]))
+def test_from_string_of_any_multi_path_text_raises_only_value_error(text):
+    _only_value_errors(Genotype.from_string, "transitions=" + text)
+
+
+@PROPERTY
+@given(
+    st.fixed_dictionaries(
+        {
+            "transitions": json_values | st.lists(st.lists(st.lists(st.integers(-1, 4)))),
+            "cell": json_values,
+        },
+        optional={"format_version": st.sampled_from([1, 2, 2.0, "2"]), "path": json_values},
+    )
+)
+def test_from_dict_of_any_format_2_like_json_raises_only_value_error(data):
+    _only_value_errors(Genotype.from_dict, data)
