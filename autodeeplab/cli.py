@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from autodeeplab import __version__
+from autodeeplab.extras import MissingExtraError
 
 if TYPE_CHECKING:
     from autodeeplab.inference import SlidingWindow
@@ -628,6 +629,25 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         metavar="DEVICE",
         help="with --jobs: one device per worker process, e.g. cuda:0 cuda:1",
     )
+    ray = p.add_argument_group(
+        "Ray cluster (pip install 'autodeeplab[ray]'; the study folder must be on storage every "
+        "node mounts at the same path)"
+    )
+    ray.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run the trials as Ray tasks: 'auto' (the cluster started with `ray start`), "
+        "'ray://host:10001', or 'local' (a private cluster on this machine)",
+    )
+    ray.add_argument(
+        "--cpus-per-trial", type=float, default=1.0, help="with --ray: CPUs a trial reserves"
+    )
+    ray.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=0.0,
+        help="with --ray: GPUs a trial reserves (> 0: trials run on CUDA; 0.5 lets two share one)",
+    )
     p.add_argument(
         "--dry-run",
         action="store_true",
@@ -648,8 +668,18 @@ def _run_study(args: argparse.Namespace) -> int:
     if args.dry_run:
         print("\n".join(describe(Study(config, device=args.device))))
         return 0
+    ray = None
+    if args.ray is not None:
+        from autodeeplab.ray_trials import RayOptions, import_ray
+
+        ray = RayOptions(args.ray, args.cpus_per_trial, args.gpus_per_trial)
+        import_ray()  # the install hint before any trial starts
+    elif args.cpus_per_trial != 1.0 or args.gpus_per_trial != 0.0:
+        raise ValueError("--cpus-per-trial and --gpus-per-trial go with --ray")
     try:
-        result = run_study(config, device=args.device, jobs=args.jobs, devices=args.devices)
+        result = run_study(
+            config, device=args.device, jobs=args.jobs, devices=args.devices, ray=ray
+        )
     except NonFiniteLossError as err:
         print(f"autodeeplab study: error: {err}", file=sys.stderr)
         return 3
@@ -989,7 +1019,7 @@ def error_report(err: BaseException, oom_hint: str = "") -> tuple[int, str]:
 
     Errors the user can fix get status 2 and a message saying what was wrong: invalid values
     and files (``ValueError``, which includes config, data set, checkpoint and genotype errors;
-    ``FileNotFoundError``), out of memory (with ``oom_hint``) and operating-system errors such
+    ``FileNotFoundError``), an optional dependency that is not installed, out of memory (with ``oom_hint``) and operating-system errors such
     as a read-only or full disk. Ctrl-C gives 130. Anything else is an internal error (1).
     """
     if isinstance(err, KeyboardInterrupt):
@@ -1002,7 +1032,7 @@ def error_report(err: BaseException, oom_hint: str = "") -> tuple[int, str]:
         where = f": {err.filename}" if err.filename is not None else ""
         what = err.strerror or os.strerror(err.errno)
         return EXIT_USER_ERROR, f"{what}{where}; {_OS_ADVICE[err.errno]}"
-    if isinstance(err, ValueError | FileNotFoundError):
+    if isinstance(err, ValueError | FileNotFoundError | MissingExtraError):
         return EXIT_USER_ERROR, str(err)
     return EXIT_INTERNAL_ERROR, (
         f"internal error: {type(err).__name__}: {_first_sentences(str(err))} "

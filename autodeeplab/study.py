@@ -66,6 +66,7 @@ from autodeeplab.config import (
 )
 from autodeeplab.engine.loop import print_flush
 from autodeeplab.genotype import RELEASED, Genotype
+from autodeeplab.ray_trials import RayOptions, run_on_ray
 from autodeeplab.sample import LARGEST_BY
 
 FORMAT_VERSION = 1
@@ -847,6 +848,7 @@ def _run_trials(
     jobs: int,
     devices: Sequence[str] | None,
     log: Callable[[str], None] | None,
+    ray: RayOptions | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or skip, when finished) every trial; records in the order of ``trials``."""
     records: dict[str, dict[str, Any]] = {}
@@ -865,7 +867,10 @@ def _run_trials(
         _append_jsonl(log_path, record)
         progress.finish(t, record, ran=True)
 
-    if jobs <= 1 or len(todo) <= 1:
+    if ray is not None:
+        for t, record in run_on_ray(todo, ray, started=progress.start):
+            finished(t, record)
+    elif jobs <= 1 or len(todo) <= 1:
         for t in todo:
             progress.start(t)
             engine_log = None if log is None else (lambda text, _log=log: _log("    " + text))
@@ -1446,17 +1451,25 @@ def run_study(
     jobs: int = 1,
     devices: Sequence[str] | None = None,
     log: Callable[[str], None] | None = print_flush,
+    ray: RayOptions | None = None,
 ) -> StudyResult:
     """Run (or continue) a study: search trials, then every candidate once per training seed,
     then ``study.json`` / ``.md`` / ``.html`` / ``.png``.
 
     ``jobs > 1`` runs that many trials at once in worker processes, each worker on one of
     ``devices`` (e.g. ``["cuda:0", "cuda:1"]``; default: every worker on the configs' device).
+    ``ray`` hands the trials to a Ray cluster instead (:mod:`autodeeplab.ray_trials`); the
+    study's ``output`` must then be a folder every node mounts at the same path.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     if devices is not None and not devices:
         raise ValueError("devices: give at least one device or leave it out")
+    if ray is not None and (jobs > 1 or devices or device):
+        raise ValueError(
+            "with Ray the cluster's resources decide where and how many trials run: leave out "
+            "jobs, devices and device (set cpus/gpus per trial instead)"
+        )
     study = Study(config, device=device)
     existed = (study.output / "study.yaml").is_file()
     study.prepare()
@@ -1469,7 +1482,7 @@ def run_study(
         f"{study.trial_count} trials"
     )
     searches = study.search_trials()
-    search_records = _run_trials(study, searches, progress, jobs, devices, log)
+    search_records = _run_trials(study, searches, progress, jobs, devices, log, ray)
     genotypes = {r["seed"]: Genotype.from_string(r["genotype"]) for r in search_records}
     candidates = study.with_searched(genotypes)
     for c in candidates:
@@ -1479,7 +1492,7 @@ def run_study(
     for name, earlier in same_architecture(candidates).items():
         progress.say(f"{name} is the same architecture as {earlier}: trained once, reported twice")
     progress.set_trains(len(trains))
-    train_records = _run_trials(study, trains, progress, jobs, devices, log)
+    train_records = _run_trials(study, trains, progress, jobs, devices, log, ray)
     results = collect(study, candidates, train_records, search_records)
     summary = write_outputs(study, results)
     ran = sum(len(v) for v in progress.seconds.values())

@@ -642,8 +642,13 @@ def test_parallel_jobs_give_the_sequential_results(tmp_path):
         load(tmp_path, {**data, "output": str(tmp_path / "parallel")}), jobs=2, devices=["cpu"]
     )
     assert parallel.ran == 2
-    a = strict_json(tmp_path / "sequential" / "study.json")
-    b = strict_json(tmp_path / "parallel" / "study.json")
+    assert_same_results(tmp_path / "sequential", tmp_path / "parallel")
+
+
+def assert_same_results(reference: Path, other: Path) -> None:
+    """``other`` ran the two random trials of ``study_data(train_seeds=[0])`` itself and has
+    ``reference``'s results."""
+    a, b = strict_json(reference / "study.json"), strict_json(other / "study.json")
     assert a["candidates"] == b["candidates"] and a["summary"] == b["summary"]
-    log = [json.loads(line) for line in (tmp_path / "parallel" / "trials.jsonl").open()]
+    log = [json.loads(line) for line in (other / "trials.jsonl").open()]
     assert sorted(r["name"] for r in log) == ["random-0/seed0", "random-1/seed0"]
