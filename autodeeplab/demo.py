@@ -122,7 +122,7 @@ def demo_baselines(searched: Genotype, seed: int) -> dict[str, tuple[str, Genoty
     from autodeeplab import space
     from autodeeplab.sample import sample_genotypes
 
-    layers, blocks = len(searched.path), searched.blocks
+    layers, blocks = searched.layers, searched.blocks
     (drawn,) = sample_genotypes(1, seed, layers=layers, blocks=blocks)
     families = space.hand_designed_paths(layers)
     family = next(f for f in HAND_DESIGNED_FAMILIES if f in families)
