@@ -40,9 +40,14 @@ def predict_volume_logits(
     sw_batch_size: int = 1,
     mode: str = "gaussian",
     sigma_scale: float = 0.125,
+    output_device: str | torch.device | None = None,
 ) -> torch.Tensor:
     """Class scores ``(N, K, D, H, W)`` for normalised volumes ``(N, C, D, H, W)`` (or one
-    ``(C, D, H, W)`` volume, giving ``(K, D, H, W)``). Put the model in eval mode first."""
+    ``(C, D, H, W)`` volume, giving ``(K, D, H, W)``). Put the model in eval mode first.
+
+    Windows run on the device of ``image``; the blended logits are gathered on
+    ``output_device`` (default: the same), e.g. ``"cpu"`` when a large volume's logits do
+    not fit next to the network in GPU memory."""
     if image.ndim not in (4, 5):
         raise ValueError(
             f"expected a volume (C, D, H, W) or a batch (N, C, D, H, W), got {tuple(image.shape)}"
@@ -63,6 +68,8 @@ def predict_volume_logits(
         overlap=overlap,
         mode=mode,
         sigma_scale=sigma_scale,
+        sw_device=image.device,
+        device=output_device if output_device is not None else image.device,
     )
     if hasattr(logits, "as_tensor"):  # MONAI may wrap the result in a MetaTensor
         logits = logits.as_tensor()

@@ -55,8 +55,10 @@ def test_blending_a_pointwise_model_equals_the_whole_volume(roi, overlap):
     x = torch.randn(2, 21, 17, 30)  # one (C, D, H, W) volume, not a multiple of the window
     with torch.no_grad():
         whole = model(x[None])[0]
-    out = predict_volume_logits(model, x, roi, overlap=overlap, sw_batch_size=3)
-    assert out.shape == (3, 21, 17, 30)
+    out = predict_volume_logits(
+        model, x, roi, overlap=overlap, sw_batch_size=3, output_device="cpu"
+    )
+    assert out.shape == (3, 21, 17, 30) and out.device.type == "cpu"
     torch.testing.assert_close(out, whole, rtol=1e-5, atol=1e-5)
 
 
@@ -216,3 +218,16 @@ def test_label_nifti_drops_the_input_intensity_scaling(tmp_path):
         write_label_nifti(tmp_path / "q.nii.gz", labels + 300, affine)
     with pytest.raises(ValueError, match=r"\(D, H, W\) volume"):
         write_label_nifti(tmp_path / "q.nii.gz", labels[0], affine)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_windows_with_logits_gathered_on_the_cpu():
+    model = pointwise()
+    x = torch.randn(2, 20, 18, 22)
+    expected = predict_volume_logits(model, x, 8)
+    out = predict_volume_logits(model.cuda(), x.cuda(), 8, output_device="cpu")
+    assert out.device.type == "cpu"
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    on_gpu = predict_volume_logits(model, x.cuda(), 8)
+    assert on_gpu.device.type == "cuda"

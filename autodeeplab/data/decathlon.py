@@ -7,7 +7,8 @@ Intensities are normalised per modality (see :meth:`Decathlon.normalize`):
 - ``CT``: clipped to a window and scaled to ``[0, 1]``. The window is ``ct_window`` when given,
   otherwise the 0.5 and 99.5 percentiles of the foreground (label > 0) intensities of the
   ``train`` volumes, the same for every split (so ``val`` and ``test`` use the window of
-  ``train``, estimated on first use and available as :attr:`Decathlon.ct_window`).
+  ``train``). It is estimated when the data set is built (one pass over the ``train``
+  volumes) and kept in :attr:`Decathlon.ct_window`.
 - any other modality (MR: ``FLAIR``, ``T1w``, ``T2``, ``ADC`` ...): z-score over the nonzero
   voxels of each volume and channel; zero voxels stay 0.
 """
@@ -160,7 +161,12 @@ class Decathlon(VolumeDataset):
         super().__init__(
             class_names, default_palette(len(class_names)), transform, labelled=split != "test"
         )
-        self._ct_window = ct_window
+        # Estimated once here rather than on first use: DataLoader workers get copies of the
+        # data set, and each would otherwise read every training volume again.
+        if ct_window is None and any(is_ct(m) for m in self.modalities):
+            ct_window = self._estimate_ct_window()
+        self.ct_window: tuple[float, float] | None = ct_window
+        """The CT window in use; ``None`` without a CT modality."""
 
     # -- listing ----------------------------------------------------------------------------
 
@@ -260,14 +266,6 @@ class Decathlon(VolumeDataset):
             )
         return label
 
-    @property
-    def ct_window(self) -> tuple[float, float] | None:
-        """The CT window in use (``None`` without a CT modality); estimated from the ``train``
-        volumes on first use unless one was given."""
-        if self._ct_window is None and any(is_ct(m) for m in self.modalities):
-            self._ct_window = self._estimate_ct_window()
-        return self._ct_window
-
     def _estimate_ct_window(self) -> tuple[float, float]:
         rng = np.random.default_rng(self.seed)
         channels = [c for c, m in enumerate(self.modalities) if is_ct(m)]
@@ -284,9 +282,8 @@ class Decathlon(VolumeDataset):
         out = np.empty(image.shape, dtype=np.float32)
         for c, modality in enumerate(self.modalities):
             if is_ct(modality):
-                window = self.ct_window
-                assert window is not None
-                out[c] = normalize_ct(image[c], window)
+                assert self.ct_window is not None  # set in __init__ when a modality is CT
+                out[c] = normalize_ct(image[c], self.ct_window)
             else:
                 out[c] = normalize_nonzero(image[c])
         return out
