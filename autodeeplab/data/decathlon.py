@@ -220,6 +220,11 @@ class Decathlon(VolumeDataset):
         """``(train, val)`` indices into ``training``: a pure function of ``(n, seed, val_fraction)``."""
         if self.val_fraction == 0.0:
             return list(range(n)), []
+        if n < 2:
+            raise DatasetError(
+                f"{self.root / DATASET_JSON} lists {n} training case; a validation split needs "
+                "at least 2 (or use val_fraction=0 to train on it)"
+            )
         train, val = split_indices(n, self.seed, 1.0 - self.val_fraction)
         return train.tolist(), val.tolist()
 
@@ -242,7 +247,7 @@ class Decathlon(VolumeDataset):
             expected = "(X, Y, Z)" if c == 1 else f"(X, Y, Z, {c})"
             found = image.shape[0] if image.ndim == 4 else 1
             raise DatasetError(
-                f"image {path} has {found} modalities (file shape "
+                f"image {path} has {found} {'modality' if found == 1 else 'modalities'} (file shape "
                 f"{tuple(header.get_data_shape())}) but dataset.json lists {c} "
                 f"({', '.join(self.modalities)}); expected shape {expected}"
             )

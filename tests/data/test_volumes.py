@@ -252,6 +252,22 @@ def test_unparsable_dataset_json(tmp_path, rng):
         Decathlon(tmp_path)
 
 
+def test_one_case_cannot_be_split(tmp_path, rng):
+    make_task(tmp_path, rng, n=1)
+    with pytest.raises(DatasetError, match="lists 1 training case; a validation split needs"):
+        Decathlon(tmp_path, "train")
+    assert len(Decathlon(tmp_path, "train", val_fraction=0.0)) == 1
+
+
+def test_test_entries_as_objects(tmp_path, rng):
+    make_task(tmp_path, rng, n=2, n_test=1)
+    edit_json(tmp_path, test=[{"image": "./imagesTs/t_0.nii.gz"}])
+    assert Decathlon(tmp_path, "test").load(0).name == "t_0"
+    edit_json(tmp_path, test=[{"image": "./imagesTs/t_9.nii.gz"}])
+    with pytest.raises(DatasetLayoutError, match=r"test\[0\] of .* is './imagesTs/t_9\.nii\.gz'"):
+        Decathlon(tmp_path, "test")
+
+
 def test_no_test_entries(tmp_path, rng):
     make_task(tmp_path, rng, n=2, n_test=0)
     with pytest.raises(DatasetLayoutError, match="lists no 'test' images"):
@@ -290,7 +306,7 @@ def test_wrong_number_of_modalities(tmp_path, rng):
     make_task(tmp_path, rng, n=3, modalities=("FLAIR", "T1w"))
     save(tmp_path / "imagesTr" / "case_0.nii.gz", np.ones((9, 7, 5), np.float32))
     msg = loading_error(tmp_path)
-    assert "has 1 modalities" in msg and "lists 2 (FLAIR, T1w)" in msg
+    assert "has 1 modality (file shape (9, 7, 5))" in msg and "lists 2 (FLAIR, T1w)" in msg
     assert "expected shape (X, Y, Z, 2)" in msg
 
 
