@@ -122,22 +122,18 @@ def read_nifti(path: Path, *, integer: bool = False) -> tuple[np.ndarray, np.nda
                 "integer class ids"
             )
         data = data.astype(np.int64)
-    spatial = np.ascontiguousarray(data.transpose(2, 1, 0, *range(3, data.ndim)))  # (Z, Y, X[, C])
-    if spatial.ndim == 4:
-        spatial = np.ascontiguousarray(np.moveaxis(spatial, 3, 0))  # (C, Z, Y, X)
-    return spatial, np.asarray(img.affine, dtype=np.float64), img.header
+    order = (2, 1, 0) if data.ndim == 3 else (3, 2, 1, 0)  # -> (Z, Y, X) or (C, Z, Y, X)
+    return (
+        np.ascontiguousarray(data.transpose(order)),
+        np.asarray(img.affine, dtype=np.float64),
+        img.header,
+    )
 
 
 def spacing_of(header: Any) -> tuple[float, float, float]:
     """Voxel size along ``(D, H, W)`` = ``(Z, Y, X)`` from a nibabel header."""
     zooms = header.get_zooms()
     return float(zooms[2]), float(zooms[1]), float(zooms[0])
-
-
-def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel size along ``(D, H, W)`` from the column norms of an affine."""
-    x, y, z = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
-    return float(z), float(y), float(x)
 
 
 def write_label_nifti(
