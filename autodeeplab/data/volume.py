@@ -246,7 +246,6 @@ class VolumeDataset(torch.utils.data.Dataset):
 
     name: ClassVar[str] = "volumes"
     splits: ClassVar[tuple[str, ...]] = ()
-    spatial_dims: ClassVar[int] = 3
     ignore_index: int = IGNORE_INDEX
 
     def __init__(
