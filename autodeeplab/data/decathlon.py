@@ -131,6 +131,8 @@ class Decathlon(VolumeDataset):
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if ct_window is not None:
+            if len(ct_window) != 2:
+                raise ValueError(f"ct_window must be (lo, hi), got {ct_window}")
             ct_window = (float(ct_window[0]), float(ct_window[1]))
             if not ct_window[1] > ct_window[0]:
                 raise ValueError(f"ct_window must be (lo, hi) with lo < hi, got {ct_window}")
@@ -218,8 +220,8 @@ class Decathlon(VolumeDataset):
 
     def _split(self, n: int) -> tuple[list[int], list[int]]:
         """``(train, val)`` indices into ``training``: a pure function of ``(n, seed, val_fraction)``."""
-        if self.val_fraction == 0.0:
-            return list(range(n)), []
+        if self.val_fraction == 0.0 or (n == 1 and self.split == "test"):
+            return list(range(n)), []  # one case: train on it (and take the CT window from it)
         if n < 2:
             raise DatasetError(
                 f"{self.root / DATASET_JSON} lists {n} training case; a validation split needs "

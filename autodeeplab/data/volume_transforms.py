@@ -30,14 +30,11 @@ def roi_triple(roi: int | Sequence[int]) -> tuple[int, int, int]:
 
 
 def _as_tensor(value: Any, dtype: torch.dtype) -> torch.Tensor:
-    """A plain contiguous tensor (MONAI returns ``MetaTensor`` subclasses)."""
+    """A plain contiguous tensor: MONAI returns ``MetaTensor`` subclasses (or arrays), which
+    carry metadata through collation and would reach the model otherwise."""
     if hasattr(value, "as_tensor"):
         value = value.as_tensor()
-    return (
-        torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value)
-        .to(dtype)
-        .contiguous()
-    )
+    return torch.as_tensor(value).to(dtype).contiguous()
 
 
 class VolumeTrainTransform:

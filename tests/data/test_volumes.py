@@ -256,6 +256,9 @@ def test_one_case_cannot_be_split(tmp_path, rng):
     with pytest.raises(DatasetError, match="lists 1 training case; a validation split needs"):
         Decathlon(tmp_path, "train")
     assert len(Decathlon(tmp_path, "train", val_fraction=0.0)) == 1
+    assert len(Decathlon(tmp_path, "test")) == 1  # the test split needs no validation split
+    with pytest.raises(ValueError, match=r"ct_window must be \(lo, hi\)"):
+        Decathlon(tmp_path, "train", val_fraction=0.0, ct_window=(1.0,))
 
 
 def test_test_entries_as_objects(tmp_path, rng):
