@@ -5,12 +5,19 @@ as ``p``; pixels whose ground truth is ``ignore_index`` are skipped. With ``TP_c
 ``GT_c`` the row sums and ``P_c`` the column sums:
 
 - IoU_c = TP_c / (GT_c + P_c - TP_c), mIoU = mean over classes present in GT or prediction
+- Dice_c = 2 TP_c / (GT_c + P_c) = 2 TP / (2 TP + FP + FN), mean Dice over the same classes
+  (per class, Dice = 2 IoU / (1 + IoU))
 - accuracy_c = TP_c / GT_c (recall), mean accuracy = mean over classes present in GT
 - pixel accuracy = sum TP / sum GT
 - frequency-weighted IoU = sum_c (GT_c / sum GT) * IoU_c
 
-A class absent from both ground truth and prediction has IoU NaN; a class absent from the
-ground truth has accuracy NaN. NaN entries are left out of the means.
+A class absent from both ground truth and prediction has IoU and Dice NaN; a class absent from
+the ground truth has accuracy NaN. NaN entries are left out of the means.
+
+The counts are pooled over everything passed to ``update`` (any shape: ``(N, H, W)`` images or
+``(N, D, H, W)`` volumes), so the Dice of several volumes is that of all their voxels together;
+the mean of per-volume Dice scores, which medical benchmarks usually report, comes from one
+matrix per volume (see :func:`autodeeplab.volume_inference.evaluate_volumes`).
 """
 
 from __future__ import annotations
@@ -108,6 +115,12 @@ class ConfusionMatrix:
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(union > 0, tp / union, np.nan)
 
+    def per_class_dice(self) -> np.ndarray:
+        """``(C,)`` Dice ``2 TP / (GT + P)`` per class; NaN for classes absent from both."""
+        tp, gt, pr = self._counts()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(gt + pr > 0, 2 * tp / (gt + pr), np.nan)
+
     def per_class_accuracy(self) -> np.ndarray:
         """``(C,)`` fraction of each class's pixels predicted correctly; NaN if absent in GT."""
         tp, gt, _ = self._counts()
@@ -116,6 +129,9 @@ class ConfusionMatrix:
 
     def mean_iou(self) -> float:
         return _nanmean(self.per_class_iou())
+
+    def mean_dice(self) -> float:
+        return _nanmean(self.per_class_dice())
 
     def mean_accuracy(self) -> float:
         return _nanmean(self.per_class_accuracy())
@@ -144,6 +160,7 @@ class ConfusionMatrix:
             "mean_accuracy": self.mean_accuracy(),
             "pixel_accuracy": self.pixel_accuracy(),
             "fw_iou": self.frequency_weighted_iou(),
+            "mDice": self.mean_dice(),
         }
 
     def _names(self, class_names: Sequence[str] | None) -> list[str]:
@@ -156,12 +173,12 @@ class ConfusionMatrix:
     def to_dict(self, class_names: Sequence[str] | None = None) -> dict[str, Any]:
         """JSON-ready metrics (NaN becomes ``None``), per class keyed by name."""
         names = self._names(class_names)
-        iou, acc = self.per_class_iou(), self.per_class_accuracy()
+        iou, acc, dice = self.per_class_iou(), self.per_class_accuracy(), self.per_class_dice()
         return {
             **{k: _json(v) for k, v in self.summary().items()},
             "pixels": self.total,
             "per_class": {
-                name: {"iou": _json(iou[i]), "accuracy": _json(acc[i])}
+                name: {"iou": _json(iou[i]), "accuracy": _json(acc[i]), "dice": _json(dice[i])}
                 for i, name in enumerate(names)
             },
         }

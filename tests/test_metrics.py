@@ -21,6 +21,9 @@ def brute_force(preds, targets, n, ignore=255):
                 tp[t] += 1
     iou = [tp[c] / (gt[c] + pr[c] - tp[c]) if gt[c] + pr[c] > 0 else math.nan for c in range(n)]
     acc = [tp[c] / gt[c] if gt[c] > 0 else math.nan for c in range(n)]
+    # Dice from its set definition: 2 |P & G| / (|P| + |G|)
+    dice = [2 * tp[c] / (gt[c] + pr[c]) if gt[c] + pr[c] > 0 else math.nan for c in range(n)]
+    present_dice = [v for v in dice if not math.isnan(v)]
     present_iou = [v for v in iou if not math.isnan(v)]
     present_acc = [v for v in acc if not math.isnan(v)]
     total = sum(gt)
@@ -28,6 +31,8 @@ def brute_force(preds, targets, n, ignore=255):
         "iou": iou,
         "acc": acc,
         "miou": sum(present_iou) / len(present_iou),
+        "dice": dice,
+        "mdice": sum(present_dice) / len(present_dice),
         "macc": sum(present_acc) / len(present_acc),
         "pixacc": sum(tp) / total,
         "fwiou": sum(gt[c] / total * iou[c] for c in range(n) if gt[c] > 0),
@@ -53,6 +58,8 @@ def test_matches_brute_force(seed):
     np.testing.assert_allclose(cm.per_class_iou(), ref["iou"], equal_nan=True)
     np.testing.assert_allclose(cm.per_class_accuracy(), ref["acc"], equal_nan=True)
     assert math.isclose(cm.mean_iou(), ref["miou"])
+    np.testing.assert_allclose(cm.per_class_dice(), ref["dice"], equal_nan=True)
+    assert math.isclose(cm.mean_dice(), ref["mdice"])
     assert math.isclose(cm.mean_accuracy(), ref["macc"])
     assert math.isclose(cm.pixel_accuracy(), ref["pixacc"])
     assert math.isclose(cm.frequency_weighted_iou(), ref["fwiou"])
@@ -81,7 +88,7 @@ def test_logits_merge_reset_and_json():
 def test_absent_class_shown_as_na():
     cm = ConfusionMatrix(3)
     cm.update(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 255]))
-    assert cm.to_dict()["per_class"]["2"] == {"iou": None, "accuracy": None}
+    assert cm.to_dict()["per_class"]["2"] == {"iou": None, "accuracy": None, "dice": None}
     table = cm.format_table(["road", "car", "sky"])
     sky = next(line for line in table.splitlines() if line.startswith("sky"))
     assert sky.split()[1:3] == ["n/a", "n/a"]

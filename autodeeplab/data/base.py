@@ -247,26 +247,34 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
         Returns the number of samples checked.
         """
-        problems: list[str] = []
-        for i in range(len(self)):
-            try:
-                self.load(i)
-            except DatasetError as err:
-                problems.append(str(err))
-        if problems:
-            shown = "\n  - ".join(problems[:max_errors])
-            more = (
-                f"\n  ... and {len(problems) - max_errors} more"
-                if len(problems) > max_errors
-                else ""
-            )
-            raise DatasetError(
-                f"{self.name}: {len(problems)} of {len(self)} samples are unusable:\n  - {shown}{more}"
-            )
-        return len(self)
+        return load_all(self.name, len(self), self.load, "samples", max_errors)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(samples={len(self)}, num_classes={self.num_classes})"
+
+
+def load_all(
+    name: str, count: int, load: Callable[[int], Any], what: str, max_errors: int = 20
+) -> int:
+    """Call ``load(i)`` for every index; raise one ``DatasetError`` listing every problem.
+
+    Returns ``count``; ``what`` names the items in the message ("samples", "volumes").
+    """
+    problems: list[str] = []
+    for i in range(count):
+        try:
+            load(i)
+        except DatasetError as err:
+            problems.append(str(err))
+    if problems:
+        shown = "\n  - ".join(problems[:max_errors])
+        more = (
+            f"\n  ... and {len(problems) - max_errors} more" if len(problems) > max_errors else ""
+        )
+        raise DatasetError(
+            f"{name}: {len(problems)} of {count} {what} are unusable:\n  - {shown}{more}"
+        )
+    return count
 
 
 def list_files(folder: Path, suffixes: Sequence[str]) -> list[Path]:

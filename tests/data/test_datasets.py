@@ -140,7 +140,15 @@ def test_registry_errors():
         build_dataset("coco", "/nowhere")
     with pytest.raises(ValueError, match="valid splits"):
         build_dataset("cityscapes", "/nowhere", "training")
-    assert set(DATASETS) == {"cityscapes", "voc", "ade20k", "folder", "synthetic"}
+    assert set(DATASETS) == {
+        "cityscapes",
+        "voc",
+        "ade20k",
+        "folder",
+        "synthetic",
+        "decathlon",
+        "synthetic3d",
+    }
 
 
 # -- bad input: every error names the file or folder and the problem ---------------------

@@ -1,0 +1,179 @@
+"""Whole-volume inference: Gaussian-blended sliding windows, evaluation and NIfTI output.
+
+A 3D network is trained on crops and applied to a whole ``(C, D, H, W)`` volume through
+overlapping ``roi`` windows (MONAI's ``sliding_window_inference``): each window's logits are
+weighted by a Gaussian centred on the window (``sigma = sigma_scale * roi`` per axis, so
+voxels near a window's border, which saw the least context, count least), summed, and divided
+by the summed weights. Windows are ``roi * (1 - overlap)`` apart; a volume smaller than ``roi``
+is padded with zeros (the normalised background) and the logits cropped back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from autodeeplab.data.volume import VolumeDataset, require, write_label_nifti
+from autodeeplab.data.volume_transforms import roi_triple
+from autodeeplab.metrics import ConfusionMatrix
+
+DEFAULT_OVERLAP = 0.5
+"""Fraction of a window shared with its neighbour along each axis."""
+
+BLEND_MODES: tuple[str, ...] = ("gaussian", "constant")
+
+
+@torch.no_grad()
+def predict_volume_logits(
+    model: nn.Module,
+    image: torch.Tensor,
+    roi: int | Sequence[int],
+    *,
+    overlap: float = DEFAULT_OVERLAP,
+    sw_batch_size: int = 1,
+    mode: str = "gaussian",
+    sigma_scale: float = 0.125,
+    output_device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """Class scores ``(N, K, D, H, W)`` for normalised volumes ``(N, C, D, H, W)`` (or one
+    ``(C, D, H, W)`` volume, giving ``(K, D, H, W)``). Put the model in eval mode first.
+
+    Windows run on the device of ``image``; the blended logits are gathered on
+    ``output_device`` (default: the same), e.g. ``"cpu"`` when a large volume's logits do
+    not fit next to the network in GPU memory."""
+    if image.ndim not in (4, 5):
+        raise ValueError(
+            f"expected a volume (C, D, H, W) or a batch (N, C, D, H, W), got {tuple(image.shape)}"
+        )
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if mode not in BLEND_MODES:
+        raise ValueError(f"unknown blending mode {mode!r}; valid modes: {', '.join(BLEND_MODES)}")
+    if sw_batch_size < 1:
+        raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}")
+    inferers = require("monai.inferers")
+    batch = image if image.ndim == 5 else image[None]
+    logits = inferers.sliding_window_inference(
+        batch,
+        roi_triple(roi),
+        sw_batch_size,
+        model,
+        overlap=overlap,
+        mode=mode,
+        sigma_scale=sigma_scale,
+        sw_device=image.device,
+        device=output_device if output_device is not None else image.device,
+    )
+    if hasattr(logits, "as_tensor"):  # MONAI may wrap the result in a MetaTensor
+        logits = logits.as_tensor()
+    return logits if image.ndim == 5 else logits[0]
+
+
+@dataclass(frozen=True)
+class VolumeEvaluation:
+    """Metrics of a set of volumes: the pooled confusion matrix and the Dice of each case."""
+
+    matrix: ConfusionMatrix
+    """Counts of all voxels of all volumes."""
+    cases: tuple[str, ...]
+    case_dice: np.ndarray
+    """``(cases, K)`` Dice per volume and class; NaN where a class is in neither the volume's
+    ground truth nor its prediction."""
+
+    def mean_case_dice(self) -> np.ndarray:
+        """``(K,)`` mean over volumes of the per-volume Dice (NaN cases left out)."""
+        out = np.full(self.case_dice.shape[1], math.nan)
+        for k in range(out.size):
+            column = self.case_dice[:, k]
+            column = column[~np.isnan(column)]
+            if column.size:
+                out[k] = column.mean()
+        return out
+
+    def to_dict(self, class_names: Sequence[str]) -> dict[str, Any]:
+        """JSON-ready: the pooled metrics, plus ``case_dice`` and ``mean_case_dice`` by name."""
+
+        def named(values: np.ndarray) -> dict[str, float | None]:
+            return {
+                name: None if math.isnan(v) else float(v)
+                for name, v in zip(class_names, values.tolist(), strict=True)
+            }
+
+        return {
+            **self.matrix.to_dict(class_names),
+            "mean_case_dice": named(self.mean_case_dice()),
+            "case_dice": {
+                case: named(d) for case, d in zip(self.cases, self.case_dice, strict=True)
+            },
+        }
+
+
+@torch.no_grad()
+def evaluate_volumes(
+    model: nn.Module,
+    dataset: VolumeDataset,
+    roi: int | Sequence[int],
+    *,
+    overlap: float = DEFAULT_OVERLAP,
+    sw_batch_size: int = 1,
+    mode: str = "gaussian",
+    device: str | torch.device = "cpu",
+) -> VolumeEvaluation:
+    """Predict every (whole, untransformed) volume of a labelled data set and score it.
+
+    The model is put in eval mode; volumes are moved to ``device``.
+    """
+    if not dataset.labelled:
+        raise ValueError(f"{dataset!r} has no labels to evaluate against; use a labelled split")
+    model.eval()
+    total = ConfusionMatrix(dataset.num_classes, dataset.ignore_index)
+    names, dice = [], []
+    for i in range(len(dataset)):
+        volume = dataset.load(i)
+        assert volume.label is not None
+        image = torch.from_numpy(volume.image).to(device)  # (C, D, H, W)
+        logits = predict_volume_logits(
+            model, image, roi, overlap=overlap, sw_batch_size=sw_batch_size, mode=mode
+        )  # (K, D, H, W)
+        case = ConfusionMatrix(dataset.num_classes, dataset.ignore_index)
+        case.update(logits.argmax(dim=0), torch.from_numpy(volume.label).to(device))
+        total.merge(case)
+        names.append(volume.name)
+        dice.append(case.per_class_dice())
+    return VolumeEvaluation(
+        total, tuple(names), np.array(dice).reshape(len(names), dataset.num_classes)
+    )
+
+
+@torch.no_grad()
+def predict_volumes(
+    model: nn.Module,
+    dataset: VolumeDataset,
+    output: str | Path,
+    roi: int | Sequence[int],
+    *,
+    overlap: float = DEFAULT_OVERLAP,
+    sw_batch_size: int = 1,
+    mode: str = "gaussian",
+    device: str | torch.device = "cpu",
+) -> list[Path]:
+    """Write ``<output>/<case>.nii.gz`` (uint8 class ids, the input's affine and header) for
+    every volume of ``dataset``; returns the paths written."""
+    model.eval()
+    written = []
+    for i in range(len(dataset)):
+        volume = dataset.load(i)
+        image = torch.from_numpy(volume.image).to(device)
+        logits = predict_volume_logits(
+            model, image, roi, overlap=overlap, sw_batch_size=sw_batch_size, mode=mode
+        )
+        path = Path(output) / f"{volume.name}.nii.gz"
+        written.append(write_label_nifti(path, logits.argmax(dim=0), volume.affine, volume.header))
+    return written
