@@ -177,12 +177,18 @@ def test_supernet_with_an_unfused_op_matches_the_plain_reference(options, monkey
 
 def test_registry_follows_primitives_and_describes_every_op():
     assert tuple(ops.OP_REGISTRY)[: len(space.PRIMITIVES)] == space.PRIMITIVES
-    assert space.known_ops() == ALL_OPS
+    assert space.known_ops() == (*space.BUILTIN_OPS, *(spec.name for spec in EXTRA))
     for name in space.PRIMITIVES:
         spec = ops.get_op(name)
         module = spec.factory(4, 1, False)
         has_params = any(True for _ in module.parameters())
         assert spec.parameter_free == (not has_params), name
+    for name in space.BUILTIN_OPS:  # every built-in op, in every dimensionality it exists for
+        spec = ops.get_op(name)
+        assert spec.spatial_dims == space.op_spatial_dims(name)
+        for dims in spec.spatial_dims:
+            module = spec.build(4, 1, False, dims)
+            assert spec.parameter_free == (not any(True for _ in module.parameters())), name
     from autodeeplab.diagnostics import PARAMETER_FREE_OPS
 
     free = {n for n in space.PRIMITIVES if ops.get_op(n).parameter_free and n != "none"}
