@@ -33,6 +33,37 @@ OpFactory = Callable[..., nn.Module]
 """``factory(channels, stride, affine[, spatial_dims]) -> nn.Module``."""
 
 
+class AvgPool3d(nn.AvgPool3d):
+    """``nn.AvgPool3d`` that also pools volumes smaller than its kernel.
+
+    PyTorch's 3D average pooling refuses an input smaller than the kernel even when the padding
+    makes up for it (its 2D pooling does not); the coarsest levels of a small volume (a 2x1x2
+    map at stride 32) need it. Such inputs are padded explicitly and divided by the number of
+    voxels each window covers; every other input takes PyTorch's own kernel.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel, stride, pad = (_triple(v) for v in (self.kernel_size, self.stride, self.padding))
+        if all(d >= k for d, k in zip(x.shape[2:], kernel, strict=True)):
+            return super().forward(x)
+        if self.ceil_mode or self.divisor_override is not None:
+            raise ValueError("AvgPool3d on volumes smaller than its kernel needs the defaults")
+        padding = [p for q in reversed(pad) for p in (q, q)]  # F.pad order: last axis first
+        volume = kernel[0] * kernel[1] * kernel[2]
+        sums = F.avg_pool3d(F.pad(x, padding), kernel, stride) * volume
+        if self.count_include_pad:
+            return sums / volume
+        ones = F.pad(x.new_ones(1, 1, *x.shape[2:]), padding)
+        return sums / (F.avg_pool3d(ones, kernel, stride) * volume)
+
+
+def _triple(value: int | Sequence[int]) -> tuple[int, int, int]:
+    if isinstance(value, int):
+        return value, value, value
+    a, b, c = value
+    return a, b, c
+
+
 @dataclass(frozen=True)
 class Layers:
     """The layer classes of one spatial dimensionality."""
@@ -41,7 +72,7 @@ class Layers:
     conv: type[nn.Conv2d] | type[nn.Conv3d]
     batch_norm: type[nn.BatchNorm2d] | type[nn.BatchNorm3d]
     max_pool: type[nn.MaxPool2d] | type[nn.MaxPool3d]
-    avg_pool: type[nn.AvgPool2d] | type[nn.AvgPool3d]
+    avg_pool: type[nn.AvgPool2d] | type[AvgPool3d]
     adaptive_avg_pool: type[nn.AdaptiveAvgPool2d] | type[nn.AdaptiveAvgPool3d]
     interpolation: str
     """``F.interpolate`` mode of the (bi/tri)linear resizing."""
@@ -52,7 +83,7 @@ _LAYERS: dict[int, Layers] = {
         2, nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, "bilinear"
     ),
     3: Layers(
-        3, nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d, nn.AvgPool3d, nn.AdaptiveAvgPool3d, "trilinear"
+        3, nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d, AvgPool3d, nn.AdaptiveAvgPool3d, "trilinear"
     ),
 }
 

@@ -23,6 +23,15 @@ def resize(x, size):
     return F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
 
 
+def avg_pool_by_sums(x):
+    """3x3x3 average pooling without the padding: window sums over window sizes (a second
+    formula; PyTorch's 3D pooling refuses maps smaller than the kernel)."""
+    ones = torch.ones(x.shape[1], 1, 3, 3, 3, dtype=x.dtype)
+    sums = F.conv3d(x, ones, padding=1, groups=x.shape[1])
+    counts = F.conv3d(torch.ones_like(x[:, :1]), ones[:1], padding=1)
+    return sums / counts
+
+
 def ref_beta_weights(betas):
     """Per-node softmax over valid moves, written out with explicit loops."""
     out = torch.zeros_like(betas)
@@ -63,8 +72,11 @@ def ref_edge(group, x, k, g, w, training, edge_scale=None, update=True, aux=0.0)
         elif name == "max_pool_3x3":
             y = (F.max_pool2d if xp.dim() == 4 else F.max_pool3d)(xp, 3, 1, 1)
         elif name == "avg_pool_3x3":
-            pool = F.avg_pool2d if xp.dim() == 4 else F.avg_pool3d
-            y = pool(xp, 3, 1, 1, count_include_pad=False)
+            y = (
+                F.avg_pool2d(xp, 3, 1, 1, count_include_pad=False)
+                if xp.dim() == 4
+                else avg_pool_by_sums(xp)
+            )
         elif name == "skip_connect":
             y = xp
         elif name.startswith("sep"):
