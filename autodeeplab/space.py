@@ -113,7 +113,11 @@ def op_spatial_dims(name: str) -> tuple[int, ...]:
 
 def check_spatial_dims(spatial_dims: int) -> int:
     """``spatial_dims`` if it is one of :data:`SPATIAL_DIMS`, else ``ValueError``."""
-    if isinstance(spatial_dims, bool) or spatial_dims not in SPATIAL_DIMS:
+    if (
+        isinstance(spatial_dims, bool)
+        or not isinstance(spatial_dims, int)
+        or spatial_dims not in SPATIAL_DIMS
+    ):
         raise ValueError(f"spatial_dims must be 2 (images) or 3 (volumes), got {spatial_dims!r}")
     return spatial_dims
 
