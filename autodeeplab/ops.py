@@ -9,9 +9,10 @@ dimensionalities it exists for (2: images, 3: volumes). The built-in entries are
 pseudo-3D convolutions of DiNTS; more can be added with :func:`register_op` (see
 docs/extending.md).
 
-Every factory has the signature ``factory(channels, stride, affine, spatial_dims)`` (an entry
-that exists only in 2D may leave out the last argument: it is then called with three) and maps
-``(N, channels, *spatial)`` to ``(N, channels, *ceil(spatial / stride))``.
+Every factory has the signature ``factory(channels, stride, affine, spatial_dims)`` and maps
+``(N, channels, *spatial)`` to ``(N, channels, *ceil(spatial / stride))``; an entry declared
+for images only (``OpSpec.spatial_dims == (2,)``, the default) is called without the last
+argument, ``factory(channels, stride, affine)``.
 
 Layer classes (convolution, BatchNorm, pooling) and the interpolation mode are chosen by
 ``spatial_dims`` in one place, :func:`layers`; every module of the library that works on images
@@ -47,7 +48,10 @@ class AvgPool3d(nn.AvgPool3d):
         if all(d >= k for d, k in zip(x.shape[2:], kernel, strict=True)):
             return super().forward(x)
         if self.ceil_mode or self.divisor_override is not None:
-            raise ValueError("AvgPool3d on volumes smaller than its kernel needs the defaults")
+            raise ValueError(
+                "AvgPool3d on a volume smaller than its kernel supports only ceil_mode=False "
+                f"and divisor_override=None, got {self.ceil_mode} and {self.divisor_override}"
+            )
         padding = [p for q in reversed(pad) for p in (q, q)]  # F.pad order: last axis first
         volume = kernel[0] * kernel[1] * kernel[2]
         sums = F.avg_pool3d(F.pad(x, padding), kernel, stride) * volume
