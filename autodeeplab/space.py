@@ -48,7 +48,7 @@ Only :data:`PRIMITIVES` are searched by default."""
 SPATIAL_DIMS: tuple[int, ...] = (2, 3)
 """Supported spatial dimensionalities: images ``(N, C, H, W)`` and volumes ``(N, C, D, H, W)``."""
 
-# Dimensionalities each operation exists for (2D-only ops are those added with a 2D factory).
+# Dimensionalities each operation exists for; ops.register_op records those of added ops.
 _OP_DIMS: dict[str, tuple[int, ...]] = {
     **dict.fromkeys((*PRIMITIVES, "conv_3x3"), SPATIAL_DIMS),
     **dict.fromkeys(PSEUDO_3D_OPS, (3,)),
