@@ -6,14 +6,20 @@ Multi-Adds are multiply-accumulates of convolutions and matrix products, counted
 not counted. Everything is counted on a twin of the model built on the ``meta`` device from its
 config, so counting even the L model on a 1024x2048 frame allocates nothing and takes about a
 second on a CPU.
+
+:func:`multiply_adds` counts any module (an operation, a head, the supernet) on images or
+volumes the same way: a convolution's count is its output elements times the taps of one output
+(``C_in / groups x prod(kernel)``), in 2D and 3D alike.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from autodeeplab.network import AutoDeepLab, NetworkConfig
@@ -106,6 +112,23 @@ def count_multiply_adds(model: AutoDeepLab, input_size: tuple[int, int]) -> dict
     result = {part: flops // 2 for part, flops in by_part.items()}
     result["total"] = total // 2
     return result
+
+
+def multiply_adds(module: nn.Module, input_shape: Sequence[int]) -> int:
+    """Multi-Adds of one forward pass of ``module`` on an input of ``input_shape``,
+    ``(N, C, *spatial)`` (images or volumes), on the module's device (a ``meta`` module counts
+    without computing). Runs the module as it is (train or eval mode) without gradients."""
+    shape = tuple(int(d) for d in input_shape)
+    if len(shape) < 3 or min(shape) < 1:
+        raise ValueError(
+            f"input_shape must be (N, C, *spatial) with positive sizes, got {tuple(input_shape)!r}"
+        )
+    tensors = [*module.parameters(), *module.buffers()]
+    x = torch.empty(shape, device=tensors[0].device if tensors else None)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        module(x)
+    return counter.get_total_flops() // 2
 
 
 def meta_model(config: NetworkConfig) -> AutoDeepLab:

@@ -6,6 +6,8 @@ Contracts
     :class:`DeepLabV3PlusDecoder` takes that ASPP output and the stride-4 low-level feature
     ``(N, C_low, H/4, W/4)`` and returns class logits at stride 4, ``(N, classes, H/4, W/4)``.
     Upsampling the logits to the input size is the job of the model.
+    Both work on volumes ``(N, C, d, h, w)`` alike when built with ``spatial_dims=3`` (3x3x3
+    convolutions, trilinear upsampling).
 
 Every convolution is dense and bias-free (a BatchNorm follows), except the final classifier.
 
@@ -22,10 +24,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from autodeeplab import space
+from autodeeplab import ops, space
 
 DEFAULT_ASPP_CHANNELS = 256
 DEFAULT_DECODER_CHANNELS = 256
@@ -136,12 +137,15 @@ def search_head_rates(spec: str | Sequence[int], crop_size: int | None) -> tuple
     )
 
 
-def conv_bn_relu(c_in: int, c_out: int, kernel_size: int = 1, dilation: int = 1) -> nn.Sequential:
+def conv_bn_relu(
+    c_in: int, c_out: int, kernel_size: int = 1, dilation: int = 1, spatial_dims: int = 2
+) -> nn.Sequential:
     """Dense conv (same padding, no bias) -> BN -> ReLU."""
+    lay = ops.layers(spatial_dims)
     pad = dilation * (kernel_size - 1) // 2
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, kernel_size, padding=pad, dilation=dilation, bias=False),
-        nn.BatchNorm2d(c_out),
+        lay.conv(c_in, c_out, kernel_size, padding=pad, dilation=dilation, bias=False),
+        lay.batch_norm(c_out),
         nn.ReLU(inplace=False),
     )
 
@@ -152,14 +156,14 @@ class ImagePooling(nn.Module):
     In training mode the BN over a ``(N, C, 1, 1)`` tensor needs a batch of at least 2.
     """
 
-    def __init__(self, c_in: int, c_out: int) -> None:
+    def __init__(self, c_in: int, c_out: int, spatial_dims: int = 2) -> None:
         super().__init__()
-        self.proj = conv_bn_relu(c_in, c_out, 1)
+        self.pool = ops.layers(spatial_dims).adaptive_avg_pool(1)
+        self.proj = conv_bn_relu(c_in, c_out, 1, spatial_dims=spatial_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-2:]
-        y = self.proj(F.adaptive_avg_pool2d(x, 1))  # (N, C_out, 1, 1)
-        return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+        y = self.proj(self.pool(x))  # (N, C_out, 1, ...)
+        return ops.resize(y, x.shape[2:])
 
 
 class ASPP(nn.Module):
@@ -167,7 +171,7 @@ class ASPP(nn.Module):
 
     Branches: 1x1 conv, one dense 3x3 conv per atrous rate, image pooling; each is
     conv-BN-ReLU with ``channels`` filters. The concatenation goes through 1x1 conv-BN-ReLU.
-    ``(N, in_channels, h, w) -> (N, channels, h, w)``.
+    ``(N, in_channels, *spatial) -> (N, channels, *spatial)``; ``spatial_dims`` 2 or 3.
     """
 
     def __init__(
@@ -175,6 +179,7 @@ class ASPP(nn.Module):
         in_channels: int,
         rates: tuple[int, ...],
         channels: int = DEFAULT_ASPP_CHANNELS,
+        spatial_dims: int = 2,
     ) -> None:
         super().__init__()
         if not rates or any(r < 1 for r in rates):
@@ -182,23 +187,25 @@ class ASPP(nn.Module):
         self.in_channels = in_channels
         self.out_channels = channels
         self.rates = tuple(rates)
-        branches: list[nn.Module] = [conv_bn_relu(in_channels, channels, 1)]
-        branches += [conv_bn_relu(in_channels, channels, 3, dilation=r) for r in self.rates]
-        branches.append(ImagePooling(in_channels, channels))
+        sd = spatial_dims
+        branches: list[nn.Module] = [conv_bn_relu(in_channels, channels, 1, spatial_dims=sd)]
+        branches += [conv_bn_relu(in_channels, channels, 3, r, sd) for r in self.rates]
+        branches.append(ImagePooling(in_channels, channels, sd))
         self.branches = nn.ModuleList(branches)
-        self.project = conv_bn_relu(len(branches) * channels, channels, 1)
+        self.project = conv_bn_relu(len(branches) * channels, channels, 1, spatial_dims=sd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.cat([b(x) for b in self.branches], dim=1)  # (N, 5 * channels, h, w)
-        return self.project(y)  # (N, channels, h, w)
+        y = torch.cat([b(x) for b in self.branches], dim=1)  # (N, 5 * channels, *spatial)
+        return self.project(y)  # (N, channels, *spatial)
 
 
 class DeepLabV3PlusDecoder(nn.Module):
     """DeepLabv3+ decoder: fuse the ASPP output with stride-4 low-level features.
 
     Low-level features go through 1x1 conv-BN-ReLU to ``low_level_reduced`` (48) channels; the
-    ASPP output is bilinearly upsampled to their size; the concatenation goes through two 3x3
-    conv-BN-ReLU with ``channels`` (256) filters and a 1x1 classifier (with bias).
+    ASPP output is bilinearly (volumes: trilinearly) upsampled to their size; the
+    concatenation goes through two 3x3 conv-BN-ReLU with ``channels`` (256) filters and a 1x1
+    classifier (with bias).
     """
 
     def __init__(
@@ -208,20 +215,22 @@ class DeepLabV3PlusDecoder(nn.Module):
         aspp_channels: int = DEFAULT_ASPP_CHANNELS,
         channels: int = DEFAULT_DECODER_CHANNELS,
         low_level_reduced: int = DEFAULT_LOW_LEVEL_CHANNELS,
+        spatial_dims: int = 2,
     ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
-        self.reduce = conv_bn_relu(low_level_channels, low_level_reduced, 1)
+        sd = spatial_dims
+        self.reduce = conv_bn_relu(low_level_channels, low_level_reduced, 1, spatial_dims=sd)
         self.fuse = nn.Sequential(
-            conv_bn_relu(aspp_channels + low_level_reduced, channels, 3),
-            conv_bn_relu(channels, channels, 3),
+            conv_bn_relu(aspp_channels + low_level_reduced, channels, 3, spatial_dims=sd),
+            conv_bn_relu(channels, channels, 3, spatial_dims=sd),
         )
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.classifier = ops.layers(sd).conv(channels, num_classes, 1)
 
     def forward(self, x: torch.Tensor, low_level: torch.Tensor) -> torch.Tensor:
-        low = self.reduce(low_level)  # (N, 48, H/4, W/4)
-        x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=False)
-        x = self.fuse(torch.cat([x, low], dim=1))  # (N, channels, H/4, W/4)
-        return self.classifier(x)  # (N, num_classes, H/4, W/4)
+        low = self.reduce(low_level)  # (N, 48, *spatial / 4)
+        x = ops.resize(x, low.shape[2:])
+        x = self.fuse(torch.cat([x, low], dim=1))  # (N, channels, *spatial / 4)
+        return self.classifier(x)  # (N, num_classes, *spatial / 4)

@@ -35,6 +35,25 @@ PRIMITIVES: tuple[str, ...] = (
 NONE_INDEX = PRIMITIVES.index("none")
 NUM_OPS = len(PRIMITIVES)
 
+PSEUDO_3D_OPS: tuple[str, ...] = ("p3d_conv_3x3x1", "p3d_conv_3x1x3", "p3d_conv_1x3x3")
+"""DiNTS' pseudo-3D convolutions (volumes only): ReLU, a ``k x k`` convolution in one plane of
+the volume (kernel 1 along the remaining axis), a ``k``-tap convolution along that axis, BN. The
+name gives the first kernel over the axes ``(D, H, W)``."""
+
+BUILTIN_OPS: tuple[str, ...] = (*PRIMITIVES, "conv_3x3", *PSEUDO_3D_OPS)
+"""Every operation the library ships: the paper's eight, then a dense ``3x3`` convolution
+(``conv_3x3``: ReLU, conv, BN; DiNTS' ``3x3x3`` in volumes) and the pseudo-3D convolutions.
+Only :data:`PRIMITIVES` are searched by default."""
+
+SPATIAL_DIMS: tuple[int, ...] = (2, 3)
+"""Supported spatial dimensionalities: images ``(N, C, H, W)`` and volumes ``(N, C, D, H, W)``."""
+
+# Dimensionalities each operation exists for; ops.register_op records those of added ops.
+_OP_DIMS: dict[str, tuple[int, ...]] = {
+    **dict.fromkeys((*PRIMITIVES, "conv_3x3"), SPATIAL_DIMS),
+    **dict.fromkeys(PSEUDO_3D_OPS, (3,)),
+}
+
 NUM_LEVELS = 4
 STEM_LEVEL = 0
 LEVEL_STRIDES: tuple[int, ...] = (4, 8, 16, 32)
@@ -62,21 +81,45 @@ _ADDED_OPS: list[str] = []  # names added to the operation registry (autodeeplab
 
 
 def known_ops() -> tuple[str, ...]:
-    """Names of every registered operation: :data:`PRIMITIVES`, then those added with
+    """Names of every registered operation: :data:`BUILTIN_OPS`, then those added with
     :func:`autodeeplab.ops.register_op` (the registry keeps their definitions; this module only
-    their names, so that genotypes and search spaces can be checked without torch)."""
-    return (*PRIMITIVES, *_ADDED_OPS)
+    their names and dimensionalities, so that genotypes and search spaces can be checked without
+    torch)."""
+    return (*BUILTIN_OPS, *_ADDED_OPS)
 
 
-def add_op_name(name: str) -> None:
-    """Record an operation name added to the registry (called by :func:`ops.register_op`)."""
+def add_op_name(name: str, spatial_dims: tuple[int, ...] = (2,)) -> None:
+    """Record an operation name added to the registry and the spatial dimensionalities it
+    exists for (called by :func:`ops.register_op`)."""
     if name not in known_ops():
         _ADDED_OPS.append(name)
+        _OP_DIMS[name] = tuple(spatial_dims)
 
 
 def remove_op_name(name: str) -> None:
     if name in _ADDED_OPS:
         _ADDED_OPS.remove(name)
+        del _OP_DIMS[name]
+
+
+def op_spatial_dims(name: str) -> tuple[int, ...]:
+    """Spatial dimensionalities operation ``name`` exists for (``(2, 3)``, ``(2,)`` or ``(3,)``)."""
+    if name not in _OP_DIMS:
+        raise ValueError(
+            f"unknown operation {name!r}; registered operations: {', '.join(known_ops())}"
+        )
+    return _OP_DIMS[name]
+
+
+def check_spatial_dims(spatial_dims: int) -> int:
+    """``spatial_dims`` if it is one of :data:`SPATIAL_DIMS`, else ``ValueError``."""
+    if (
+        isinstance(spatial_dims, bool)
+        or not isinstance(spatial_dims, int)
+        or spatial_dims not in SPATIAL_DIMS
+    ):
+        raise ValueError(f"spatial_dims must be 2 (images) or 3 (volumes), got {spatial_dims!r}")
+    return spatial_dims
 
 
 def op_index(name: str) -> int:
@@ -219,7 +262,10 @@ class SearchSpace:
     """The search space one supernet, decoder or figure works in: ``layers`` cell layers over the
     :data:`NUM_LEVELS`-level trellis, cells of ``blocks`` blocks, and the candidate operations
     ``ops`` in alpha-column order (names of the operation registry, see
-    :mod:`autodeeplab.ops`; default :data:`PRIMITIVES`).
+    :mod:`autodeeplab.ops`; default :data:`PRIMITIVES`), on images (``spatial_dims=2``, the
+    default) or volumes (``spatial_dims=3``). Every op must exist for ``spatial_dims``: the
+    default eight do for both; the pseudo-3D ops (:data:`PSEUDO_3D_OPS`) are volume-only and
+    opt-in, e.g. ``ops=(*PRIMITIVES, *PSEUDO_3D_OPS)``.
 
     The trellis (which nodes exist, what each reads, which beta entries are transitions of the
     supernet) is computed once here; every other module asks this value.
@@ -228,6 +274,7 @@ class SearchSpace:
     layers: int = DEFAULT_LAYERS
     blocks: int = DEFAULT_BLOCKS
     ops: tuple[str, ...] = PRIMITIVES
+    spatial_dims: int = 2
     _nodes: tuple[tuple[TrellisNode, ...], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -242,6 +289,14 @@ class SearchSpace:
         if unknown:
             raise ValueError(
                 f"unknown operations {unknown}; registered operations: {', '.join(known_ops())}"
+            )
+        check_spatial_dims(self.spatial_dims)
+        wrong_dims = [o for o in ops if self.spatial_dims not in op_spatial_dims(o)]
+        if wrong_dims:
+            raise ValueError(
+                f"operations {wrong_dims} do not exist for spatial_dims={self.spatial_dims}; "
+                "operations for it: "
+                + ", ".join(o for o in known_ops() if self.spatial_dims in op_spatial_dims(o))
             )
         object.__setattr__(self, "ops", ops)
         object.__setattr__(

@@ -71,9 +71,9 @@ def _checkpoint_contexts() -> tuple[
 class GroupBatchNorm(nn.Module):
     """BatchNorm without affine parameters and with separate statistics per group.
 
-    The input ``(N * groups, C, H, W)`` holds ``groups`` interleaved sub-batches (sample ``n`` of
-    group ``g`` at index ``n * groups + g``); each group is normalised with its own batch
-    statistics and keeps its own running statistics.
+    The input ``(N * groups, C, *spatial)`` (images or volumes) holds ``groups`` interleaved
+    sub-batches (sample ``n`` of group ``g`` at index ``n * groups + g``); each group is
+    normalised with its own batch statistics and keeps its own running statistics.
     """
 
     def __init__(
@@ -86,8 +86,8 @@ class GroupBatchNorm(nn.Module):
         self.register_buffer("running_var", torch.ones(groups * num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        y = x.reshape(n // self.groups, self.groups * c, h, w)  # free view: groups -> channels
+        n, c, *spatial = x.shape
+        y = x.reshape(n // self.groups, self.groups * c, *spatial)  # free view: groups -> channels
         if self.training:
             mean, var = self.running_mean, self.running_var
             if _RECOMPUTING.get():  # same autograd graph as the first pass, no second update
@@ -102,28 +102,28 @@ class GroupBatchNorm(nn.Module):
             )
         else:
             y = F.batch_norm(y, self.running_mean, self.running_var, training=False, eps=self.eps)
-        return y.reshape(n, c, h, w)
+        return y.reshape(n, c, *spatial)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, groups={self.groups}"
 
 
-def _bn(num_features: int, affine: bool = False) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(num_features, affine=affine)
+def _bn(num_features: int, affine: bool = False, spatial_dims: int = 2) -> nn.Module:
+    return ops.layers(spatial_dims).batch_norm(num_features, affine=affine)
 
 
 class MixedEdges(nn.Module):
     """All mixed-operation edges leaving one cell input, fused.
 
-    ``forward(x, weights)`` maps ``x: (M, C, H, W)`` (``M = N * groups``, the sources
-    interleaved) and the op weights of the ``E`` edges, ``weights: (E, O)``, to the ``E`` edge
-    outputs ``(M, E, C, H, W)``. ``aux_skip = c`` adds ``c * x`` to every edge output (DARTS-;
+    ``forward(x, weights)`` maps ``x: (M, C, *spatial)`` (``M = N * groups``, the sources
+    interleaved; images or volumes as ``spatial_dims`` says) and the op weights of the ``E``
+    edges, ``weights: (E, O)``, to the ``E`` edge outputs ``(M, E, C, *spatial)``. ``aux_skip = c`` adds ``c * x`` to every edge output (DARTS-;
     with partial channels, to the channels that go through the operations: the others bypass
     them anyway).
 
     The kernels follow each op's registry entry (:class:`autodeeplab.ops.Fusion`): ``zero`` ops
-    cost nothing, ``shared`` ops run once for all edges, ``sep_conv`` and ``dilated_conv`` ops
-    run as one grouped convolution over all edges, with per-source BatchNorm statistics. An op
+    cost nothing, ``shared`` ops run once for all edges, ``sep_conv``, ``dilated_conv`` and
+    ``factorized_conv`` ops run as one (grouped) convolution over all edges, with per-source BatchNorm statistics. An op
     without a fusion runs as one module per edge, applied to every source separately (so its
     BatchNorms normalise each source with its own batch statistics, as the fused kernels do; the
     sources share their running statistics).
@@ -136,20 +136,23 @@ class MixedEdges(nn.Module):
         groups: int,
         partial_channels: int = 1,
         op_names: Sequence[str] = space.PRIMITIVES,
+        spatial_dims: int = 2,
     ):
         super().__init__()
+        lay = ops.layers(spatial_dims)
         if channels % partial_channels:
             raise ValueError(
                 f"partial_channels={partial_channels} must divide the cell channels {channels}"
             )
         self.channels, self.num_edges, self.groups = channels, num_edges, groups
-        self.partial = partial_channels
+        self.partial, self.spatial_dims = partial_channels, spatial_dims
         self.op_names: tuple[str, ...] = tuple(op_names)
         c = channels // partial_channels  # channels that go through the operations
         ec = num_edges * c
         self.shared = nn.ModuleDict()  # parameter-free: one output shared by all edges
         self.sep = nn.ModuleDict()
         self.atr = nn.ModuleDict()
+        self.factorized = nn.ModuleDict()
         self.plain = nn.ModuleDict()  # no fusion: one module per edge
         self._shared_columns: list[int] = []
         self._kernels: list[tuple[int, str]] = []  # (alpha column, op name), in column order
@@ -159,7 +162,7 @@ class MixedEdges(nn.Module):
             if kind == "zero":
                 continue
             if kind == "shared":
-                module = spec.factory(c, 1, False)
+                module = spec.build(c, 1, False, spatial_dims)
                 if any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
                     raise ValueError(
                         f"operation {name!r} is registered with fusion 'shared' but its module "
@@ -172,24 +175,41 @@ class MixedEdges(nn.Module):
             if kind == "sep_conv":
                 self.sep[name] = nn.ModuleList(
                     [
-                        nn.Conv2d(ec, ec, k, padding=k // 2, groups=ec, bias=False),  # depthwise
-                        nn.Conv2d(ec, ec, 1, groups=num_edges, bias=False),  # pointwise per edge
+                        lay.conv(ec, ec, k, padding=k // 2, groups=ec, bias=False),  # depthwise
+                        lay.conv(ec, ec, 1, groups=num_edges, bias=False),  # pointwise per edge
                         GroupBatchNorm(ec, groups),
-                        nn.Conv2d(ec, ec, k, padding=k // 2, groups=ec, bias=False),
-                        nn.Conv2d(ec, ec, 1, groups=num_edges, bias=False),
+                        lay.conv(ec, ec, k, padding=k // 2, groups=ec, bias=False),
+                        lay.conv(ec, ec, 1, groups=num_edges, bias=False),
                         GroupBatchNorm(ec, groups),
                     ]
                 )
             elif kind == "dilated_conv":
                 self.atr[name] = nn.ModuleList(
                     [
-                        nn.Conv2d(c, ec, k, padding=d * (k // 2), dilation=d, bias=False),
+                        lay.conv(c, ec, k, padding=d * (k // 2), dilation=d, bias=False),
+                        GroupBatchNorm(ec, groups),
+                    ]
+                )
+            elif kind == "factorized_conv":
+                assert spec.fusion is not None and spec.fusion.axis is not None
+                first, second = ops.factorized_kernels(k, spec.fusion.axis, spatial_dims)
+                self.factorized[name] = nn.ModuleList(
+                    [
+                        lay.conv(c, ec, first, padding=[q // 2 for q in first], bias=False),
+                        lay.conv(  # the second convolution, per edge
+                            ec,
+                            ec,
+                            second,
+                            padding=[q // 2 for q in second],
+                            groups=num_edges,
+                            bias=False,
+                        ),
                         GroupBatchNorm(ec, groups),
                     ]
                 )
             else:
                 self.plain[name] = nn.ModuleList(
-                    spec.factory(c, 1, False) for _ in range(num_edges)
+                    spec.build(c, 1, False, spatial_dims) for _ in range(num_edges)
                 )
             self._kernels.append((column, name))
         cols = self._shared_columns
@@ -208,32 +228,41 @@ class MixedEdges(nn.Module):
         aux_skip: float = 0.0,
     ) -> torch.Tensor:
         """``edge_scale: (E,)`` (PC-DARTS edge normalisation) scales each whole edge output."""
-        m, _, h, w = x.shape
+        if x.dim() != 2 + self.spatial_dims:
+            raise ValueError(
+                f"mixed edges built for spatial_dims={self.spatial_dims} expect a "
+                f"{2 + self.spatial_dims}-D input (M, C, *spatial), got shape {tuple(x.shape)}"
+            )
+        m, _, *sp = x.shape
         e, c = self.num_edges, self.channels // self.partial
-        xp = x[:, :c] if self.partial > 1 else x  # (M, c, H, W)
+        xp = x[:, :c] if self.partial > 1 else x  # (M, c, *spatial)
+        per_edge = (1, e, 1, *(1,) * len(sp))  # broadcasts an (E,) weight over (M, E, c, *spatial)
 
-        def mix(op_out: torch.Tensor, k: int) -> torch.Tensor:  # (M, E*c, H, W) -> (M, E, c, H, W)
-            return op_out.view(m, e, c, h, w) * weights[:, k].view(1, e, 1, 1, 1)
+        def mix(op_out: torch.Tensor, k: int) -> torch.Tensor:  # (M, E*c, *sp) -> (M, E, c, *sp)
+            return op_out.view(m, e, c, *sp) * weights[:, k].view(per_edge)
 
-        # Parameter-free ops are shared by all edges: (M, P, c, H, W) x (E, P) -> (M, E, c, H, W)
+        # Parameter-free ops are shared by all edges: (M, P, c, *sp) x (E, P) -> (M, E, c, *sp)
         if self._shared_columns:
             free = torch.stack([op(xp) for op in self.shared.values()], dim=1)
-            out = torch.einsum("mpchw,ep->mechw", free, weights[:, self._shared_index])
+            out = torch.einsum("mpc...,ep->mec...", free, weights[:, self._shared_index])
         else:
-            out = xp.new_zeros(m, e, c, h, w)
+            out = xp.new_zeros(m, e, c, *sp)
 
         r = F.relu(xp)
         r_rep = None
         for k, name in self._kernels:
             if name in self.sep:
                 if r_rep is None:
-                    r_rep = r.repeat(1, e, 1, 1)  # (M, E*c, H, W)
+                    r_rep = r.repeat(1, e, *(1,) * len(sp))  # (M, E*c, *spatial)
                 dw1, pw1, bn1, dw2, pw2, bn2 = self.sep[name]
                 y = bn1(pw1(_depthwise(dw1, r_rep)))
                 y = bn2(pw2(_depthwise(dw2, F.relu(y))))
             elif name in self.atr:
                 conv, bn = self.atr[name]
                 y = bn(conv(r))
+            elif name in self.factorized:
+                first, second, bn = self.factorized[name]
+                y = bn(second(first(r)))
             else:
                 y = self._per_edge(self.plain[name], xp)
             out = out + mix(y, k)
@@ -241,17 +270,18 @@ class MixedEdges(nn.Module):
             out = out + aux_skip * xp.unsqueeze(1)
 
         if self.partial > 1:
-            rest = x[:, c:].unsqueeze(1).expand(m, e, self.channels - c, h, w)
+            rest = x[:, c:].unsqueeze(1).expand(m, e, self.channels - c, *sp)
             out = _channel_shuffle(torch.cat((out, rest), dim=2), self.partial)
         if edge_scale is not None:
-            out = out * edge_scale.view(1, e, 1, 1, 1)
+            out = out * edge_scale.view(per_edge)
         return out
 
     def _per_edge(self, modules: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
-        """Unfused op: module ``k`` on edge ``k``, every source separately; ``(M, E, c, H, W)``."""
-        m, c, h, w = x.shape
+        """Unfused op: module ``k`` on edge ``k``, every source separately;
+        ``(M, E, c, *spatial)``."""
+        m, c, *sp = x.shape
         g = self.groups
-        by_source = x.view(m // g, g, c, h, w)
+        by_source = x.view(m // g, g, c, *sp)
         outs = []
         for module in modules:
             # Under gradient checkpointing the recomputation must not update running statistics
@@ -259,7 +289,7 @@ class MixedEdges(nn.Module):
             scratch = _scratch_buffers(module) if _RECOMPUTING.get() else contextlib.nullcontext()
             with scratch:
                 y = torch.stack([module(by_source[:, j]) for j in range(g)], dim=1)
-            outs.append(y.view(m, c, h, w))
+            outs.append(y.view(m, c, *sp))
         return torch.stack(outs, dim=1)
 
 
@@ -280,27 +310,27 @@ def _scratch_buffers(module: nn.Module) -> Iterator[None]:
             sub._buffers[name] = buf
 
 
-def _depthwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """Depthwise convolution; 5x5 ones run in channels-last layout on the CPU, where oneDNN's
+def _depthwise(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Depthwise convolution; 2D 5x5 ones run in channels-last layout on the CPU, where oneDNN's
     backward pass for them is several times faster than in NCHW (benchmarks/supernet.py)."""
-    if x.device.type == "cpu" and conv.kernel_size[0] >= 5:
+    if x.device.type == "cpu" and x.dim() == 4 and conv.kernel_size[0] >= 5:
         return conv(x.contiguous(memory_format=torch.channels_last)).contiguous()
     return conv(x)
 
 
 def _channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """Channel shuffle of ``(M, E, C, H, W)`` along ``C`` (PC-DARTS)."""
-    m, e, c, h, w = x.shape
-    return x.view(m, e, groups, c // groups, h, w).transpose(2, 3).reshape(m, e, c, h, w)
+    """Channel shuffle of ``(M, E, C, *spatial)`` along ``C`` (PC-DARTS)."""
+    m, e, c, *sp = x.shape
+    return x.view(m, e, groups, c // groups, *sp).transpose(2, 3).reshape(m, e, c, *sp)
 
 
 class SearchCell(nn.Module):
     """A cell with every candidate operation on every edge, applied to ``sources`` inputs at once.
 
-    ``forward(s0, s1, alpha_weights)``: ``s0: (N, C, H, W)`` is ``H^{l-2}`` (shared by all
-    sources), ``s1: (N * sources, C, H, W)`` the per-source ``H^{l-1}`` (interleaved, sample
+    ``forward(s0, s1, alpha_weights)``: ``s0: (N, C, *spatial)`` is ``H^{l-2}`` (shared by all
+    sources), ``s1: (N * sources, C, *spatial)`` the per-source ``H^{l-1}`` (interleaved, sample
     ``n`` of source ``g`` at ``n * sources + g``), ``alpha_weights: (E, O)`` for the ``O``
-    operations ``op_names``. Returns the cell outputs ``(N * sources, B * C, H, W)``.
+    operations ``op_names``. Returns the cell outputs ``(N * sources, B * C, *spatial)``.
     ``aux_skip``: see :class:`MixedEdges`.
     """
 
@@ -311,6 +341,7 @@ class SearchCell(nn.Module):
         sources: int,
         partial_channels: int = 1,
         op_names: Sequence[str] = space.PRIMITIVES,
+        spatial_dims: int = 2,
     ):
         super().__init__()
         self.channels, self.blocks, self.sources = channels, blocks, sources
@@ -322,6 +353,7 @@ class SearchCell(nn.Module):
                 1 if j == 0 else sources,
                 partial_channels,
                 op_names,
+                spatial_dims,
             )
             for j in range(blocks + 1)
         )
@@ -352,19 +384,19 @@ class SearchCell(nn.Module):
             return self.edges[j](x, w[sl[j]], None if ew is None else ew[sl[j]], aux_skip)
 
         # inputs 0 and 1 feed every block
-        y0 = edges(0, s0)  # (N, B, C, H, W)
-        y1 = edges(1, s1)  # (N*G, B, C, H, W)
-        _, _, c, h, wd = y1.shape
-        acc = (y1.view(n, g, self.blocks, c, h, wd) + y0.unsqueeze(1)).view(
-            n * g, self.blocks, c, h, wd
+        y0 = edges(0, s0)  # (N, B, C, *spatial)
+        y1 = edges(1, s1)  # (N*G, B, C, *spatial)
+        _, _, c, *sp = y1.shape
+        acc = (y1.view(n, g, self.blocks, c, *sp) + y0.unsqueeze(1)).view(
+            n * g, self.blocks, c, *sp
         )
         partial = [acc[:, b] for b in range(self.blocks)]
         outs = []
         for b in range(self.blocks):
-            h_b = partial[b]  # (N*G, C, H, W): block b is complete
+            h_b = partial[b]  # (N*G, C, *spatial): block b is complete
             outs.append(h_b)
             if b + 1 < self.blocks:
-                y = edges(b + 2, h_b)  # (N*G, B-b-1, C, H, W)
+                y = edges(b + 2, h_b)  # (N*G, B-b-1, C, *spatial)
                 for k, target in enumerate(range(b + 1, self.blocks)):
                     partial[target] = partial[target] + y[:, k]
         return torch.cat(outs, dim=1)
@@ -373,10 +405,12 @@ class SearchCell(nn.Module):
 class ReLUConvBN(nn.Sequential):
     """ReLU -> conv -> BatchNorm (no affine; safe under gradient checkpointing)."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: int = 1, stride: int = 1):
+    def __init__(
+        self, c_in: int, c_out: int, kernel: int = 1, stride: int = 1, spatial_dims: int = 2
+    ):
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False),
+            ops.layers(spatial_dims).conv(c_in, c_out, kernel, stride, kernel // 2, bias=False),
             GroupBatchNorm(c_out),
         )
 
@@ -394,18 +428,22 @@ class SearchNode(nn.Module):
         blocks: int,
         partial_channels: int = 1,
         op_names: Sequence[str] = space.PRIMITIVES,
+        spatial_dims: int = 2,
     ):
         super().__init__()
         self.level, self.source_levels = level, source_levels
-        self.pre_prev_prev = ReLUConvBN(prev_prev_channels, channels)
+        sd = spatial_dims
+        self.pre_prev_prev = ReLUConvBN(prev_prev_channels, channels, spatial_dims=sd)
         pre = []
         for src, c_src in zip(source_levels, source_channels, strict=True):
             if src < level:  # from the finer level: stride-2 convolution
-                pre.append(ReLUConvBN(c_src, channels, kernel=3, stride=2))
-            else:  # same level, or from the coarser level after bilinear upsampling
-                pre.append(ReLUConvBN(c_src, channels))
+                pre.append(ReLUConvBN(c_src, channels, kernel=3, stride=2, spatial_dims=sd))
+            else:  # same level, or from the coarser level after (bi/tri)linear upsampling
+                pre.append(ReLUConvBN(c_src, channels, spatial_dims=sd))
         self.pre_prev = nn.ModuleList(pre)
-        self.cell = SearchCell(channels, blocks, len(source_levels), partial_channels, op_names)
+        self.cell = SearchCell(
+            channels, blocks, len(source_levels), partial_channels, op_names, spatial_dims
+        )
 
     def forward(
         self,
@@ -414,21 +452,22 @@ class SearchNode(nn.Module):
         source_weights: torch.Tensor,
         alpha_weights: torch.Tensor,
         edge_weights: torch.Tensor | None,
-        size: tuple[int, int],
+        size: tuple[int, ...],
         aux_skip: float = 0.0,
     ) -> torch.Tensor:
-        """``prev``: source tensors; ``source_weights``: ``(G,)`` betas; returns ``(N, B*C, H, W)``."""
-        if prev_prev.shape[-2:] != size:
-            prev_prev = F.interpolate(prev_prev, size=size, mode="bilinear", align_corners=False)
+        """``prev``: source tensors; ``source_weights``: ``(G,)`` betas; ``size``: the node's
+        spatial size; returns ``(N, B*C, *size)``."""
+        if tuple(prev_prev.shape[2:]) != tuple(size):
+            prev_prev = ops.resize(prev_prev, size)
         s0 = self.pre_prev_prev(prev_prev)
         s1 = []
         for x, src, pre in zip(prev, self.source_levels, self.pre_prev, strict=True):
             if src > self.level:
-                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+                x = ops.resize(x, size)
             s1.append(pre(x))
         n, g = s0.shape[0], len(s1)
-        s1_all = torch.stack(s1, dim=1).flatten(0, 1)  # (N*G, C, H, W), source-interleaved
-        out = self.cell(s0, s1_all, alpha_weights, edge_weights, aux_skip)  # (N*G, B*C, H, W)
+        s1_all = torch.stack(s1, dim=1).flatten(0, 1)  # (N*G, C, *size), source-interleaved
+        out = self.cell(s0, s1_all, alpha_weights, edge_weights, aux_skip)  # (N*G, B*C, *size)
         out = out.view(n, g, *out.shape[1:])
         return torch.einsum("ng...,g->n...", out, source_weights)
 
@@ -440,35 +479,47 @@ class SearchASPP(nn.Module):
     The image-pooling branch has no BatchNorm so that batch size 1 works in training mode.
     """
 
-    def __init__(self, in_channels: int, channels: int, num_classes: int, rate: int):
+    def __init__(
+        self, in_channels: int, channels: int, num_classes: int, rate: int, spatial_dims: int = 2
+    ):
         super().__init__()
+        lay = ops.layers(spatial_dims)
         self.conv1 = nn.Sequential(
-            nn.Conv2d(in_channels, channels, 1, bias=False), _bn(channels, True), nn.ReLU()
+            lay.conv(in_channels, channels, 1, bias=False),
+            _bn(channels, True, spatial_dims),
+            nn.ReLU(),
         )
         self.atrous = nn.Sequential(
-            nn.Conv2d(in_channels, channels, 3, padding=rate, dilation=rate, bias=False),
-            _bn(channels, True),
+            lay.conv(in_channels, channels, 3, padding=rate, dilation=rate, bias=False),
+            _bn(channels, True, spatial_dims),
             nn.ReLU(),
         )
         self.pool = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, channels, 1), nn.ReLU()
+            lay.adaptive_avg_pool(1), lay.conv(in_channels, channels, 1), nn.ReLU()
         )
-        self.project = nn.Conv2d(3 * channels, num_classes, 1)
+        self.project = lay.conv(3 * channels, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.pool(x).expand(-1, -1, *x.shape[-2:])
+        pooled = self.pool(x).expand(-1, -1, *x.shape[2:])
         return self.project(torch.cat((self.conv1(x), self.atrous(x), pooled), dim=1))
 
 
 class SearchStem(nn.Module):
-    """Three 3x3 convs (64 s2, 64, 128 s2); returns the 1/2 and 1/4 outputs (pre-activation)."""
+    """Three 3x3 (3x3x3 for volumes) convs (64 s2, 64, 128 s2); returns the 1/2 and 1/4
+    outputs (pre-activation)."""
 
-    def __init__(self, in_channels: int = 3, channels: tuple[int, int, int] = (64, 64, 128)):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        channels: tuple[int, int, int] = (64, 64, 128),
+        spatial_dims: int = 2,
+    ):
         super().__init__()
+        conv, sd = ops.layers(spatial_dims).conv, spatial_dims
         c0, c1, c2 = channels
-        self.conv0 = nn.Sequential(nn.Conv2d(in_channels, c0, 3, 2, 1, bias=False), _bn(c0, True))
-        self.conv1 = nn.Sequential(nn.Conv2d(c0, c1, 3, 1, 1, bias=False), _bn(c1, True))
-        self.conv2 = nn.Sequential(nn.Conv2d(c1, c2, 3, 2, 1, bias=False), _bn(c2, True))
+        self.conv0 = nn.Sequential(conv(in_channels, c0, 3, 2, 1, bias=False), _bn(c0, True, sd))
+        self.conv1 = nn.Sequential(conv(c0, c1, 3, 1, 1, bias=False), _bn(c1, True, sd))
+        self.conv2 = nn.Sequential(conv(c1, c2, 3, 2, 1, bias=False), _bn(c2, True, sd))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         half = self.conv1(F.relu(self.conv0(x)))
@@ -496,8 +547,11 @@ class SearchNetwork(nn.Module):
             ``None`` = the paper's ``96 / stride`` (see :func:`autodeeplab.heads.search_head_rates`).
         checkpoint_cells: recompute every cell in the backward pass instead of storing its
             activations (saves memory, costs about one extra forward pass).
+        spatial_dims: 2 for images ``(N, C, H, W)``, 3 for volumes ``(N, C, D, H, W)``: every
+            convolution, BatchNorm and pooling is built for it and resizing is trilinear
+            (the search space's ``spatial_dims``).
 
-    ``forward(images)`` returns logits ``(N, num_classes, H, W)`` at input size;
+    ``forward(images)`` returns logits ``(N, num_classes, *spatial)`` at input size;
     ``forward(images, aux_skip=c)`` adds the DARTS- auxiliary skip connection ``c * x`` to every
     mixed edge (``c = 0``, the default, is the paper's supernet).
     """
@@ -515,6 +569,7 @@ class SearchNetwork(nn.Module):
         aspp_rates: Sequence[int] | None = None,
         op_names: Sequence[str] = space.PRIMITIVES,
         relaxation: Relaxation | None = None,
+        spatial_dims: int = 2,
     ):
         super().__init__()
         if num_classes < 1 or layers < 1 or blocks < 1 or filter_multiplier < 1:
@@ -532,9 +587,10 @@ class SearchNetwork(nn.Module):
         self.partial_channels, self.checkpoint_cells = partial_channels, checkpoint_cells
         rates = search_head_rates("paper" if aspp_rates is None else aspp_rates, None)
         self.aspp_rates: tuple[int, ...] = rates
-        self.search_space = space.SearchSpace(layers, blocks, tuple(op_names))
+        self.search_space = space.SearchSpace(layers, blocks, tuple(op_names), spatial_dims)
+        self.spatial_dims = spatial_dims
 
-        self.stem = SearchStem(in_channels, stem_channels)
+        self.stem = SearchStem(in_channels, stem_channels, spatial_dims)
         half_c, quarter_c = stem_channels[1], stem_channels[2]
 
         def node_channels(level: int) -> int:
@@ -557,10 +613,11 @@ class SearchNetwork(nn.Module):
                 blocks,
                 partial_channels,
                 self.search_space.ops,
+                spatial_dims,
             )
         last_levels = self.search_space.levels_at(layers - 1)
         self.heads = nn.ModuleList(
-            SearchASPP(node_channels(s), node_channels(s), num_classes, rates[s])
+            SearchASPP(node_channels(s), node_channels(s), num_classes, rates[s], spatial_dims)
             for s in last_levels
         )
 
@@ -625,22 +682,24 @@ class SearchNetwork(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, aux_skip: float = 0.0) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
+        axes = "H, W" if self.spatial_dims == 2 else "D, H, W"
+        if x.dim() != 2 + self.spatial_dims or x.shape[1] != self.in_channels:
+            kind = "images" if self.spatial_dims == 2 else "volumes"
             raise ValueError(
-                f"expected images of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
+                f"expected {kind} of shape (N, {self.in_channels}, {axes}), got {tuple(x.shape)}"
             )
         min_size = 2 ** (space.NUM_LEVELS + 1)
-        if min(x.shape[-2:]) < min_size:
+        if min(x.shape[2:]) < min_size:
             raise ValueError(
-                f"input {tuple(x.shape[-2:])} is too small: the supernet reaches stride 32, so "
-                f"H and W must be at least {min_size}"
+                f"input {tuple(x.shape[2:])} is too small: the supernet reaches stride 32, so "
+                f"{axes} must be at least {min_size}"
             )
         alpha_w = self.alpha_weights()
         beta_w = self.beta_weights()
         edge_w = self.edge_weights()
 
         half, quarter = self.stem(x)
-        sizes = [tuple(quarter.shape[-2:])]
+        sizes = [tuple(quarter.shape[2:])]
         for _ in range(space.NUM_LEVELS - 1):
             sizes.append(tuple(math.ceil(d / 2) for d in sizes[-1]))
 
@@ -675,8 +734,6 @@ class SearchNetwork(nn.Module):
         logits = None
         last_levels = self.search_space.levels_at(self.layers - 1)
         for level, head in zip(last_levels, self.heads, strict=True):
-            y = F.interpolate(
-                head(prev[level]), size=x.shape[-2:], mode="bilinear", align_corners=False
-            )
+            y = ops.resize(head(prev[level]), x.shape[2:])
             logits = y if logits is None else logits + y
         return logits

@@ -9,13 +9,19 @@ One weight step = forward, cross-entropy, backward, SGD step on the weights (arc
 parameters frozen). One weight + arch step = a weight step on a trainA batch followed by a
 first-order architecture step (Adam on alphas/betas, weights frozen) on a trainB batch.
 
+``--spatial-dims 3`` runs the supernet on volumes (``size`` voxels per side); ``--kernels
+plain`` replaces every op by an unfused copy of its registry entry (one module per edge and op,
+a DARTS-style mixed op), to compare with the fused kernels.
+
     python benchmarks/supernet.py --sizes 64 128 --threads 1
     python benchmarks/supernet.py --sizes 321 --modes checkpoint+pc --steps 2
+    python benchmarks/supernet.py --spatial-dims 3 --sizes 32 --kernels fused plain --no-arch
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -37,30 +43,58 @@ def _set_requires_grad(params, flag: bool) -> None:
         p.requires_grad_(flag)
 
 
+def _plain_ops() -> tuple[str, ...]:
+    """Unfused copies of the paper's ops (same factories, no fusion), registered as
+    ``<name>_plain``."""
+    from autodeeplab import ops, space
+
+    names = []
+    for name in space.PRIMITIVES:
+        spec = ops.get_op(name)
+        plain = ops.OpSpec(
+            f"{name}_plain", spec.factory, spec.parameter_free, None, spec.spatial_dims
+        )
+        ops.register_op(plain)
+        names.append(plain.name)
+    return tuple(names)
+
+
+def _rss_now() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def run_one(args: argparse.Namespace) -> dict:
     import torch
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
+    from autodeeplab import space
     from autodeeplab.supernet import SearchNetwork
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
+    op_names = _plain_ops() if args.kernel == "plain" else space.PRIMITIVES
+    in_channels = 3 if args.spatial_dims == 2 else 1
     model = SearchNetwork(
         args.num_classes,
         layers=args.layers,
         blocks=args.blocks,
         filter_multiplier=args.filter_multiplier,
+        in_channels=in_channels,
+        op_names=op_names,
+        spatial_dims=args.spatial_dims,
         **MODES[args.mode],
     ).to(device)
     weights, arch = model.weight_parameters(), model.arch_parameters()
     w_opt = torch.optim.SGD(weights, lr=0.025, momentum=0.9, weight_decay=3e-4)
     a_opt = torch.optim.Adam(arch, lr=3e-3, betas=(0.5, 0.999), weight_decay=1e-3)
-    size = (args.size, args.size)
+    size = (args.size,) * args.spatial_dims
+    rss_before = _rss_now()
 
     def batch():
-        x = torch.randn(args.batch, 3, *size, device=device)
+        x = torch.randn(args.batch, in_channels, *size, device=device)
         y = torch.randint(0, args.num_classes, (args.batch, *size), device=device)
         y[:, :2] = 255
         return x, y
@@ -120,6 +154,8 @@ def run_one(args: argparse.Namespace) -> dict:
         peak_kind = "rss"
     return {
         "size": args.size,
+        "spatial_dims": args.spatial_dims,
+        "kernels": args.kernel,
         "batch": args.batch,
         "threads": args.threads,
         "mode": args.mode,
@@ -130,6 +166,7 @@ def run_one(args: argparse.Namespace) -> dict:
         "peak_memory_bytes": peak,
         "peak_memory_gib": round(peak / 2**30, 3),
         "peak_memory_kind": peak_kind,
+        "rss_before_steps_bytes": rss_before if device.type == "cpu" else None,
         "weight_parameters": sum(p.numel() for p in weights),
         "arch_parameters": sum(p.numel() for p in arch),
         "flops_per_weight_step": flops,
@@ -153,6 +190,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-arch", action="store_true", help="skip the weight + arch step timing")
     parser.add_argument("--no-flops", dest="flops", action="store_false")
+    parser.add_argument("--spatial-dims", type=int, default=2, choices=(2, 3))
+    parser.add_argument("--kernels", nargs="+", default=["fused"], choices=("fused", "plain"))
+    parser.add_argument("--kernel", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
@@ -165,29 +205,29 @@ def main() -> None:
 
     results = []
     for size in args.sizes:
-        for threads in args.threads:
-            for mode in args.modes:
-                cmd = [sys.executable, __file__, "--child", "--size", str(size), "--mode", mode]
-                cmd += ["--threads", str(threads), "--batch", str(args.batch)]
-                cmd += ["--layers", str(args.layers), "--blocks", str(args.blocks)]
-                cmd += ["--filter-multiplier", str(args.filter_multiplier)]
-                cmd += ["--num-classes", str(args.num_classes), "--steps", str(args.steps)]
-                cmd += ["--warmup", str(args.warmup), "--device", args.device]
-                cmd += ["--no-arch"] * args.no_arch + ["--no-flops"] * (not args.flops)
-                env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-                out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                if out.returncode != 0:
-                    results.append(
-                        {
-                            "size": size,
-                            "threads": threads,
-                            "mode": mode,
-                            "error": out.stderr[-2000:],
-                        }
-                    )
-                else:
-                    results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-                print(json.dumps(results[-1]), file=sys.stderr)
+        for threads, mode, kernel in itertools.product(args.threads, args.modes, args.kernels):
+            cmd = [sys.executable, __file__, "--child", "--size", str(size), "--mode", mode]
+            cmd += ["--kernel", kernel, "--spatial-dims", str(args.spatial_dims)]
+            cmd += ["--threads", str(threads), "--batch", str(args.batch)]
+            cmd += ["--layers", str(args.layers), "--blocks", str(args.blocks)]
+            cmd += ["--filter-multiplier", str(args.filter_multiplier)]
+            cmd += ["--num-classes", str(args.num_classes), "--steps", str(args.steps)]
+            cmd += ["--warmup", str(args.warmup), "--device", args.device]
+            cmd += ["--no-arch"] * args.no_arch + ["--no-flops"] * (not args.flops)
+            env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if out.returncode != 0:
+                results.append(
+                    {
+                        "size": size,
+                        "threads": threads,
+                        "mode": mode,
+                        "error": out.stderr[-2000:],
+                    }
+                )
+            else:
+                results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(json.dumps(results[-1]), file=sys.stderr)
     print(json.dumps({"benchmark": "supernet", "results": results}, indent=2))
 
 

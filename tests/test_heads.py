@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from autodeeplab import space
 from autodeeplab.complexity import complexity
@@ -27,6 +28,8 @@ from autodeeplab.engine.search import SearchEngine
 from autodeeplab.engine.train import TrainEngine, resolve_network
 from autodeeplab.genotype import RELEASED, Genotype
 from autodeeplab.heads import (
+    ASPP,
+    DeepLabV3PlusDecoder,
     atrous_rates_for_stride,
     auto_atrous_rates,
     feature_size,
@@ -291,3 +294,41 @@ def test_no_shipped_config_has_an_atrous_branch_outside_its_map(config):
         size = feature_size(crop, s)
         if size >= 2:
             assert all(reaches_off_centre(r, size) for r in rs), (s, size, rs)
+
+
+# ---------------------------------------------------------------------------- volumes
+def test_volume_heads_on_one_slice_equal_the_image_heads():
+    """ASPP and decoder built for volumes, on volumes of depth 1, equal the image heads whose
+    kernels are the central depth slices of the 3D ones (off-centre depth taps read zero
+    padding; pooling, BatchNorm and trilinear resizing reduce to their 2D forms)."""
+    torch.manual_seed(0)
+    heads = {
+        dims: (
+            ASPP(6, (1, 2), channels=8, spatial_dims=dims),
+            DeepLabV3PlusDecoder(5, 3, aspp_channels=8, channels=8, spatial_dims=dims),
+        )
+        for dims in (2, 3)
+    }
+    with torch.no_grad():
+        for m3, m2 in zip(
+            nn.ModuleList(heads[3]).modules(), nn.ModuleList(heads[2]).modules(), strict=True
+        ):
+            if isinstance(m3, nn.Conv3d):
+                m2.weight.copy_(m3.weight[:, :, m3.kernel_size[0] // 2])
+                if m3.bias is not None:
+                    m2.bias.copy_(m3.bias)
+            elif isinstance(m3, nn.BatchNorm3d):
+                m2.load_state_dict(m3.state_dict())
+    x = torch.randn(2, 6, 5, 7)
+    low = torch.randn(2, 5, 9, 13)
+    for training in (True, False):
+        out = {}
+        for dims, (aspp, decoder) in heads.items():
+            aspp.train(training)
+            decoder.train(training)
+            xd, lowd = (x, low) if dims == 2 else (x.unsqueeze(2), low.unsqueeze(2))
+            out[dims] = decoder(aspp(xd), lowd)
+        assert out[3].shape == (2, 3, 1, 9, 13)
+        torch.testing.assert_close(out[3].squeeze(2), out[2], rtol=1e-5, atol=1e-6)
+    volume = heads[3][1](heads[3][0](torch.randn(2, 6, 3, 5, 7)), torch.randn(2, 5, 6, 9, 13))
+    assert volume.shape == (2, 3, 6, 9, 13)

@@ -34,6 +34,25 @@ EXTRA = (
 ALL_OPS = (*space.PRIMITIVES, *(spec.name for spec in EXTRA))
 
 
+def _conv_1x1_nd(c: int, stride: int, affine: bool, spatial_dims: int) -> nn.Module:
+    layers = ops.layers(spatial_dims)
+    return nn.Sequential(
+        nn.ReLU(), layers.conv(c, c, 1, stride, bias=False), layers.batch_norm(c, affine=affine)
+    )
+
+
+# an unfused op for images and volumes: its factory takes spatial_dims
+EXTRA_ND = OpSpec("test_conv_1x1_nd", _conv_1x1_nd, parameter_free=False, spatial_dims=(2, 3))
+VOLUME_OPS = (
+    *(n for n in space.BUILTIN_OPS if 3 in space.op_spatial_dims(n)),
+    EXTRA_ND.name,
+)
+"""Every built-in operation that exists for volumes (the paper's eight, conv_3x3, pseudo-3D),
+and one unfused test op."""
+CONVS = (nn.Conv2d, nn.Conv3d)
+BATCH_NORMS = (nn.BatchNorm2d, nn.BatchNorm3d)
+
+
 @pytest.fixture(autouse=True)
 def extra_ops():
     for spec in EXTRA:
@@ -50,19 +69,20 @@ def _copy_edge(group: MixedEdges, name: str, k: int, g: int, op: nn.Module) -> N
         op.load_state_dict(group.plain[name][k].state_dict())
         return
     fused: list[nn.Module] = []
-    for kernels in (group.sep, group.atr):
+    for kernels in (group.sep, group.atr, group.factorized):
         if name in kernels:
             fused = list(kernels[name])
     c = group.channels // group.partial
     rows = slice(k * c, (k + 1) * c)  # edge k's output channels in every fused convolution
     off = g * group.num_edges * c + k * c  # (source g, edge k) in the per-source statistics
-    convs = [m for m in fused if isinstance(m, nn.Conv2d)]
+    convs = [m for m in fused if isinstance(m, CONVS)]
     bns = [m for m in fused if isinstance(m, GroupBatchNorm)]
-    op_convs = [m for m in op.modules() if isinstance(m, nn.Conv2d)]
-    op_bns = [m for m in op.modules() if isinstance(m, nn.BatchNorm2d)]
+    op_convs = [m for m in op.modules() if isinstance(m, CONVS)]
+    op_bns = [m for m in op.modules() if isinstance(m, BATCH_NORMS)]
     assert len(convs) == len(op_convs) and len(bns) == len(op_bns), name
     with torch.no_grad():
         for src, dst in zip(convs, op_convs, strict=True):
+            assert src.kernel_size == dst.kernel_size and src.dilation == dst.dilation, name
             dst.weight.copy_(src.weight[rows])
         for src, dst in zip(bns, op_bns, strict=True):
             dst.running_mean.copy_(src.running_mean[off : off + c])
@@ -76,9 +96,25 @@ def test_one_hot_edge_equals_the_registry_op(name, groups):
     module (built as in a search cell: stride 1, no affine) with the edge's parameters, in
     training mode (batch statistics per source) and, after that step, in eval mode (running
     statistics)."""
+    check_one_hot_edge(name, groups, ALL_OPS, (9, 11))
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize("name", VOLUME_OPS)
+def test_one_hot_edge_equals_the_registry_op_in_volumes(name, groups):
+    """The same check on volumes ``(N, C, D, H, W)``: every op that exists for volumes, fused
+    or not, equals its 3D module from the registry."""
+    ops.register_op(EXTRA_ND)
+    try:
+        check_one_hot_edge(name, groups, VOLUME_OPS, (5, 7, 6), spatial_dims=3)
+    finally:
+        ops.unregister_op(EXTRA_ND.name)
+
+
+def check_one_hot_edge(name, groups, op_names, size, spatial_dims=2):
     torch.manual_seed(0)
     c, e, n = 4, 3, 2
-    group = MixedEdges(c, e, groups, op_names=ALL_OPS).double()
+    group = MixedEdges(c, e, groups, op_names=op_names, spatial_dims=spatial_dims).double()
     with torch.no_grad():  # non-trivial running statistics
         for m in group.modules():
             if isinstance(m, GroupBatchNorm):
@@ -87,14 +123,14 @@ def test_one_hot_edge_equals_the_registry_op(name, groups):
     refs = {}
     for k in range(e):
         for g in range(groups):
-            refs[k, g] = ops.build_op(name, c, 1, affine=False).double()
+            refs[k, g] = ops.build_op(name, c, 1, affine=False, spatial_dims=spatial_dims).double()
             _copy_edge(group, name, k, g, refs[k, g])
-    x = torch.randn(n * groups, c, 9, 11, dtype=torch.float64)
-    by_source = x.view(n, groups, c, 9, 11)
-    weights = torch.zeros(e, len(ALL_OPS), dtype=torch.float64)
-    weights[:, ALL_OPS.index(name)] = 1.0
+    x = torch.randn(n * groups, c, *size, dtype=torch.float64)
+    by_source = x.view(n, groups, c, *size)
+    weights = torch.zeros(e, len(op_names), dtype=torch.float64)
+    weights[:, op_names.index(name)] = 1.0
 
-    out = group(x, weights).view(n, groups, e, c, 9, 11)
+    out = group(x, weights).view(n, groups, e, c, *size)
     for (k, g), ref in refs.items():
         torch.testing.assert_close(out[:, g, k], ref(by_source[:, g]), rtol=1e-10, atol=1e-12)
 
@@ -103,7 +139,7 @@ def test_one_hot_edge_equals_the_registry_op(name, groups):
         return
     group.eval()
     with torch.no_grad():
-        out = group(x, weights).view(n, groups, e, c, 9, 11)
+        out = group(x, weights).view(n, groups, e, c, *size)
     for (k, g), ref in refs.items():
         copied = copy.deepcopy(ref)
         _copy_edge(group, name, k, g, copied)  # the statistics after the training step
@@ -177,12 +213,18 @@ def test_supernet_with_an_unfused_op_matches_the_plain_reference(options, monkey
 
 def test_registry_follows_primitives_and_describes_every_op():
     assert tuple(ops.OP_REGISTRY)[: len(space.PRIMITIVES)] == space.PRIMITIVES
-    assert space.known_ops() == ALL_OPS
+    assert space.known_ops() == (*space.BUILTIN_OPS, *(spec.name for spec in EXTRA))
     for name in space.PRIMITIVES:
         spec = ops.get_op(name)
         module = spec.factory(4, 1, False)
         has_params = any(True for _ in module.parameters())
         assert spec.parameter_free == (not has_params), name
+    for name in space.BUILTIN_OPS:  # every built-in op, in every dimensionality it exists for
+        spec = ops.get_op(name)
+        assert spec.spatial_dims == space.op_spatial_dims(name)
+        for dims in spec.spatial_dims:
+            module = spec.build(4, 1, False, dims)
+            assert spec.parameter_free == (not any(True for _ in module.parameters())), name
     from autodeeplab.diagnostics import PARAMETER_FREE_OPS
 
     free = {n for n in space.PRIMITIVES if ops.get_op(n).parameter_free and n != "none"}

@@ -136,3 +136,28 @@ def test_search_space_value_and_errors():
             space.SearchSpace(**bad)
     with pytest.raises(ValueError, match="distinct operation names"):
         space.SearchSpace(ops=("none", "none"))
+
+
+def test_spatial_dims_of_the_search_space():
+    """Images by default; volumes search the paper's eight ops by default, the pseudo-3D ops are
+    opt-in and volume-only; the trellis does not depend on the dimensionality."""
+    images, volumes = space.SearchSpace(3, 2), space.SearchSpace(3, 2, spatial_dims=3)
+    assert images.spatial_dims == 2 and volumes.ops == images.ops == space.PRIMITIVES
+    assert images != volumes and images.transitions() == volumes.transitions()
+    dints = space.SearchSpace(3, 2, ops=(*space.PRIMITIVES, *space.PSEUDO_3D_OPS), spatial_dims=3)
+    assert dints.num_ops == 11 and dints.op_index("p3d_conv_1x3x3") == 10
+    assert space.BUILTIN_OPS[: space.NUM_OPS] == space.PRIMITIVES
+    for name in space.PSEUDO_3D_OPS:
+        assert space.op_spatial_dims(name) == (3,)
+    for name in (*space.PRIMITIVES, "conv_3x3"):
+        assert space.op_spatial_dims(name) == (2, 3)
+    for bad in (1, 4, True, 2.0, "3"):
+        with pytest.raises(ValueError, match=r"spatial_dims must be 2 \(images\) or 3 \(volumes\)"):
+            space.SearchSpace(spatial_dims=bad)
+    with pytest.raises(
+        ValueError,
+        match=r"\['p3d_conv_3x3x1'\] do not exist for spatial_dims=2; operations for it: none, ",
+    ):
+        space.SearchSpace(ops=("none", "p3d_conv_3x3x1"))
+    with pytest.raises(ValueError, match="unknown operation 'conv_9x9'"):
+        space.op_spatial_dims("conv_9x9")

@@ -11,6 +11,25 @@ from autodeeplab import decode, space
 from autodeeplab.supernet import SearchNetwork
 
 # --------------------------------------------------------------------------- reference
+# Written for images and volumes alike: the functions are picked by the input's dimensionality.
+
+
+def conv(x, weight, **kw):
+    return (F.conv2d if x.dim() == 4 else F.conv3d)(x, weight, **kw)
+
+
+def resize(x, size):
+    mode = "bilinear" if x.dim() == 4 else "trilinear"
+    return F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
+
+
+def avg_pool_by_sums(x):
+    """3x3x3 average pooling without the padding: window sums over window sizes (a second
+    formula; PyTorch's 3D pooling refuses maps smaller than the kernel)."""
+    ones = torch.ones(x.shape[1], 1, 3, 3, 3, dtype=x.dtype)
+    sums = F.conv3d(x, ones, padding=1, groups=x.shape[1])
+    counts = F.conv3d(torch.ones_like(x[:, :1]), ones[:1], padding=1)
+    return sums / counts
 
 
 def ref_beta_weights(betas):
@@ -51,34 +70,36 @@ def ref_edge(group, x, k, g, w, training, edge_scale=None, update=True, aux=0.0)
         if name == "none":
             y = torch.zeros_like(xp)
         elif name == "max_pool_3x3":
-            y = F.max_pool2d(xp, 3, 1, 1)
+            y = (F.max_pool2d if xp.dim() == 4 else F.max_pool3d)(xp, 3, 1, 1)
         elif name == "avg_pool_3x3":
-            y = F.avg_pool2d(xp, 3, 1, 1, count_include_pad=False)
+            y = (
+                F.avg_pool2d(xp, 3, 1, 1, count_include_pad=False)
+                if xp.dim() == 4
+                else avg_pool_by_sums(xp)
+            )
         elif name == "skip_connect":
             y = xp
         elif name.startswith("sep"):
             dw1, pw1, bn1, dw2, pw2, bn2 = group.sep[name]
             ks = dw1.kernel_size[0]
-            y = F.conv2d(F.relu(xp), dw1.weight[rows], padding=ks // 2, groups=c)
-            y = F.conv2d(y, pw1.weight[rows])
+            y = conv(F.relu(xp), dw1.weight[rows], padding=ks // 2, groups=c)
+            y = conv(y, pw1.weight[rows])
             y = ref_bn(y, bn1, off, off + c, training, update)
-            y = F.conv2d(F.relu(y), dw2.weight[rows], padding=ks // 2, groups=c)
-            y = F.conv2d(y, pw2.weight[rows])
+            y = conv(F.relu(y), dw2.weight[rows], padding=ks // 2, groups=c)
+            y = conv(y, pw2.weight[rows])
             y = ref_bn(y, bn2, off, off + c, training, update)
         else:
-            conv, bn = group.atr[name]
-            ks = conv.kernel_size[0]
-            y = F.conv2d(F.relu(xp), conv.weight[rows], padding=2 * (ks // 2), dilation=2)
+            atr, bn = group.atr[name]
+            ks = atr.kernel_size[0]
+            y = conv(F.relu(xp), atr.weight[rows], padding=2 * (ks // 2), dilation=2)
             y = ref_bn(y, bn, off, off + c, training, update)
         total = total + w[op] * y
     total = total + aux * xp
     if group.partial > 1:
         total = torch.cat((total, x[:, c:]), dim=1)
-        n, _, h, wd = total.shape
+        n, _, *sp = total.shape
         total = (
-            total.view(n, group.partial, C // group.partial, h, wd)
-            .transpose(1, 2)
-            .reshape(n, C, h, wd)
+            total.view(n, group.partial, C // group.partial, *sp).transpose(1, 2).reshape(n, C, *sp)
         )
     if edge_scale is not None:
         total = total * edge_scale
@@ -123,7 +144,7 @@ def ref_forward(model, x, aux=0.0):
     beta_w = ref_beta_weights(model.betas)
     edge_w = ref_edge_weights(model)
     half, quarter = model.stem(x)
-    sizes = [quarter.shape[-2:]]
+    sizes = [quarter.shape[2:]]
     for _ in range(3):
         sizes.append(tuple((d + 1) // 2 for d in sizes[-1]))
     pprev, prev = {-1: half}, {0: quarter}
@@ -138,18 +159,14 @@ def ref_forward(model, x, aux=0.0):
                 pp = pprev[0]
             else:
                 pp = pprev[level] if level in pprev else pprev[max(pprev)]
-            if tuple(pp.shape[-2:]) != tuple(sizes[level]):
-                pp = F.interpolate(
-                    pp, size=tuple(sizes[level]), mode="bilinear", align_corners=False
-                )
+            if tuple(pp.shape[2:]) != tuple(sizes[level]):
+                pp = resize(pp, sizes[level])
             s0 = node.pre_prev_prev(pp)
             out = 0
             for g, src in enumerate(srcs):
                 h = prev[src]
                 if src > level:
-                    h = F.interpolate(
-                        h, size=tuple(sizes[level]), mode="bilinear", align_corners=False
-                    )
+                    h = resize(h, sizes[level])
                 s1 = node.pre_prev[g](h)
                 out = out + beta_w[layer, src, level - src + 1] * ref_cell(
                     node.cell, s0, s1, g, alpha_w, edge_w, training, aux
@@ -158,9 +175,7 @@ def ref_forward(model, x, aux=0.0):
         pprev, prev = prev, cur
     logits = 0
     for level, head in enumerate(model.heads):
-        logits = logits + F.interpolate(
-            head(prev[level]), size=x.shape[-2:], mode="bilinear", align_corners=False
-        )
+        logits = logits + resize(head(prev[level]), x.shape[2:])
     return logits
 
 
