@@ -7,15 +7,20 @@ its peak memory is its own.
 
 One weight step = forward, cross-entropy, backward, SGD step on the weights (architecture
 parameters frozen). One weight + arch step = a weight step on a trainA batch followed by a
-first-order architecture step (Adam on alphas/betas, weights frozen) on a trainB batch.
+first-order architecture step (Adam on the architecture parameters, weights frozen) on a trainB
+batch. With ``--relaxations dints`` the architecture loss also carries the DiNTS terms at full
+weight and the memory budget (target 0.5), as a DiNTS search's steps do; the supernet is built
+by :func:`autodeeplab.search_model.build_supernet`, as the search engine builds it.
 
     python benchmarks/supernet.py --sizes 64 128 --threads 1
     python benchmarks/supernet.py --sizes 321 --modes checkpoint+pc --steps 2
+    python benchmarks/supernet.py --sizes 64 128 --relaxations softmax dints --steps 7
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -42,18 +47,26 @@ def run_one(args: argparse.Namespace) -> dict:
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
-    from autodeeplab.supernet import SearchNetwork
+    from autodeeplab.config import DataConfig, RelaxationConfig, SearchConfig, SupernetConfig
+    from autodeeplab.search_model import build_memory_budget, build_supernet
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    model = SearchNetwork(
-        args.num_classes,
-        layers=args.layers,
-        blocks=args.blocks,
-        filter_multiplier=args.filter_multiplier,
-        **MODES[args.mode],
-    ).to(device)
+    cfg = SearchConfig(
+        model=SupernetConfig(
+            layers=args.layers,
+            blocks=args.blocks,
+            filter_multiplier=args.filter_multiplier,
+            **MODES[args.mode],
+        ),
+        data=DataConfig(crop_size=args.size, batch_size=args.batch),
+        relaxation=RelaxationConfig(
+            name=args.relaxation, memory_target=0.5 if args.relaxation == "dints" else None
+        ),
+    )
+    model = build_supernet(cfg, args.num_classes).to(device)
+    budget = build_memory_budget(cfg, args.num_classes)
     weights, arch = model.weight_parameters(), model.arch_parameters()
     w_opt = torch.optim.SGD(weights, lr=0.025, momentum=0.9, weight_decay=3e-4)
     a_opt = torch.optim.Adam(arch, lr=3e-3, betas=(0.5, 0.999), weight_decay=1e-3)
@@ -79,6 +92,12 @@ def run_one(args: argparse.Namespace) -> dict:
         _set_requires_grad(arch, True)
         x, y = batch()
         loss = F.cross_entropy(model(x), y, ignore_index=255)
+        state = model.arch_state()
+        extra = model.relaxation.search_loss(state, 1.0)  # the terms at full weight
+        if extra is not None:
+            loss = loss + extra
+        if budget is not None:
+            loss = loss + budget.loss(budget.terms(model.relaxation.edge_probs(state)))
         a_opt.zero_grad(set_to_none=True)
         loss.backward()
         a_opt.step()
@@ -123,6 +142,7 @@ def run_one(args: argparse.Namespace) -> dict:
         "batch": args.batch,
         "threads": args.threads,
         "mode": args.mode,
+        "relaxation": args.relaxation,
         "device": str(device),
         "weight_step_s": statistics.median(w_times),
         "weight_step_s_all": [round(t, 4) for t in w_times],
@@ -143,6 +163,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--threads", type=int, nargs="+", default=[1])
     parser.add_argument("--modes", nargs="+", default=["exact"], choices=sorted(MODES))
+    parser.add_argument(
+        "--relaxations", nargs="+", default=["softmax"], choices=["softmax", "dints"]
+    )
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--blocks", type=int, default=5)
@@ -156,6 +179,7 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
+    parser.add_argument("--relaxation", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
@@ -166,8 +190,9 @@ def main() -> None:
     results = []
     for size in args.sizes:
         for threads in args.threads:
-            for mode in args.modes:
+            for mode, relaxation in itertools.product(args.modes, args.relaxations):
                 cmd = [sys.executable, __file__, "--child", "--size", str(size), "--mode", mode]
+                cmd += ["--relaxation", relaxation]
                 cmd += ["--threads", str(threads), "--batch", str(args.batch)]
                 cmd += ["--layers", str(args.layers), "--blocks", str(args.blocks)]
                 cmd += ["--filter-multiplier", str(args.filter_multiplier)]
@@ -182,6 +207,7 @@ def main() -> None:
                             "size": size,
                             "threads": threads,
                             "mode": mode,
+                            "relaxation": relaxation,
                             "error": out.stderr[-2000:],
                         }
                     )
