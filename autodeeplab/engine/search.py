@@ -7,6 +7,13 @@ architecture parameters do not require gradients and vice versa, so neither step
 gradients it does not use. Collapse guards (:mod:`autodeeplab.collapse`) add an auxiliary skip
 connection to the supernet and a term to the architecture loss when the config asks for them.
 
+The supernet, its relaxation (``relaxation.name``) and, for a relaxation with independent
+transitions (DiNTS), the memory budget come from :mod:`autodeeplab.search_model`. The
+architecture loss is the cross-entropy plus the relaxation's own terms, weighted by
+:meth:`~autodeeplab.relaxation.Relaxation.term_weights` at the share of the architecture steps
+done, plus the budget term (:class:`autodeeplab.budget.MemoryBudget`); every term is logged by
+name in the step and epoch records.
+
 Data order and augmentation are pure functions of ``(seed, epoch, position)``
 (:mod:`autodeeplab.engine.loop`), so a run resumed in the middle of an epoch sees the same data
 as an uninterrupted run.
