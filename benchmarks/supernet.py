@@ -92,15 +92,25 @@ def run_one(args: argparse.Namespace) -> dict:
         _set_requires_grad(arch, True)
         x, y = batch()
         loss = F.cross_entropy(model(x), y, ignore_index=255)
-        state = model.arch_state()
-        extra = model.relaxation.search_loss(state, 1.0)  # the terms at full weight
-        if extra is not None:
-            loss = loss + extra
-        if budget is not None:
-            loss = loss + budget.loss(budget.terms(model.relaxation.edge_probs(state)))
+        extra = extra_terms()
+        loss = loss if extra is None else loss + extra
         a_opt.zero_grad(set_to_none=True)
         loss.backward()
         a_opt.step()
+
+    def extra_terms():
+        """The relaxation's terms at full weight and the memory budget (None: no terms)."""
+        state = model.arch_state()
+        extra = model.relaxation.search_loss(state, 1.0)
+        if budget is not None:
+            term = budget.loss(budget.terms(model.relaxation.edge_probs(state)))
+            extra = term if extra is None else extra + term
+        return extra
+
+    def terms_step():  # the extra terms alone: forward and backward, no supernet
+        _set_requires_grad(arch, True)
+        a_opt.zero_grad(set_to_none=True)
+        extra_terms().backward()
 
     def sync():
         if device.type == "cuda":
@@ -123,6 +133,10 @@ def run_one(args: argparse.Namespace) -> dict:
     wa_times = []
     if not args.no_arch:
         wa_times = [timed(lambda: (w_step(), a_step())) for _ in range(args.steps)]
+
+    terms_times = []
+    if extra_terms() is not None:
+        terms_times = [timed(terms_step) for _ in range(max(args.steps, 20))]
 
     flops = None
     if args.flops:
@@ -147,6 +161,7 @@ def run_one(args: argparse.Namespace) -> dict:
         "weight_step_s": statistics.median(w_times),
         "weight_step_s_all": [round(t, 4) for t in w_times],
         "weight_arch_step_s": statistics.median(wa_times) if wa_times else None,
+        "arch_terms_s": statistics.median(terms_times) if terms_times else None,
         "peak_memory_bytes": peak,
         "peak_memory_gib": round(peak / 2**30, 3),
         "peak_memory_kind": peak_kind,
