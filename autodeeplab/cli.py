@@ -699,7 +699,11 @@ def _run_study(args: argparse.Namespace) -> int:
 
 def _add_decode(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "decode", help="decode the architecture of a search checkpoint into a genotype"
+        "decode",
+        help="decode the architecture of a search checkpoint into a genotype",
+        description="Decode the architecture of a search checkpoint with the relaxation it was "
+        "searched with (its config): a single path for the paper's relaxation, a multi-path "
+        "topology (genotype format 2) for relaxation.name=dints.",
     )
     p.add_argument("checkpoint", help="search checkpoint (e.g. runs/search/last.pt) or run folder")
     p.add_argument(
@@ -712,18 +716,22 @@ def _run_decode(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from autodeeplab.checkpoint import load_checkpoint
-    from autodeeplab.decode import decode_genotype
+    from autodeeplab.search_model import checkpoint_relaxation
 
     path = Path(args.checkpoint)
     if path.is_dir():
         path = path / "last.pt"
     state = load_checkpoint(path)
+    relaxation = checkpoint_relaxation(state, path)
     model = state.get("model", {})
-    if "alphas" not in model or "betas" not in model:
+    names = relaxation.init_parameters()
+    missing = [k for k, v in names.items() if v is not None and k not in model]
+    if missing:
         raise ValueError(
-            f"{path} holds no architecture parameters (alphas, betas); is it a search checkpoint?"
+            f"{path} holds no {type(relaxation).__name__} parameters ({', '.join(missing)}); "
+            "is it a search checkpoint?"
         )
-    genotype = decode_genotype(model["alphas"].double().numpy(), model["betas"].double().numpy())
+    genotype = relaxation.decode({k: model.get(k) for k in names})
     out = Path(args.out) if args.out else path.with_suffix(".genotype.json")
     genotype.save(out)
     print(genotype)

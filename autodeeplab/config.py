@@ -295,6 +295,35 @@ class AuxSkipConfig:
     """``beta_aux`` at the first step."""
 
 
+RELAXATION_NAMES: tuple[str, ...] = ("softmax", "dints")
+"""``relaxation.name`` values: the paper's per-node softmax, or DiNTS' independent transitions."""
+
+
+@dataclass
+class RelaxationConfig:
+    """How the architecture parameters weight the supernet and which extra terms the
+    architecture loss carries (docs/dints.md)."""
+
+    name: str = "softmax"
+    """``softmax`` (the paper: a softmax over the moves of every node, one decoded path) or
+    ``dints`` (an independent sigmoid per transition, a decoded multi-path topology)."""
+    memory_target: float | None = bounded(None, gt=0, le=1, null="for no memory budget")
+    """DiNTS: the expected memory of the searched network as a share of the memory with every
+    transition on; the architecture loss gains ``memory_weight * |target - fraction|``."""
+    memory_weight: float = bounded(1.0, ge=0)
+    """DiNTS: weight of the memory-budget term (not ramped)."""
+    path_entropy_weight: float = bounded(1.0, ge=0)
+    """DiNTS: full weight of the mean binary entropy of the transitions."""
+    op_entropy_weight: float = bounded(1.0, ge=0)
+    """DiNTS: full weight of the mean entropy of the operation softmax."""
+    topology_weight: float = bounded(0.001, ge=0)
+    """DiNTS: full weight of the topology-consistency term (a sum of about 30 nats at 12
+    layers, against at most 0.69 and 2.08 for the entropies)."""
+    warmup: float = bounded(0.0, ge=0, lt=1)
+    """DiNTS: share of the architecture steps before the three terms start; their weight then
+    grows linearly to the full value at the last architecture step."""
+
+
 @dataclass
 class SearchConfig:
     """Everything that defines an architecture search run."""
@@ -312,6 +341,7 @@ class SearchConfig:
     """Architecture steps after every weight step, each on its own trainB batch."""
     arch_regularizer: ArchRegularizerConfig = field(default_factory=ArchRegularizerConfig)
     aux_skip: AuxSkipConfig = field(default_factory=AuxSkipConfig)
+    relaxation: RelaxationConfig = field(default_factory=RelaxationConfig)
     unrolled: bool = False
     """DARTS second-order architecture gradient (finite-difference Hessian-vector product)."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -368,6 +398,13 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "arch_regularizer.ramp": "linear",
     "aux_skip.schedule": "none",
     "aux_skip.start": 1.0,
+    "relaxation.name": "softmax",
+    "relaxation.memory_target": None,
+    "relaxation.memory_weight": 1.0,
+    "relaxation.path_entropy_weight": 1.0,
+    "relaxation.op_entropy_weight": 1.0,
+    "relaxation.topology_weight": 0.001,
+    "relaxation.warmup": 0.0,
 }
 """Keys added after run folders were first written, with the value under which a run behaves
 as runs did before the key existed. While a key holds that value it is left out of the config

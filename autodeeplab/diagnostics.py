@@ -10,13 +10,17 @@ decoded architecture the search has actually decided:
   trellis nodes that take part in the forward pass, and that mean over its maximum (the mean
   of ``log(number of valid moves)`` over the same nodes);
 * ``path_log_prob``: log probability of the decoded (Viterbi) path under the betas;
+* DiNTS (:func:`dints_diagnostics`) has no betas: ``path_entropy`` / ``path_entropy_fraction``
+  are the mean binary entropy of the independent transitions and that mean over ``log 2``,
+  ``topology_log_prob`` the log probability of the decoded topology and
+  ``active_transitions`` its number of transitions;
 * ``parameter_free_share``: share of the decoded cell's operations that have no weights
   (pooling and ``skip_connect``; ``none`` is never decoded), the mark of the DARTS collapse;
 * ``alpha_grad_z`` / ``alpha_grad_z_above_2`` (:func:`gradient_signal`): whether the
   architecture steps of an epoch pushed the alphas consistently (a signal) or at random.
 
 The computations are plain numpy on the logits; :func:`model_diagnostics` reads them from a
-supernet.
+supernet through its relaxation (:meth:`autodeeplab.relaxation.Relaxation.diagnostics`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from autodeeplab import decode, space
+from autodeeplab import decode, space, topology
 from autodeeplab.genotype import Genotype
 
 PARAMETER_FREE_OPS: frozenset[str] = frozenset({"max_pool_3x3", "avg_pool_3x3", "skip_connect"})
@@ -96,12 +100,58 @@ def arch_diagnostics(
     )
 
 
-def model_diagnostics(model: Any) -> ArchDiagnostics:
-    """:func:`arch_diagnostics` of a :class:`~autodeeplab.supernet.SearchNetwork`."""
-    alphas = model.alphas.detach().cpu().double().numpy()
-    betas = model.betas.detach().cpu().double().numpy()
-    used = model.used_beta_mask().any(dim=-1).numpy()
-    return arch_diagnostics(alphas, betas, used, model.genotype())
+@dataclass(frozen=True)
+class DintsDiagnostics:
+    """Movement of the DiNTS distributions and content of the decoded multi-path genotype."""
+
+    alpha_entropy: float
+    alpha_entropy_fraction: float
+    path_entropy: float
+    path_entropy_fraction: float
+    topology_log_prob: float
+    active_transitions: int
+    parameter_free_share: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def binary_entropy(logits: np.ndarray) -> np.ndarray:
+    """``-p log p - (1 - p) log(1 - p)`` of ``p = sigmoid(logits)``, finite at any logit."""
+    a = np.asarray(logits, dtype=np.float64)
+    log_p, log_q = -np.logaddexp(0.0, -a), -np.logaddexp(0.0, a)
+    return -(np.exp(log_p) * log_p + np.exp(log_q) * log_q)
+
+
+def dints_diagnostics(
+    alpha_logits: np.ndarray, path_logits: np.ndarray, genotype: Genotype | None = None
+) -> DintsDiagnostics:
+    """Diagnostics of alpha logits ``(E, 8)`` and DiNTS transition logits ``(L, 4, 3)`` (only
+    the entries that are transitions are read); ``genotype`` defaults to the decoded cell on
+    the decoded topology."""
+    path_logits = np.asarray(path_logits, dtype=np.float64)
+    if genotype is None:
+        genotype = Genotype(
+            cell=decode.decode_cell(alpha_logits), topology=topology.decode_topology(path_logits)
+        )
+    used = np.asarray(space.SearchSpace(layers=path_logits.shape[0]).used_transition_mask())
+    h_alpha = float(decode.entropy(decode.cell_weights(alpha_logits)).mean())
+    h_path = float(binary_entropy(path_logits[used]).mean())
+    return DintsDiagnostics(
+        alpha_entropy=h_alpha,
+        alpha_entropy_fraction=h_alpha / math.log(space.NUM_OPS),
+        path_entropy=h_path,
+        path_entropy_fraction=h_path / math.log(2.0),
+        topology_log_prob=topology.topology_log_prob(path_logits, genotype.topology),
+        active_transitions=sum(len(t) for t in genotype.topology.layers),
+        parameter_free_share=parameter_free_share(genotype),
+    )
+
+
+def model_diagnostics(model: Any) -> dict[str, float]:
+    """The diagnostics of a :class:`~autodeeplab.supernet.SearchNetwork`'s relaxation
+    (:func:`arch_diagnostics` for the paper's, :func:`dints_diagnostics` for DiNTS)."""
+    return model.relaxation.diagnostics(model.arch_state(), model.genotype())
 
 
 # ---------------------------------------------------------------------------- warnings
@@ -148,34 +198,56 @@ def stagnation_warning(record: Mapping[str, Any]) -> str | None:
         )
     flat = [
         f"{name} entropy {100 * value:.2f} %"
-        for name, key in (("alpha", "alpha_entropy_fraction"), ("beta", "beta_entropy_fraction"))
+        for name, key in (
+            ("alpha", "alpha_entropy_fraction"),
+            ("beta", "beta_entropy_fraction"),
+            ("path", "path_entropy_fraction"),
+        )
         if isinstance(value := record.get(key), int | float) and value > STAGNANT_FRACTION
     ]
     if not flat:
         return None
     after = f"after {steps} architecture steps " if isinstance(steps, int) else ""
+    if "path_entropy_fraction" in record:  # DiNTS: its own entropy terms sharpen the choice
+        sharpen = (
+            "raise optim.arch_lr or the entropy terms' weights (relaxation.path_entropy_weight, "
+            "relaxation.op_entropy_weight)"
+        )
+    else:
+        sharpen = (
+            "raise optim.arch_lr together with a collapse guard (arch_regularizer.name="
+            "beta_decay or aux_skip.schedule=linear)"
+        )
     return (
         f"the architecture distribution has barely moved: {after}the "
         f"{' and '.join(flat)} of the maximum (above {100 * STAGNANT_FRACTION:.0f} %), so the "
         "decoded genotype rests largely on the random initial logits and batch noise. Give the "
         "search more architecture steps (more epochs, an earlier arch_start_fraction, "
-        "arch_steps_per_step > 1), or raise optim.arch_lr together with a collapse guard "
-        "(arch_regularizer.name=beta_decay or aux_skip.schedule=linear) and check the share of "
-        "parameter-free operations of the result"
+        f"arch_steps_per_step > 1), or {sharpen} and check the share of parameter-free "
+        "operations of the result"
     )
 
 
-def describe(diagnostics: ArchDiagnostics, arch_steps: int, genotype: Genotype) -> str:
-    """The architecture part of a search's epoch line."""
+def describe(diagnostics: Mapping[str, Any], arch_steps: int, genotype: Genotype) -> str:
+    """The architecture part of a search's epoch line (the figures ``diagnostics`` has)."""
     d = diagnostics
+    parts = [f"H(alpha) {d['alpha_entropy']:.4f} ({100 * d['alpha_entropy_fraction']:.2f}% of max)"]
+    if "beta_entropy" in d:
+        parts.append(f"H(beta) {d['beta_entropy']:.4f} ({100 * d['beta_entropy_fraction']:.2f}%)")
+    if "path_entropy" in d:
+        parts.append(f"H(path) {d['path_entropy']:.4f} ({100 * d['path_entropy_fraction']:.2f}%)")
+    if "path_log_prob" in d:
+        parts.append(f"log P(path) {d['path_log_prob']:.3f}")
+    if "topology_log_prob" in d:
+        parts.append(f"log P(topology) {d['topology_log_prob']:.3f}")
+    if "active_transitions" in d:
+        parts.append(f"transitions {d['active_transitions']}")
+    if d.get("memory_fraction") is not None:
+        parts.append(f"memory {100 * d['memory_fraction']:.1f}% of all-on")
+    parts.append(f"parameter-free {100 * d['parameter_free_share']:.0f}%")
     note = (
         " (no architecture step yet: decoded from the initial random logits)"
         if arch_steps == 0
         else ""
     )
-    return (
-        f"H(alpha) {d.alpha_entropy:.4f} ({100 * d.alpha_entropy_fraction:.2f}% of max) "
-        f"H(beta) {d.beta_entropy:.4f} ({100 * d.beta_entropy_fraction:.2f}%) "
-        f"log P(path) {d.path_log_prob:.3f} parameter-free {100 * d.parameter_free_share:.0f}% "
-        f"arch steps {arch_steps} {genotype}{note}"
-    )
+    return f"{' '.join(parts)} arch steps {arch_steps} {genotype}{note}"

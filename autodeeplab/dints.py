@@ -15,7 +15,8 @@ Both are initialised ``N(0, 1) x 1e-3`` (every transition starts at ``p = 1/2``)
 The supernet mixes each transition with its *marginal* probability of being on under the
 layer's pattern distribution (:func:`autodeeplab.topology.transition_marginals`):
 ``p_e / (1 - prod_f (1 - p_f))`` over the transitions ``f`` of the same layer. Decoding is
-topology guaranteed (:func:`autodeeplab.topology.decode_topology`). Extra loss terms
+topology guaranteed (:func:`autodeeplab.topology.decode_topology`) and gives a multi-path
+:class:`~autodeeplab.genotype.Genotype`. Extra loss terms
 (:meth:`DintsRelaxation.regularizer`): ``path_entropy``, ``op_entropy``, ``topology``;
 :meth:`DintsRelaxation.search_loss` weights them with a warm-up ramp.
 """
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autodeeplab import decode, space, topology
+from autodeeplab.diagnostics import dints_diagnostics
 from autodeeplab.genotype import Genotype
 from autodeeplab.relaxation import ArchParams, Relaxation, _get
 
@@ -44,6 +46,8 @@ class DintsRelaxation(Relaxation):
         warmup: share of the search (progress in [0, 1]) before the extra terms start; their
             weight then grows linearly to its full value at progress 1.
     """
+
+    independent_transitions = True
 
     def __init__(
         self,
@@ -210,9 +214,19 @@ class DintsRelaxation(Relaxation):
             raise ValueError(f"progress must be in [0, 1], got {progress!r}")
         return max(0.0, (progress - self.warmup) / (1.0 - self.warmup))
 
+    def search_terms(self, params: ArchParams) -> dict[str, torch.Tensor]:
+        """The three terms of :meth:`regularizer` by name, unweighted."""
+        return {name: self.regularizer(name, params) for name in self.weights}
+
+    def term_weights(self, progress: float) -> dict[str, float]:
+        """``ramp(progress) * weight`` of every term."""
+        share = self.ramp(progress)
+        return {name: share * weight for name, weight in self.weights.items()}
+
     def search_loss(self, params: ArchParams, progress: float) -> torch.Tensor:
         """``ramp(progress) * sum_k weight_k * term_k`` over the three terms (to add to the
-        architecture loss; the memory-budget term is not part of it yet)."""
+        architecture loss; the memory budget is a separate term, see
+        :class:`autodeeplab.budget.MemoryBudget`)."""
         share = self.ramp(progress)
         total = _get(params, "path_logits").new_zeros(())
         if share == 0.0:
@@ -229,11 +243,18 @@ class DintsRelaxation(Relaxation):
         return topology.decode_topology(_get(params, "path_logits").detach().cpu().double().numpy())
 
     def decode(self, params: ArchParams) -> Genotype:
-        """The decoded cell with the most probable *single-path* topology
-        (:func:`autodeeplab.topology.best_single_path`), since a :class:`Genotype` holds one
-        path; :meth:`decode_topology` gives the multi-path topology."""
+        """The decoded cell on the most probable feasible topology (:meth:`decode_topology`):
+        a multi-path :class:`Genotype` (``path`` is ``None``), or a single-path one when the
+        decoded topology has one active node per layer."""
         alphas = _get(params, "alphas").detach().cpu().double().numpy()
-        logits = _get(params, "path_logits").detach().cpu().double().numpy()
         return Genotype(
-            cell=decode.decode_cell(alphas, self.space.ops), path=topology.best_single_path(logits)
+            cell=decode.decode_cell(alphas, self.space.ops), topology=self.decode_topology(params)
         )
+
+    def diagnostics(self, params: ArchParams, genotype: Genotype) -> dict[str, float]:
+        """:func:`autodeeplab.diagnostics.dints_diagnostics` of the alphas and path logits."""
+        return dints_diagnostics(
+            _get(params, "alphas").detach().cpu().double().numpy(),
+            _get(params, "path_logits").detach().cpu().double().numpy(),
+            genotype,
+        ).to_dict()

@@ -23,11 +23,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from autodeeplab import decode, space
+from autodeeplab.diagnostics import arch_diagnostics
 from autodeeplab.genotype import Genotype
 
 ArchParams = Mapping[str, torch.Tensor | None]
@@ -36,6 +38,10 @@ ArchParams = Mapping[str, torch.Tensor | None]
 
 class Relaxation(ABC):
     """How the architecture parameters of a search space weight the supernet and decode."""
+
+    independent_transitions: bool = False
+    """Whether the transitions are on or off independently of each other (:meth:`edge_probs`),
+    which an expected-memory budget needs."""
 
     def __init__(self, search_space: space.SearchSpace) -> None:
         self.space = search_space
@@ -70,6 +76,39 @@ class Relaxation(ABC):
             f"{type(self).__name__} has no regularizer {name!r}; valid: "
             f"{', '.join(self.regularizers) or 'none'}"
         )
+
+    def search_terms(self, params: ArchParams) -> dict[str, torch.Tensor]:
+        """The relaxation's own architecture-loss terms by name, unweighted (differentiable
+        scalars); :meth:`search_loss` weights them. None by default."""
+        return {}
+
+    def term_weights(self, progress: float) -> dict[str, float]:
+        """Weight of every term of :meth:`search_terms` when a share ``progress`` in [0, 1] of
+        the architecture steps is done."""
+        return {}
+
+    def search_loss(self, params: ArchParams, progress: float) -> torch.Tensor | None:
+        """``sum_k term_weights(progress)[k] * search_terms(params)[k]``, to add to the
+        architecture loss; ``None`` for a relaxation without terms."""
+        weights = self.term_weights(progress)
+        if not weights:
+            return None
+        terms = self.search_terms(params)
+        total = None
+        for name, weight in weights.items():
+            total = weight * terms[name] if total is None else total + weight * terms[name]
+        return total
+
+    def edge_probs(self, params: ArchParams) -> torch.Tensor | None:
+        """Independent on-probabilities of the trellis transitions ``(L, 4, 3)`` (what a memory
+        budget takes the expectation over), or ``None`` where the transitions are not
+        independent of each other (a softmax over the moves of a node)."""
+        return None
+
+    def diagnostics(self, params: ArchParams, genotype: Genotype) -> dict[str, float]:
+        """How far the distribution has moved and what ``genotype`` (decoded from ``params``)
+        holds, for the search's epoch records (see :mod:`autodeeplab.diagnostics`)."""
+        return {}
 
     @abstractmethod
     def decode(self, params: ArchParams) -> Genotype:
@@ -146,6 +185,16 @@ class SoftmaxRelaxation(Relaxation):
         return Genotype(
             cell=decode.decode_cell(alphas, self.space.ops), path=decode.decode_path(betas)
         )
+
+    def diagnostics(self, params: ArchParams, genotype: Genotype) -> dict[str, float]:
+        """:func:`autodeeplab.diagnostics.arch_diagnostics` of the alphas and betas."""
+        used = np.asarray(self.space.used_transition_mask()).any(axis=-1)
+        return arch_diagnostics(
+            _get(params, "alphas").detach().cpu().double().numpy(),
+            _get(params, "betas").detach().cpu().double().numpy(),
+            used,
+            genotype,
+        ).to_dict()
 
 
 def _get(params: ArchParams, name: str) -> torch.Tensor:

@@ -209,11 +209,13 @@ def draw_search_curves(records: Iterable[Mapping[str, Any]]) -> Figure:
       epochs);
     * ``"miou"``: supernet validation mIoU (%) per epoch, where one was evaluated;
     * ``"entropy"``: mean entropy (nats) of the alpha (operation) and beta (transition)
-      distributions per epoch;
+      distributions per epoch; for DiNTS the path entropy (mean binary entropy of the
+      transitions) in place of the beta entropy;
     * ``"movement"``: the same entropies as a share (%) of their maximum, with the 99 % line
       below which the distribution counts as having moved;
     * ``"free"``: share (%) of parameter-free operations (pooling, skip) in the decoded cell;
-    * ``"path"``: log probability of the decoded network path;
+    * ``"path"``: log probability of the decoded network path (DiNTS: of the decoded
+      topology);
     * ``"arch_steps"``: architecture steps taken so far;
     * ``"signal"``: ``alpha_grad_z`` per epoch, the signal in the architecture gradients, with
       the level pure noise gives (:data:`autodeeplab.diagnostics.NOISE_Z_MEAN`).
@@ -272,6 +274,16 @@ def draw_search_curves(records: Iterable[Mapping[str, Any]]) -> Figure:
                 marked, color="#ff7f0e", marker="s", gid="beta-entropy", label="beta (transitions)"
             ),
         ),
+        (
+            _series(epochs, "epoch", "path_entropy"),
+            dict(
+                marked,
+                color="#ff7f0e",
+                marker="^",
+                gid="path-entropy",
+                label="path (transitions on/off, DiNTS)",
+            ),
+        ),
     ]
     movement = [
         (
@@ -282,9 +294,17 @@ def draw_search_curves(records: Iterable[Mapping[str, Any]]) -> Figure:
             _series(epochs, "epoch", "beta_entropy_fraction", scale=100.0),
             dict(marked, color="#ff7f0e", marker="s", gid="beta-entropy-fraction", label="beta"),
         ),
+        (
+            _series(epochs, "epoch", "path_entropy_fraction", scale=100.0),
+            dict(marked, color="#ff7f0e", marker="^", gid="path-entropy-fraction", label="path"),
+        ),
     ]
     free = _series(epochs, "epoch", "parameter_free_share", scale=100.0)
     path = _series(epochs, "epoch", "path_log_prob")
+    path_title = "decoded path probability"
+    if not path[0]:  # DiNTS: the decoded multi-path topology
+        path = _series(epochs, "epoch", "topology_log_prob")
+        path_title = "decoded topology probability"
     arch_steps = _series(epochs, "epoch", "arch_steps")
     signal = _series(epochs, "epoch", "alpha_grad_z")
     has_loss = any(xs for (xs, _), _ in losses)
@@ -356,7 +376,7 @@ def draw_search_curves(records: Iterable[Mapping[str, Any]]) -> Figure:
     single = {"lw": 1.4, "marker": "o"}
     panels = (
         ("free", free, "#8c564b", "parameter-free ops (%)", "decoded cell: pooling and skip"),
-        ("path", path, "#17becf", "log probability", "decoded path probability"),
+        ("path", path, "#17becf", "log probability", path_title),
         ("arch_steps", arch_steps, _ARCH_COLOUR, "steps", "architecture steps so far"),
     )
     for name, series, colour, ylabel, title in panels:

@@ -7,7 +7,11 @@ its peak memory is its own.
 
 One weight step = forward, cross-entropy, backward, SGD step on the weights (architecture
 parameters frozen). One weight + arch step = a weight step on a trainA batch followed by a
-first-order architecture step (Adam on alphas/betas, weights frozen) on a trainB batch.
+first-order architecture step (Adam on the architecture parameters, weights frozen) on a trainB
+batch. With ``--relaxations dints`` the architecture loss also carries the DiNTS terms at full
+weight and, on images, the memory budget (target 0.5), as a DiNTS search's steps do; the
+relaxation is built by :data:`autodeeplab.search_model.RELAXATIONS`, as the search engine builds
+it (the analytic memory model is for images only: volumes get no budget term).
 
 ``--spatial-dims 3`` runs the supernet on volumes (``size`` voxels per side); ``--kernels
 plain`` replaces every op by an unfused copy of its registry entry (one module per edge and op,
@@ -16,6 +20,7 @@ a DARTS-style mixed op), to compare with the fused kernels.
     python benchmarks/supernet.py --sizes 64 128 --threads 1
     python benchmarks/supernet.py --sizes 321 --modes checkpoint+pc --steps 2
     python benchmarks/supernet.py --spatial-dims 3 --sizes 32 --kernels fused plain --no-arch
+    python benchmarks/supernet.py --sizes 64 128 --relaxations softmax dints --steps 7
 """
 
 from __future__ import annotations
@@ -70,6 +75,8 @@ def run_one(args: argparse.Namespace) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from autodeeplab import space
+    from autodeeplab.config import DataConfig, RelaxationConfig, SearchConfig, SupernetConfig
+    from autodeeplab.search_model import RELAXATIONS, build_memory_budget
     from autodeeplab.supernet import SearchNetwork
 
     torch.set_num_threads(args.threads)
@@ -77,6 +84,21 @@ def run_one(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     op_names = _plain_ops() if args.kernel == "plain" else space.PRIMITIVES
     in_channels = 3 if args.spatial_dims == 2 else 1
+    cfg = SearchConfig(
+        model=SupernetConfig(
+            layers=args.layers,
+            blocks=args.blocks,
+            filter_multiplier=args.filter_multiplier,
+            **MODES[args.mode],
+        ),
+        data=DataConfig(crop_size=args.size, batch_size=args.batch),
+        relaxation=RelaxationConfig(
+            name=args.relaxation, memory_target=0.5 if args.relaxation == "dints" else None
+        ),
+    )
+    search_space = space.SearchSpace(
+        args.layers, args.blocks, ops=tuple(op_names), spatial_dims=args.spatial_dims
+    )
     model = SearchNetwork(
         args.num_classes,
         layers=args.layers,
@@ -85,8 +107,10 @@ def run_one(args: argparse.Namespace) -> dict:
         in_channels=in_channels,
         op_names=op_names,
         spatial_dims=args.spatial_dims,
+        relaxation=RELAXATIONS[args.relaxation](cfg, search_space),
         **MODES[args.mode],
     ).to(device)
+    budget = build_memory_budget(cfg, args.num_classes) if args.spatial_dims == 2 else None
     weights, arch = model.weight_parameters(), model.arch_parameters()
     w_opt = torch.optim.SGD(weights, lr=0.025, momentum=0.9, weight_decay=3e-4)
     a_opt = torch.optim.Adam(arch, lr=3e-3, betas=(0.5, 0.999), weight_decay=1e-3)
@@ -113,9 +137,25 @@ def run_one(args: argparse.Namespace) -> dict:
         _set_requires_grad(arch, True)
         x, y = batch()
         loss = F.cross_entropy(model(x), y, ignore_index=255)
+        extra = extra_terms()
+        loss = loss if extra is None else loss + extra
         a_opt.zero_grad(set_to_none=True)
         loss.backward()
         a_opt.step()
+
+    def extra_terms():
+        """The relaxation's terms at full weight and the memory budget (None: no terms)."""
+        state = model.arch_state()
+        extra = model.relaxation.search_loss(state, 1.0)
+        if budget is not None:
+            term = budget.loss(budget.terms(model.relaxation.edge_probs(state)))
+            extra = term if extra is None else extra + term
+        return extra
+
+    def terms_step():  # the extra terms alone: forward and backward, no supernet
+        _set_requires_grad(arch, True)
+        a_opt.zero_grad(set_to_none=True)
+        extra_terms().backward()
 
     def sync():
         if device.type == "cuda":
@@ -138,6 +178,9 @@ def run_one(args: argparse.Namespace) -> dict:
     wa_times = []
     if not args.no_arch:
         wa_times = [timed(lambda: (w_step(), a_step())) for _ in range(args.steps)]
+    terms_times = []
+    if extra_terms() is not None:
+        terms_times = [timed(terms_step) for _ in range(max(args.steps, 20))]
 
     flops = None
     if args.flops:
@@ -159,10 +202,12 @@ def run_one(args: argparse.Namespace) -> dict:
         "batch": args.batch,
         "threads": args.threads,
         "mode": args.mode,
+        "relaxation": args.relaxation,
         "device": str(device),
         "weight_step_s": statistics.median(w_times),
         "weight_step_s_all": [round(t, 4) for t in w_times],
         "weight_arch_step_s": statistics.median(wa_times) if wa_times else None,
+        "arch_terms_s": statistics.median(terms_times) if terms_times else None,
         "peak_memory_bytes": peak,
         "peak_memory_gib": round(peak / 2**30, 3),
         "peak_memory_kind": peak_kind,
@@ -193,6 +238,10 @@ def main() -> None:
     parser.add_argument("--spatial-dims", type=int, default=2, choices=(2, 3))
     parser.add_argument("--kernels", nargs="+", default=["fused"], choices=("fused", "plain"))
     parser.add_argument("--kernel", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--relaxations", nargs="+", default=["softmax"], choices=["softmax", "dints"]
+    )
+    parser.add_argument("--relaxation", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
@@ -205,9 +254,12 @@ def main() -> None:
 
     results = []
     for size in args.sizes:
-        for threads, mode, kernel in itertools.product(args.threads, args.modes, args.kernels):
+        for threads, mode, kernel, relaxation in itertools.product(
+            args.threads, args.modes, args.kernels, args.relaxations
+        ):
             cmd = [sys.executable, __file__, "--child", "--size", str(size), "--mode", mode]
             cmd += ["--kernel", kernel, "--spatial-dims", str(args.spatial_dims)]
+            cmd += ["--relaxation", relaxation]
             cmd += ["--threads", str(threads), "--batch", str(args.batch)]
             cmd += ["--layers", str(args.layers), "--blocks", str(args.blocks)]
             cmd += ["--filter-multiplier", str(args.filter_multiplier)]
@@ -222,6 +274,8 @@ def main() -> None:
                         "size": size,
                         "threads": threads,
                         "mode": mode,
+                        "kernels": kernel,
+                        "relaxation": relaxation,
                         "error": out.stderr[-2000:],
                     }
                 )

@@ -1,11 +1,15 @@
 """Helpers for the tests of runs: the tiny search config, a child process holding a folder's
-lock, strict JSON."""
+lock, strict JSON, comparisons of two search runs."""
 
 import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import torch
+
+from autodeeplab.checkpoint import load_checkpoint
 
 SEARCH_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "search" / "synthetic.yaml"
 SEARCH_TINY = [
@@ -75,3 +79,26 @@ def strict_loads(text: str):
 def read_records(path: Path) -> list[dict]:
     """The records of a ``metrics.jsonl``, parsed strictly."""
     return [strict_loads(line) for line in path.read_text().splitlines()]
+
+
+def comparable_records(run: Path) -> list[dict]:
+    """The records of a run's metrics.jsonl without the wall-clock times."""
+    return [
+        {k: v for k, v in r.items() if k != "time_s"} for r in read_records(run / "metrics.jsonl")
+    ]
+
+
+def assert_same_search_state(a_path: Path, b_path: Path) -> None:
+    """Bit-identical weights, alphas, betas, BatchNorm statistics and optimiser states."""
+    a, b = load_checkpoint(a_path), load_checkpoint(b_path)
+    assert (a["epoch"], a["step"], a["global_step"]) == (b["epoch"], b["step"], b["global_step"])
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for name in ("w_opt", "a_opt"):
+        sa, sb = a[name]["state"], b[name]["state"]
+        assert sa.keys() == sb.keys() and sa, name
+        for i in sa:
+            for k, v in sa[i].items():
+                assert torch.equal(torch.as_tensor(v), torch.as_tensor(sb[i][k])), (name, i, k)
+    assert a["w_sched"] == b["w_sched"]

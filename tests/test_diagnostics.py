@@ -6,16 +6,22 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
+from autodeeplab import space
+from autodeeplab import topology as T
 from autodeeplab.diagnostics import (
     NOISE_Z_MEAN,
     arch_diagnostics,
+    binary_entropy,
     describe,
+    dints_diagnostics,
     gradient_signal,
     model_diagnostics,
     parameter_free_share,
     stagnation_warning,
 )
+from autodeeplab.dints import DintsRelaxation
 from autodeeplab.engine import search as search_engine
 from autodeeplab.engine.search import run_search
 from autodeeplab.genotype import Genotype
@@ -94,12 +100,15 @@ def test_model_diagnostics_read_the_supernet():
     model = SearchNetwork(3, layers=4, blocks=3, filter_multiplier=2, stem_channels=(4, 4, 4))
     d = model_diagnostics(model)
     np.testing.assert_array_equal(model.used_beta_mask().any(-1).numpy(), _used(4))
-    assert d == arch_diagnostics(
-        model.alphas.detach().double().numpy(),
-        model.betas.detach().double().numpy(),
-        _used(4),
+    assert (
+        d
+        == arch_diagnostics(
+            model.alphas.detach().double().numpy(),
+            model.betas.detach().double().numpy(),
+            _used(4),
+        ).to_dict()
     )
-    assert d.alpha_entropy_fraction > 0.9999  # N(0, 1) x 1e-3 logits
+    assert d["alpha_entropy_fraction"] > 0.9999  # N(0, 1) x 1e-3 logits
 
 
 def test_bad_used_nodes():
@@ -125,10 +134,10 @@ def test_describe_says_when_no_architecture_step_was_taken():
         "path=0-0-0|cell=0:skip_connect+1:sep_conv_3x3/0:sep_conv_3x3+2:skip_connect"
     )
     d = arch_diagnostics(np.zeros((5, 8)), np.zeros((3, 4, 3)), _used(3), g)
-    text = describe(d, 0, g)
+    text = describe(d.to_dict(), 0, g)
     assert text.endswith("(no architecture step yet: decoded from the initial random logits)")
     assert "100.00% of max" in text and "parameter-free 50%" in text and str(g) in text
-    assert "no architecture step" not in describe(d, 3, g)
+    assert "no architecture step" not in describe(d.to_dict(), 3, g)
 
 
 def test_gradient_signal_against_a_direct_computation():
@@ -191,3 +200,51 @@ def test_search_logs_the_diagnostics_and_writes_a_summary(tmp_path, capsys, monk
     assert summary["supernet_mIoU"] == result.supernet_miou
     assert summary["genotype"] == str(result.genotype) == epochs[-1]["genotype"]
     assert summary["arch_steps"] == 4 and summary["warning"] == result.warning
+
+
+def test_dints_diagnostics_read_the_dints_supernet():
+    """DiNTS' figures: the path entropy is the relaxation's own term over log 2, the topology's
+    log probability the decoder's score, and model_diagnostics goes through the relaxation."""
+    sp = space.SearchSpace(layers=4, blocks=3)
+    model = SearchNetwork(
+        3,
+        layers=4,
+        blocks=3,
+        filter_multiplier=2,
+        stem_channels=(4, 4, 4),
+        relaxation=DintsRelaxation(sp),
+    ).double()
+    with torch.no_grad():
+        model.path_logits.normal_(std=3.0)
+        model.alphas.normal_()
+    d = model_diagnostics(model)
+    genotype = model.genotype()
+    logits = model.path_logits.detach().numpy()
+    expected = dints_diagnostics(model.alphas.detach().numpy(), logits).to_dict()
+    assert d == expected
+    assert "beta_entropy" not in d and "path_log_prob" not in d
+    h = float(model.relaxation.regularizer("path_entropy", model.arch_state()).detach())
+    assert d["path_entropy"] == pytest.approx(h, rel=1e-12)
+    assert d["path_entropy_fraction"] == pytest.approx(h / math.log(2), rel=1e-12)
+    assert d["topology_log_prob"] == pytest.approx(T.topology_log_prob(logits, genotype.topology))
+    assert d["active_transitions"] == sum(len(t) for t in genotype.topology.layers)
+    text = describe(d, 5, genotype)
+    assert "H(path)" in text and "log P(topology)" in text and "H(beta)" not in text
+
+
+def test_binary_entropy():
+    x = np.array([-1000.0, -3.0, 0.0, 2.0, 1000.0])
+    p = 1 / (1 + np.exp(-x[1:4]))
+    np.testing.assert_allclose(
+        binary_entropy(x)[1:4], -(p * np.log(p) + (1 - p) * np.log(1 - p)), rtol=1e-12
+    )
+    assert binary_entropy(x)[[0, 4]].tolist() == [0.0, 0.0]
+    assert binary_entropy(np.zeros(1))[0] == pytest.approx(math.log(2))
+
+
+def test_stagnation_warning_of_a_dints_search_names_its_own_remedies():
+    flat = {"arch_steps": 40, "alpha_entropy_fraction": 0.5, "path_entropy_fraction": 0.995}
+    text = stagnation_warning(flat)
+    assert "path entropy 99.50 %" in text and "relaxation.path_entropy_weight" in text
+    assert "beta_decay" not in text
+    assert stagnation_warning(dict(flat, path_entropy_fraction=0.6)) is None

@@ -11,6 +11,7 @@ import torch
 from autodeeplab import space
 from autodeeplab import topology as T
 from autodeeplab.dints import DintsRelaxation
+from autodeeplab.genotype import Genotype
 from autodeeplab.relaxation import SoftmaxRelaxation
 from autodeeplab.supernet import SearchNetwork
 
@@ -198,7 +199,16 @@ def test_decoding():
     top = relax.decode_topology(params)
     assert top == T.decode_topology(logits) and top.num_layers == 6
     genotype = relax.decode(params)
-    assert genotype.path == T.best_single_path(logits)
+    assert genotype.topology == top and genotype.is_multi_path == (not top.is_single_path())
+    # the genotype file holds the decoded topology (format 2 for a multi-path one)
+    assert Genotype.from_json(genotype.to_json()) == genotype
+    # a decoded topology with one node per layer is a single-path genotype (format 1)
+    single = np.full_like(logits, -8.0)
+    for layer, level in enumerate((0, 1, 1, 2, 2, 1)):
+        source = 0 if layer == 0 else (0, 1, 1, 2, 2, 1)[layer - 1]
+        single[layer, source, space.move_between(source, level)] = 8.0
+    one = relax.decode({"alphas": params["alphas"], "path_logits": torch.tensor(single)})
+    assert one.path == (0, 1, 1, 2, 2, 1) and one.to_dict()["format_version"] == 1
     soft = SoftmaxRelaxation(relax.space)
     assert (
         genotype.cell
@@ -247,7 +257,7 @@ def test_supernet_runs_on_dints_and_mixes_with_the_marginals():
     with torch.no_grad():
         torch.testing.assert_close(ref(x), net(x), rtol=1e-10, atol=1e-12)
 
-    assert net.genotype().path == T.best_single_path(net.path_logits.detach().numpy())
+    assert net.genotype().topology == T.decode_topology(net.path_logits.detach().numpy())
     assert net.relaxation.decode_topology(net.arch_state()).num_layers == TINY["layers"]
 
 

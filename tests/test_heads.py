@@ -263,8 +263,14 @@ def test_new_head_key_at_its_paper_value_keeps_old_run_hashes(cls, ignore):
     cfg = load_config(None, cls=cls)
     old = to_dict(cfg)
     del old["model"]["aspp_rates"], old["data"]["repeat"]
-    if cls is SearchConfig:  # the architecture schedule and collapse guards came later too
-        for key in ("arch_start_fraction", "arch_steps_per_step", "arch_regularizer", "aux_skip"):
+    if cls is SearchConfig:  # the schedule, collapse guards and relaxation came later too
+        for key in (
+            "arch_start_fraction",
+            "arch_steps_per_step",
+            "arch_regularizer",
+            "aux_skip",
+            "relaxation",
+        ):
             del old[key]
     assert config_hash(cfg, ignore) == old_hash(old, ignore)
     assert config_diff(old, to_dict(cfg), ignore) == []

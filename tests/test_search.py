@@ -35,7 +35,15 @@ from autodeeplab.genotype import Genotype
 from autodeeplab.runfolder import RunFolderLock, RunFolderLockedError
 from autodeeplab.supernet import SearchNetwork
 
-from runs import SEARCH_CONFIG, SEARCH_TINY, hold_lock, read_records, tiny_search
+from runs import (
+    SEARCH_CONFIG,
+    SEARCH_TINY,
+    assert_same_search_state,
+    comparable_records,
+    hold_lock,
+    read_records,
+    tiny_search,
+)
 
 SYNTHETIC = SEARCH_CONFIG
 TINY = SEARCH_TINY  # 8 + 8 samples -> 4 steps per epoch
@@ -113,7 +121,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
         tmp_path / "part" / "genotype.json"
     ).read_text()
     assert_same_search_state(tmp_path / "full" / "last.pt", tmp_path / "part" / "last.pt")
-    assert _comparable(tmp_path / "part") == _comparable(tmp_path / "full")
+    assert comparable_records(tmp_path / "part") == comparable_records(tmp_path / "full")
 
 
 def test_ctrl_c_stops_the_search_with_a_checkpoint(tmp_path, monkeypatch):
@@ -386,27 +394,6 @@ def test_two_process_search_on_a_folder_in_use_is_refused_on_every_rank(tmp_path
 
 
 # ---------------------------------------------------------------------------- run folder
-def _comparable(run: Path) -> list[dict]:
-    """The records of a run's metrics.jsonl without the wall-clock times."""
-    return [
-        {k: v for k, v in r.items() if k != "time_s"} for r in read_records(run / "metrics.jsonl")
-    ]
-
-
-def assert_same_search_state(a_path: Path, b_path: Path) -> None:
-    """Bit-identical weights, alphas, betas, BatchNorm statistics and optimiser states."""
-    a, b = load_checkpoint(a_path), load_checkpoint(b_path)
-    assert (a["epoch"], a["step"], a["global_step"]) == (b["epoch"], b["step"], b["global_step"])
-    assert a["model"].keys() == b["model"].keys()
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    for name in ("w_opt", "a_opt"):
-        sa, sb = a[name]["state"], b[name]["state"]
-        assert sa.keys() == sb.keys() and sa, name
-        for i in sa:
-            for k, v in sa[i].items():
-                assert torch.equal(torch.as_tensor(v), torch.as_tensor(sb[i][k])), (name, i, k)
-    assert a["w_sched"] == b["w_sched"]
 
 
 def test_a_search_on_a_folder_in_use_is_refused_and_its_outputs_are_kept(tmp_path, capsys):
@@ -474,8 +461,8 @@ def test_kill_9_after_a_periodic_checkpoint_resumes_bit_identically(tmp_path):
     resumed = run_search(load_config(SYNTHETIC, args), resume=True, log=None)
     assert resumed.finished and resumed.genotype == full.genotype
     assert_same_search_state(tmp_path / "full" / "last.pt", part / "last.pt")
-    records = _comparable(part)
-    assert records == _comparable(tmp_path / "full")
+    records = comparable_records(part)
+    assert records == comparable_records(tmp_path / "full")
     assert [r["global_step"] for r in records if r["type"] == "step"] == list(range(1, 9))
 
 
@@ -507,7 +494,7 @@ def test_sigterm_at_the_end_of_an_epoch_ends_the_epoch_then_stops(tmp_path, monk
     resumed = run_search(tiny(tmp_path, name="part"), resume=True, log=None)
     assert resumed.finished and resumed.genotype == full.genotype
     assert_same_search_state(tmp_path / "full" / "last.pt", tmp_path / "part" / "last.pt")
-    assert _comparable(tmp_path / "part") == _comparable(tmp_path / "full")
+    assert comparable_records(tmp_path / "part") == comparable_records(tmp_path / "full")
 
 
 def test_sigterm_to_the_search_command_checkpoints_and_resume_finishes_identically(tmp_path):
@@ -537,7 +524,7 @@ def test_sigterm_to_the_search_command_checkpoints_and_resume_finishes_identical
     full = run_search(tiny(tmp_path, name="full"), log=None)
     assert resumed.finished and resumed.genotype == full.genotype
     assert_same_search_state(tmp_path / "full" / "last.pt", out / "last.pt")
-    assert _comparable(out) == _comparable(tmp_path / "full")
+    assert comparable_records(out) == comparable_records(tmp_path / "full")
 
 
 # ---------------------------------------------------------------------------- loss

@@ -7,6 +7,13 @@ architecture parameters do not require gradients and vice versa, so neither step
 gradients it does not use. Collapse guards (:mod:`autodeeplab.collapse`) add an auxiliary skip
 connection to the supernet and a term to the architecture loss when the config asks for them.
 
+The supernet, its relaxation (``relaxation.name``) and, for a relaxation with independent
+transitions (DiNTS), the memory budget come from :mod:`autodeeplab.search_model`. The
+architecture loss is the cross-entropy plus the relaxation's own terms, weighted by
+:meth:`~autodeeplab.relaxation.Relaxation.term_weights` at the share of the architecture steps
+done, plus the budget term (:class:`autodeeplab.budget.MemoryBudget`); every term is logged by
+name in the step and epoch records.
+
 Data order and augmentation are pure functions of ``(seed, epoch, position)``
 (:mod:`autodeeplab.engine.loop`), so a run resumed in the middle of an epoch sees the same data
 as an uninterrupted run.
@@ -49,8 +56,8 @@ from autodeeplab.engine.loop import NonFiniteLossError as NonFiniteLossError  # 
 from autodeeplab.engine.loop import epoch_batches as epoch_batches  # re-exported
 from autodeeplab.engine.schedule import ArchSchedule
 from autodeeplab.genotype import Genotype
-from autodeeplab.heads import search_head_rates
 from autodeeplab.metrics import ConfusionMatrix
+from autodeeplab.search_model import build_memory_budget, build_supernet, check_relaxation
 from autodeeplab.supernet import SearchNetwork
 
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
@@ -236,17 +243,9 @@ class SearchEngine(EngineBase):
         self.schedule = ArchSchedule.from_config(config, self.steps_per_epoch)
         self.guards = CollapseGuards.from_config(config)
 
-        m = config.model
-        self.model = SearchNetwork(
-            self.train_set.num_classes,
-            layers=m.layers,
-            blocks=m.blocks,
-            filter_multiplier=m.filter_multiplier,
-            stem_channels=m.stem_channels,
-            partial_channels=m.partial_channels,
-            checkpoint_cells=m.checkpoint_cells,
-            aspp_rates=search_head_rates(m.aspp_rates, config.data.crop_size),
-        ).to(self.device)
+        self.model = build_supernet(config, self.train_set.num_classes).to(self.device)
+        self.relaxation = self.model.relaxation
+        self.budget = build_memory_budget(config, self.train_set.num_classes)
         self.weights = self.model.weight_parameters()
         self.arch = self.model.arch_parameters()
         o = config.optim
@@ -262,9 +261,15 @@ class SearchEngine(EngineBase):
         self.epoch = 0  # current epoch (0-based)
         self.step = 0  # next step inside the epoch
         self.epoch_sums = _new_epoch_sums()
+        self.arch_terms: list[dict[str, float]] = []
+        """The extra terms' values of each architecture step of the current step."""
         self.total_steps = self.schedule.total_steps
         self.checkpoint_steps = config.checkpoint_steps
         self._open(resume)
+
+    def _validate(self) -> None:
+        super()._validate()
+        check_relaxation(self.cfg)
 
     # -------------------------------------------------------------- distributed helpers
     def _average(self, tensors: Sequence[torch.Tensor]) -> None:
@@ -372,17 +377,73 @@ class SearchEngine(EngineBase):
         return value
 
     def arch_step(self, val_batch: Batch, train_batch: Batch | None = None) -> float | None:
-        """One Adam step on alphas/betas using a trainB batch (plus the gradient of the
-        collapse guard's loss term, if any); returns its cross-entropy, or None without a step
-        when the batch has no valid pixel."""
+        """One Adam step on the architecture parameters using a trainB batch (plus the
+        gradients of the relaxation's terms, the memory budget and the collapse guard's term,
+        where there are any); returns its cross-entropy, or None without a step when the batch
+        has no valid pixel. The values of the extra terms go to :attr:`arch_terms`."""
         value = self.arch_gradients(val_batch, train_batch)
         if value is not None:
-            # the data's push on the alphas, before a collapse guard adds its own gradient
+            # the data's push on the alphas, before the extra terms add their own gradients
             _add_alpha_gradient(self.epoch_sums, self.model.alphas.grad)
             progress = self.schedule.arch_progress(self.global_step)
+            terms = self.add_search_term_gradients(progress)
+            if terms:
+                terms["arch_objective"] = value + terms.pop("weighted_terms")
+                self.arch_terms.append(terms)
             self.guards.add_regularizer_gradients(self.model, progress)
             self.a_opt.step()
         return value
+
+    def search_terms(self, progress: float) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """The relaxation's terms and the memory budget's (unweighted, by name) at the current
+        architecture parameters, and their weighted sum at ``progress`` (the share of the
+        architecture steps done), or None when nothing is weighted."""
+        state = self.model.arch_state()
+        terms = self.relaxation.search_terms(state)
+        total = None
+        for name, weight in self.relaxation.term_weights(progress).items():
+            if weight:
+                part = weight * terms[name]
+                total = part if total is None else total + part
+        if self.budget is not None:
+            probs = self.relaxation.edge_probs(state)
+            budget_terms = self.budget.terms(probs)
+            terms.update(budget_terms)
+            part = self.budget.loss(budget_terms)
+            if part is not None and self.budget.weight:
+                total = part if total is None else total + part
+        return terms, total
+
+    def add_search_term_gradients(self, progress: float) -> dict[str, float]:
+        """Add the gradient of the weighted extra terms (:meth:`search_terms`) to the ``.grad``
+        of the architecture parameters (they depend on them only, so every process adds the
+        same value after averaging); returns every term's value, each term's current weight
+        (``<name>_weight``) and the weighted sum (``weighted_terms``); empty for a relaxation
+        without terms."""
+        params = self.arch
+        flags = [p.requires_grad for p in params]
+        for p in params:
+            p.requires_grad_(True)
+        try:
+            terms, total = self.search_terms(progress)
+            grads = (
+                [None] * len(params)
+                if total is None
+                else torch.autograd.grad(total, params, allow_unused=True)
+            )
+        finally:
+            for p, flag in zip(params, flags, strict=True):
+                p.requires_grad_(flag)
+        if not terms:
+            return {}
+        for p, g in zip(params, grads, strict=True):
+            if g is not None:
+                p.grad = g.detach().clone() if p.grad is None else p.grad + g
+        values = {name: float(v.detach()) for name, v in terms.items()}
+        for name, weight in self.relaxation.term_weights(progress).items():
+            values[f"{name}_weight"] = weight
+        values["weighted_terms"] = 0.0 if total is None else float(total.detach())
+        return values
 
     # -------------------------------------------------------------- data
     def batches(self, stream: int, epoch: int) -> list[list[tuple[int, int]]]:
@@ -476,12 +537,17 @@ class SearchEngine(EngineBase):
         _add_step(self.epoch_sums, "", values["loss"])
         if self.schedule.active(self.global_step):
             arch_losses = []
+            self.arch_terms = []
             for _ in range(self.schedule.per_step):
                 value = self.arch_step(next(it_b), batch_a)
                 _add_step(self.epoch_sums, "arch_", value)
                 if value is not None:
                     arch_losses.append(value)
             values["arch_loss"] = sum(arch_losses) / len(arch_losses) if arch_losses else None
+            # the mean over this step's architecture steps of every extra term
+            terms = self.arch_terms
+            for name in terms[0] if terms else ():
+                values[name] = sum(t[name] for t in terms) / len(terms)
         self.step += 1
         return values
 
@@ -520,17 +586,40 @@ class SearchEngine(EngineBase):
             last = self.history[-1] if self.history else {}
             keys = ("arch_steps", "alpha_entropy_fraction", "beta_entropy_fraction")
             keys += ("path_log_prob", "parameter_free_share")
+            # the figures of relaxations with a multi-path topology and a memory budget
+            extra = ("path_entropy_fraction", "topology_log_prob", "active_transitions")
+            extra += ("memory_fraction", "decoded_memory_fraction", "decoded_memory_bytes")
             summary = {
                 "genotype": str(result.genotype),
                 "supernet_mIoU": result.supernet_miou,
                 "epochs": result.epoch,
                 "global_step": result.global_step,
                 **{k: last.get(k) for k in keys},
+                **{k: last[k] for k in extra if k in last},
                 "warning": result.warning,
             }
             (self.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if result.warning is not None:
             self._say(f"warning: {result.warning}")
+
+    def _term_values(self) -> dict[str, float]:
+        """The extra terms of the architecture loss (:meth:`search_terms`) at the current
+        parameters, unweighted."""
+        with torch.no_grad():
+            terms, _ = self.search_terms(self.schedule.arch_progress(self.global_step))
+        return {name: float(v) for name, v in terms.items()}
+
+    def _memory_diagnostics(self, genotype: Genotype) -> dict[str, float | int]:
+        """The decoded genotype's activation memory at the search's crop and batch (with its
+        own cell) and its memory fraction under the budget's reference cell; empty without a
+        memory budget."""
+        if self.budget is None:
+            return {}
+        mask = torch.tensor(genotype.topology.mask(), dtype=torch.float64)
+        return {
+            "decoded_memory_bytes": self.budget.decoded_bytes(genotype),
+            "decoded_memory_fraction": float(self.budget.fraction(mask)),
+        }
 
     def _end_epoch(self) -> None:
         """The cosine schedule's step, an evaluation when due, the epoch record, its genotype
@@ -545,7 +634,11 @@ class SearchEngine(EngineBase):
         ):
             miou = self.evaluate()
         genotype = self.model.genotype()
-        diagnostics = model_diagnostics(self.model)
+        diagnostics = {
+            **self._term_values(),
+            **model_diagnostics(self.model),
+            **self._memory_diagnostics(genotype),
+        }
         signal = (
             None
             if sums["alpha_grad"] is None
@@ -563,7 +656,7 @@ class SearchEngine(EngineBase):
             "skipped_batches": sums["skipped"],
             "skipped_arch_batches": sums["arch_skipped"],
             "mIoU": miou,
-            **diagnostics.to_dict(),
+            **diagnostics,
             "alpha_grad_z": None if signal is None else signal[0],
             "alpha_grad_z_above_2": None if signal is None else signal[1],
             "arch_steps": arch_steps,

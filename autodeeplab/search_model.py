@@ -1,0 +1,137 @@
+"""The search model of a :class:`~autodeeplab.config.SearchConfig`: its relaxation, its supernet
+and its memory budget, built in one place.
+
+The search engine, ``autodeeplab decode`` and anything else that rebuilds a search model from
+a run folder or a checkpoint go through these functions, so a run is always decoded with the
+relaxation it was searched with. :data:`RELAXATIONS` maps ``relaxation.name`` to a factory;
+nothing else tests the name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from autodeeplab import space
+from autodeeplab.budget import MemoryBudget
+from autodeeplab.config import SEARCH_MIN_CROP, ConfigError, SearchConfig, from_dict
+from autodeeplab.dints import DintsRelaxation
+from autodeeplab.heads import search_head_rates
+from autodeeplab.relaxation import Relaxation, SoftmaxRelaxation
+from autodeeplab.supernet import SearchNetwork
+
+
+def _softmax(cfg: SearchConfig, search_space: space.SearchSpace) -> Relaxation:
+    # PC-DARTS' edge normalisation comes with partial channels, as in SearchNetwork's default
+    return SoftmaxRelaxation(search_space, edge_normalisation=cfg.model.partial_channels > 1)
+
+
+def _dints(cfg: SearchConfig, search_space: space.SearchSpace) -> Relaxation:
+    r = cfg.relaxation
+    return DintsRelaxation(
+        search_space,
+        path_entropy_weight=r.path_entropy_weight,
+        op_entropy_weight=r.op_entropy_weight,
+        topology_weight=r.topology_weight,
+        warmup=r.warmup,
+    )
+
+
+RELAXATIONS: dict[str, Callable[[SearchConfig, space.SearchSpace], Relaxation]] = {
+    "softmax": _softmax,
+    "dints": _dints,
+}
+"""``relaxation.name`` -> factory of the :class:`~autodeeplab.relaxation.Relaxation`."""
+
+
+def check_relaxation(cfg: SearchConfig) -> None:
+    """Refuse the combinations of ``relaxation.*`` with other keys that cannot run, with a
+    :class:`~autodeeplab.config.ConfigError` naming the keys and what is valid."""
+    r = cfg.relaxation
+    if r.name not in RELAXATIONS:
+        raise ConfigError(
+            f"relaxation.name: unknown relaxation {r.name!r}; valid: {', '.join(RELAXATIONS)}"
+        )
+    relax = RELAXATIONS[r.name](cfg, space.SearchSpace(1, 1))  # only its kind is asked
+    independent = relax.independent_transitions
+    if r.memory_target is not None and not independent:
+        raise ConfigError(
+            f"relaxation.memory_target = {r.memory_target} needs independent transition "
+            f"probabilities, which relaxation.name={r.name!r} does not have; use "
+            "relaxation.name=dints or set relaxation.memory_target=null"
+        )
+    if independent and cfg.model.partial_channels > 1:
+        raise ConfigError(
+            f"model.partial_channels = {cfg.model.partial_channels} (PC-DARTS) goes with the "
+            f"softmax relaxation's edge normalisation; relaxation.name={r.name!r} does not "
+            "support it: set model.partial_channels=1 or relaxation.name=softmax"
+        )
+    if independent and cfg.data.crop_size <= SEARCH_MIN_CROP:
+        raise ConfigError(
+            f"data.crop_size = {cfg.data.crop_size} is too small for relaxation.name={r.name!r}: "
+            "its memory estimate is that of the discrete network, whose deepest stride is "
+            f"{SEARCH_MIN_CROP}; use data.crop_size >= {SEARCH_MIN_CROP + 1}"
+        )
+    if cfg.arch_regularizer.name not in ("none", *relax.regularizers):
+        raise ConfigError(
+            f"arch_regularizer.name = {cfg.arch_regularizer.name!r} is a term of another "
+            f"relaxation; with relaxation.name={r.name!r} valid: "
+            f"{', '.join(('none', *relax.regularizers))}"
+        )
+
+
+def build_relaxation(cfg: SearchConfig) -> Relaxation:
+    """The relaxation ``cfg.relaxation`` names, for ``cfg.model``'s search space."""
+    check_relaxation(cfg)
+    m = cfg.model
+    return RELAXATIONS[cfg.relaxation.name](cfg, space.SearchSpace(m.layers, m.blocks))
+
+
+def build_supernet(cfg: SearchConfig, num_classes: int) -> SearchNetwork:
+    """The supernet of ``cfg`` with its relaxation (on the CPU; the caller moves it)."""
+    m = cfg.model
+    return SearchNetwork(
+        num_classes,
+        layers=m.layers,
+        blocks=m.blocks,
+        filter_multiplier=m.filter_multiplier,
+        stem_channels=m.stem_channels,
+        partial_channels=m.partial_channels,
+        checkpoint_cells=m.checkpoint_cells,
+        aspp_rates=search_head_rates(m.aspp_rates, cfg.data.crop_size),
+        relaxation=build_relaxation(cfg),
+    )
+
+
+def build_memory_budget(cfg: SearchConfig, num_classes: int) -> MemoryBudget | None:
+    """The :class:`~autodeeplab.budget.MemoryBudget` of a search whose relaxation has
+    independent transitions (DiNTS), at its crop and batch; ``None`` for the others."""
+    if not build_relaxation(cfg).independent_transitions:
+        return None
+    m, r = cfg.model, cfg.relaxation
+    return MemoryBudget(
+        m.layers,
+        m.blocks,
+        filter_multiplier=m.filter_multiplier,
+        input_size=(cfg.data.crop_size, cfg.data.crop_size),
+        batch_size=cfg.data.batch_size,
+        num_classes=num_classes,
+        target=r.memory_target,
+        weight=r.memory_weight,
+    )
+
+
+def checkpoint_relaxation(state: Mapping[str, Any], path: str | Path) -> Relaxation:
+    """The relaxation a search checkpoint (a loaded ``last.pt``) was written with, from the
+    config it holds; ``path`` names the file in errors."""
+    if state.get("kind", "search") != "search" or not isinstance(state.get("config"), Mapping):
+        raise ValueError(
+            f"{path} is not a search checkpoint (it holds no search config); give a search run's "
+            "last.pt or run folder"
+        )
+    try:
+        cfg = from_dict(SearchConfig, state["config"])
+    except ConfigError as err:
+        raise ValueError(f"{path}: the config it holds is not valid: {err}") from None
+    return build_relaxation(cfg)
