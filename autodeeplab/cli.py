@@ -231,7 +231,14 @@ def _run_info(args: argparse.Namespace) -> int:
     print(f"genotype           {info['genotype']}")
     print(f"classes            {info['num_classes']}")
     print(f"filter multiplier  {info['filter_multiplier']}")
-    print(f"output stride      {info['output_stride']} (ASPP rates {info['aspp_rates']})")
+    if len(info["output_strides"]) == 1:
+        print(f"output stride      {info['output_stride']} (ASPP rates {info['aspp_rates']})")
+    else:  # a multi-path network: one ASPP per active node of the last layer
+        heads = ", ".join(
+            f"{s}: {r}"
+            for s, r in zip(info["output_strides"], info["aspp_rates_by_output"], strict=True)
+        )
+        print(f"output stride      {info['output_stride']} (ASPP per output stride {heads})")
     print(f"parameters         {info['params'] / 1e6:.2f}M")
     for part, n in info["params_by_part"].items():
         print(f"  {part:16s} {n / 1e6:.3f}M")
