@@ -305,6 +305,12 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
         help="what --largest-of compares (default: params)",
     )
     p.add_argument(
+        "--multi-path",
+        action="store_true",
+        help="draw multi-path (DiNTS) topologies, uniform over the feasible ones, instead of "
+        "single paths (genotype format 2)",
+    )
+    p.add_argument(
         "--max-tries",
         type=int,
         default=1000,
@@ -355,6 +361,7 @@ def _run_sample(args: argparse.Namespace) -> int:
             "--params": args.params is not None,
             "--multiply-adds": args.multiply_adds is not None,
             "--largest-of": args.largest_of != 1,
+            "--multi-path": args.multi_path,
         }
         given = [flag for flag, on in random_only.items() if on]
         if given:
@@ -386,6 +393,7 @@ def _run_sample(args: argparse.Namespace) -> int:
             largest_of=args.largest_of,
             largest_by=args.largest_by,
             max_tries=args.max_tries,
+            multi_path=args.multi_path,
         )
         named = dict(zip(sample.random_names(len(genotypes)), genotypes, strict=True))
         settings.update(
@@ -396,6 +404,7 @@ def _run_sample(args: argparse.Namespace) -> int:
             multiply_adds=args.multiply_adds,
             largest_of=args.largest_of,
             largest_by=args.largest_by,
+            multi_path=args.multi_path,
         )
     records = sample.describe(
         named,
