@@ -250,7 +250,7 @@ def random_topology(layers: int, rng: np.random.Generator) -> Topology:
     Layer by layer, the pattern of active transitions is drawn among those that leave exactly
     the active levels, each weighted by the number of feasible completions it leaves (a table
     computed once per depth), which makes every complete topology equally likely; a random
-    subset per node would favour the topologies with few active nodes.
+    subset of moves per node would favour sparse topologies.
     """
     layers = _check_positive("layers", layers)
     rng = _check_rng(rng)
