@@ -58,6 +58,7 @@ def no_unpickling(monkeypatch):
     monkeypatch.setattr(checkpoint, "load_checkpoint", refuse)
 
 
+@pytest.mark.slow  # the whole tool once: about 20 s on an idle core
 def test_a_multi_path_genotype_retrains_and_serves(tmp_path, capsys):
     file = tmp_path / "two_paths.json"
     TWO_PATHS.save(file)
