@@ -199,10 +199,11 @@ class Encoder(nn.Module):
                 dst - src,
             )
             cells.append(cell)
-            plan.append(_CellPlan(layer, src, dst, pp))
+            plan.append(CellPlan(layer, src, dst, pp))
             width[(layer, dst)] = cell.out_channels
         self.cells = nn.ModuleList(cells)
-        self.plan: tuple[_CellPlan, ...] = tuple(plan)
+        self.plan: tuple[CellPlan, ...] = tuple(plan)
+        # layer of the decoder's low-level node (on a path, the index of its cell)
         self.low_level_index = topo.low_level_layer()
         self.low_level_node = (
             _STEM4 if self.low_level_index is None else (self.low_level_index, space.STEM_LEVEL)
@@ -270,7 +271,7 @@ _STEM4 = (-1, space.STEM_LEVEL)
 
 
 @dataclass(frozen=True)
-class _CellPlan:
+class CellPlan:
     """Where a cell of the encoder sits: its transition and the node giving its ``H^{l-2}``."""
 
     layer: int
