@@ -40,7 +40,7 @@ from __future__ import annotations
 import torch
 
 from autodeeplab.genotype import Block, Genotype
-from autodeeplab.memory import Architecture, Heads, SupernetMemory, activation_memory
+from autodeeplab.memory import Heads, SupernetMemory, activation_memory
 
 REFERENCE_OP = "sep_conv_3x3"
 """Operation of both branches of every block of the reference cell."""
@@ -118,9 +118,8 @@ class MemoryBudget:
     def decoded_bytes(self, genotype: Genotype) -> int:
         """Activation memory of one training step of ``genotype`` (its own cell, single or
         multi-path) at this setting (:func:`autodeeplab.memory.activation_memory`)."""
-        arch = Architecture.from_topology(genotype.cell, genotype.topology)
         return activation_memory(
-            arch,
+            genotype,
             filter_multiplier=self.filter_multiplier,
             input_size=self.input_size,
             batch_size=self.batch_size,

@@ -232,7 +232,14 @@ def _run_info(args: argparse.Namespace) -> int:
     print(f"genotype           {info['genotype']}")
     print(f"classes            {info['num_classes']}")
     print(f"filter multiplier  {info['filter_multiplier']}")
-    print(f"output stride      {info['output_stride']} (ASPP rates {info['aspp_rates']})")
+    if len(info["output_strides"]) == 1:
+        print(f"output stride      {info['output_stride']} (ASPP rates {info['aspp_rates']})")
+    else:  # a multi-path network: one ASPP per active node of the last layer
+        heads = ", ".join(
+            f"{s}: {r}"
+            for s, r in zip(info["output_strides"], info["aspp_rates_by_output"], strict=True)
+        )
+        print(f"output stride      {info['output_stride']} (ASPP per output stride {heads})")
     print(f"parameters         {info['params'] / 1e6:.2f}M")
     for part, n in info["params_by_part"].items():
         print(f"  {part:16s} {n / 1e6:.3f}M")
@@ -299,6 +306,12 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
         help="what --largest-of compares (default: params)",
     )
     p.add_argument(
+        "--multi-path",
+        action="store_true",
+        help="draw multi-path (DiNTS) topologies, uniform over the feasible ones, instead of "
+        "single paths (genotype format 2)",
+    )
+    p.add_argument(
         "--max-tries",
         type=int,
         default=1000,
@@ -349,6 +362,7 @@ def _run_sample(args: argparse.Namespace) -> int:
             "--params": args.params is not None,
             "--multiply-adds": args.multiply_adds is not None,
             "--largest-of": args.largest_of != 1,
+            "--multi-path": args.multi_path,
         }
         given = [flag for flag, on in random_only.items() if on]
         if given:
@@ -380,6 +394,7 @@ def _run_sample(args: argparse.Namespace) -> int:
             largest_of=args.largest_of,
             largest_by=args.largest_by,
             max_tries=args.max_tries,
+            multi_path=args.multi_path,
         )
         named = dict(zip(sample.random_names(len(genotypes)), genotypes, strict=True))
         settings.update(
@@ -390,6 +405,7 @@ def _run_sample(args: argparse.Namespace) -> int:
             multiply_adds=args.multiply_adds,
             largest_of=args.largest_of,
             largest_by=args.largest_by,
+            multi_path=args.multi_path,
         )
     records = sample.describe(
         named,

@@ -4,7 +4,8 @@ Everything is drawn with matplotlib's object API on an Agg canvas (no ``pyplot``
 figure state): every function returns a :class:`matplotlib.figure.Figure` that the caller saves
 with :func:`save_figure` or discards.
 
-* :func:`draw_path` — the decoded path over the four-level trellis (stem, then layers ``0..L-1``).
+* :func:`draw_path` — the decoded path over the four-level trellis (stem, then layers ``0..L-1``);
+  every active transition of a multi-path (DiNTS) genotype.
 * :func:`draw_cell` — the cell as a directed graph laid out left to right by dependency depth.
 * :func:`draw_beta_heatmap` — transition probabilities, one panel per move (finer/same/coarser).
 * :func:`draw_architecture` — the three combined in one figure.
@@ -72,35 +73,63 @@ def _plot_path(ax: Axes, genotype: Genotype) -> None:
     ax.scatter(xs, ys, s=36, color=_NODE_COLOUR, zorder=2, gid="trellis-nodes")
 
     path_x = [stem_x, *range(layers)]
-    path_y = [space.STEM_LEVEL, *genotype.path]
-    ax.plot(
-        path_x,
-        path_y,
-        color=_PATH_COLOUR,
-        lw=3,
-        marker="o",
-        markersize=9,
-        markerfacecolor="white",
-        markeredgewidth=2.5,
-        zorder=3,
-        gid="path",
-    )
+    if genotype.path is not None:
+        ax.plot(
+            path_x,
+            [space.STEM_LEVEL, *genotype.path],
+            color=_PATH_COLOUR,
+            lw=3,
+            marker="o",
+            markersize=9,
+            markerfacecolor="white",
+            markeredgewidth=2.5,
+            zorder=3,
+            gid="path",
+        )
+        title = f"network path: {layers} layers, output stride {genotype.output_stride}"
+    else:
+        _plot_topology(ax, genotype)
+        strides = ", ".join(str(space.LEVEL_STRIDES[k]) for k in genotype.output_levels)
+        title = (
+            f"multi-path network: {layers} layers, {len(genotype.topology.transitions())} "
+            f"cells, output strides {strides}"
+        )
     ax.set_xticks(path_x, ["stem", *(str(layer) for layer in range(layers))])
     ax.set_yticks(range(space.NUM_LEVELS), LEVEL_LABELS)
     ax.set_xlim(stem_x - 0.5, layers - 0.5)
     ax.set_ylim(space.NUM_LEVELS - 0.5, -0.5)  # finer (/4) on top
     ax.set_xlabel("layer")
     ax.set_ylabel("downsample rate")
-    ax.set_title(
-        f"network path: {layers} layers, output stride {genotype.output_stride}, "
-        f"deepest /{genotype.max_stride}"
-    )
+    ax.set_title(f"{title}, deepest /{genotype.max_stride}")
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
 
 
+def _plot_topology(ax: Axes, genotype: Genotype) -> None:
+    """Every active transition of a multi-path topology (one cell each) and the active nodes."""
+    for layer, src, dst in genotype.topology.transitions():
+        ax.plot(
+            [layer - 1, layer], [src, dst], color=_PATH_COLOUR, lw=3, zorder=3, gid="transition"
+        )
+    topo = genotype.topology
+    active = [(-1, space.STEM_LEVEL)] + [
+        (layer, level) for layer in range(topo.num_layers) for level in topo.active_levels(layer)
+    ]
+    ax.scatter(
+        [x for x, _ in active],
+        [y for _, y in active],
+        s=81,
+        facecolor="white",
+        edgecolor=_PATH_COLOUR,
+        linewidths=2.5,
+        zorder=4,
+        gid="active-nodes",
+    )
+
+
 def draw_path(genotype: Genotype) -> Figure:
-    """The decoded network path (bold) over the trellis of reachable nodes (light)."""
+    """The network path (bold) over the trellis of reachable nodes (light); for a multi-path
+    genotype every active transition (one cell each) and every active node."""
     fig = _new_figure((max(6.0, 0.55 * genotype.layers + 2.5), 3.2))
     _plot_path(fig.add_subplot(), genotype)
     return fig

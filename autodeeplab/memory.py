@@ -33,18 +33,14 @@ Training peak
     it, the gradient being propagated backward) are not modelled; ``benchmarks/memory_model.py``
     measures how close the estimate comes to real steps.
 
-Topologies
-    An architecture is an :class:`Architecture`: the cell and a set of active trellis transitions
-    ``(layer, source level, target level)``. Layer 0 reads the stem (level 0). Every active
-    transition is one cell; an active node (a target of at least one transition) sums the
-    outputs of its incoming cells. A cell's ``H^{l-2}`` input is the active node of layer
-    ``l - 2`` at the cell's level, else the active node of nearest level, the finer on a tie
-    (the supernet's rule restricted to active nodes); layers 0 and 1 read the stem's stride-2
-    and stride-4 outputs. Every active node of the last layer has its own ASPP (atrous rates
-    for its stride); their outputs are resized to the finest of them and summed before the
-    decoder. The decoder's low-level feature is the level-0 node of the last layer of the
-    initial run in which level 0 is the only active node, else the stem's stride-4 output.
-    A single path (:func:`architecture_from_genotype`) is exactly today's :class:`AutoDeepLab`.
+Architectures
+    An architecture is a :class:`~autodeeplab.genotype.Genotype`: the cell and its
+    network-level :class:`~autodeeplab.topology.Topology`, a single path or several (DiNTS).
+    The walker follows :class:`autodeeplab.network.AutoDeepLab` for both: every active
+    transition is one cell, an active node sums its incoming cells, ``H^{l-2}`` comes from
+    :meth:`Topology.prev_prev_level`, every active last-layer node has its own ASPP, and the
+    decoder's low-level feature comes from :meth:`Topology.low_level_layer` (see
+    docs/network.md). :func:`all_on` is the cell on every transition of the trellis.
 
 Supernet expectation (DiNTS' memory budget)
     :class:`SupernetMemory` gives, for independent transition probabilities ``p`` in the beta
@@ -67,7 +63,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,8 +78,8 @@ from autodeeplab.heads import (
     DEFAULT_LOW_LEVEL_CHANNELS,
     feature_size,
 )
-from autodeeplab.network import STEM_CHANNELS, NetworkConfig, low_level_cell_index
-from autodeeplab.topology import Topology
+from autodeeplab.network import STEM_CHANNELS, NetworkConfig
+from autodeeplab.topology import Topology, prev_prev_candidates
 
 Transition = tuple[int, int, int]
 """``(layer, source level, target level)``; layer 0 reads the stem at level 0."""
@@ -98,91 +94,10 @@ INDEX_BYTES = 8
 # ----------------------------------------------------------------------------- topology
 
 
-@dataclass(frozen=True)
-class Architecture:
-    """A (possibly multi-path) discrete architecture: the cell and the active transitions.
-
-    ``transitions`` are ``(layer, source level, target level)`` triples, kept sorted; their
-    feasibility (DiNTS' rules: every layer has an active transition, a transition leaves an
-    active node, the stem for layer 0, and every active node before the last layer feeds one)
-    is checked by :class:`autodeeplab.topology.Topology`, the network-level value this one
-    pairs with a cell (:attr:`topology`).
-    """
-
-    cell: tuple[Block, ...]
-    transitions: tuple[Transition, ...]
-    layers: int
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "cell", validate_cell(self.cell))
-        layers = self.layers
-        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
-            raise ValueError(f"layers must be a positive integer, got {layers!r}")
-        triples = _transition_triples(self.transitions, layers)
-        Topology(tuple(tuple((s, t) for k, s, t in triples if k == i) for i in range(layers)))
-        object.__setattr__(self, "transitions", triples)
-
-    @classmethod
-    def from_genotype(cls, genotype: Genotype) -> Architecture:
-        return architecture_from_genotype(genotype)
-
-    @classmethod
-    def from_topology(cls, cell: Sequence[Block], topology: Topology) -> Architecture:
-        """``cell`` on the network-level ``topology`` (e.g. a decoded DiNTS topology)."""
-        transitions = tuple(
-            (layer, s, t) for layer, pairs in enumerate(topology.layers) for s, t in pairs
-        )
-        return cls(tuple(cell), transitions, topology.num_layers)
-
-    @classmethod
-    def all_on(cls, cell: Sequence[Block], layers: int) -> Architecture:
-        """Every transition of the trellis (the supernet as one multi-path network)."""
-        return cls(tuple(cell), all_transitions(layers), layers)
-
-    @property
-    def topology(self) -> Topology:
-        """The network-level part: active ``(source, target)`` levels per layer."""
-        return Topology(
-            tuple(
-                tuple((s, t) for k, s, t in self.transitions if k == layer)
-                for layer in range(self.layers)
-            )
-        )
-
-    def active_levels(self, layer: int) -> tuple[int, ...]:
-        """Levels of the active nodes of ``layer`` (``-1``: the stem, level 0)."""
-        if layer < 0:
-            return (space.STEM_LEVEL,)
-        return tuple(sorted({e[2] for e in self.transitions if e[0] == layer}))
-
-    def incoming(self, layer: int, level: int) -> tuple[Transition, ...]:
-        return tuple(e for e in self.transitions if e[0] == layer and e[2] == level)
-
-    @property
-    def max_stride(self) -> int:
-        return space.LEVEL_STRIDES[max(t for _, _, t in self.transitions)]
-
-    def to_genotype(self) -> Genotype:
-        """The single-path :class:`Genotype`; raises if a layer has more than one node."""
-        path = []
-        for layer in range(self.layers):
-            levels = self.active_levels(layer)
-            if len(levels) != 1:
-                raise ValueError(
-                    f"layer {layer} has {len(levels)} active nodes (levels {list(levels)}); "
-                    "only a single-path topology is a Genotype"
-                )
-            path.append(levels[0])
-        return Genotype(cell=self.cell, path=tuple(path))
-
-
-def architecture_from_genotype(genotype: Genotype) -> Architecture:
-    """The single-path architecture of ``genotype``: one transition per layer along its path."""
-    sources = (space.STEM_LEVEL, *genotype.path[:-1])
-    transitions = tuple(
-        (layer, s, t) for layer, (s, t) in enumerate(zip(sources, genotype.path, strict=True))
-    )
-    return Architecture(genotype.cell, transitions, genotype.layers)
+def all_on(cell: Sequence[Block], layers: int) -> Genotype:
+    """``cell`` on every transition of an ``layers``-layer trellis: the supernet as one
+    multi-path architecture (the reference of :attr:`SupernetMemory.usage_all_on`)."""
+    return Genotype(cell=tuple(cell), topology=Topology.all_on(layers))
 
 
 def all_transitions(layers: int) -> tuple[Transition, ...]:
@@ -193,45 +108,6 @@ def all_transitions(layers: int) -> tuple[Transition, ...]:
 def transition_mask(layers: int) -> torch.Tensor:
     """``(L, 4, 3)`` bool: which entries of the beta layout are transitions of the trellis."""
     return torch.tensor(space.SearchSpace(layers=layers).used_transition_mask())
-
-
-def _transition_triples(transitions: Any, layers: int) -> tuple[Transition, ...]:
-    """The triples sorted, after the checks of their form (the levels, moves and feasibility
-    are :class:`Topology`'s)."""
-    if isinstance(transitions, (str, bytes)) or not isinstance(transitions, Iterable):
-        raise ValueError(
-            f"transitions must be (layer, source, target) triples, got {transitions!r}"
-        )
-    seen: set[Transition] = set()
-    for item in transitions:
-        triple = tuple(item) if isinstance(item, Iterable) else (item,)
-        if len(triple) != 3 or any(isinstance(v, bool) or not isinstance(v, int) for v in triple):
-            raise ValueError(
-                f"transition {item!r} must be three integers (layer, source level, target level)"
-            )
-        if not 0 <= triple[0] < layers:
-            raise ValueError(f"transition {triple}: layer must be in 0..{layers - 1}")
-        if triple in seen:
-            raise ValueError(f"transition {triple} is listed twice")
-        seen.add(triple)
-    return tuple(sorted(seen))
-
-
-def prev_prev_candidates(layer: int, level: int) -> tuple[int, ...]:
-    """Levels that may provide ``H^{l-2}`` of a cell at ``(layer, level)``, in order of
-    preference: the same level, then nearer before farther, finer before coarser; ``-1`` is
-    the stem's stride-2 output (layer 0), level 0 at layer 1 the stem's stride-4 output."""
-    if layer == 0:
-        return (-1,)
-    if layer == 1:
-        return (space.STEM_LEVEL,)
-    existing = space.levels_at_layer(layer - 2)
-    return tuple(sorted(existing, key=lambda k: (abs(k - level), k)))
-
-
-def _prev_prev_level(topology: Architecture, layer: int, level: int) -> int:
-    active = set(topology.active_levels(layer - 2))
-    return next(k for k in prev_prev_candidates(layer, level) if layer < 2 or k in active)
 
 
 # ----------------------------------------------------------------------------- the walker
@@ -496,7 +372,7 @@ def _setting(
 
 
 def activation_memory(
-    topology: Architecture | Genotype,
+    genotype: Genotype,
     *,
     filter_multiplier: int,
     input_size: tuple[int, int],
@@ -505,12 +381,14 @@ def activation_memory(
     dtype: torch.dtype = torch.float32,
     drop_path: bool = False,
 ) -> ActivationMemory:
-    """Bytes that one training step of ``topology`` keeps for backward (module docstring).
+    """Bytes that one training step of ``genotype`` (single or multi-path) keeps for backward
+    (module docstring).
 
     ``drop_path``: Scheduled Drop Path is active (adds a per-sample mask per branch).
     """
-    if isinstance(topology, Genotype):
-        topology = architecture_from_genotype(topology)
+    if not isinstance(genotype, Genotype):
+        raise ValueError(f"expected a Genotype, got {type(genotype).__name__}")
+    topo = genotype.topology
     st = _setting(
         filter_multiplier,
         heads or Heads(),
@@ -518,20 +396,19 @@ def activation_memory(
         batch_size,
         dtype,
         drop_path,
-        len(topology.cell),
+        genotype.blocks,
     )
-    st.check(topology.max_stride)
+    st.check(genotype.max_stride)
     rec = st.recorder()
     s2, s4 = st.stem(rec)
     nodes: dict[tuple[int, int], _T] = {(-2, -1): s2, (-1, space.STEM_LEVEL): s4}
     rec.part = "cells"
-    for layer in range(topology.layers):
-        for level in topology.active_levels(layer):
-            k = _prev_prev_level(topology, layer, level)
-            pp = nodes[(layer - 2, k)] if layer >= 2 else (s2 if layer == 0 else s4)
-            for _, s, t in topology.incoming(layer, level):
+    for layer in range(topo.num_layers):
+        for level in topo.active_levels(layer):
+            pp = nodes[(layer - 2, topo.prev_prev_level(layer, level))]
+            for s, t in topo.incoming(layer, level):
                 rec.cell(
-                    topology.cell,
+                    genotype.cell,
                     pp,
                     nodes[(layer - 1, s)],
                     st.filter_multiplier * 2**t,
@@ -543,27 +420,14 @@ def activation_memory(
             # One incoming cell: the node is its output; several: their sum. A new tensor
             # either way, of the same shape.
             nodes[(layer, level)] = st.node_tensor(rec, level)
-    last = topology.active_levels(topology.layers - 1)
-    for level in last:
-        st.aspp(rec, nodes[(topology.layers - 1, level)])
-    low_layer = _low_level_layer(topology)
+    for level in genotype.output_levels:
+        st.aspp(rec, nodes[(topo.num_layers - 1, level)])
+    low_layer = topo.low_level_layer()
     low = s4 if low_layer is None else nodes[(low_layer, space.STEM_LEVEL)]
     st.decoder_and_loss(rec, low)
     return ActivationMemory(
         rec.total, rec.by_part(), st.input_size, batch_size, str(dtype).removeprefix("torch.")
     )
-
-
-def _low_level_layer(topology: Architecture) -> int | None:
-    """Layer of the decoder's low-level node (level 0), ``None`` for the stem."""
-    if all(len(topology.active_levels(layer)) == 1 for layer in range(topology.layers)):
-        return low_level_cell_index(topology.to_genotype().path)  # the network's own rule
-    index = None
-    for layer in range(topology.layers):
-        if topology.active_levels(layer) != (space.STEM_LEVEL,):
-            break
-        index = layer
-    return index
 
 
 def network_activation_memory(

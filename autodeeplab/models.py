@@ -10,11 +10,11 @@ import inspect
 from dataclasses import dataclass, replace
 from typing import Any
 
+from autodeeplab import space
 from autodeeplab.complexity import complexity
 from autodeeplab.genotype import GENOTYPES, RELEASED, Genotype
-from autodeeplab.heads import atrous_rates_for_stride
 from autodeeplab.memory import training_memory
-from autodeeplab.network import AutoDeepLab, NetworkConfig
+from autodeeplab.network import AutoDeepLab, NetworkConfig, head_rates
 
 
 @dataclass(frozen=True)
@@ -150,15 +150,20 @@ def network_info(
     the estimate of :func:`autodeeplab.memory.training_memory` for ``batch_size`` float32
     images of ``input_size``."""
     c = complexity(config, input_size)
-    rates = config.aspp_rates or atrous_rates_for_stride(config.genotype.output_stride)
+    g = config.genotype
+    rates = head_rates(g, config.aspp_rates)
     info: dict[str, Any] = {
         "model": name,
-        "genotype": str(config.genotype),
-        "path": list(config.genotype.path),
+        "genotype": str(g),
+        # a multi-path genotype has no path: its transitions per layer instead
+        "path": None if g.path is None else list(g.path),
+        **({"transitions": g.topology.to_dict()["transitions"]} if g.is_multi_path else {}),
         "filter_multiplier": config.filter_multiplier,
         "num_classes": config.num_classes,
-        "output_stride": config.genotype.output_stride,
-        "aspp_rates": list(rates),
+        "output_stride": g.output_stride,
+        "aspp_rates": list(rates[0]),
+        "output_strides": [space.LEVEL_STRIDES[k] for k in g.output_levels],
+        "aspp_rates_by_output": [list(r) for r in rates],
         **c.to_dict(),
         "training_memory": training_memory(
             config, input_size, batch_size, params=c.params

@@ -2,6 +2,14 @@
 
 ``AutoDeepLab = Encoder (stem + cells along the path) -> ASPP -> DeepLabv3+ decoder``.
 
+Multi-path topologies (DiNTS)
+    Every active transition is a :class:`Cell` with its move; an active node sums its incoming
+    cells; ``H^{l-2}`` is the active node of layer ``l - 2`` chosen by
+    :meth:`Topology.prev_prev_level` (same level, else nearest, finer on a tie); every active
+    node of the last layer has its own ASPP (:class:`MultiASPP`, rates for its stride), their
+    outputs resized to the finest and summed before the decoder. A single path is the special
+    case of one cell per layer and one ASPP, with the same modules and state_dict keys.
+
 Stem
     Three 3x3 convs (64 stride 2, 64, 128 stride 2), BN after each, ReLU between. Its stride-2
     (64 ch) and stride-4 (128 ch) outputs are the two inputs of the first cell.
@@ -11,7 +19,8 @@ Cells
 Low-level features for the decoder
     The output of the last cell of the path's initial run at level 0 (the stride-4 cells before
     the path first goes deeper; cell index 2 of the released path). A path that starts at level 1
-    has no such cell: the stem's stride-4 output (128 ch) is used.
+    has no such cell: the stem's stride-4 output (128 ch) is used. For a multi-path topology
+    the run ends at the first layer with an active node other than level 0.
 Spatial sizes
     Level ``k`` has size ``ceil(H / 2^(k + 2))`` (what stride-2 convs with "same" padding give).
     Height and width must exceed the path's deepest stride so that the deepest map is at least
@@ -39,6 +48,7 @@ from autodeeplab.heads import (
     atrous_rates_for_stride,
 )
 from autodeeplab.ops import ReLUConvBN, build_op
+from autodeeplab.topology import Topology
 
 STEM_CHANNELS: tuple[int, int, int] = (64, 64, 128)
 
@@ -150,10 +160,18 @@ class Cell(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Stem + cells along ``genotype.path``: returns named features by stride.
+    """Stem + one cell per active transition of ``genotype.topology``: named features.
 
-    ``forward(x)`` returns ``{"stride4": low-level feature, "out": last cell output}``;
-    :attr:`out_channels` and :attr:`strides` describe them.
+    A single path has one cell per layer; a multi-path topology (DiNTS) has one cell per active
+    transition, and every active node sums the outputs of the cells entering it.
+    :attr:`cells` holds the cells in the order of :meth:`Topology.transitions` (layer by
+    layer), so a single path keeps the cell indices (and state_dict keys) of a path network.
+
+    ``forward(x)`` returns ``{"stride4": low-level feature, "out": finest last-layer node}`` and,
+    for a multi-path topology whose last layer has several active nodes, one more entry per
+    coarser node, ``"out<stride>"`` (e.g. ``"out16"``); :attr:`output_keys` lists the output
+    entries from finest to coarsest, :attr:`out_channels` and :attr:`strides` describe every
+    entry.
     """
 
     def __init__(self, genotype: Genotype, filter_multiplier: int, in_channels: int = 3) -> None:
@@ -163,25 +181,44 @@ class Encoder(nn.Module):
         self.genotype = genotype
         self.in_channels = in_channels
         self.stem = Stem(in_channels)
-        prev_prev = self.stem.out_channels["stride2"]
-        prev = self.stem.out_channels["stride4"]
-        prev_level = space.STEM_LEVEL
-        cells = []
-        for level in genotype.path:
+        topo = genotype.topology
+        # Node tensors by (layer, level); layer -2 / -1 are the stem's stride-2 / stride-4
+        # outputs (level -1 and 0), which the first two layers read.
+        width = {
+            _STEM2: self.stem.out_channels["stride2"],
+            _STEM4: self.stem.out_channels["stride4"],
+        }
+        cells, plan = [], []
+        for layer, src, dst in topo.transitions():
+            pp = (layer - 2, topo.prev_prev_level(layer, dst))
             cell = Cell(
-                genotype.cell, prev_prev, prev, filter_multiplier * 2**level, level - prev_level
+                genotype.cell,
+                width[pp],
+                width[(layer - 1, src)],
+                filter_multiplier * 2**dst,
+                dst - src,
             )
             cells.append(cell)
-            prev_prev, prev, prev_level = prev, cell.out_channels, level
+            plan.append(CellPlan(layer, src, dst, pp))
+            width[(layer, dst)] = cell.out_channels
         self.cells = nn.ModuleList(cells)
-        self.low_level_index = low_level_cell_index(genotype.path)
-        low_channels = (
-            self.stem.out_channels["stride4"]
-            if self.low_level_index is None
-            else cells[self.low_level_index].out_channels
+        self.plan: tuple[CellPlan, ...] = tuple(plan)
+        # layer of the decoder's low-level node (on a path, the index of its cell)
+        self.low_level_index = topo.low_level_layer()
+        self.low_level_node = (
+            _STEM4 if self.low_level_index is None else (self.low_level_index, space.STEM_LEVEL)
         )
-        self.out_channels = {"stride4": low_channels, "out": prev}
-        self.strides = {"stride4": space.LEVEL_STRIDES[0], "out": genotype.output_stride}
+        last = topo.num_layers - 1
+        self.output_levels = genotype.output_levels
+        self.output_keys = tuple(
+            "out" if i == 0 else f"out{space.LEVEL_STRIDES[k]}"
+            for i, k in enumerate(self.output_levels)
+        )
+        self.out_channels = {"stride4": width[self.low_level_node]}
+        self.strides = {"stride4": space.LEVEL_STRIDES[0]}
+        for key, level in zip(self.output_keys, self.output_levels, strict=True):
+            self.out_channels[key] = width[(last, level)]
+            self.strides[key] = space.LEVEL_STRIDES[level]
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` saying what works if ``x`` cannot go through this encoder."""
@@ -213,27 +250,92 @@ class Encoder(nn.Module):
             # ceil(h / 2) written as (h + 1) // 2: ONNX export traces these sizes, and its
             # integer division truncates, so the -(-h // 2) idiom would round the wrong way.
             sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
-        prev_prev, prev = stem["stride2"], stem["stride4"]
-        low = stem["stride4"]
-        for i, (cell, level) in enumerate(zip(self.cells, self.genotype.path, strict=True)):
-            prev_prev, prev = prev, cell(prev_prev, prev, sizes[level])  # (N, B*f, h_k, w_k)
-            if i == self.low_level_index:
-                low = prev
-        return {"stride4": low, "out": prev}
+        nodes = {_STEM2: stem["stride2"], _STEM4: stem["stride4"]}
+        # Cells come layer by layer and read layers l - 1 and l - 2 only, so a node of layer l
+        # can accumulate its incoming cells in place.
+        for cell, p in zip(self.cells, self.plan, strict=True):
+            y = cell(nodes[p.prev_prev], nodes[(p.layer - 1, p.src)], sizes[p.dst])
+            key = (p.layer, p.dst)  # (N, B*f, h_k, w_k)
+            nodes[key] = y if key not in nodes else nodes[key] + y
+        last = self.genotype.layers - 1
+        out = {"stride4": nodes[self.low_level_node]}
+        for key, level in zip(self.output_keys, self.output_levels, strict=True):
+            out[key] = nodes[(last, level)]
+        return out
+
+
+_STEM2 = (-2, -1)
+"""Node key of the stem's stride-2 output (``H^{l-2}`` of layer 0)."""
+_STEM4 = (-1, space.STEM_LEVEL)
+"""Node key of the stem's stride-4 output (``H^{l-1}`` of layer 0, ``H^{l-2}`` of layer 1)."""
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """Where a cell of the encoder sits: its transition and the node giving its ``H^{l-2}``."""
+
+    layer: int
+    src: int
+    dst: int
+    prev_prev: tuple[int, int]
 
 
 def low_level_cell_index(path: Sequence[int]) -> int | None:
     """Index of the cell whose output feeds the decoder, or ``None`` for the stem's stride 4.
 
     The last cell of the path's initial run at level 0 (index 2 for the released path); a path
-    whose first cell is at level 1 has no such cell.
+    whose first cell is at level 1 has no such cell (:meth:`Topology.low_level_layer`).
     """
-    index = None
-    for i, level in enumerate(path):
-        if level != 0:
-            break
-        index = i
-    return index
+    return Topology.from_path(path).low_level_layer()
+
+
+def head_rates(
+    genotype: Genotype, aspp_rates: Sequence[int] | None = None
+) -> tuple[tuple[int, ...], ...]:
+    """ASPP atrous rates of every output node (``genotype.output_levels``, finest first).
+
+    ``None``: DeepLab's rates for each node's stride (:func:`atrous_rates_for_stride`).
+    Explicit ``aspp_rates`` are the rates at the output stride (the finest node, the only one
+    of a single path); a node ``2^j`` times coarser divides them by ``2^j`` (rounded half up,
+    at least 1), which keeps their field of view in input pixels, as DeepLab's rule does.
+    """
+    levels = genotype.output_levels
+    if aspp_rates is None:
+        return tuple(atrous_rates_for_stride(space.LEVEL_STRIDES[k]) for k in levels)
+    rates = tuple(aspp_rates)
+    return tuple(
+        tuple(max(1, (2 * r + 2 ** (k - levels[0])) // 2 ** (k - levels[0] + 1)) for r in rates)
+        for k in levels
+    )
+
+
+class MultiASPP(nn.Module):
+    """One :class:`~autodeeplab.heads.ASPP` per output node of a multi-path encoder; their
+    outputs are resized to the first (finest) one and summed.
+
+    ``forward(*features)`` takes the features finest first, ``(N, C_i, h_i, w_i)``, and
+    returns ``(N, channels, h_0, w_0)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        rates: Sequence[tuple[int, ...]],
+        channels: int = DEFAULT_ASPP_CHANNELS,
+    ) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(
+            ASPP(c, r, channels) for c, r in zip(in_channels, rates, strict=True)
+        )
+        self.out_channels = channels
+
+    def forward(self, *features: torch.Tensor) -> torch.Tensor:
+        ys = [head(x) for head, x in zip(self.heads, features, strict=True)]
+        size = ys[0].shape[-2:]
+        y = ys[0]
+        for other in ys[1:]:
+            y = y + _resize(other, size)  # (N, channels, h_0, w_0)
+        return y
 
 
 @dataclass(frozen=True)
@@ -281,8 +383,8 @@ class AutoDeepLab(nn.Module):
     default to DeepLab's convention for the output stride of the last cell
     (:func:`~autodeeplab.heads.atrous_rates_for_stride`).
 
-    Scheduled Drop Path: cell ``i`` (0-based) of ``L`` drops each non-identity branch with
-    probability ``drop_path_rate * (i + 1) / L * progress``; the training loop sets
+    Scheduled Drop Path: a cell of layer ``i`` (0-based) of ``L`` drops each non-identity
+    branch with probability ``drop_path_rate * (i + 1) / L * progress``; the training loop sets
     ``progress`` in ``[0, 1]`` with :meth:`set_drop_path` (it starts at 1, the full rate).
     Drop path never acts in eval mode.
     """
@@ -305,11 +407,8 @@ class AutoDeepLab(nn.Module):
             raise ValueError(f"genotype must be a Genotype, got {type(genotype).__name__}")
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
-        rates = (
-            atrous_rates_for_stride(genotype.output_stride)
-            if aspp_rates is None
-            else tuple(aspp_rates)
-        )
+        rates_by_node = head_rates(genotype, aspp_rates)
+        rates = rates_by_node[0]
         self.config = NetworkConfig(
             genotype=genotype,
             num_classes=num_classes,
@@ -324,7 +423,14 @@ class AutoDeepLab(nn.Module):
         self.genotype = genotype
         self.num_classes = num_classes
         self.encoder = Encoder(genotype, filter_multiplier, in_channels)
-        self.aspp = ASPP(self.encoder.out_channels["out"], rates, aspp_channels)
+        outputs = self.encoder.output_keys
+        self.aspp: nn.Module = (
+            ASPP(self.encoder.out_channels["out"], rates, aspp_channels)
+            if len(outputs) == 1
+            else MultiASPP(
+                [self.encoder.out_channels[k] for k in outputs], rates_by_node, aspp_channels
+            )
+        )
         self.decoder = DeepLabV3PlusDecoder(
             self.encoder.out_channels["stride4"],
             num_classes,
@@ -348,9 +454,9 @@ class AutoDeepLab(nn.Module):
         """Set training progress in ``[0, 1]``; returns the per-cell drop rates now in use."""
         if not 0.0 <= progress <= 1.0:
             raise ValueError(f"drop path progress must be in [0, 1], got {progress}")
-        n = len(self.encoder.cells)
-        for i, cell in enumerate(self.encoder.cells):
-            cell.set_drop_path_rate(self.drop_path_rate * (i + 1) / n * progress)
+        n = self.genotype.layers
+        for cell, plan in zip(self.encoder.cells, self.encoder.plan, strict=True):
+            cell.set_drop_path_rate(self.drop_path_rate * (plan.layer + 1) / n * progress)
         return self.drop_path_rates()
 
     def drop_path_rates(self) -> tuple[float, ...]:
@@ -358,7 +464,7 @@ class AutoDeepLab(nn.Module):
         return tuple(cell.drop_path_rate for cell in self.encoder.cells)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.encoder(x)  # {"stride4": (N, C_low, H/4, W/4), "out": (N, C, H/s, W/s)}
-        y = self.aspp(feats["out"])  # (N, 256, H/s, W/s)
+        feats = self.encoder(x)  # {"stride4": (N, C_low, H/4, W/4), "out": (N, C, H/s, W/s)...}
+        y = self.aspp(*(feats[k] for k in self.encoder.output_keys))  # (N, 256, H/s, W/s)
         y = self.decoder(y, feats["stride4"])  # (N, classes, H/4, W/4)
         return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)

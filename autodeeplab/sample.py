@@ -9,6 +9,10 @@ Paths
     (paths through level 0 or 3, which have two moves instead of three, would be favoured), so
     :func:`random_path` draws one index below the count and decodes it with a table of
     completion counts.
+Multi-path topologies (``multi_path=True``)
+    Every feasible topology (DiNTS' rules, :class:`autodeeplab.topology.Topology`) is equally
+    likely: :func:`random_topology` draws the layers' patterns weighted by their numbers of
+    completions.
 Cells
     Block ``i`` picks an unordered pair of distinct inputs among its ``i + 2`` inputs and one of
     the 7 operations other than ``none`` for each: ``C(i + 2, 2) * 7 ** 2`` choices, drawn
@@ -36,6 +40,7 @@ import numpy as np
 from autodeeplab import space
 from autodeeplab.genotype import Block, Genotype
 from autodeeplab.space import HAND_DESIGNED_MIN_LAYERS, PATH_FAMILIES, hand_designed_paths
+from autodeeplab.topology import Topology, layer_patterns
 
 if TYPE_CHECKING:
     from autodeeplab.network import NetworkConfig
@@ -61,6 +66,7 @@ __all__ = [
     "random_genotype",
     "random_names",
     "random_path",
+    "random_topology",
     "sample_genotypes",
     "write_genotypes",
 ]
@@ -223,16 +229,64 @@ def random_cell(blocks: int, rng: np.random.Generator) -> tuple[Block, ...]:
     return tuple(_block_from_index(i, int(rng.integers(_block_choices(i)))) for i in range(blocks))
 
 
+@cache
+def _topology_completions(layers: int) -> tuple[dict[int, int], ...]:
+    """``table[l][S]``: feasible ways to choose the patterns of layers ``l..L-1`` when the
+    active levels before layer ``l`` are the bit mask ``S`` (``table[L][S] = 1``)."""
+    table: list[dict[int, int]] = [{s: 1 for s in range(1, 1 << space.NUM_LEVELS)}]
+    for layer in range(layers - 1, -1, -1):
+        pat = layer_patterns(layer)
+        row: dict[int, int] = {}
+        for src, dst in zip(pat.src_mask.tolist(), pat.dst_mask.tolist(), strict=True):
+            row[src] = row.get(src, 0) + table[-1][dst]
+        table.append(row)
+    return tuple(reversed(table))
+
+
+def random_topology(layers: int, rng: np.random.Generator) -> Topology:
+    """A multi-path topology drawn uniformly from all ``topology.count_topologies(layers)``
+    feasible ones (2.2e25 for 12 layers).
+
+    Layer by layer, the pattern of active transitions is drawn among those that leave exactly
+    the active levels, each weighted by the number of feasible completions it leaves (a table
+    computed once per depth), which makes every complete topology equally likely; a random
+    subset of moves per node would favour sparse topologies.
+    """
+    layers = _check_positive("layers", layers)
+    rng = _check_rng(rng)
+    table = _topology_completions(layers)
+    state = 1 << space.STEM_LEVEL
+    chosen = []
+    for layer in range(layers):
+        pat = layer_patterns(layer)
+        idx = np.flatnonzero(pat.src_mask == state)
+        weights = [table[layer + 1][int(pat.dst_mask[i])] for i in idx]
+        # the pattern whose share of the completions holds a uniform draw below their total
+        i = int(
+            idx[
+                np.searchsorted(
+                    np.cumsum(weights, dtype=object), _randbelow(sum(weights), rng), side="right"
+                )
+            ]
+        )
+        chosen.append(tuple(t for t, on in zip(pat.transitions, pat.bits[i], strict=True) if on))
+        state = int(pat.dst_mask[i])
+    return Topology(tuple(chosen))
+
+
 def random_genotype(
     rng: np.random.Generator,
     *,
     layers: int = space.DEFAULT_LAYERS,
     blocks: int = space.DEFAULT_BLOCKS,
+    multi_path: bool = False,
 ) -> Genotype:
     """A uniformly random architecture: :func:`random_cell` first, then :func:`random_path`
-    from the same generator (cell and path are independent, so the genotype is uniform over
-    the product space)."""
+    (or, with ``multi_path``, :func:`random_topology`) from the same generator (cell and
+    network level are independent, so the genotype is uniform over the product space)."""
     cell = random_cell(blocks, rng)
+    if multi_path:
+        return Genotype(cell=cell, topology=random_topology(layers, rng))
     return Genotype(cell=cell, path=random_path(layers, rng))
 
 
@@ -388,8 +442,10 @@ def sample_genotypes(
     largest_by: str = "params",
     max_tries: int = DEFAULT_MAX_TRIES,
     network_options: Mapping[str, Any] | None = None,
+    multi_path: bool = False,
 ) -> list[Genotype]:
-    """``n`` architectures drawn uniformly at random, reproducibly from ``seed``.
+    """``n`` architectures drawn uniformly at random, reproducibly from ``seed``;
+    ``multi_path``: multi-path topologies (:func:`random_topology`) instead of paths.
 
     ``params`` / ``multiply_adds``: optional ``(min, max)`` ranges (inclusive, ``None`` for an
     open end) for the network built with ``num_classes``, ``filter_multiplier`` and
@@ -440,7 +496,7 @@ def sample_genotypes(
     def accepted_draw() -> tuple[Genotype, _Counts | None]:
         seen: list[_Counts] = []
         for _ in range(max_tries):
-            g = random_genotype(rng, layers=layers, blocks=blocks)
+            g = random_genotype(rng, layers=layers, blocks=blocks, multi_path=multi_path)
             if not need_counts:
                 return g, None
             c = counts(g)

@@ -54,6 +54,20 @@ def layer_transitions(layer: int) -> tuple[Transition, ...]:
     return tuple((src, dst) for lay, src, dst in sp.transitions() if lay == layer)
 
 
+def prev_prev_candidates(layer: int, level: int) -> tuple[int, ...]:
+    """Levels that may provide ``H^{l-2}`` of a cell entering ``(layer, level)``, in order of
+    preference: the same level, then nearer before farther, finer before coarser (the
+    supernet's rule, which reads the same level when it exists, restricted to active nodes).
+    Layers 0 and 1 have one candidate: ``-1``, the stem's stride-2 output (layer 0), and level
+    0, the stem's stride-4 output (layer 1)."""
+    if layer == 0:
+        return (-1,)
+    if layer == 1:
+        return (space.STEM_LEVEL,)
+    existing = space.levels_at_layer(layer - 2)
+    return tuple(sorted(existing, key=lambda k: (abs(k - level), k)))
+
+
 @dataclass(frozen=True)
 class LayerPatterns:
     """Every non-empty activation pattern of one layer's ``T`` transitions.
@@ -179,6 +193,43 @@ class Topology:
         if not self.is_single_path():
             raise ValueError("this topology has several paths; path() needs a single path")
         return tuple(t[0][1] for t in self.layers)
+
+    def incoming(self, layer: int, level: int) -> tuple[Transition, ...]:
+        """Active transitions entering node ``(layer, level)`` (empty for an inactive node)."""
+        return tuple(t for t in self.layers[layer] if t[1] == level)
+
+    def transitions(self) -> tuple[tuple[int, int, int], ...]:
+        """Every active transition as ``(layer, src_level, dst_level)``, layer by layer, each
+        layer in its sorted order: the order of the cells of the discrete network."""
+        return tuple((layer, s, d) for layer, trans in enumerate(self.layers) for s, d in trans)
+
+    def prev_prev_level(self, layer: int, level: int) -> int:
+        """Level of the node whose output is ``H^{l-2}`` of a cell entering ``(layer, level)``:
+        the first of :func:`prev_prev_candidates` that is active at ``layer - 2`` (layers 0 and
+        1 read the stem: ``-1`` is its stride-2 output, level 0 at layer 1 its stride-4 one)."""
+        cands = prev_prev_candidates(layer, level)
+        if layer < 2:
+            return cands[0]
+        active = set(self.active_levels(layer - 2))
+        return next(k for k in cands if k in active)
+
+    def low_level_layer(self) -> int | None:
+        """Layer of the node that gives the decoder its stride-4 low-level feature, ``None`` for
+        the stem's stride-4 output: the last layer of the initial run of layers whose only
+        active node is at level 0 (cell index 2 of the released path)."""
+        index = None
+        for layer in range(self.num_layers):
+            if self.active_levels(layer) != (space.STEM_LEVEL,):
+                break
+            index = layer
+        return index
+
+    @classmethod
+    def all_on(cls, layers: int) -> Topology:
+        """Every transition of a ``layers``-layer trellis (the supernet as one topology)."""
+        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+            raise ValueError(f"layers must be a positive integer, got {layers!r}")
+        return cls(tuple(layer_transitions(layer) for layer in range(layers)))
 
     @classmethod
     def from_path(cls, path: Sequence[int]) -> Topology:

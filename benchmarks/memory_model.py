@@ -1,9 +1,11 @@
 """How well the memory model ranks the real peak memory of retraining steps (JSON on stdout).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/memory_model.py --count 20 --repeats 3
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/memory_model.py --count 20 --multi-path
 
 Architectures: ``--count`` uniformly random genotypes (``autodeeplab.sample.sample_genotypes``,
-``--seed``), F = 8, 12 layers, 19 classes, default heads, batch 2 at 128x128 by default. Each
+``--seed``; with ``--multi-path`` uniformly random multi-path topologies), F = 8, 12 layers,
+19 classes, default heads, batch 2 at 128x128 by default. Each
 measurement runs in a fresh process with one thread: it builds the network and the retraining
 optimizer (SGD, momentum 0.9, weight decay) and runs two training steps in the engine's order
 (forward, loss, ``zero_grad(set_to_none=True)``, backward, optimizer step). The second step is
@@ -134,6 +136,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--classes", type=int, default=19)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--multi-path", action="store_true", help="random multi-path (DiNTS) topologies"
+    )
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     shape = (args.filter_multiplier, args.size, args.batch, args.classes)
@@ -146,7 +151,9 @@ def main() -> None:
     from autodeeplab.sample import sample_genotypes
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
-    genotypes = sample_genotypes(args.count, args.seed, layers=args.layers)
+    genotypes = sample_genotypes(
+        args.count, args.seed, layers=args.layers, multi_path=args.multi_path
+    )
     rows = []
     for g in genotypes:
         config = NetworkConfig(g, args.classes, args.filter_multiplier)
@@ -187,6 +194,7 @@ def main() -> None:
         "input_size": [args.size, args.size],
         "batch_size": args.batch,
         "seed": args.seed,
+        "multi_path": args.multi_path,
     }
     for measured in ("profiler", "rss"):
         m = column(f"{measured}_bytes")

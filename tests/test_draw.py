@@ -21,6 +21,7 @@ from autodeeplab.draw import (
 )
 from autodeeplab.genotype import GENOTYPES, RELEASED, Genotype
 from autodeeplab.supernet import SearchNetwork
+from autodeeplab.topology import Topology
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -209,6 +210,45 @@ def test_load_architecture_errors(tmp_path):
         load_architecture(other)
     with pytest.raises(FileNotFoundError):
         load_architecture(tmp_path / "missing.pt")
+
+
+TWO_PATHS = Genotype(
+    cell=RELEASED.cell,
+    topology=Topology((((0, 0), (0, 1)), ((0, 0), (0, 1), (1, 1)), ((0, 1), (1, 1), (1, 2)))),
+)
+
+
+def test_multi_path_draws_every_active_transition():
+    fig = draw_path(TWO_PATHS)
+    (ax,) = fig.axes
+    assert not _by_gid(ax.lines, "path")
+    drawn = {
+        (int(line.get_xdata()[1]), int(line.get_ydata()[0]), int(line.get_ydata()[1]))
+        for line in _by_gid(ax.lines, "transition")
+    }
+    assert len(_by_gid(ax.lines, "transition")) == 8
+    # hand-listed (layer, source level, target level) of the topology
+    assert drawn == {
+        (0, 0, 0), (0, 0, 1), (1, 0, 0), (1, 0, 1), (1, 1, 1), (2, 0, 1), (2, 1, 1), (2, 1, 2)
+    }  # fmt: skip
+    (active,) = _by_gid(ax.collections, "active-nodes")
+    assert sorted(map(tuple, active.get_offsets().tolist())) == [
+        (-1, 0), (0, 0), (0, 1), (1, 0), (1, 1), (2, 1), (2, 2)
+    ]  # fmt: skip
+    # the light trellis underneath is the search space's, every one of its transitions
+    light = [ln for ln in ax.lines if ln.get_gid() is None]
+    assert len(light) == len(space.SearchSpace(layers=3).transitions())
+    assert "output strides 8, 16" in ax.get_title()
+
+
+def test_cli_draws_a_multi_path_genotype(tmp_path, capsys):
+    source = tmp_path / "two.json"
+    TWO_PATHS.save(source)
+    out = tmp_path / "two.png"
+    assert main(["draw", str(source), "--out", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    with Image.open(out) as im:
+        assert im.format == "PNG"
 
 
 @pytest.mark.parametrize("suffix", [".png", ".svg"])

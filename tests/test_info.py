@@ -209,3 +209,33 @@ def test_text_shows_the_training_memory_and_its_assumptions(capsys):
         main(["info", "--preset", "autodeeplab-s", "--batch-size", "0"])
     assert exit_info.value.code == 2
     assert "--batch-size: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_multi_path_genotype_file_and_train_config(tmp_path, capsys):
+    from autodeeplab.topology import Topology
+
+    g = Genotype(
+        cell=RELEASED.cell,
+        topology=Topology((((0, 0), (0, 1)), ((0, 1), (1, 1), (1, 2)), ((1, 1), (2, 2)))),
+    )
+    g.save(tmp_path / "g.json")
+    assert json.loads((tmp_path / "g.json").read_text())["format_version"] == 2
+    argv = ["--genotype", str(tmp_path / "g.json"), "--input-size", "65x65"]
+    info = info_json(capsys, *argv, "--filter-multiplier", "4", "--num-classes", "3")
+    net = NetworkConfig(genotype=g, num_classes=3, filter_multiplier=4)
+    assert_counts(info, net, (65, 65))
+    assert_memory(info, net, (65, 65), 1)
+    assert info["path"] is None and info["transitions"] == [
+        [[0, 0], [0, 1]],
+        [[0, 1], [1, 1], [1, 2]],
+        [[1, 1], [2, 2]],
+    ]
+    assert info["output_strides"] == [8, 16] and info["output_stride"] == 8
+    assert info["aspp_rates_by_output"] == [[12, 24, 36], [6, 12, 18]]
+    assert main(["info", *argv]) == 0
+    assert "ASPP per output stride 8: [12, 24, 36], 16: [6, 12, 18]" in capsys.readouterr().out
+    # a train config whose model.genotype is the multi-path file
+    info = info_json(capsys, "--config", str(CONFIGS / "voc.yaml"), *argv[:2])
+    net = NetworkConfig(genotype=g, num_classes=21, filter_multiplier=20, drop_path_rate=0.2)
+    assert_counts(info, net, (513, 513))
+    assert_memory(info, net, (513, 513), info["training_memory"]["batch_size"])

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from multipath import MultiPathNet, random_topology
 from torch import nn
 from torch.autograd.graph import saved_tensors_hooks
 
@@ -11,20 +11,19 @@ from autodeeplab import space
 from autodeeplab.complexity import count_parameters, meta_model
 from autodeeplab.engine.common import global_batch_loss
 from autodeeplab.genotype import RELEASED, Genotype
-from autodeeplab.heads import ASPP, DeepLabV3PlusDecoder, atrous_rates_for_stride
 from autodeeplab.memory import (
-    Architecture,
     Heads,
     SupernetMemory,
     activation_memory,
+    all_on,
     all_transitions,
-    architecture_from_genotype,
     network_activation_memory,
     training_memory,
     transition_mask,
 )
-from autodeeplab.network import AutoDeepLab, Cell, Stem, low_level_cell_index
+from autodeeplab.network import AutoDeepLab, low_level_cell_index
 from autodeeplab.sample import random_genotype
+from autodeeplab.topology import decode_topology
 
 HEADS = Heads(num_classes=5, aspp_channels=8, decoder_channels=8, low_level_reduced=4)
 HEAD_KW = {"aspp_channels": 8, "decoder_channels": 8, "low_level_reduced": 4}
@@ -129,13 +128,10 @@ def test_training_memory_adds_weights_gradients_and_momentum():
 # ----------------------------------------------------------------------------- topologies
 
 
-def test_topology_of_a_genotype():
-    topo = architecture_from_genotype(RELEASED)
-    assert topo.transitions[:3] == ((0, 0, 0), (1, 0, 0), (2, 0, 0))
-    assert topo.transitions[3] == (3, 0, 1)
-    assert len(topo.transitions) == RELEASED.layers
-    assert topo.to_genotype() == RELEASED
-    assert Architecture.from_genotype(RELEASED) == topo
+def test_all_on_is_every_transition():
+    g = all_on(RELEASED.cell, 4)
+    assert g.is_multi_path and g.cell == RELEASED.cell
+    assert g.topology.transitions() == all_transitions(4)
 
 
 def test_all_transitions_match_the_trellis():
@@ -153,112 +149,6 @@ def test_all_transitions_match_the_trellis():
     assert mask[0, 0, 1] and mask[0, 0, 2] and not mask[0, 1].any() and not mask[0, 0, 0]
 
 
-@pytest.mark.parametrize(
-    ("transitions", "message"),
-    [
-        ([(0, 0, 0), (1, 0, 2)], "changes the level by more than one"),
-        ([(0, 1, 1)], r"layer 0: transitions leave levels \[1\], which are not active in the stem"),
-        ([(0, 0, 0), (1, 1, 1)], r"layer 1: transitions leave levels \[1\], which are not active"),
-        ([(0, 0, 0), (0, 0, 1), (1, 0, 0)], r"layer 1: active levels \[1\] of layer 0 feed no"),
-        ([(0, 0, 0), (0, 0, 0)], "listed twice"),
-        ([(0, 0, 0)], "layer 1 has no active transition"),
-        ([(0, 0, 0), (1, 0, 4)], "has a level outside 0..3"),
-        ([(0, 0)], "three integers"),
-        ([(0, 0, 0), (2, 0, 0)], r"layer must be in 0..1"),
-    ],
-)
-def test_topology_errors(transitions, message):
-    layers = 1 if transitions == [(0, 1, 1)] else 2
-    with pytest.raises(ValueError, match=message):
-        Architecture(RELEASED.cell, transitions, layers)
-
-
-def test_multi_path_topology_is_not_a_genotype():
-    topo = Architecture(RELEASED.cell, [(0, 0, 0), (0, 0, 1), (1, 0, 0), (1, 1, 1)], 2)
-    assert topo.active_levels(1) == (0, 1)
-    with pytest.raises(ValueError, match="layer 0 has 2 active nodes"):
-        topo.to_genotype()
-
-
-def random_topology(rng: np.random.Generator, cell, layers: int) -> Architecture:
-    """A feasible multi-path topology: every active node feeds a random non-empty set of
-    moves."""
-    transitions, active = [], [space.STEM_LEVEL]
-    for layer in range(layers):
-        targets = set()
-        for s in active:
-            moves = space.valid_moves(s)
-            chosen = [m for m in moves if rng.random() < 0.5] or [moves[rng.integers(len(moves))]]
-            for m in chosen:
-                transitions.append((layer, s, space.move_target(s, m)))
-                targets.add(space.move_target(s, m))
-        active = sorted(targets)
-    return Architecture(cell, transitions, layers)
-
-
-class MultiPathNet(nn.Module):
-    """Reference realisation of a multi-path topology from the network's own modules: one
-    Cell per transition, nodes sum their cells, one ASPP per last-layer node (outputs resized
-    to the finest and summed), the DeepLabv3+ decoder."""
-
-    def __init__(self, topo: Architecture, f: int, classes: int = 5):
-        super().__init__()
-        self.topo, self.b = topo, len(topo.cell)
-        self.stem = Stem()
-        width = {(-2, 0): 64, (-1, 0): 128}
-        self.pp = {}
-        self.cells = nn.ModuleDict()
-        for layer in range(topo.layers):
-            for _, s, t in [e for e in topo.transitions if e[0] == layer]:
-                if layer < 2:
-                    pp = (layer - 2, 0)
-                else:  # same level, else nearest active, finer on a tie
-                    active = topo.active_levels(layer - 2)
-                    pp = (layer - 2, min(active, key=lambda k, t=t: (abs(k - t), k)))
-                self.pp[(layer, s, t)] = pp
-                src = width[(layer - 1, s)] if layer else 128
-                self.cells[f"{layer}_{s}_{t}"] = Cell(topo.cell, width[pp], src, f * 2**t, t - s)
-                width[(layer, t)] = self.b * f * 2**t
-        last = topo.active_levels(topo.layers - 1)
-        self.aspp = nn.ModuleDict(
-            {
-                str(k): ASPP(width[(topo.layers - 1, k)], atrous_rates_for_stride(4 * 2**k), 8)
-                for k in last
-            }
-        )
-        self.low = None
-        for layer in range(topo.layers):
-            if topo.active_levels(layer) != (0,):
-                break
-            self.low = layer
-        low_c = 128 if self.low is None else self.b * f
-        self.decoder = DeepLabV3PlusDecoder(low_c, classes, 8, 8, 4)
-
-    def forward(self, x):
-        stem = self.stem(x)
-        h, w = stem["stride4"].shape[-2:]
-        sizes = [(h, w)]
-        for _ in range(3):
-            sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
-        nodes = {(-2, 0): stem["stride2"], (-1, 0): stem["stride4"]}
-        for layer in range(self.topo.layers):
-            for level in self.topo.active_levels(layer):
-                outs = [
-                    self.cells[f"{layer}_{s}_{t}"](
-                        nodes[self.pp[(layer, s, t)]], nodes[(layer - 1, s)], sizes[t]
-                    )
-                    for _, s, t in self.topo.incoming(layer, level)
-                ]
-                nodes[(layer, level)] = outs[0] if len(outs) == 1 else sum(outs[1:], outs[0])
-        last = self.topo.layers - 1
-        heads = [self.aspp[k](nodes[(last, int(k))]) for k in self.aspp]
-        size = heads[0].shape[-2:]  # the finest level comes first
-        y = sum(F.interpolate(o, size=size, mode="bilinear") for o in heads)
-        low = stem["stride4"] if self.low is None else nodes[(self.low, 0)]
-        y = self.decoder(y, low)
-        return F.interpolate(y, size=x.shape[-2:], mode="bilinear")
-
-
 @pytest.mark.parametrize("seed", range(4))
 def test_multi_path_estimate_equals_saved_tensors(seed):
     rng = np.random.default_rng(seed)
@@ -271,6 +161,8 @@ def test_multi_path_estimate_equals_saved_tensors(seed):
         topo, filter_multiplier=2, input_size=(65, 65), batch_size=2, heads=HEADS
     )
     assert est.total == saved_bytes(model, x, y)
+    net = AutoDeepLab(topo, 5, 2, **HEAD_KW).train()
+    assert est.total == saved_bytes(net, x, y)
 
 
 def test_single_path_reference_is_the_network():
@@ -281,16 +173,14 @@ def test_single_path_reference_is_the_network():
     torch.manual_seed(0)
     x, y = batch((33, 33))
     net = AutoDeepLab(g, 5, 2, **HEAD_KW).train()
-    ref = MultiPathNet(architecture_from_genotype(g), 2).train()
+    ref = MultiPathNet(g, 2).train()
     assert saved_bytes(ref, x, y) == saved_bytes(net, x, y)
 
 
 @pytest.mark.parametrize("path", [(0, 0, 0, 1), (1, 0, 0), (0, 1, 0, 0), (0, 0, 0)])
 def test_low_level_rule_matches_the_network(path):
-    from autodeeplab.memory import _low_level_layer
-
     g = Genotype(cell=RELEASED.cell, path=path)
-    assert _low_level_layer(architecture_from_genotype(g)) == low_level_cell_index(path)
+    assert g.topology.low_level_layer() == low_level_cell_index(path)
 
 
 # ----------------------------------------------------------------------------- supernet
@@ -301,14 +191,14 @@ def supernet(cell, layers: int = 4, **kw) -> SupernetMemory:
     return SupernetMemory(cell, layers, **kw)
 
 
-def one_hot(topo: Architecture) -> torch.Tensor:
-    p = torch.zeros(topo.layers, 4, 3, dtype=torch.float64)
-    for layer, s, t in topo.transitions:
+def one_hot(genotype: Genotype) -> torch.Tensor:
+    p = torch.zeros(genotype.layers, 4, 3, dtype=torch.float64)
+    for layer, s, t in genotype.topology.transitions():
         p[layer, s, space.move_between(s, t)] = 1.0
     return p
 
 
-def discrete(topo: Architecture) -> int:
+def discrete(topo: Genotype) -> int:
     return activation_memory(
         topo, filter_multiplier=2, input_size=(65, 65), batch_size=2, heads=HEADS
     ).total
@@ -319,24 +209,22 @@ def test_supernet_vertices_equal_the_discrete_estimate(seed):
     rng = np.random.default_rng(seed)
     g = random_genotype(rng, layers=4, blocks=3)
     sm = supernet(g.cell)
-    topo = architecture_from_genotype(g)
-    assert sm.usage(one_hot(topo)).item() == discrete(topo)
+    assert sm.usage(one_hot(g)).item() == discrete(g)
     multi = random_topology(rng, g.cell, 4)
     assert sm.usage(one_hot(multi)).item() == discrete(multi)
-    assert sm.usage_all_on == discrete(Architecture.all_on(g.cell, 4))
+    assert sm.usage_all_on == discrete(all_on(g.cell, 4))
 
 
 def test_supernet_counts_a_shared_tensor_twice():
     # one-block cell: node (1, 0) is the decoder's low-level input and, unprojected and
     # unresized, the input of a pooling branch of cell 3; the expectation counts it per piece
     g = Genotype(cell=(((0, "max_pool_3x3"), (1, "skip_connect")),), path=(0, 0, 1, 0))
-    topo = architecture_from_genotype(g)
     sm = supernet(g.cell)
     node = 2 * 2 * 17 * 17 * 4  # batch x B F x 65/4 x 65/4 x float32
-    assert sm.usage(one_hot(topo)).item() == discrete(topo) + node
+    assert sm.usage(one_hot(g)).item() == discrete(g) + node
     torch.manual_seed(0)
     model = AutoDeepLab(g, 5, 2, **HEAD_KW).train()
-    assert discrete(topo) == saved_bytes(model, *batch((65, 65)))
+    assert discrete(g) == saved_bytes(model, *batch((65, 65)))
 
 
 def test_supernet_usage_is_differentiable_and_ignores_invalid_entries():
@@ -381,16 +269,10 @@ def test_budget_loss():
         sm.usage([[0.5]])
 
 
-def test_a_decoded_dints_topology_is_an_architecture_of_the_memory_model():
-    from autodeeplab.topology import Topology, decode_topology
-
+def test_a_decoded_dints_topology_has_a_memory_estimate():
+    # the expectation at the decoded topology's 0/1 probabilities is its discrete estimate
     rng = np.random.default_rng(0)
-    for _ in range(20):
-        topo = decode_topology(rng.normal(0, 2, (5, space.NUM_LEVELS, space.NUM_MOVES)))
-        arch = Architecture.from_topology(RELEASED.cell, topo)
-        assert arch.topology == topo
-        assert {(k, s, t) for k, pairs in enumerate(topo.layers) for s, t in pairs} == set(
-            arch.transitions
-        )
-    path = Architecture.from_topology(RELEASED.cell, Topology.from_path(RELEASED.path))
-    assert path == architecture_from_genotype(RELEASED)
+    sm = supernet(RELEASED.cell, layers=5)
+    for _ in range(5):
+        g = Genotype(cell=RELEASED.cell, topology=decode_topology(rng.normal(0, 2, (5, 4, 3))))
+        assert sm.usage(one_hot(g)).item() == discrete(g)

@@ -121,6 +121,65 @@ def test_the_chi_square_test_rejects_a_random_walk(layers):
     assert chi2_statistic(observed, support, n) > 5 * chi2_upper_quantile(len(support) - 1)
 
 
+def brute_force_topologies(layers: int) -> list:
+    """Every feasible multi-path topology, enumerated from the rules: from the stem, each
+    layer's transitions leave exactly the previous layer's active levels (moves of at most
+    one level), and its targets are the next active levels."""
+    out = []
+
+    def extend(prefix: tuple, active: frozenset) -> None:
+        if len(prefix) == layers:
+            out.append(prefix)
+            return
+        moves = [(s, d) for s in sorted(active) for d in (s - 1, s, s + 1) if 0 <= d <= 3]
+        for r in range(1, len(moves) + 1):
+            for subset in itertools.combinations(moves, r):
+                if {s for s, _ in subset} == active:
+                    extend((*prefix, subset), frozenset(d for _, d in subset))
+
+    extend((), frozenset({0}))
+    return out
+
+
+def per_node_subsets(layers: int, rng: np.random.Generator) -> tuple:
+    """The naive sampler: every active node picks a uniform non-empty subset of its moves
+    (feasible, but not uniform over topologies)."""
+    active, out = [0], []
+    for _ in range(layers):
+        layer = []
+        for s in active:
+            moves = [(s, d) for d in (s - 1, s, s + 1) if 0 <= d <= 3]
+            code = int(rng.integers(1, 2 ** len(moves)))
+            layer += [m for i, m in enumerate(moves) if code >> i & 1]
+        out.append(tuple(sorted(layer)))
+        active = sorted({d for _, d in layer})
+    return tuple(out)
+
+
+@pytest.mark.parametrize(("layers", "per"), [(1, 500), (2, 200), (3, 20)])
+def test_random_topology_is_uniform(layers, per):
+    from autodeeplab.topology import count_topologies
+
+    support = brute_force_topologies(layers)
+    assert len(support) == count_topologies(layers)  # 3, 31, 1759
+    n = per * len(support)
+    rng = np.random.default_rng(99 + layers)
+    observed = Counter(sample.random_topology(layers, rng).layers for _ in range(n))
+    assert chi2_statistic(observed, support, n) < chi2_upper_quantile(len(support) - 1)
+    # the same test has the power to reject the per-node sampler
+    naive = Counter(per_node_subsets(layers, rng) for _ in range(n))
+    if layers > 1:
+        assert chi2_statistic(naive, support, n) > 5 * chi2_upper_quantile(len(support) - 1)
+
+
+def test_multi_path_genotypes_are_seeded_and_feasible():
+    a = sample.sample_genotypes(4, 7, layers=12, blocks=2, multi_path=True)
+    assert a == sample.sample_genotypes(4, 7, layers=12, blocks=2, multi_path=True)
+    assert all(g.is_multi_path and g.layers == 12 for g in a)  # single paths: about 1e-20
+    with pytest.raises(ValueError, match="layers must be a positive integer"):
+        sample.random_topology(0, np.random.default_rng(0))
+
+
 def test_random_path_rejects_bad_arguments():
     with pytest.raises(ValueError, match="layers must be a positive integer"):
         sample.random_path(0, np.random.default_rng(0))
@@ -382,6 +441,23 @@ def test_cli_sample_round_trip(tmp_path, capsys):
     )
 
 
+def test_cli_sample_multi_path(tmp_path, capsys):
+    from autodeeplab.cli import main
+
+    out = tmp_path / "multi"
+    argv = ["sample", "--num", "2", "--seed", "3", *CLI_TINY, "--input-size", "64x64"]
+    assert main([*argv, "--multi-path", "--out", str(out)]) == 0
+    expected = sample.sample_genotypes(2, 3, layers=4, blocks=2, multi_path=True)
+    records = [json.loads(line) for line in (out / "summary.jsonl").read_text().splitlines()]
+    for r, g in zip(records, expected, strict=True):
+        assert json.loads((out / r["file"]).read_text())["format_version"] == 2
+        assert Genotype.load(out / r["file"]) == g
+        ref = complexity(NetworkConfig(genotype=g, **TINY), (64, 64))
+        assert (r["params"], r["multiply_adds"]) == (ref.params, ref.multiply_adds)
+    assert json.loads((out / "settings.json").read_text())["multi_path"] is True
+    assert "transitions=" in capsys.readouterr().out
+
+
 def test_cli_sample_with_ranges_and_largest_of(tmp_path, capsys):
     from autodeeplab.cli import main
 
@@ -431,6 +507,7 @@ def test_cli_hand_designed(tmp_path, capsys):
         (["--num", "2", "--params", "5M"], "is not a range"),
         (["--num", "2", "--multiply-adds", "1X:"], "is not a count"),
         (["--hand-designed", "--num", "3"], "only for random architectures"),
+        (["--hand-designed", "--multi-path"], "--multi-path: only for random architectures"),
         (["--hand-designed", "--families", "unet"], "valid families"),
         (["--cell", "g.json", "--num", "1"], "apply to --hand-designed only"),
         (["--seed", "1"], "give --num N"),

@@ -17,7 +17,7 @@ from autodeeplab.config import SearchConfig, config_diff, identity, load_config,
 from autodeeplab.dints import DintsRelaxation
 from autodeeplab.engine.search import SearchEngine, run_search
 from autodeeplab.genotype import Genotype
-from autodeeplab.memory import Architecture, Heads, SupernetMemory, activation_memory
+from autodeeplab.memory import Heads, SupernetMemory, activation_memory
 from autodeeplab.report import draw_search_curves
 
 from runs import (
@@ -124,11 +124,10 @@ def test_dints_search_runs_through_the_cli_and_logs_what_the_parameters_give(tmp
         assert record["alpha_entropy"] == pytest.approx(expected["op_entropy"], rel=1e-6)
         decoded = Genotype.from_string(record["genotype"])
         assert record["active_transitions"] == sum(len(t) for t in decoded.topology.layers)
-        arch = Architecture.from_topology(decoded.cell, decoded.topology)
         assert (
             record["decoded_memory_bytes"]
             == activation_memory(
-                arch,
+                decoded,
                 filter_multiplier=cfg.model.filter_multiplier,
                 input_size=(48, 48),
                 batch_size=cfg.data.batch_size,

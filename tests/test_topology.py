@@ -290,3 +290,35 @@ def _single_edge_log_probs(logits: np.ndarray) -> np.ndarray:
         for k, (s, d) in enumerate(trans):
             out[layer, s, d - s + 1] = log_on[k] + log_off.sum() - log_off[k] - log_z
     return out
+
+
+def test_network_rules_of_a_topology():
+    # on the full trellis the H^{l-2} provider is the supernet's own choice for every node
+    for layers in range(1, 7):
+        full = T.Topology.all_on(layers)
+        assert set(full.transitions()) == set(space.SearchSpace(layers=layers).transitions())
+        for node in space.SearchSpace(layers=layers).all_nodes():
+            assert full.prev_prev_level(node.layer, node.level) == node.prev_prev
+    # on any topology: the active level of layer l - 2 nearest to the cell's, finer on a tie
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        topo = T.decode_topology(rng.normal(0, 2, (6, 4, 3)))
+        for layer, _, level in topo.transitions():
+            if layer >= 2:
+                active = topo.active_levels(layer - 2)
+                best = min(active, key=lambda k, t=level: (abs(k - t), k))
+                assert topo.prev_prev_level(layer, level) == best
+        assert set(topo.transitions()) == {
+            (layer, s, d)
+            for layer in range(6)
+            for level in range(4)
+            for s, d in topo.incoming(layer, level)
+        }
+    assert T.prev_prev_candidates(0, 1) == (-1,) and T.prev_prev_candidates(1, 2) == (0,)
+    assert T.prev_prev_candidates(5, 1) == (1, 0, 2, 3)
+    # the decoder's low-level node: the last layer of the initial level-0-only run
+    assert T.Topology.from_path((0, 0, 0, 1, 0)).low_level_layer() == 2
+    assert T.Topology.from_path((1, 0, 0)).low_level_layer() is None
+    assert T.Topology((((0, 0),), ((0, 0), (0, 1)), ((0, 0), (1, 1)))).low_level_layer() == 0
+    with pytest.raises(ValueError, match="positive integer"):
+        T.Topology.all_on(0)
