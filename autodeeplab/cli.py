@@ -430,9 +430,10 @@ def _run_sample(args: argparse.Namespace) -> int:
 def _add_draw(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "draw",
-        help="draw an architecture (network path, cell and beta heat maps) to PNG or SVG",
-        description="Draw the network path and the cell of a genotype JSON file, or of the "
-        "architecture decoded from a search checkpoint (then with the beta transition maps).",
+        help="draw an architecture (network path, cell and transition heat maps) to PNG or SVG",
+        description="Draw the network topology and the cell of a genotype JSON file, or of the "
+        "architecture decoded from a search checkpoint with the relaxation it was searched "
+        "with (then with the transition probability maps).",
     )
     p.add_argument(
         "source",
@@ -453,8 +454,8 @@ def _run_draw(args: argparse.Namespace) -> int:
     )
 
     check_figure_path(args.out)  # fail before loading a large checkpoint
-    genotype, betas = load_architecture(args.source)
-    path = save_figure(draw_architecture(genotype, betas), args.out)
+    genotype, probs = load_architecture(args.source)
+    path = save_figure(draw_architecture(genotype, probs), args.out)
     print(f"wrote {path} ({genotype})")
 
 
@@ -732,22 +733,13 @@ def _run_decode(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from autodeeplab.checkpoint import load_checkpoint
-    from autodeeplab.search_model import checkpoint_relaxation
+    from autodeeplab.search_model import checkpoint_architecture
 
     path = Path(args.checkpoint)
     if path.is_dir():
         path = path / "last.pt"
-    state = load_checkpoint(path)
-    relaxation = checkpoint_relaxation(state, path)
-    model = state.get("model", {})
-    names = relaxation.init_parameters()
-    missing = [k for k, v in names.items() if v is not None and k not in model]
-    if missing:
-        raise ValueError(
-            f"{path} holds no {type(relaxation).__name__} parameters ({', '.join(missing)}); "
-            "is it a search checkpoint?"
-        )
-    genotype = relaxation.decode({k: model.get(k) for k in names})
+    relaxation, params = checkpoint_architecture(load_checkpoint(path), path)
+    genotype = relaxation.decode(params)
     out = Path(args.out) if args.out else path.with_suffix(".genotype.json")
     genotype.save(out)
     print(genotype)

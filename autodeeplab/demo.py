@@ -263,9 +263,9 @@ def _run_stages(
     clock.stop("search")
 
     clock.start("decode", "decode the architecture and draw it")
-    genotype, betas = load_architecture(search.output / "last.pt")
+    genotype, probs = load_architecture(search.output / "last.pt")
     genotype.save(output / "genotype.json")
-    save_figure(draw_architecture(genotype, betas), output / "architecture.png")
+    save_figure(draw_architecture(genotype, probs), output / "architecture.png")
     clock.stop("decode")
 
     clock.start("train", f"retrain {genotype} from scratch")

@@ -30,6 +30,7 @@ from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch
 
 from autodeeplab import decode, space
 from autodeeplab.genotype import Genotype
+from autodeeplab.topology import Topology
 
 SAVE_FORMATS: tuple[str, ...] = (".png", ".svg")
 """File suffixes :func:`save_figure` can write."""
@@ -401,12 +402,13 @@ def used_transitions(layers: int) -> np.ndarray:
     return np.array(space.SearchSpace(layers).used_transition_mask(), dtype=bool)
 
 
-def _plot_betas(canvas: Canvas, beta_logits: Any, path: Sequence[int] | None) -> list[Axes]:
-    probs = decode.transition_probs(beta_logits)  # (L, 4, 3)
+def _plot_betas(canvas: Canvas, probs: np.ndarray, active: np.ndarray | None) -> list[Axes]:
+    """Heat maps of transition probabilities ``probs (L, 4, 3)``; ``active``: a boolean mask of
+    the same shape whose entries are circled (the transitions of the drawn topology)."""
     layers = probs.shape[0]
     used = used_transitions(layers)
-    if path is not None and len(path) != layers:
-        raise ValueError(f"path has {len(path)} layers, betas have {layers}")
+    if active is not None and active.shape != probs.shape:
+        raise ValueError(f"the topology has {active.shape[0]} layers, the probabilities {layers}")
     axes = canvas.subplots(1, space.NUM_MOVES, sharey=True)
     cmap = colormaps[_CMAP].with_extremes(bad=_MASK_COLOUR)
     image = None
@@ -416,13 +418,8 @@ def _plot_betas(canvas: Canvas, beta_logits: Any, path: Sequence[int] | None) ->
             data, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest"
         )
         image.set_gid(f"beta-{space.MOVE_NAMES[m]}")
-        if path is not None:
-            prev = [space.STEM_LEVEL, *path[:-1]]
-            hits = [
-                (layer, prev[layer])
-                for layer in range(layers)
-                if space.move_between(prev[layer], path[layer]) == m
-            ]
+        if active is not None:
+            hits = [(layer, s) for layer, s in zip(*np.nonzero(active[:, :, m]), strict=True)]
             if hits:
                 hx, hy = zip(*hits, strict=True)
                 ax.scatter(
@@ -444,8 +441,8 @@ def _plot_betas(canvas: Canvas, beta_logits: Any, path: Sequence[int] | None) ->
     assert image is not None
     cbar = canvas.colorbar(image, ax=list(axes), shrink=0.9, pad=0.02)
     cbar.set_label("transition probability")
-    note = "; circles: moves of the path" if path is not None else ""
-    canvas.suptitle(f"beta transition probabilities (grey: not a trellis edge{note})", fontsize=11)
+    note = "; circles: transitions of the architecture" if active is not None else ""
+    canvas.suptitle(f"transition probabilities (grey: not a trellis edge{note})", fontsize=11)
     return list(axes)
 
 
@@ -459,30 +456,35 @@ def draw_beta_heatmap(
     of the betas) are circled.
     """
     beta = np.asarray(beta_logits, dtype=np.float64)
-    layers = decode.transition_probs(beta).shape[0]  # also checks the shape
+    probs = decode.transition_probs(beta)  # also checks the shape
+    layers = probs.shape[0]
     if show_path and path is None:
         path = decode.decode_path(beta)
+    active = Topology.from_path(path).mask() if show_path else None
     fig = _new_figure((max(8.0, 0.3 * space.NUM_MOVES * layers + 2.0), 2.8))
-    _plot_betas(fig, beta, path if show_path else None)
+    _plot_betas(fig, probs, active)
     return fig
 
 
 # ----------------------------------------------------------------------------- combined
 
 
-def draw_architecture(genotype: Genotype, beta_logits: Any | None = None) -> Figure:
-    """Path and cell (and the beta heat maps when ``beta_logits`` is given) in one figure."""
+def draw_architecture(genotype: Genotype, transition_probs: Any | None = None) -> Figure:
+    """Topology and cell, and with ``transition_probs`` ``(L, 4, 3)`` (what the supernet
+    mixed each trellis transition with, e.g. from :func:`load_architecture`) their heat maps
+    with the genotype's transitions circled, in one figure."""
     cell_w, cell_h = _cell_figsize(genotype)
     width = max(10.0, 0.55 * genotype.layers + 2.5, cell_w)
     heights = [3.2, cell_h]
-    if beta_logits is not None:
+    if transition_probs is not None:
         heights.append(2.7)
     fig = _new_figure((width, sum(heights)))
     subs = fig.subfigures(len(heights), 1, height_ratios=heights)
     _plot_path(subs[0].add_subplot(), genotype)
     _plot_cell(subs[1].add_subplot(), genotype)
-    if beta_logits is not None:
-        _plot_betas(subs[2], beta_logits, genotype.path)
+    if transition_probs is not None:
+        probs = np.asarray(transition_probs, dtype=np.float64)
+        _plot_betas(subs[2], probs, genotype.topology.mask())
     return fig
 
 
@@ -521,10 +523,14 @@ def save_figure(fig: Figure, path: str | Path, *, dpi: int = 150) -> Path:
 def load_architecture(path: str | Path) -> tuple[Genotype, np.ndarray | None]:
     """Read a genotype JSON file, or decode a search checkpoint.
 
-    A ``.json`` file is read with :meth:`Genotype.load` (no betas). Any other file is loaded
-    with ``torch.load(weights_only=True)``, which never executes code from it; it must hold either ``{"model": state_dict}`` or a bare state_dict with
-    ``alphas`` ``(E, 8)`` and ``betas`` ``(L, 4, 3)``. Returns the genotype decoded from them and
-    the beta logits.
+    A ``.json`` file is read with :meth:`Genotype.load` (no probabilities). Any other file is
+    loaded with ``torch.load(weights_only=True)``, which never executes code from it. A search
+    checkpoint (``last.pt``, holding its config) is decoded with the relaxation it was searched
+    with (:func:`autodeeplab.search_model.checkpoint_architecture`: a single path for the
+    paper's softmax, a multi-path topology for DiNTS). A bare ``{"model": state_dict}`` or
+    state_dict needs ``alphas`` ``(E, 8)`` and ``betas`` ``(L, 4, 3)`` and is decoded as the
+    paper's relaxation. Returns the genotype and the transition probabilities ``(L, 4, 3)`` the
+    supernet mixed with (the relaxation's transition weights).
     """
     path = Path(path)
     if path.suffix.lower() == ".json":
@@ -536,6 +542,12 @@ def load_architecture(path: str | Path) -> tuple[Genotype, np.ndarray | None]:
         "state_dict with 'alphas' and 'betas'"
     )
     obj = _torch_load(path, expected)
+    if isinstance(obj, Mapping) and isinstance(obj.get("config"), Mapping):
+        from autodeeplab.search_model import checkpoint_architecture
+
+        relaxation, params = checkpoint_architecture(obj, path)
+        probs = relaxation.transition_weights(params)
+        return relaxation.decode(params), _to_numpy(probs)
     state = obj.get("model") if isinstance(obj, Mapping) and "model" in obj else obj
     if not isinstance(state, Mapping) or not {"alphas", "betas"} <= set(state):
         found = sorted(map(str, state))[:8] if isinstance(state, Mapping) else type(state).__name__
@@ -545,7 +557,7 @@ def load_architecture(path: str | Path) -> tuple[Genotype, np.ndarray | None]:
         genotype = Genotype(cell=decode.decode_cell(alphas), path=decode.decode_path(betas))
     except ValueError as err:
         raise ValueError(f"cannot decode the architecture in {path}: {err}") from None
-    return genotype, betas
+    return genotype, decode.transition_probs(betas)
 
 
 def _torch_load(path: Path, expected: str) -> Any:

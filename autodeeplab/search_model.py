@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from autodeeplab import space
 from autodeeplab.budget import MemoryBudget
 from autodeeplab.config import SEARCH_MIN_CROP, ConfigError, SearchConfig, from_dict
@@ -120,6 +122,24 @@ def build_memory_budget(cfg: SearchConfig, num_classes: int) -> MemoryBudget | N
         target=r.memory_target,
         weight=r.memory_weight,
     )
+
+
+def checkpoint_architecture(
+    state: Mapping[str, Any], path: str | Path
+) -> tuple[Relaxation, dict[str, torch.Tensor | None]]:
+    """The relaxation of a search checkpoint (a loaded ``last.pt``) and its architecture
+    parameters by name, ready for :meth:`Relaxation.decode` and
+    :meth:`Relaxation.transition_weights`; ``path`` names the file in errors."""
+    relaxation = checkpoint_relaxation(state, path)
+    model = state.get("model", {})
+    names = relaxation.init_parameters()
+    missing = [k for k, v in names.items() if v is not None and k not in model]
+    if missing:
+        raise ValueError(
+            f"{path} holds no {type(relaxation).__name__} parameters ({', '.join(missing)}); "
+            "is it a search checkpoint?"
+        )
+    return relaxation, {k: model.get(k) for k in names}
 
 
 def checkpoint_relaxation(state: Mapping[str, Any], path: str | Path) -> Relaxation:

@@ -191,9 +191,9 @@ def test_save_figure_png_svg_and_bad_suffix(tmp_path):
 
 def test_load_architecture_from_checkpoint(checkpoint, tmp_path):
     path, model = checkpoint
-    genotype, betas = load_architecture(path)
+    genotype, probs = load_architecture(path)
     assert genotype == model.genotype()
-    assert np.allclose(betas, model.betas.detach().numpy())
+    assert np.allclose(probs, decode.transition_probs(model.betas.detach().double().numpy()))
     bare = tmp_path / "bare.pt"
     torch.save(model.state_dict(), bare)
     assert load_architecture(bare)[0] == genotype
@@ -285,3 +285,45 @@ def test_cli_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "notes.txt" in err and "genotype .json file" in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_dints_search_checkpoint_draws_its_multi_path_topology(tmp_path):
+    """A search checkpoint is decoded with the relaxation of its config: DiNTS gives the
+    multi-path topology, and the heat maps show the marginals with its transitions circled."""
+    from autodeeplab.config import (
+        DataConfig,
+        RelaxationConfig,
+        SearchConfig,
+        SupernetConfig,
+        to_dict,
+    )
+    from autodeeplab.search_model import build_supernet
+
+    cfg = SearchConfig(
+        model=SupernetConfig(layers=4, blocks=2, filter_multiplier=2, stem_channels=[4, 4, 8]),
+        data=DataConfig(crop_size=48, batch_size=2),
+        relaxation=RelaxationConfig(name="dints"),
+    )
+    torch.manual_seed(0)
+    model = build_supernet(cfg, 3)
+    with torch.no_grad():  # decided logits: transitions into level 0 and 1 on, the rest off
+        model.path_logits.fill_(-4.0)
+        model.path_logits[:, 0, 1] = 4.0  # 0 -> 0
+        model.path_logits[:, 0, 2] = 4.0  # 0 -> 1
+        model.path_logits[:, 1, 0] = 4.0  # 1 -> 0
+        model.path_logits[:, 1, 1] = 4.0  # 1 -> 1
+        model.alphas.normal_()
+    path = tmp_path / "last.pt"
+    torch.save({"kind": "search", "config": to_dict(cfg), "model": model.state_dict()}, path)
+    genotype, probs = load_architecture(path)
+    assert genotype.is_multi_path
+    assert genotype.topology.layers[0] == ((0, 0), (0, 1))
+    assert all(t == ((0, 0), (0, 1), (1, 0), (1, 1)) for t in genotype.topology.layers[1:])
+    state = model.arch_state()
+    assert genotype == model.relaxation.decode(state)
+    assert np.allclose(probs, model.relaxation.transition_weights(state).detach().numpy())
+    fig = draw_architecture(genotype, probs)
+    circles = sum(
+        len(c.get_offsets()) for ax in fig.axes for c in _by_gid(ax.collections, "path-overlay")
+    )
+    assert circles == sum(len(t) for t in genotype.topology.layers) == 14
