@@ -628,20 +628,24 @@ def config_hash(cfg: Any, ignore: frozenset[str] = RUNTIME_KEYS) -> str:
 
 
 def config_diff(
-    old: Mapping[str, Any], new: Mapping[str, Any], ignore: frozenset[str] = RUNTIME_KEYS
+    old: Mapping[str, Any],
+    new: Mapping[str, Any],
+    ignore: frozenset[str] = RUNTIME_KEYS,
+    neutral: Mapping[str, Any] = NEUTRAL_DEFAULTS,
 ) -> list[str]:
     """Lines ``key: old -> new`` for every differing key of two nested config dicts (a key of
-    :data:`NEUTRAL_DEFAULTS` that a dict lacks counts as its neutral value)."""
+    ``neutral`` that a dict lacks counts as its neutral value: a key added after the dict was
+    written)."""
     a, b = flatten(old), flatten(new)
     keys = sorted((set(a) | set(b)) - ignore)
 
     def shown(flat: dict[str, Any], k: str) -> Any:
-        return flat.get(k, NEUTRAL_DEFAULTS.get(k, "<missing>"))
+        return flat.get(k, neutral.get(k, "<missing>"))
 
     return [
         f"{k}: {shown(a, k)!r} -> {shown(b, k)!r}"
         for k in keys
-        if a.get(k, NEUTRAL_DEFAULTS.get(k)) != b.get(k, NEUTRAL_DEFAULTS.get(k))
+        if a.get(k, neutral.get(k)) != b.get(k, neutral.get(k))
     ]
 
 

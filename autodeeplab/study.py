@@ -53,6 +53,7 @@ import yaml
 
 from autodeeplab import space
 from autodeeplab.config import (
+    NEUTRAL_DEFAULTS,
     ConfigError,
     SearchConfig,
     TrainConfig,
@@ -95,6 +96,13 @@ STUDY_RUNTIME_KEYS: frozenset[str] = frozenset(
 )
 """Keys of the resolved study (``study.yaml``) that may change between runs. The ``seed``
 of the base configs is replaced by every trial's own seed."""
+STUDY_NEUTRAL_DEFAULTS: dict[str, Any] = {
+    **{f"{part}.{key}": v for part in ("train", "search") for key, v in NEUTRAL_DEFAULTS.items()},
+    "random.multi_path": False,
+}
+"""Keys added to the resolved study after study folders were first written, with the value
+under which a study behaves as before (the base configs' :data:`NEUTRAL_DEFAULTS`): a study
+folder written before them still continues."""
 
 
 class StudyError(ValueError):
@@ -143,6 +151,9 @@ class StudyRandomConfig:
     largest_of: int = 1
     """Each candidate is the largest of this many draws (by ``largest_by``)."""
     largest_by: str = "params"
+    multi_path: bool = False
+    """Draw multi-path (DiNTS) topologies uniformly over the feasible ones instead of single
+    paths: the baseline of a DiNTS search."""
 
 
 @dataclass
@@ -443,6 +454,7 @@ class Study:
                 largest_of=r.largest_of,
                 largest_by=r.largest_by,
                 network_options=options,
+                multi_path=r.multi_path,
             )
         except ValueError as err:
             raise ConfigError(f"random: {err}") from None
@@ -580,7 +592,7 @@ class Study:
             old = yaml.safe_load(path.read_text())
             if not isinstance(old, dict):
                 raise StudyError(f"{path} is not a study record; choose another output folder")
-            diff = config_diff(old, new, STUDY_RUNTIME_KEYS)
+            diff = config_diff(old, new, STUDY_RUNTIME_KEYS, STUDY_NEUTRAL_DEFAULTS)
             if diff:
                 raise StudyError(
                     f"{self.output} holds a study with another configuration; differing keys:\n  "

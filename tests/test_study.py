@@ -467,6 +467,61 @@ def test_study_runs_every_candidate_and_writes_json_markdown_and_figure(tmp_path
     assert strict_json(out / "study.json") == doc
 
 
+def test_a_dints_search_trial_gives_a_multi_path_candidate(tmp_path):
+    """A study whose search config is a DiNTS one retrains the decoded multi-path network and
+    builds the hand-designed candidates from its cell."""
+    search = json.loads(json.dumps(SEARCH))
+    search["config"] = str(ROOT / "configs" / "search" / "synthetic-dints.yaml")
+    # two architecture steps leave every transition near p = 1/2, where the decoded topology
+    # (seed 0) keeps several paths; without a memory target nothing pushes it to one path
+    search["overrides"]["relaxation"] = {"memory_target": None}
+    search["overrides"]["data"] = {
+        **DATA,
+        "crop_size": 48,
+        "options": {**DATA["options"], "size": 48},
+    }
+    train = json.loads(json.dumps(TRAIN))
+    train["overrides"]["data"] = {
+        **DATA,
+        "crop_size": 48,
+        "options": {**DATA["options"], "size": 48},
+    }
+    data = study_data(
+        tmp_path,
+        layers=None,
+        blocks=None,
+        search=search,
+        train=train,
+        train_seeds=[0],
+        random=None,
+        hand_designed={"cell": "searched", "families": ["constant-4"]},
+    )
+    result = run_study(load(tmp_path, data))
+    out = tmp_path / "study"
+    searched = Genotype.load(out / "search" / "search-s0" / "genotype.json")
+    assert searched.is_multi_path, searched
+    doc = strict_json(out / "study.json")
+    by_name = {c["name"]: c for c in doc["candidates"]}
+    assert by_name["search-s0"]["genotype"] == str(searched)
+    assert by_name["hand-constant-4"]["genotype"] == str(
+        Genotype(cell=searched.cell, path=space.hand_designed_paths(3)["constant-4"])
+    )
+    assert result.ran == 1 + 2
+    for name, c in by_name.items():
+        run = out / "train" / name / "seed0"
+        assert Genotype.load(run / "genotype.json") == Genotype.from_string(c["genotype"])
+        model = AutoDeepLab(
+            Genotype.from_string(c["genotype"]),
+            num_classes=7,
+            filter_multiplier=2,
+            aspp_channels=8,
+            decoder_channels=8,
+            low_level_reduced=4,
+        )
+        assert c["params"] == sum(p.numel() for p in model.parameters())
+        assert c["mIoU"][0] is not None
+
+
 def test_killed_study_resumes_without_redoing_finished_trials(tmp_path, monkeypatch):
     data = study_data(tmp_path, name="split")
     data["train"]["overrides"]["iterations"] = 3
@@ -564,6 +619,39 @@ def test_changed_study_config_is_refused_with_the_differing_keys(tmp_path):
     (tmp_path / "other" / "keep.txt").write_text("x")
     with pytest.raises(StudyError, match=r"holds no study\.yaml"):
         run_study(load(tmp_path, study_data(tmp_path, name="other")))
+
+
+def test_a_study_written_before_a_key_existed_continues(tmp_path):
+    """Keys added later (e.g. the search config's ``relaxation`` section, ``random.multi_path``)
+    missing from an older study.yaml count as their neutral values; a real change does not."""
+    data = study_data(
+        tmp_path, search=SEARCH, layers=None, blocks=None, random={"num": 1, "seed": 0}
+    )
+    data["train_seeds"] = [0]
+    study = Study(load(tmp_path, data))
+    study.prepare()
+    path = tmp_path / "study" / "study.yaml"
+    record = yaml.safe_load(path.read_text())
+    assert record["search"]["relaxation"]["name"] == "softmax"
+    del record["search"]["relaxation"]  # as written before the section existed
+    del record["random"]["multi_path"]
+    del record["train"]["data"]["repeat"]
+    path.write_text(yaml.safe_dump(record))
+    Study(load(tmp_path, data)).prepare()  # continues
+    changed = json.loads(json.dumps(data))
+    changed["search"]["overrides"]["relaxation"] = {"name": "dints"}
+    changed["search"]["overrides"]["data"] = {**DATA, "crop_size": 48}
+    with pytest.raises(StudyError, match=r"search\.relaxation\.name: 'softmax' -> 'dints'"):
+        Study(load(tmp_path, changed)).prepare()
+
+
+def test_random_multi_path_candidates_are_the_samplers_draws(tmp_path):
+    data = study_data(tmp_path, random={"num": 3, "seed": 5, "multi_path": True})
+    data["train"]["overrides"]["data"] = {**DATA, "crop_size": 48}  # /32 nodes need > 32 px
+    study = Study(load(tmp_path, data))
+    drawn = [c.genotype for c in study.candidates if c.kind == "random"]
+    assert drawn == sample_genotypes(3, 5, layers=3, blocks=2, multi_path=True)
+    assert any(g.is_multi_path for g in drawn)
 
 
 def test_a_candidate_with_the_architecture_of_another_is_trained_once(tmp_path, capsys):
