@@ -127,6 +127,13 @@ def test_stagnation_warning():
     none = stagnation_warning(dict(moved, arch_steps=0))
     assert "no architecture step" in none and "arch_start_fraction" in none
     assert stagnation_warning({"alpha_entropy": 2.07}) is None  # a log without the figures
+    assert "|z|" not in text  # a record without the gradient signal gets no diagnosis
+    noise = stagnation_warning(dict(flat, alpha_grad_z=0.95))
+    assert "close to noise (mean |z| 0.95; zero-mean noise gives 0.80)" in noise
+    assert "random-walk" in noise
+    signal = stagnation_warning(dict(flat, alpha_grad_z=2.06))
+    assert "carry a signal (mean |z| 2.06" in signal and "larger optim.arch_lr" in signal
+    assert stagnation_warning(dict(moved, alpha_grad_z=0.9)) is None  # moved: no warning
 
 
 def test_describe_says_when_no_architecture_step_was_taken():
