@@ -9,6 +9,13 @@ One weight step = forward, cross-entropy, backward, SGD step on the weights (arc
 parameters frozen). One weight + arch step = a weight step on a trainA batch followed by a
 first-order architecture step (Adam on alphas/betas, weights frozen) on a trainB batch.
 
+``--compare-port PATH`` also times the supernet of the widely used public PyTorch port
+(NoamRosenberg/autodeeplab, a checkout at PATH, imported from there at run time) with the same
+F, L, B, batch, input size and threads, its weight step and weight + arch step as its own search
+loop does them (no parameters frozen: its weight step also computes the architecture gradients
+and its architecture step the weight gradients). The processes of the two implementations
+alternate (``--repeats`` rounds); the JSON gives the medians over the rounds and the ratios.
+
 ``--spatial-dims 3`` runs the supernet on volumes (``size`` voxels per side); ``--kernels
 plain`` replaces every op by an unfused copy of its registry entry (one module per edge and op,
 a DARTS-style mixed op), to compare with the fused kernels.
@@ -16,6 +23,7 @@ a DARTS-style mixed op), to compare with the fused kernels.
     python benchmarks/supernet.py --sizes 64 128 --threads 1
     python benchmarks/supernet.py --sizes 321 --modes checkpoint+pc --steps 2
     python benchmarks/supernet.py --spatial-dims 3 --sizes 32 --kernels fused plain --no-arch
+    python benchmarks/supernet.py --sizes 64 128 --compare-port /path/to/autodeeplab-port --repeats 3
 """
 
 from __future__ import annotations
@@ -35,7 +43,9 @@ MODES = {
     "checkpoint": {"checkpoint_cells": True},
     "pc": {"partial_channels": 4},
     "checkpoint+pc": {"checkpoint_cells": True, "partial_channels": 4},
+    "selective": {"selective_checkpoint": True},
 }
+PORT = "port"  # the kernel name of the public port's supernet in the results
 
 
 def _set_requires_grad(params, flag: bool) -> None:
@@ -64,6 +74,38 @@ def _rss_now() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _port_model(path: str, num_classes: int, layers: int, filter_multiplier: int, blocks: int):
+    """The public port's ``AutoDeeplab`` supernet, imported from the checkout at ``path``.
+
+    Its operations module imports a CUDA-only in-place ABN extension that the search supernet
+    never instantiates: a stand-in module takes its place. Its forward pass allocates a tensor
+    with ``.cuda()``; on a CPU run ``Tensor.cuda`` returns the tensor itself (in this benchmark
+    process only).
+    """
+    import types
+
+    import torch
+
+    if not os.path.isfile(os.path.join(path, "auto_deeplab.py")):
+        raise SystemExit(
+            f"--compare-port {path}: no auto_deeplab.py there (a checkout of the port)"
+        )
+    sys.path.insert(0, os.path.abspath(path))
+    stand_in = types.ModuleType("modeling.modules")
+
+    class InPlaceABNSync:  # never built by the search supernet
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("in-place ABN is not available in this benchmark")
+
+    stand_in.InPlaceABNSync = InPlaceABNSync
+    sys.modules["modeling.modules"] = stand_in
+    import auto_deeplab
+
+    if not torch.cuda.is_available():
+        torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    return auto_deeplab.AutoDeeplab(num_classes, layers, None, filter_multiplier, 5, blocks)
+
+
 def run_one(args: argparse.Namespace) -> dict:
     import torch
     import torch.nn.functional as F
@@ -75,21 +117,28 @@ def run_one(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    op_names = _plain_ops() if args.kernel == "plain" else space.PRIMITIVES
     in_channels = 3 if args.spatial_dims == 2 else 1
-    model = SearchNetwork(
-        args.num_classes,
-        layers=args.layers,
-        blocks=args.blocks,
-        filter_multiplier=args.filter_multiplier,
-        in_channels=in_channels,
-        op_names=op_names,
-        spatial_dims=args.spatial_dims,
-        **MODES[args.mode],
-    ).to(device)
+    port = args.kernel == PORT
+    if port:
+        model = _port_model(
+            args.port, args.num_classes, args.layers, args.filter_multiplier, args.blocks
+        ).to(device)
+    else:
+        model = SearchNetwork(
+            args.num_classes,
+            layers=args.layers,
+            blocks=args.blocks,
+            filter_multiplier=args.filter_multiplier,
+            in_channels=in_channels,
+            op_names=_plain_ops() if args.kernel == "plain" else space.PRIMITIVES,
+            spatial_dims=args.spatial_dims,
+            **MODES[args.mode],
+        ).to(device)
     weights, arch = model.weight_parameters(), model.arch_parameters()
     w_opt = torch.optim.SGD(weights, lr=0.025, momentum=0.9, weight_decay=3e-4)
-    a_opt = torch.optim.Adam(arch, lr=3e-3, betas=(0.5, 0.999), weight_decay=1e-3)
+    # the port's search loop uses Adam's default betas
+    a_betas = (0.9, 0.999) if port else (0.5, 0.999)
+    a_opt = torch.optim.Adam(arch, lr=3e-3, betas=a_betas, weight_decay=1e-3)
     size = (args.size,) * args.spatial_dims
     rss_before = _rss_now()
 
@@ -100,8 +149,9 @@ def run_one(args: argparse.Namespace) -> dict:
         return x, y
 
     def w_step():
-        _set_requires_grad(arch, False)
-        _set_requires_grad(weights, True)
+        if not port:  # the port's loop freezes nothing
+            _set_requires_grad(arch, False)
+            _set_requires_grad(weights, True)
         x, y = batch()
         loss = F.cross_entropy(model(x), y, ignore_index=255)
         w_opt.zero_grad(set_to_none=True)
@@ -109,8 +159,9 @@ def run_one(args: argparse.Namespace) -> dict:
         w_opt.step()
 
     def a_step():
-        _set_requires_grad(weights, False)
-        _set_requires_grad(arch, True)
+        if not port:
+            _set_requires_grad(weights, False)
+            _set_requires_grad(arch, True)
         x, y = batch()
         loss = F.cross_entropy(model(x), y, ignore_index=255)
         a_opt.zero_grad(set_to_none=True)
@@ -158,7 +209,7 @@ def run_one(args: argparse.Namespace) -> dict:
         "kernels": args.kernel,
         "batch": args.batch,
         "threads": args.threads,
-        "mode": args.mode,
+        "mode": PORT if port else args.mode,
         "device": str(device),
         "weight_step_s": statistics.median(w_times),
         "weight_step_s_all": [round(t, 4) for t in w_times],
@@ -170,6 +221,55 @@ def run_one(args: argparse.Namespace) -> dict:
         "weight_parameters": sum(p.numel() for p in weights),
         "arch_parameters": sum(p.numel() for p in arch),
         "flops_per_weight_step": flops,
+    }
+
+
+def _child_command(args: argparse.Namespace, size: int, threads: int, mode: str, kernel: str):
+    cmd = [sys.executable, __file__, "--child", "--size", str(size), "--mode", mode]
+    cmd += ["--kernel", kernel, "--spatial-dims", str(args.spatial_dims)]
+    cmd += ["--threads", str(threads), "--batch", str(args.batch)]
+    cmd += ["--layers", str(args.layers), "--blocks", str(args.blocks)]
+    cmd += ["--filter-multiplier", str(args.filter_multiplier)]
+    cmd += ["--num-classes", str(args.num_classes), "--steps", str(args.steps)]
+    cmd += ["--warmup", str(args.warmup), "--device", args.device]
+    cmd += ["--no-arch"] * args.no_arch + ["--no-flops"] * (not args.flops)
+    if kernel == PORT:
+        cmd += ["--port", args.compare_port]
+    return cmd
+
+
+def _median_over_rounds(runs: list[dict]) -> dict:
+    """One configuration's result: the median over its processes (rounds) of each process's
+    median step time, and the largest peak memory."""
+    out = dict(runs[0])
+    for key in ("weight_step_s", "weight_arch_step_s"):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        out[key] = statistics.median(values) if values else None
+        out[f"{key}_rounds"] = [round(v, 4) for v in values]
+    out["peak_memory_bytes"] = max(r["peak_memory_bytes"] for r in runs)
+    out["peak_memory_gib"] = round(out["peak_memory_bytes"] / 2**30, 3)
+    out["rounds"] = len(runs)
+    return out
+
+
+def _ratios(port: dict, ours: dict) -> dict:
+    """How many times faster than the port, and the peak memory as a fraction of the port's."""
+
+    def faster(key: str) -> float | None:
+        if port.get(key) is None or ours.get(key) is None:
+            return None
+        return round(port[key] / ours[key], 3)
+
+    return {
+        "size": ours["size"],
+        "threads": ours["threads"],
+        "mode": ours["mode"],
+        "kernels": ours["kernels"],
+        "weight_step_speedup": faster("weight_step_s"),
+        "weight_arch_step_speedup": faster("weight_arch_step_s"),
+        "peak_memory_fraction_of_port": round(
+            ours["peak_memory_bytes"] / port["peak_memory_bytes"], 3
+        ),
     }
 
 
@@ -192,43 +292,67 @@ def main() -> None:
     parser.add_argument("--no-flops", dest="flops", action="store_false")
     parser.add_argument("--spatial-dims", type=int, default=2, choices=(2, 3))
     parser.add_argument("--kernels", nargs="+", default=["fused"], choices=("fused", "plain"))
+    parser.add_argument(
+        "--compare-port",
+        metavar="PATH",
+        help="a checkout of the public port (NoamRosenberg/autodeeplab): time its supernet too",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="rounds of fresh processes per configuration, alternating between configurations",
+    )
     parser.add_argument("--kernel", help=argparse.SUPPRESS)
+    parser.add_argument("--port", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    if args.compare_port is not None:
+        if args.spatial_dims != 2:
+            parser.error("--compare-port: the port's supernet is 2D only (--spatial-dims 2)")
+        if not os.path.isfile(os.path.join(args.compare_port, "auto_deeplab.py")):
+            parser.error(
+                f"--compare-port {args.compare_port}: no auto_deeplab.py there; give a checkout "
+                "of NoamRosenberg/autodeeplab"
+            )
 
     if args.child:
         args.threads = args.threads[0]
         print(json.dumps(run_one(args)))
         return
 
-    results = []
-    for size in args.sizes:
-        for threads, mode, kernel in itertools.product(args.threads, args.modes, args.kernels):
-            cmd = [sys.executable, __file__, "--child", "--size", str(size), "--mode", mode]
-            cmd += ["--kernel", kernel, "--spatial-dims", str(args.spatial_dims)]
-            cmd += ["--threads", str(threads), "--batch", str(args.batch)]
-            cmd += ["--layers", str(args.layers), "--blocks", str(args.blocks)]
-            cmd += ["--filter-multiplier", str(args.filter_multiplier)]
-            cmd += ["--num-classes", str(args.num_classes), "--steps", str(args.steps)]
-            cmd += ["--warmup", str(args.warmup), "--device", args.device]
-            cmd += ["--no-arch"] * args.no_arch + ["--no-flops"] * (not args.flops)
-            env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if out.returncode != 0:
-                results.append(
-                    {
-                        "size": size,
-                        "threads": threads,
-                        "mode": mode,
-                        "error": out.stderr[-2000:],
-                    }
-                )
-            else:
-                results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(json.dumps(results[-1]), file=sys.stderr)
-    print(json.dumps({"benchmark": "supernet", "results": results}, indent=2))
+    results, comparisons = [], []
+    for size, threads in itertools.product(args.sizes, args.threads):
+        configs = list(itertools.product(args.modes, args.kernels))
+        if args.compare_port is not None:
+            configs.insert(0, ("exact", PORT))  # the mode is ignored for the port
+        runs: dict[tuple[str, str], list[dict]] = {c: [] for c in configs}
+        errors = []
+        for _ in range(args.repeats):
+            for mode, kernel in configs:  # alternate: one process of each per round
+                cmd = _child_command(args, size, threads, mode, kernel)
+                env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+                out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                if out.returncode != 0:
+                    error = {"size": size, "threads": threads, "mode": mode, "kernels": kernel}
+                    errors.append({**error, "error": out.stderr[-2000:]})
+                    print(json.dumps(errors[-1]), file=sys.stderr)
+                    continue
+                runs[(mode, kernel)].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(json.dumps(runs[(mode, kernel)][-1]), file=sys.stderr)
+        merged = {c: _median_over_rounds(r) for c, r in runs.items() if r}
+        results += list(merged.values()) + errors
+        port = merged.get(("exact", PORT))
+        if port is not None:
+            comparisons += [_ratios(port, r) for c, r in merged.items() if c[1] != PORT]
+    report = {"benchmark": "supernet", "results": results}
+    if args.compare_port is not None:
+        report["compared_with_port"] = comparisons
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
