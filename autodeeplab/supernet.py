@@ -653,6 +653,12 @@ class SearchNetwork(nn.Module):
                 "checkpoint_cells and selective_checkpoint exclude each other: checkpoint_cells "
                 "already recomputes the whole cell; choose one"
             )
+        unfused = [name for name in op_names if ops.get_op(name).fusion is None]
+        if selective_checkpoint and unfused:
+            raise ValueError(
+                f"selective_checkpoint needs operations registered with a fusion; {unfused} have "
+                "none (use checkpoint_cells for them)"
+            )
         self.partial_channels, self.checkpoint_cells = partial_channels, checkpoint_cells
         self.selective_checkpoint = selective_checkpoint
         rates = search_head_rates("paper" if aspp_rates is None else aspp_rates, None)
