@@ -14,7 +14,10 @@ first-order architecture step (Adam on alphas/betas, weights frozen) on a trainB
 F, L, B, batch, input size and threads, its weight step and weight + arch step as its own search
 loop does them (no parameters frozen: its weight step also computes the architecture gradients
 and its architecture step the weight gradients). The processes of the two implementations
-alternate (``--repeats`` rounds); the JSON gives the medians over the rounds and the ratios.
+alternate (``--repeats`` rounds); the JSON gives the medians over the rounds and the ratios,
+of wall-clock time and of the process's CPU time (one thread: the CPU time leaves out the time
+other jobs on a shared machine take the core away). ``--pin-cpus`` pins every measured process
+to the given cores.
 
 ``--spatial-dims 3`` runs the supernet on volumes (``size`` voxels per side); ``--kernels
 plain`` replaces every op by an unfused copy of its registry entry (one module per edge and op,
@@ -115,6 +118,8 @@ def run_one(args: argparse.Namespace) -> dict:
     from autodeeplab.supernet import SearchNetwork
 
     torch.set_num_threads(args.threads)
+    if args.pin_cpus:
+        os.sched_setaffinity(0, args.pin_cpus)
     torch.manual_seed(0)
     device = torch.device(args.device)
     in_channels = 3 if args.spatial_dims == 2 else 1
@@ -172,11 +177,14 @@ def run_one(args: argparse.Namespace) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    cpu_times: list[float] = []
+
     def timed(fn) -> float:
         sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         sync()
+        cpu_times.append(time.process_time() - c0)
         return time.perf_counter() - t0
 
     model.train()
@@ -186,9 +194,11 @@ def run_one(args: argparse.Namespace) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     w_times = [timed(w_step) for _ in range(args.steps)]
+    w_cpu = cpu_times[:]
     wa_times = []
     if not args.no_arch:
         wa_times = [timed(lambda: (w_step(), a_step())) for _ in range(args.steps)]
+    wa_cpu = cpu_times[len(w_cpu) :]
 
     flops = None
     if args.flops:
@@ -214,6 +224,9 @@ def run_one(args: argparse.Namespace) -> dict:
         "weight_step_s": statistics.median(w_times),
         "weight_step_s_all": [round(t, 4) for t in w_times],
         "weight_arch_step_s": statistics.median(wa_times) if wa_times else None,
+        # CPU seconds of this process: less sensitive than wall time to other jobs on the machine
+        "weight_step_cpu_s": statistics.median(w_cpu),
+        "weight_arch_step_cpu_s": statistics.median(wa_cpu) if wa_cpu else None,
         "peak_memory_bytes": peak,
         "peak_memory_gib": round(peak / 2**30, 3),
         "peak_memory_kind": peak_kind,
@@ -233,6 +246,8 @@ def _child_command(args: argparse.Namespace, size: int, threads: int, mode: str,
     cmd += ["--num-classes", str(args.num_classes), "--steps", str(args.steps)]
     cmd += ["--warmup", str(args.warmup), "--device", args.device]
     cmd += ["--no-arch"] * args.no_arch + ["--no-flops"] * (not args.flops)
+    if args.pin_cpus:
+        cmd += ["--pin-cpus", *map(str, args.pin_cpus)]
     if kernel == PORT:
         cmd += ["--port", args.compare_port]
     return cmd
@@ -242,7 +257,12 @@ def _median_over_rounds(runs: list[dict]) -> dict:
     """One configuration's result: the median over its processes (rounds) of each process's
     median step time, and the largest peak memory."""
     out = dict(runs[0])
-    for key in ("weight_step_s", "weight_arch_step_s"):
+    for key in (
+        "weight_step_s",
+        "weight_arch_step_s",
+        "weight_step_cpu_s",
+        "weight_arch_step_cpu_s",
+    ):
         values = [r[key] for r in runs if r.get(key) is not None]
         out[key] = statistics.median(values) if values else None
         out[f"{key}_rounds"] = [round(v, 4) for v in values]
@@ -262,6 +282,8 @@ def _ratios(port: dict, ours: dict) -> dict:
 
     return {
         "size": ours["size"],
+        "weight_step_cpu_speedup": faster("weight_step_cpu_s"),
+        "weight_arch_step_cpu_speedup": faster("weight_arch_step_cpu_s"),
         "threads": ours["threads"],
         "mode": ours["mode"],
         "kernels": ours["kernels"],
@@ -302,6 +324,13 @@ def main() -> None:
         type=int,
         default=1,
         help="rounds of fresh processes per configuration, alternating between configurations",
+    )
+    parser.add_argument(
+        "--pin-cpus",
+        type=int,
+        nargs="+",
+        metavar="CPU",
+        help="run every measured process on these CPU cores only (os.sched_setaffinity)",
     )
     parser.add_argument("--kernel", help=argparse.SUPPRESS)
     parser.add_argument("--port", help=argparse.SUPPRESS)
