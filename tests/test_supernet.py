@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from autodeeplab import decode, ops, space
-from autodeeplab.supernet import SearchNetwork, _pointwise
+from autodeeplab.supernet import EdgePointwise2d, EdgePointwise3d, SearchNetwork
 
 # --------------------------------------------------------------------------- reference
 # Written for images and volumes alike: the functions are picked by the input's dimensionality.
@@ -293,11 +293,11 @@ def test_pointwise_matrix_product_equals_grouped_convolution(spatial_dims):
     torch.manual_seed(0)
     edges, c = 3, 4
     sp = (5, 6) if spatial_dims == 2 else (3, 4, 5)
-    conv_nd = torch.nn.Conv2d if spatial_dims == 2 else torch.nn.Conv3d
+    conv_nd = EdgePointwise2d if spatial_dims == 2 else EdgePointwise3d
     conv = conv_nd(edges * c, edges * c, 1, groups=edges, bias=False).double()
     x = torch.randn(2, edges * c, *sp, dtype=torch.float64, requires_grad=True)
     probe = torch.randn(2, edges * c, *sp, dtype=torch.float64)
-    out = _pointwise(conv, x, edges)
+    out = conv(x)
     expected = (F.conv2d if spatial_dims == 2 else F.conv3d)(x, conv.weight, groups=edges)
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     grads = torch.autograd.grad((out * probe).sum(), (x, conv.weight))
