@@ -13,6 +13,16 @@ weight and, on images, the memory budget (target 0.5), as a DiNTS search's steps
 relaxation is built by :data:`autodeeplab.search_model.RELAXATIONS`, as the search engine builds
 it (the analytic memory model is for images only: volumes get no budget term).
 
+``--compare-port PATH`` also times the supernet of the widely used public PyTorch port
+(NoamRosenberg/autodeeplab, a checkout at PATH, imported from there at run time) with the same
+F, L, B, batch, input size and threads, its weight step and weight + arch step as its own search
+loop does them (no parameters frozen: its weight step also computes the architecture gradients
+and its architecture step the weight gradients). The processes of the two implementations
+alternate (``--repeats`` rounds); the JSON gives the medians over the rounds and the ratios,
+of wall-clock time and of the process's CPU time (one thread: the CPU time leaves out the time
+other jobs on a shared machine take the core away). ``--pin-cpus`` pins every measured process
+to the given cores.
+
 ``--spatial-dims 3`` runs the supernet on volumes (``size`` voxels per side); ``--kernels
 plain`` replaces every op by an unfused copy of its registry entry (one module per edge and op,
 a DARTS-style mixed op), to compare with the fused kernels.
@@ -21,6 +31,7 @@ a DARTS-style mixed op), to compare with the fused kernels.
     python benchmarks/supernet.py --sizes 321 --modes checkpoint+pc --steps 2
     python benchmarks/supernet.py --spatial-dims 3 --sizes 32 --kernels fused plain --no-arch
     python benchmarks/supernet.py --sizes 64 128 --relaxations softmax dints --steps 7
+    python benchmarks/supernet.py --sizes 64 128 --compare-port /path/to/autodeeplab-port --repeats 3
 """
 
 from __future__ import annotations
@@ -40,7 +51,9 @@ MODES = {
     "checkpoint": {"checkpoint_cells": True},
     "pc": {"partial_channels": 4},
     "checkpoint+pc": {"checkpoint_cells": True, "partial_channels": 4},
+    "selective": {"selective_checkpoint": True},
 }
+PORT = "port"  # the kernel name of the public port's supernet in the results
 
 
 def _set_requires_grad(params, flag: bool) -> None:
@@ -69,6 +82,38 @@ def _rss_now() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _port_model(path: str, num_classes: int, layers: int, filter_multiplier: int, blocks: int):
+    """The public port's ``AutoDeeplab`` supernet, imported from the checkout at ``path``.
+
+    Its operations module imports a CUDA-only in-place ABN extension that the search supernet
+    never instantiates: a stand-in module takes its place. Its forward pass allocates a tensor
+    with ``.cuda()``; on a CPU run ``Tensor.cuda`` returns the tensor itself (in this benchmark
+    process only).
+    """
+    import types
+
+    import torch
+
+    if not os.path.isfile(os.path.join(path, "auto_deeplab.py")):
+        raise SystemExit(
+            f"--compare-port {path}: no auto_deeplab.py there (a checkout of the port)"
+        )
+    sys.path.insert(0, os.path.abspath(path))
+    stand_in = types.ModuleType("modeling.modules")
+
+    class InPlaceABNSync:  # never built by the search supernet
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("in-place ABN is not available in this benchmark")
+
+    stand_in.InPlaceABNSync = InPlaceABNSync
+    sys.modules["modeling.modules"] = stand_in
+    import auto_deeplab
+
+    if not torch.cuda.is_available():
+        torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    return auto_deeplab.AutoDeeplab(num_classes, layers, None, filter_multiplier, 5, blocks)
+
+
 def run_one(args: argparse.Namespace) -> dict:
     import torch
     import torch.nn.functional as F
@@ -80,40 +125,52 @@ def run_one(args: argparse.Namespace) -> dict:
     from autodeeplab.supernet import SearchNetwork
 
     torch.set_num_threads(args.threads)
+    if args.pin_cpus:
+        os.sched_setaffinity(0, args.pin_cpus)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    op_names = _plain_ops() if args.kernel == "plain" else space.PRIMITIVES
     in_channels = 3 if args.spatial_dims == 2 else 1
-    cfg = SearchConfig(
-        model=SupernetConfig(
+    port = args.kernel == PORT
+    budget = None
+    if port:
+        model = _port_model(
+            args.port, args.num_classes, args.layers, args.filter_multiplier, args.blocks
+        ).to(device)
+    else:
+        op_names = _plain_ops() if args.kernel == "plain" else space.PRIMITIVES
+        cfg = SearchConfig(
+            model=SupernetConfig(  # PC-DARTS' partial channels decide the edge normalisation
+                layers=args.layers,
+                blocks=args.blocks,
+                filter_multiplier=args.filter_multiplier,
+                partial_channels=MODES[args.mode].get("partial_channels", 1),
+            ),
+            data=DataConfig(crop_size=args.size, batch_size=args.batch),
+            relaxation=RelaxationConfig(
+                name=args.relaxation, memory_target=0.5 if args.relaxation == "dints" else None
+            ),
+        )
+        search_space = space.SearchSpace(
+            args.layers, args.blocks, ops=tuple(op_names), spatial_dims=args.spatial_dims
+        )
+        model = SearchNetwork(
+            args.num_classes,
             layers=args.layers,
             blocks=args.blocks,
             filter_multiplier=args.filter_multiplier,
+            in_channels=in_channels,
+            op_names=op_names,
+            spatial_dims=args.spatial_dims,
+            relaxation=RELAXATIONS[args.relaxation](cfg, search_space),
             **MODES[args.mode],
-        ),
-        data=DataConfig(crop_size=args.size, batch_size=args.batch),
-        relaxation=RelaxationConfig(
-            name=args.relaxation, memory_target=0.5 if args.relaxation == "dints" else None
-        ),
-    )
-    search_space = space.SearchSpace(
-        args.layers, args.blocks, ops=tuple(op_names), spatial_dims=args.spatial_dims
-    )
-    model = SearchNetwork(
-        args.num_classes,
-        layers=args.layers,
-        blocks=args.blocks,
-        filter_multiplier=args.filter_multiplier,
-        in_channels=in_channels,
-        op_names=op_names,
-        spatial_dims=args.spatial_dims,
-        relaxation=RELAXATIONS[args.relaxation](cfg, search_space),
-        **MODES[args.mode],
-    ).to(device)
-    budget = build_memory_budget(cfg, args.num_classes) if args.spatial_dims == 2 else None
+        ).to(device)
+        if args.spatial_dims == 2:
+            budget = build_memory_budget(cfg, args.num_classes)
     weights, arch = model.weight_parameters(), model.arch_parameters()
     w_opt = torch.optim.SGD(weights, lr=0.025, momentum=0.9, weight_decay=3e-4)
-    a_opt = torch.optim.Adam(arch, lr=3e-3, betas=(0.5, 0.999), weight_decay=1e-3)
+    # the port's search loop uses Adam's default betas
+    a_betas = (0.9, 0.999) if port else (0.5, 0.999)
+    a_opt = torch.optim.Adam(arch, lr=3e-3, betas=a_betas, weight_decay=1e-3)
     size = (args.size,) * args.spatial_dims
     rss_before = _rss_now()
 
@@ -124,8 +181,9 @@ def run_one(args: argparse.Namespace) -> dict:
         return x, y
 
     def w_step():
-        _set_requires_grad(arch, False)
-        _set_requires_grad(weights, True)
+        if not port:  # the port's loop freezes nothing
+            _set_requires_grad(arch, False)
+            _set_requires_grad(weights, True)
         x, y = batch()
         loss = F.cross_entropy(model(x), y, ignore_index=255)
         w_opt.zero_grad(set_to_none=True)
@@ -133,11 +191,12 @@ def run_one(args: argparse.Namespace) -> dict:
         w_opt.step()
 
     def a_step():
-        _set_requires_grad(weights, False)
-        _set_requires_grad(arch, True)
+        if not port:
+            _set_requires_grad(weights, False)
+            _set_requires_grad(arch, True)
         x, y = batch()
         loss = F.cross_entropy(model(x), y, ignore_index=255)
-        extra = extra_terms()
+        extra = None if port else extra_terms()
         loss = loss if extra is None else loss + extra
         a_opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -161,11 +220,14 @@ def run_one(args: argparse.Namespace) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    cpu_times: list[float] = []
+
     def timed(fn) -> float:
         sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         sync()
+        cpu_times.append(time.process_time() - c0)
         return time.perf_counter() - t0
 
     model.train()
@@ -175,11 +237,13 @@ def run_one(args: argparse.Namespace) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     w_times = [timed(w_step) for _ in range(args.steps)]
+    w_cpu = cpu_times[:]
     wa_times = []
     if not args.no_arch:
         wa_times = [timed(lambda: (w_step(), a_step())) for _ in range(args.steps)]
+    wa_cpu = cpu_times[len(w_cpu) :]
     terms_times = []
-    if extra_terms() is not None:
+    if not port and extra_terms() is not None:
         terms_times = [timed(terms_step) for _ in range(max(args.steps, 20))]
 
     flops = None
@@ -201,12 +265,15 @@ def run_one(args: argparse.Namespace) -> dict:
         "kernels": args.kernel,
         "batch": args.batch,
         "threads": args.threads,
-        "mode": args.mode,
-        "relaxation": args.relaxation,
+        "mode": PORT if port else args.mode,
+        "relaxation": None if port else args.relaxation,
         "device": str(device),
         "weight_step_s": statistics.median(w_times),
         "weight_step_s_all": [round(t, 4) for t in w_times],
         "weight_arch_step_s": statistics.median(wa_times) if wa_times else None,
+        # CPU seconds of this process: less sensitive than wall time to other jobs on the machine
+        "weight_step_cpu_s": statistics.median(w_cpu),
+        "weight_arch_step_cpu_s": statistics.median(wa_cpu) if wa_cpu else None,
         "arch_terms_s": statistics.median(terms_times) if terms_times else None,
         "peak_memory_bytes": peak,
         "peak_memory_gib": round(peak / 2**30, 3),
@@ -215,6 +282,68 @@ def run_one(args: argparse.Namespace) -> dict:
         "weight_parameters": sum(p.numel() for p in weights),
         "arch_parameters": sum(p.numel() for p in arch),
         "flops_per_weight_step": flops,
+    }
+
+
+def _child_command(
+    args: argparse.Namespace, size: int, threads: int, mode: str, kernel: str, relaxation: str
+):
+    cmd = [sys.executable, __file__, "--child", "--size", str(size), "--mode", mode]
+    cmd += ["--kernel", kernel, "--spatial-dims", str(args.spatial_dims)]
+    cmd += ["--relaxation", relaxation]
+    cmd += ["--threads", str(threads), "--batch", str(args.batch)]
+    cmd += ["--layers", str(args.layers), "--blocks", str(args.blocks)]
+    cmd += ["--filter-multiplier", str(args.filter_multiplier)]
+    cmd += ["--num-classes", str(args.num_classes), "--steps", str(args.steps)]
+    cmd += ["--warmup", str(args.warmup), "--device", args.device]
+    cmd += ["--no-arch"] * args.no_arch + ["--no-flops"] * (not args.flops)
+    if args.pin_cpus:
+        cmd += ["--pin-cpus", *map(str, args.pin_cpus)]
+    if kernel == PORT:
+        cmd += ["--port", args.compare_port]
+    return cmd
+
+
+def _median_over_rounds(runs: list[dict]) -> dict:
+    """One configuration's result: the median over its processes (rounds) of each process's
+    median step time, and the largest peak memory."""
+    out = dict(runs[0])
+    for key in (
+        "weight_step_s",
+        "weight_arch_step_s",
+        "weight_step_cpu_s",
+        "weight_arch_step_cpu_s",
+    ):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        out[key] = statistics.median(values) if values else None
+        out[f"{key}_rounds"] = [round(v, 4) for v in values]
+    out["peak_memory_bytes"] = max(r["peak_memory_bytes"] for r in runs)
+    out["peak_memory_gib"] = round(out["peak_memory_bytes"] / 2**30, 3)
+    out["rounds"] = len(runs)
+    return out
+
+
+def _ratios(port: dict, ours: dict) -> dict:
+    """How many times faster than the port, and the peak memory as a fraction of the port's."""
+
+    def faster(key: str) -> float | None:
+        if port.get(key) is None or ours.get(key) is None:
+            return None
+        return round(port[key] / ours[key], 3)
+
+    return {
+        "size": ours["size"],
+        "weight_step_cpu_speedup": faster("weight_step_cpu_s"),
+        "weight_arch_step_cpu_speedup": faster("weight_arch_step_cpu_s"),
+        "threads": ours["threads"],
+        "mode": ours["mode"],
+        "kernels": ours["kernels"],
+        "relaxation": ours["relaxation"],
+        "weight_step_speedup": faster("weight_step_s"),
+        "weight_arch_step_speedup": faster("weight_arch_step_s"),
+        "peak_memory_fraction_of_port": round(
+            ours["peak_memory_bytes"] / port["peak_memory_bytes"], 3
+        ),
     }
 
 
@@ -237,52 +366,80 @@ def main() -> None:
     parser.add_argument("--no-flops", dest="flops", action="store_false")
     parser.add_argument("--spatial-dims", type=int, default=2, choices=(2, 3))
     parser.add_argument("--kernels", nargs="+", default=["fused"], choices=("fused", "plain"))
-    parser.add_argument("--kernel", help=argparse.SUPPRESS)
     parser.add_argument(
         "--relaxations", nargs="+", default=["softmax"], choices=["softmax", "dints"]
     )
+    parser.add_argument(
+        "--compare-port",
+        metavar="PATH",
+        help="a checkout of the public port (NoamRosenberg/autodeeplab): time its supernet too",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="rounds of fresh processes per configuration, alternating between configurations",
+    )
+    parser.add_argument(
+        "--pin-cpus",
+        type=int,
+        nargs="+",
+        metavar="CPU",
+        help="run every measured process on these CPU cores only (os.sched_setaffinity)",
+    )
+    parser.add_argument("--kernel", help=argparse.SUPPRESS)
     parser.add_argument("--relaxation", help=argparse.SUPPRESS)
+    parser.add_argument("--port", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    if args.compare_port is not None:
+        if args.spatial_dims != 2:
+            parser.error("--compare-port: the port's supernet is 2D only (--spatial-dims 2)")
+        if not os.path.isfile(os.path.join(args.compare_port, "auto_deeplab.py")):
+            parser.error(
+                f"--compare-port {args.compare_port}: no auto_deeplab.py there; give a checkout "
+                "of NoamRosenberg/autodeeplab"
+            )
 
     if args.child:
         args.threads = args.threads[0]
         print(json.dumps(run_one(args)))
         return
 
-    results = []
-    for size in args.sizes:
-        for threads, mode, kernel, relaxation in itertools.product(
-            args.threads, args.modes, args.kernels, args.relaxations
-        ):
-            cmd = [sys.executable, __file__, "--child", "--size", str(size), "--mode", mode]
-            cmd += ["--kernel", kernel, "--spatial-dims", str(args.spatial_dims)]
-            cmd += ["--relaxation", relaxation]
-            cmd += ["--threads", str(threads), "--batch", str(args.batch)]
-            cmd += ["--layers", str(args.layers), "--blocks", str(args.blocks)]
-            cmd += ["--filter-multiplier", str(args.filter_multiplier)]
-            cmd += ["--num-classes", str(args.num_classes), "--steps", str(args.steps)]
-            cmd += ["--warmup", str(args.warmup), "--device", args.device]
-            cmd += ["--no-arch"] * args.no_arch + ["--no-flops"] * (not args.flops)
-            env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if out.returncode != 0:
-                results.append(
-                    {
-                        "size": size,
-                        "threads": threads,
-                        "mode": mode,
-                        "kernels": kernel,
-                        "relaxation": relaxation,
-                        "error": out.stderr[-2000:],
-                    }
-                )
-            else:
-                results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(json.dumps(results[-1]), file=sys.stderr)
-    print(json.dumps({"benchmark": "supernet", "results": results}, indent=2))
+    results, comparisons = [], []
+    for size, threads in itertools.product(args.sizes, args.threads):
+        configs = list(itertools.product(args.modes, args.kernels, args.relaxations))
+        if args.compare_port is not None:
+            # the mode and relaxation are ignored for the port
+            configs.insert(0, ("exact", PORT, "softmax"))
+        runs: dict[tuple[str, str, str], list[dict]] = {c: [] for c in configs}
+        errors = []
+        for _ in range(args.repeats):
+            for config in configs:  # alternate: one process of each per round
+                mode, kernel, relaxation = config
+                cmd = _child_command(args, size, threads, mode, kernel, relaxation)
+                env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+                out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                if out.returncode != 0:
+                    error = {"size": size, "threads": threads, "mode": mode, "kernels": kernel}
+                    errors.append({**error, "relaxation": relaxation, "error": out.stderr[-2000:]})
+                    print(json.dumps(errors[-1]), file=sys.stderr)
+                    continue
+                runs[config].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(json.dumps(runs[config][-1]), file=sys.stderr)
+        merged = {c: _median_over_rounds(r) for c, r in runs.items() if r}
+        results += list(merged.values()) + errors
+        port = merged.get(("exact", PORT, "softmax"))
+        if port is not None:
+            comparisons += [_ratios(port, r) for c, r in merged.items() if c[1] != PORT]
+    report = {"benchmark": "supernet", "results": results}
+    if args.compare_port is not None:
+        report["compared_with_port"] = comparisons
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

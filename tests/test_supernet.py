@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autodeeplab import decode, space
-from autodeeplab.supernet import SearchNetwork
+from autodeeplab import decode, ops, space
+from autodeeplab.supernet import EdgePointwise2d, EdgePointwise3d, SearchNetwork
 
 # --------------------------------------------------------------------------- reference
 # Written for images and volumes alike: the functions are picked by the input's dimensionality.
@@ -200,8 +200,10 @@ def _tiny(**kw):
         {"checkpoint_cells": True},
         {"partial_channels": 2},
         {"partial_channels": 2, "checkpoint_cells": True},
+        {"selective_checkpoint": True},
+        {"partial_channels": 2, "selective_checkpoint": True},
     ],
-    ids=["exact", "checkpoint", "pc", "pc+checkpoint"],
+    ids=["exact", "checkpoint", "pc", "pc+checkpoint", "selective", "pc+selective"],
 )
 def test_matches_plain_reference(options):
     model = _tiny(**options)
@@ -282,6 +284,40 @@ def test_aux_skip_adds_c_times_the_input_to_every_edge(partial):
                     shifted = shuffled
                 expected[:, e] = shifted
             torch.testing.assert_close(diff, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_pointwise_matrix_product_equals_grouped_convolution(spatial_dims):
+    """The per-edge 1x1 convolutions computed as a batched matrix product against PyTorch's
+    grouped convolution with the same weight, values and gradients."""
+    torch.manual_seed(0)
+    edges, c = 3, 4
+    sp = (5, 6) if spatial_dims == 2 else (3, 4, 5)
+    conv_nd = EdgePointwise2d if spatial_dims == 2 else EdgePointwise3d
+    conv = conv_nd(edges * c, edges * c, 1, groups=edges, bias=False).double()
+    x = torch.randn(2, edges * c, *sp, dtype=torch.float64, requires_grad=True)
+    probe = torch.randn(2, edges * c, *sp, dtype=torch.float64)
+    out = conv(x)
+    expected = (F.conv2d if spatial_dims == 2 else F.conv3d)(x, conv.weight, groups=edges)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad((out * probe).sum(), (x, conv.weight))
+    expected_grads = torch.autograd.grad((expected * probe).sum(), (x, conv.weight))
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_memory_option_errors(monkeypatch):
+    spec = ops.get_op("sep_conv_3x3")
+    unfused = ops.OpSpec("sep_unfused", spec.factory, False, None, spec.spatial_dims)
+    monkeypatch.setitem(ops.OP_REGISTRY, unfused.name, unfused)
+    with pytest.raises(ValueError, match=r"selective_checkpoint needs .* \['sep_unfused'\]"):
+        _tiny(selective_checkpoint=True, op_names=(*space.PRIMITIVES, "sep_unfused"))
+    with pytest.raises(ValueError, match="checkpoint_cells and selective_checkpoint exclude"):
+        _tiny(checkpoint_cells=True, selective_checkpoint=True)
+    with pytest.raises(ValueError, match="selective_checkpoint must be True or False, got 'yes'"):
+        _tiny(selective_checkpoint="yes")
+    with pytest.raises(ValueError, match="checkpoint_cells must be True or False, got 1"):
+        _tiny(checkpoint_cells=1)
 
 
 def test_float32_matches_reference_within_1e5():

@@ -37,8 +37,8 @@ def _tiny(**kw):
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"partial_channels": 2, "checkpoint_cells": True}],
-    ids=["exact", "pc+checkpoint"],
+    [{}, {"partial_channels": 2, "checkpoint_cells": True}, {"selective_checkpoint": True}],
+    ids=["exact", "pc+checkpoint", "selective"],
 )
 def test_volume_supernet_matches_plain_reference(options):
     """The fused 3D supernet equals the plain reference (loops over sources, edges and ops,
