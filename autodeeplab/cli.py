@@ -486,8 +486,8 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.set_defaults(
         func=_run_search,
-        oom_hint="lower data.batch_size or data.crop_size, or set model.checkpoint_cells=true "
-        "or model.partial_channels=4",
+        oom_hint="lower data.batch_size or data.crop_size, or set model.selective_checkpoint=true, "
+        "model.checkpoint_cells=true or model.partial_channels=4",
     )
 
 

@@ -101,6 +101,7 @@ def build_supernet(cfg: SearchConfig, num_classes: int) -> SearchNetwork:
         stem_channels=m.stem_channels,
         partial_channels=m.partial_channels,
         checkpoint_cells=m.checkpoint_cells,
+        selective_checkpoint=m.selective_checkpoint,
         aspp_rates=search_head_rates(m.aspp_rates, cfg.data.crop_size),
         relaxation=build_relaxation(cfg),
     )

@@ -101,6 +101,25 @@ def test_search_writes_run_folder_and_moves_architecture(tmp_path, capsys):
         assert (state["model"][name] - p0).abs().max() > 1e-3, name
 
 
+def test_selective_checkpoint_searches_the_same_mathematics(tmp_path):
+    """model.selective_checkpoint reaches the supernet and only changes what is stored for
+    backward: the run's parameters, statistics and log match the exact mode's."""
+    exact = run_search(tiny(tmp_path, "max_steps=6", name="exact"), log=None)
+    cfg = tiny(tmp_path, "max_steps=6", "model.selective_checkpoint=true", name="selective")
+    assert search_engine.build_supernet(cfg, 7).selective_checkpoint
+    selective = run_search(cfg, log=None)
+    assert selective.genotype == exact.genotype
+    a = load_checkpoint(tmp_path / "exact" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "selective" / "last.pt")["model"]
+    for k in a:
+        assert torch.allclose(a[k].double(), b[k].double(), rtol=1e-4, atol=1e-5), k
+    with pytest.raises(ValueError, match="exclude each other"):
+        run_search(
+            tiny(tmp_path, "model.selective_checkpoint=true", "model.checkpoint_cells=true"),
+            log=None,
+        )
+
+
 def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
     full = run_search(tiny(tmp_path, name="full"), log=None)
     # stop in the middle of epoch 2 (steps 1-4 epoch 1, 5-8 epoch 2, arch steps in epoch 2)
