@@ -11,7 +11,7 @@ is padded with zeros (the normalised background) and the logits cropped back.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,7 +117,7 @@ class VolumeEvaluation:
 
 @torch.no_grad()
 def evaluate_volumes(
-    model: nn.Module,
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     dataset: VolumeDataset,
     roi: int | Sequence[int],
     *,
@@ -125,17 +125,21 @@ def evaluate_volumes(
     sw_batch_size: int = 1,
     mode: str = "gaussian",
     device: str | torch.device = "cpu",
+    indices: Sequence[int] | None = None,
 ) -> VolumeEvaluation:
-    """Predict every (whole, untransformed) volume of a labelled data set and score it.
+    """Predict every (whole, untransformed) volume of a labelled data set, or the volumes
+    ``indices`` of it, and score them.
 
-    The model is put in eval mode; volumes are moved to ``device``.
+    A module is put in eval mode (any other callable, e.g. a partial of one, is used as it
+    is); volumes are moved to ``device``.
     """
     if not dataset.labelled:
         raise ValueError(f"{dataset!r} has no labels to evaluate against; use a labelled split")
-    model.eval()
+    if isinstance(model, nn.Module):
+        model.eval()
     total = ConfusionMatrix(dataset.num_classes, dataset.ignore_index)
     names, dice = [], []
-    for i in range(len(dataset)):
+    for i in range(len(dataset)) if indices is None else indices:
         volume = dataset.load(i)
         assert volume.label is not None
         image = torch.from_numpy(volume.image).to(device)  # (C, D, H, W)

@@ -58,6 +58,18 @@ GENERATED: frozenset[str] = frozenset({"synthetic", "synthetic3d"})
 """Data sets generated on the fly, which take no root folder."""
 
 
+def dataset_spatial_dims(name: str) -> int:
+    """2 for an image data set, 3 for a volume data set (a :class:`VolumeDataset` class in
+    :data:`DATASETS`): what the engines build their networks for."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(DATASETS)}")
+    return 3 if issubclass(DATASETS[name], VolumeDataset) else 2
+
+
+VOLUME_DATASETS: tuple[str, ...] = tuple(n for n in DATASETS if dataset_spatial_dims(n) == 3)
+"""Names of the volume data sets."""
+
+
 def build_dataset(
     name: str,
     root: str | Path | None,
@@ -111,6 +123,7 @@ __all__ = [
     "DATASETS",
     "GENERATED",
     "IGNORE_INDEX",
+    "VOLUME_DATASETS",
     "AnyDataset",
     "Cityscapes",
     "DatasetError",
@@ -127,6 +140,7 @@ __all__ = [
     "VolumeDataset",
     "build_dataset",
     "dataset_class_names",
+    "dataset_spatial_dims",
     "eval_transform",
     "label_to_train_ids",
     "repeat_dataset",
