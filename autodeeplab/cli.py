@@ -1123,7 +1123,8 @@ def _run_export(args: argparse.Namespace) -> int:
         roi = given if all(given) else resolve_roi(loaded.config, None, args.model)
         d, h, w = (g or r for g, r in zip(given, roi, strict=True))
         size: tuple[int, ...] = (d, h, w)
-        other: tuple[int, ...] = (d + d // 4 + 1, h - h // 4 + 1, w + 1)
+        # the other shape grows every side: a training crop is the smallest size that must work
+        other: tuple[int, ...] = (d + d // 4 + 1, h + 1, w + w // 8 + 1)
     else:
         if args.depth is not None:
             raise ValueError(f"--depth: {args.model} is an image model; give --height and --width")
