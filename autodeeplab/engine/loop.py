@@ -45,12 +45,11 @@ from autodeeplab.config import (
     save_config,
     to_dict,
 )
-from autodeeplab.data import GENERATED, AnyDataset
+from autodeeplab.data import GENERATED, AnyDataset, dataset_spatial_dims
 from autodeeplab.engine.common import (
     RunLog,
     StopRequest,
     build_datasets,
-    data_spatial_dims,
     deferred_interrupt,
     process_device,
     resolve_device,
@@ -199,7 +198,8 @@ class EngineBase:
         """Refuse a config the engine cannot run (before anything is built or written)."""
         c = self.cfg
         check_ranges(c)  # again: a config built in code has not been through from_dict
-        self.spatial_dims = data_spatial_dims(c.data)
+        # images or volumes, from the data set (its keys are checked when the data is built)
+        self.spatial_dims = dataset_spatial_dims(c.data.name)
         if c.data.name not in GENERATED and c.data.root is None:
             raise ValueError(
                 f"data set {c.data.name!r} needs a root folder: set data.root in the config or "
