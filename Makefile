@@ -8,7 +8,7 @@ CONSTRAINTS := constraints.txt
 # keeps PyTorch from oversubscribing the cores. The demo uses the library's own choice.
 TEST_THREADS ?= 1
 
-.PHONY: venv install install-test test test-fast lint demo bench clean
+.PHONY: venv install install-test install-3d test test-fast lint demo demo-3d bench clean
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ $(VENV)/.installed-test: pyproject.toml $(CONSTRAINTS) | $(VENV)/bin/activate
 venv: $(VENV)/bin/activate
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
+install-3d: $(VENV)/.installed-3d
+
+$(VENV)/.installed-3d: pyproject.toml $(CONSTRAINTS) | $(VENV)/bin/activate
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[3d]"
+	touch $(VENV)/.installed $@
 
 test: install-test
 	$(VENV)/bin/ruff check autodeeplab tests benchmarks
@@ -41,6 +46,10 @@ lint: install-test
 # predict -> runs/demo/report.html (thread counts come from the demo configs).
 demo: install
 	$(VENV)/bin/autodeeplab demo --output runs/demo --overwrite
+
+# The same on procedural volumes (synthetic3d) -> runs/demo3d/report.html; needs the 3d extra.
+demo-3d: install-3d
+	$(VENV)/bin/autodeeplab demo --3d --output runs/demo3d --overwrite
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

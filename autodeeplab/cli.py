@@ -102,25 +102,29 @@ def _add_input_size(p: argparse.ArgumentParser, default: str) -> None:
         "--input-size",
         nargs="+",
         metavar="HxW",
-        help=f"input size for Multi-Adds, as HxW or H W (default: {default})",
+        help=f"input size for Multi-Adds, as HxW or H W; DxHxW for a volume network "
+        f"(default: {default})",
     )
 
 
-def _input_size(values: Sequence[str] | None) -> tuple[int, int] | None:
-    """``["1024x2048"]`` or ``["1024", "2048"]`` -> ``(1024, 2048)``; ``None`` stays ``None``."""
+def _input_size(values: Sequence[str] | None) -> tuple[int, ...] | None:
+    """``["1024x2048"]`` or ``["1024", "2048"]`` -> ``(1024, 2048)`` (``DxHxW`` -> three
+    sides, for volumes); ``None`` stays ``None``."""
     if values is None:
         return None
     parts = values[0].lower().split("x") if len(values) == 1 else list(values)
     try:
-        h, w = (int(v) for v in parts)
+        sides = tuple(int(v) for v in parts)
     except ValueError:
+        sides = ()
+    if len(sides) not in (2, 3):
         raise ValueError(
             f"--input-size {' '.join(values)!r}: give height and width as HxW or H W, "
-            "e.g. 1024x2048"
-        ) from None
-    if h < 1 or w < 1:
+            "e.g. 1024x2048 (DxHxW for a volume network, e.g. 96x96x96)"
+        )
+    if min(sides) < 1:
         raise ValueError(f"--input-size {' '.join(values)!r}: sides must be positive")
-    return h, w
+    return sides
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
@@ -225,12 +229,14 @@ def _run_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    h, w = info["input_size"]
+    size = "x".join(str(s) for s in info["input_size"])
     print(
         f"model              {info['model']}" + (f" ({info['source']})" if "source" in info else "")
     )
     print(f"genotype           {info['genotype']}")
     print(f"classes            {info['num_classes']}")
+    if info.get("spatial_dims") == 3:
+        print(f"input              volumes, {info['in_channels']} modalities")
     print(f"filter multiplier  {info['filter_multiplier']}")
     if len(info["output_strides"]) == 1:
         print(f"output stride      {info['output_stride']} (ASPP rates {info['aspp_rates']})")
@@ -244,13 +250,16 @@ def _run_info(args: argparse.Namespace) -> int:
     for part, n in info["params_by_part"].items():
         print(f"  {part:16s} {n / 1e6:.3f}M")
     basis = " (crop size)" if info.get("input_size_from") == "crop_size" else ""
-    print(f"Multi-Adds {h}x{w}{basis}  {info['multiply_adds'] / 1e9:.2f}B")
+    print(f"Multi-Adds {size}{basis}  {info['multiply_adds'] / 1e9:.2f}B")
     for part, n in info["multiply_adds_by_part"].items():
         print(f"  {part:16s} {n / 1e9:.2f}B")
     mem = info["training_memory"]
+    if mem is None:
+        print("training memory    not estimated: the memory model counts image feature maps")
+        return 0
     batch_basis = " (batch_size)" if info.get("batch_size_from") == "batch_size" else ""
     print(
-        f"training memory    batch {mem['batch_size']}{batch_basis} x {h}x{w}{basis}, "
+        f"training memory    batch {mem['batch_size']}{batch_basis} x {size}{basis}, "
         f"{mem['dtype']} (estimate, see docs/memory.md)"
     )
     print(f"  activations      {mem['activation_bytes'] / 2**30:.3f} GiB kept for backward")
@@ -573,9 +582,17 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         help="the whole pipeline on the synthetic data set, with a report",
         description="Synthetic data -> search -> decode -> retrain, next to a random and a "
         "hand-designed architecture with the same budget -> evaluate -> predict -> "
-        "report.html / report.md. A few minutes on 2 CPU cores.",
+        "report.html / report.md. A few minutes on 2 CPU cores. With --3d: the same on "
+        "procedural volumes (synthetic3d), evaluated whole by sliding window (Dice, IoU), "
+        "predictions written as NIfTI, without the baselines.",
     )
-    p.add_argument("--output", default="runs/demo", help="demo folder (default: runs/demo)")
+    p.add_argument("--output", help="demo folder (default: runs/demo, runs/demo3d with --3d)")
+    p.add_argument(
+        "--3d",
+        dest="volumes",
+        action="store_true",
+        help="run the volumetric demo on synthetic3d (needs the 3d extra: MONAI, nibabel)",
+    )
     p.add_argument(
         "--overwrite", action="store_true", help="replace the output folder if it is not empty"
     )
@@ -583,7 +600,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "--threads", type=_at_least(1), help="torch threads (default: the configs' choice)"
     )
     p.add_argument(
-        "--samples", type=_at_least(0), default=6, help="validation images to segment (default: 6)"
+        "--samples",
+        type=_at_least(0),
+        help="validation images to segment (default: 6; volumes with --3d: 3)",
     )
     p.add_argument(
         "--search",
@@ -608,12 +627,13 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     try:
         run_demo(
-            args.output,
+            args.output or ("runs/demo3d" if args.volumes else "runs/demo"),
             overwrite=args.overwrite,
             search_overrides=args.search,
             train_overrides=args.train,
-            samples=args.samples,
+            samples=(3 if args.volumes else 6) if args.samples is None else args.samples,
             threads=args.threads,
+            volumes=args.volumes,
         )
     except DemoStopped as stopped:
         print(f"autodeeplab demo: {stopped}", file=sys.stderr)
@@ -835,7 +855,94 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "--max-samples", type=_at_least(1), metavar="N", help="evaluate only the first N samples"
     )
     p.add_argument("--json", metavar="FILE", help="also write the metrics as JSON to FILE")
+    _add_volume_options(p)
     p.set_defaults(func=_run_eval, oom_hint=f"{_INFERENCE_OOM_HINT} or --batch-size 1")
+
+
+def _add_volume_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group(
+        "volume models",
+        "whole volumes by Gaussian-blended sliding windows (decathlon, synthetic3d)",
+    )
+    group.add_argument(
+        "--roi",
+        type=_at_least(1),
+        nargs="+",
+        metavar="SIDE",
+        help="window size, one side or D H W (default: the model's training crop)",
+    )
+    group.add_argument(
+        "--overlap",
+        type=_number(positive=False),
+        default=0.5,
+        help="share of a window overlapping its neighbour along each axis, in [0, 1) "
+        "(default: 0.5)",
+    )
+
+
+def _is_volume_model(path: str) -> bool:
+    from autodeeplab.saved_model import read_config
+
+    return read_config(path).network.spatial_dims == 3
+
+
+def _volume_args(args: argparse.Namespace, image_only: dict[str, bool]) -> tuple[object, float]:
+    """``(roi or None, overlap)`` of a command on a volume model; refuses the image options."""
+    given = [flag for flag, on in image_only.items() if on]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)}: image options; {args.model} is a volume model, which runs "
+            "on whole volumes by sliding window (--roi, --overlap)"
+        )
+    if not 0.0 <= args.overlap < 1.0:
+        raise ValueError(f"--overlap must be in [0, 1), got {args.overlap}")
+    roi = None if args.roi is None else (args.roi[0] if len(args.roi) == 1 else tuple(args.roi))
+    if roi is not None and not isinstance(roi, int) and len(roi) != 3:
+        raise ValueError(f"--roi takes one side or D H W, got {' '.join(map(str, args.roi))}")
+    return roi, args.overlap
+
+
+def _image_only(args: argparse.Namespace) -> dict[str, bool]:
+    return {
+        "--scales": list(args.scales) != [1.0],
+        "--flip": args.flip,
+        "--sliding-window": args.sliding_window,
+        "--crop": args.crop is not None,
+        "--stride": args.stride is not None,
+        "--tile-above": args.tile_above is not None,
+    }
+
+
+def _run_eval_volumes(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from autodeeplab.volume_inference import evaluate_volume_model_folder
+
+    roi, overlap = _volume_args(args, {**_image_only(args), "--batch-size": args.batch_size != 1})
+    result = evaluate_volume_model_folder(
+        args.model,
+        data_root=args.data_root,
+        dataset=args.dataset,
+        split=args.split,
+        roi=roi,
+        overlap=overlap,
+        max_samples=args.max_samples,
+        device=args.device,
+    )
+    r = result.report
+    print(
+        f"{r['dataset']} {r['split']}: {r['volumes']} volumes, windows of "
+        f"{'x'.join(map(str, r['roi']))}, overlap {r['overlap']}"
+    )
+    print(result.format_table())
+    print(f"mDice {100 * r['mDice']:.2f} (pooled over all voxels)")
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {path}")
+    return 0
 
 
 def _run_eval(args: argparse.Namespace) -> int:
@@ -843,6 +950,10 @@ def _run_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from autodeeplab.inference import evaluate_model_folder
+
+    if _is_volume_model(args.model):
+        return _run_eval_volumes(args)
+    _volume_args(args, {"--roi": args.roi is not None, "--overlap": args.overlap != 0.5})
 
     result = evaluate_model_folder(
         args.model,
@@ -876,13 +987,25 @@ def _run_eval(args: argparse.Namespace) -> int:
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
-        help="segment images: label, colour and overlay PNGs",
-        description="Writes <stem>_labels.png (8-bit train ids), <stem>_color.png (palette "
-        "colours) and <stem>_overlay.png (image blended with the colours) per input image. "
-        "Folders are searched at any depth and their sub-folders repeated under --out.",
+        help="segment images (label, colour and overlay PNGs) or volumes (NIfTI)",
+        description="Images: writes <stem>_labels.png (8-bit train ids), <stem>_color.png "
+        "(palette colours) and <stem>_overlay.png (image blended with the colours) per input "
+        "image. Folders are searched at any depth and their sub-folders repeated under --out. "
+        "Volume models: each INPUT is a Decathlon task folder (with dataset.json); the volumes "
+        "of its --split are segmented into <case>.nii.gz (uint8 class ids, the input's affine "
+        "and header).",
     )
     p.add_argument(
-        "inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)"
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files or folders (searched recursively); Decathlon task folders for a "
+        "volume model",
+    )
+    p.add_argument(
+        "--split",
+        default="test",
+        help="volume models: the split of each task folder to segment (default: test)",
     )
     p.add_argument("--model", required=True, metavar="DIR", help="saved model folder")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -892,12 +1015,43 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         help="write Cityscapes label ids instead of train ids (benchmark server format)",
     )
     _add_inference_options(p)
+    _add_volume_options(p)
     p.set_defaults(func=_run_predict)
+
+
+def _run_predict_volumes(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from autodeeplab.saved_model import load_model
+    from autodeeplab.volume_inference import model_volume_dataset, predict_volumes, resolve_roi
+
+    image_only = {**_image_only(args), "--cityscapes-ids": args.cityscapes_ids}
+    roi, overlap = _volume_args(args, image_only)
+    loaded = load_model(args.model, args.device)
+    window = resolve_roi(loaded.config, roi, args.model)
+    written = 0
+    for task in args.inputs:
+        if not Path(task).is_dir():
+            raise FileNotFoundError(
+                f"{task} is not a folder; a volume model segments Decathlon task folders "
+                "(the folder holding dataset.json)"
+            )
+        ds = model_volume_dataset(loaded.config, "decathlon", task, args.split, args.model)
+        files = predict_volumes(
+            loaded.model, ds, args.out, window, overlap=overlap, device=args.device
+        )
+        written += len(files)
+    print(f"wrote {written} NIfTI label volumes to {args.out}")
+    return 0
 
 
 def _run_predict(args: argparse.Namespace) -> int:
     from autodeeplab.predict import predict_images
     from autodeeplab.saved_model import load_model
+
+    if _is_volume_model(args.model):
+        return _run_predict_volumes(args)
+    _volume_args(args, {"--roi": args.roi is not None, "--overlap": args.overlap != 0.5})
 
     files = predict_images(
         load_model(args.model, args.device),
@@ -917,15 +1071,29 @@ def _run_predict(args: argparse.Namespace) -> int:
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
-        help="export a saved model to ONNX (dynamic batch, height and width)",
-        description="Input 'image': normalised (N, 3, H, W) float32; output 'logits' "
-        "(N, C, H, W). Class names and mean/std are stored in the ONNX metadata.",
+        help="export a saved model to ONNX (dynamic batch and sizes)",
+        description="Input 'image': normalised (N, 3, H, W) float32 (volume models: (N, "
+        "modalities, D, H, W)); output 'logits' (N, C, H, W) (N, C, D, H, W). Class names and "
+        "mean/std are stored in the ONNX metadata.",
     )
     p.add_argument("--model", required=True, metavar="DIR", help="saved model folder")
     p.add_argument("--onnx", required=True, metavar="FILE", help="ONNX file to write")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
-    p.add_argument("--height", type=_at_least(1), default=512, help="tracing height (default: 512)")
-    p.add_argument("--width", type=_at_least(1), default=512, help="tracing width (default: 512)")
+    p.add_argument(
+        "--height",
+        type=_at_least(1),
+        help="tracing height (default: 512; volume models: the training crop)",
+    )
+    p.add_argument(
+        "--width",
+        type=_at_least(1),
+        help="tracing width (default: 512; volume models: the training crop)",
+    )
+    p.add_argument(
+        "--depth",
+        type=_at_least(1),
+        help="tracing depth of a volume model (default: the training crop)",
+    )
     p.add_argument(
         "--verify",
         action="store_true",
@@ -939,18 +1107,33 @@ def _run_export(args: argparse.Namespace) -> int:
     from autodeeplab.saved_model import load_model
 
     loaded = load_model(args.model)
+    c = loaded.config.network.in_channels
+    if loaded.config.network.spatial_dims == 3:
+        from autodeeplab.volume_inference import resolve_roi
+
+        given = (args.depth, args.height, args.width)
+        roi = given if all(given) else resolve_roi(loaded.config, None, args.model)
+        d, h, w = (g or r for g, r in zip(given, roi, strict=True))
+        size: tuple[int, ...] = (d, h, w)
+        # the other shape grows every side: a training crop is the smallest size that must work
+        other: tuple[int, ...] = (d + d // 4 + 1, h + 1, w + w // 8 + 1)
+    else:
+        if args.depth is not None:
+            raise ValueError(f"--depth: {args.model} is an image model; give --height and --width")
+        d, h, w = None, args.height or 512, args.width or 512
+        size, other = (h, w), (h + h // 4 + 1, w - w // 4 + 1)
     path = export_onnx(
         loaded.model,
         args.onnx,
-        height=args.height,
-        width=args.width,
+        height=h,
+        width=w,
+        depth=d,
         opset=args.opset,
         config=loaded.config,
     )
     print(f"wrote {path}")
     if args.verify:
-        h, w = args.height, args.width
-        shapes = [(1, 3, h, w), (2, 3, h + h // 4 + 1, w - w // 4 + 1)]
+        shapes = [(1, c, *size), (2, c, *other)]
         diff = onnx_max_abs_diff(loaded.model, path, shapes)
         print(f"ONNX Runtime vs PyTorch, shapes {shapes}: max abs difference {diff:.2e}")
     return 0

@@ -44,7 +44,7 @@ class Complexity:
     params_by_part: dict[str, int]
     multiply_adds: int
     multiply_adds_by_part: dict[str, int]
-    input_size: tuple[int, int]
+    input_size: tuple[int, ...]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,13 +66,13 @@ def count_parameters(model: AutoDeepLab) -> dict[str, int]:
     return counts
 
 
-def count_multiply_adds(model: AutoDeepLab, input_size: tuple[int, int]) -> dict[str, int]:
-    """Multi-Adds of one forward pass of ``model`` on one ``(C, H, W)`` image, by part and
-    ``total``. Runs ``model`` as it is: pass a meta-device model (see :func:`complexity`) to
-    count without computing; drop path is off in eval mode.
+def count_multiply_adds(model: AutoDeepLab, input_size: Sequence[int]) -> dict[str, int]:
+    """Multi-Adds of one forward pass of ``model`` on one ``(C, H, W)`` image (``(C, D, H,
+    W)`` volume), by part and ``total``. Runs ``model`` as it is: pass a meta-device model (see
+    :func:`complexity`) to count without computing; drop path is off in eval mode.
     """
-    h, w = input_size
-    x = torch.empty(1, model.config.in_channels, h, w, device=next(model.parameters()).device)
+    device = next(model.parameters()).device
+    x = torch.empty(1, model.config.in_channels, *input_size, device=device)
     counter = FlopCounterMode(display=False)
     by_part = dict.fromkeys(PARTS, 0)
 
@@ -138,13 +138,15 @@ def meta_model(config: NetworkConfig) -> AutoDeepLab:
 
 
 def complexity(
-    model: AutoDeepLab | NetworkConfig, input_size: tuple[int, int] = (1024, 2048)
+    model: AutoDeepLab | NetworkConfig, input_size: Sequence[int] = (1024, 2048)
 ) -> Complexity:
-    """Parameters and Multi-Adds of a model (or a config) for an input of ``(H, W)``."""
-    if len(input_size) != 2 or min(input_size) < 1:
-        raise ValueError(f"input_size must be (H, W) with positive sides, got {input_size!r}")
-    size = (int(input_size[0]), int(input_size[1]))
+    """Parameters and Multi-Adds of a model (or a config) for an input of ``(H, W)``, or
+    ``(D, H, W)`` for a volume network."""
     config = model.config if isinstance(model, AutoDeepLab) else model
+    axes = "(H, W)" if config.spatial_dims == 2 else "(D, H, W)"
+    if len(input_size) != config.spatial_dims or min(input_size) < 1:
+        raise ValueError(f"input_size must be {axes} with positive sides, got {input_size!r}")
+    size = tuple(int(s) for s in input_size)
     twin = meta_model(config)
     twin.encoder.check_input(torch.empty(1, config.in_channels, *size, device="meta"))
     params = count_parameters(twin)

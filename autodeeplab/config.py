@@ -201,6 +201,11 @@ SEED_MAX = 2**32 - 1
 """Largest seed NumPy accepts."""
 
 
+def crop_min_side(crop_size: int | Sequence[int]) -> int:
+    """The smallest side of ``data.crop_size`` (one side, or ``[D, H, W]`` for volumes)."""
+    return crop_size if isinstance(crop_size, int) else min(crop_size)
+
+
 # ---------------------------------------------------------------------------- search config
 @dataclass
 class _DataFields:
@@ -212,9 +217,13 @@ class _DataFields:
     eval_split: str = "val"
     options: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for the data set class (e.g. ``length``, ``size`` for synthetic)."""
-    crop_size: int = bounded(321, ge=TRAIN_MIN_CROP)
+    crop_size: int | tuple[int, int, int] = bounded(321, ge=TRAIN_MIN_CROP)
+    """Side of the square training crops; for volume data sets (``decathlon``,
+    ``synthetic3d``) the region of interest of the training crops and of the sliding window
+    at evaluation, one side for a cube or ``[D, H, W]``."""
     scale: tuple[float, float] = bounded((0.5, 2.0), gt=0, increasing=True)
-    """Random rescale range before cropping; ``[0.5, 0.5]`` = fixed half resolution."""
+    """Random rescale range before cropping; ``[0.5, 0.5]`` = fixed half resolution (images
+    only: volumes are cropped at their voxel size)."""
     flip: bool = True
     repeat: int = bounded(1, ge=1)
     """Passes over the training split per epoch (each with its own augmentation draws); for
@@ -234,7 +243,7 @@ class DataConfig(_DataFields):
     """Which data set to search on and how to turn it into batches."""
 
     # the supernet reaches stride 32 and evaluates without padding: larger minimums
-    crop_size: int = bounded(321, ge=SEARCH_MIN_CROP)
+    crop_size: int | tuple[int, int, int] = bounded(321, ge=SEARCH_MIN_CROP)
     eval_size: tuple[int, int] | None = bounded(None, ge=SEARCH_MIN_CROP, null="to keep the size")
     split_fraction: float = bounded(0.5, gt=0, lt=1)
     """Share of the training split that goes to trainA (weights); the rest is trainB."""
@@ -659,7 +668,7 @@ def config_diff(
 class TrainDataConfig(_DataFields):
     """Which data set to train on and how to turn it into batches (paper crop, batch 8)."""
 
-    crop_size: int = bounded(769, ge=TRAIN_MIN_CROP)
+    crop_size: int | tuple[int, int, int] = bounded(769, ge=TRAIN_MIN_CROP)
     batch_size: int = bounded(8, ge=1)
     """Batch per process; BatchNorm needs 2 samples or more (per process, or over all
     processes with ``model.sync_bn``)."""

@@ -20,6 +20,12 @@ baseline, segments a few validation images and writes a report::
 The stage configs are the package's ``resources/demo_search.yaml`` and
 ``resources/demo_train.yaml`` (copies of ``configs/search/synthetic.yaml`` and
 ``configs/train/synthetic.yaml``); overrides change them like on the command line.
+
+``run_demo("runs/demo3d", volumes=True)`` (``autodeeplab demo --3d``) runs the same pipeline
+on the procedural volumes of ``synthetic3d`` (configs ``resources/demo3d_*.yaml``, copies of
+``configs/*/synthetic3d.yaml``): search, decode, retrain, evaluate whole volumes by sliding
+window (Dice and IoU, against the majority-class baseline), segment a few validation volumes
+into ``predictions/<case>.nii.gz`` and report their slices. It retrains no baselines.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ import torch
 from PIL import Image
 
 from autodeeplab.config import SearchConfig, TrainConfig, load_config
-from autodeeplab.data import SegmentationDataset, build_dataset, eval_transform
+from autodeeplab.data import AnyDataset, SegmentationDataset, Volume, build_dataset, eval_transform
 from autodeeplab.engine.loop import print_flush
 from autodeeplab.genotype import Genotype
 from autodeeplab.metrics import ConfusionMatrix
@@ -55,6 +61,9 @@ STAGES: tuple[str, ...] = (
     "predict",
     "report",
 )
+
+VOLUME_STAGES: tuple[str, ...] = ("search", "decode", "train", "evaluate", "predict", "report")
+"""The stages of the volume demo (no baselines are retrained)."""
 
 HAND_DESIGNED_FAMILIES: tuple[str, ...] = ("deeplabv3", "constant-8")
 """The demo's hand-designed baseline: the first of these path families that fits the search's
@@ -86,6 +95,10 @@ class DemoResult:
     """Seconds per stage (``STAGES``) and ``total``."""
     report_html: Path
     report_md: Path
+    dice: float | None = None
+    """Volume demo: mean Dice of the retrained model over the validation volumes (pooled)."""
+    baseline_dice: float | None = None
+    """Volume demo: mean Dice of the majority-class baseline."""
 
 
 def resource_config(name: str) -> Path:
@@ -97,16 +110,19 @@ def demo_configs(
     output: str | Path,
     search_overrides: Sequence[str] = (),
     train_overrides: Sequence[str] = (),
+    volumes: bool = False,
 ) -> tuple[SearchConfig, TrainConfig]:
-    """The search and training configs of a demo writing into ``output``."""
+    """The search and training configs of a demo writing into ``output`` (of the volume demo
+    with ``volumes``)."""
     out = Path(output)
+    prefix = "demo3d" if volumes else "demo"
     search = load_config(
-        resource_config("demo_search.yaml"),
+        resource_config(f"{prefix}_search.yaml"),
         [*search_overrides, f"output={out / 'search'}"],
         cls=SearchConfig,
     )
     train = load_config(
-        resource_config("demo_train.yaml"),
+        resource_config(f"{prefix}_train.yaml"),
         [*train_overrides, f"output={out / 'train'}"],
         cls=TrainConfig,
     )
@@ -165,20 +181,28 @@ def _prepare_output(output: Path, overwrite: bool) -> RunFolderLock:
     return lock
 
 
+def _label(dataset: AnyDataset, index: int) -> np.ndarray:
+    """The raw label of sample ``index``: an image's mask ``(H, W)`` or a volume's ``(D, H, W)``."""
+    sample = dataset.load(index)
+    label = sample.label if isinstance(sample, Volume) else sample[1]
+    assert label is not None, "a labelled split"
+    return label
+
+
 def majority_baseline(
-    train_set: SegmentationDataset, eval_set: SegmentationDataset, ignore_index: int = 255
+    train_set: AnyDataset, eval_set: AnyDataset, ignore_index: int = 255
 ) -> tuple[int, ConfusionMatrix]:
     """``(class, confusion matrix)`` of predicting the most frequent training class (counted
-    over the raw training masks) for every pixel of ``eval_set``."""
+    over the raw training masks or label volumes) for every pixel (voxel) of ``eval_set``."""
     counts = np.zeros(train_set.num_classes, dtype=np.int64)
     for i in range(len(train_set)):
-        mask = train_set.load(i)[1]  # (H, W) train ids, ignore_index for ignored pixels
+        mask = _label(train_set, i)  # train ids, ignore_index for ignored pixels
         valid = mask[mask != ignore_index].astype(np.int64)
         counts += np.bincount(valid, minlength=train_set.num_classes)[: train_set.num_classes]
     majority = int(counts.argmax())
     cm = ConfusionMatrix(train_set.num_classes, ignore_index)
     for i in range(len(eval_set)):
-        mask = torch.from_numpy(eval_set.load(i)[1].astype(np.int64))  # (H, W)
+        mask = torch.from_numpy(_label(eval_set, i).astype(np.int64))  # (H, W) or (D, H, W)
         cm.update(torch.full_like(mask, majority)[None], mask[None])
     return majority, cm
 
@@ -198,12 +222,13 @@ def _evaluate(loaded: Any, val: SegmentationDataset, batch_size: int) -> Confusi
 class _Clock:
     """Times the stages and says when each starts and ends."""
 
-    def __init__(self, log: Callable[[str], None] | None) -> None:
+    def __init__(self, log: Callable[[str], None] | None, stages: Sequence[str] = STAGES) -> None:
         self.log, self.timings, self._start = log, {}, 0.0
+        self.stages = tuple(stages)
         self._begin = time.perf_counter()
 
     def start(self, stage: str, what: str) -> None:
-        self._say(f"[{STAGES.index(stage) + 1}/{len(STAGES)}] {stage}: {what}")
+        self._say(f"[{self.stages.index(stage) + 1}/{len(self.stages)}] {stage}: {what}")
         self._start = time.perf_counter()
 
     def stop(self, stage: str) -> None:
@@ -226,37 +251,38 @@ def run_demo(
     train_overrides: Sequence[str] = (),
     samples: int = 6,
     threads: int | None = None,
+    volumes: bool = False,
     log: Callable[[str], None] | None = print_flush,
 ) -> DemoResult:
-    """Run search -> decode -> retrain -> evaluate -> predict -> report into ``output``.
+    """Run search -> decode -> retrain -> evaluate -> predict -> report into ``output``; on
+    the procedural volumes of ``synthetic3d`` with ``volumes`` (``samples`` validation volumes
+    segmented then).
 
     ``output`` is locked for the run (:class:`~autodeeplab.runfolder.RunFolderLock`); a stop
     signal during the search or training stage raises :class:`DemoStopped`."""
     output = Path(output)
-    search_cfg, train_cfg = demo_configs(output, search_overrides, train_overrides)
+    search_cfg, train_cfg = demo_configs(output, search_overrides, train_overrides, volumes)
     if threads is not None:
         search_cfg.threads = train_cfg.threads = threads
+    run = _run_volume_stages if volumes else _run_stages
     with _prepare_output(output, overwrite):
-        return _run_stages(output, search_cfg, train_cfg, samples, log)
+        return run(output, search_cfg, train_cfg, samples, log)
 
 
-def _run_stages(
+def _search_decode_train(
     output: Path,
     search_cfg: SearchConfig,
     train_cfg: TrainConfig,
-    samples: int,
+    clock: _Clock,
     log: Callable[[str], None] | None,
-) -> DemoResult:
-    from autodeeplab.complexity import complexity
+) -> tuple[Any, Genotype, Any]:
+    """The search, decode and train stages: ``(search result, genotype, training result)``."""
     from autodeeplab.draw import draw_architecture, load_architecture, save_figure
     from autodeeplab.engine.search import run_search
     from autodeeplab.engine.train import run_train
-    from autodeeplab.predict import predict_images
-    from autodeeplab.saved_model import load_model
 
-    clock = _Clock(log)
-
-    clock.start("search", "supernet search over cells and network paths on synthetic data")
+    data = search_cfg.data.name
+    clock.start("search", f"supernet search over cells and network paths on {data} data")
     search = run_search(search_cfg, log=log)
     if search.stop_signal is not None:
         raise DemoStopped("search", search.stop_signal)
@@ -273,6 +299,23 @@ def _run_stages(
     if trained.stop_signal is not None:
         raise DemoStopped("train", trained.stop_signal)
     clock.stop("train")
+    return search, genotype, trained
+
+
+def _run_stages(
+    output: Path,
+    search_cfg: SearchConfig,
+    train_cfg: TrainConfig,
+    samples: int,
+    log: Callable[[str], None] | None,
+) -> DemoResult:
+    from autodeeplab.complexity import complexity
+    from autodeeplab.engine.train import run_train
+    from autodeeplab.predict import predict_images
+    from autodeeplab.saved_model import load_model
+
+    clock = _Clock(log)
+    search, genotype, trained = _search_decode_train(output, search_cfg, train_cfg, clock, log)
 
     clock.start("baselines", "retrain a random and a hand-designed architecture, same budget")
     runs = {"searched": ("searched", genotype, trained.output)}
@@ -589,5 +632,256 @@ def _write_report(
         "--genotype runs/s/genotype.json --output runs/t\n"
         "autodeeplab eval --model runs/t/best --dataset synthetic\n"
         "autodeeplab predict --model runs/t/best IMAGE... --out predictions/"
+    )
+    return report.write(output)
+
+
+# ---------------------------------------------------------------------------- volumes
+def _run_volume_stages(
+    output: Path,
+    search_cfg: SearchConfig,
+    train_cfg: TrainConfig,
+    samples: int,
+    log: Callable[[str], None] | None,
+) -> DemoResult:
+    from autodeeplab.data.volume import write_label_nifti
+    from autodeeplab.saved_model import load_model
+    from autodeeplab.volume_inference import evaluate_volumes, predict_volume_logits
+
+    clock = _Clock(log, VOLUME_STAGES)
+    search, genotype, trained = _search_decode_train(output, search_cfg, train_cfg, clock, log)
+
+    clock.start("evaluate", "evaluate whole validation volumes and a majority-class baseline")
+    loaded = load_model(trained.output / "best")
+    d = train_cfg.data
+    val = build_dataset(d.name, d.root, d.eval_split, None, **d.options)
+    train_set = build_dataset(d.name, d.root, d.train_split, None, **d.options)
+    result = evaluate_volumes(loaded.model, val, d.crop_size)
+    cm = result.matrix
+    majority, baseline = majority_baseline(train_set, val, loaded.config.ignore_index)
+    names = loaded.config.class_names
+    evaluation = {
+        "split": d.eval_split,
+        "volumes": len(val),
+        "roi": d.crop_size,
+        "model": result.to_dict(names),
+        "baseline": {"class": names[majority], **baseline.to_dict(names)},
+    }
+    (output / "eval.json").write_text(dumps_json(evaluation, indent=2) + "\n")
+    if log is not None:
+        log(cm.format_table(names))
+        log(
+            f"mDice {_pct(cm.mean_dice())}, mIoU {_pct(cm.mean_iou())} vs majority-class baseline "
+            f"mDice {_pct(baseline.mean_dice())}, mIoU {_pct(baseline.mean_iou())} "
+            f"('{names[majority]}' everywhere) on {len(val)} validation volumes"
+        )
+    clock.stop("evaluate")
+
+    clock.start("predict", f"segment {samples} validation volumes into NIfTI files")
+    shown = []
+    for i in range(min(samples, len(val))):
+        volume = val.load(i)
+        logits = predict_volume_logits(loaded.model, torch.from_numpy(volume.image), d.crop_size)
+        labels = logits.argmax(dim=0).numpy()  # (D, H, W)
+        path = output / "predictions" / f"{volume.name}.nii.gz"
+        write_label_nifti(path, labels, volume.affine, volume.header)
+        shown.append((volume, labels))
+    clock.stop("predict")
+
+    clock.start("report", "write report.html and report.md")
+    report_html, report_md = _write_volume_report(
+        output,
+        genotype=genotype,
+        search_records=search.output / "metrics.jsonl",
+        train_records=trained.output / "metrics.jsonl",
+        evaluation=evaluation,
+        cm=cm,
+        baseline=baseline,
+        class_names=names,
+        palette=loaded.config.palette_array(),
+        shown=shown,
+        timings=clock.timings,
+        total=clock.total(),
+        best_iteration=trained.best_iteration,
+    )
+    clock.stop("report")
+    timings = {**clock.timings, "total": clock.total()}
+    demo = DemoResult(
+        output,
+        genotype,
+        cm.mean_iou(),
+        baseline.mean_iou(),
+        timings,
+        report_html,
+        report_md,
+        dice=cm.mean_dice(),
+        baseline_dice=baseline.mean_dice(),
+    )
+    summary = {
+        "genotype": str(genotype),
+        "mIoU": demo.miou,
+        "mDice": demo.dice,
+        "baseline_mIoU": demo.baseline_miou,
+        "baseline_mDice": demo.baseline_dice,
+        "baseline_class": names[majority],
+        "timings_s": timings,
+        "report": str(report_html),
+    }
+    (output / "demo.json").write_text(dumps_json(summary, indent=2) + "\n")
+    if log is not None:
+        log("stage timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
+        log(f"report: {report_html} (and {report_md.name})")
+    return demo
+
+
+def _volume_slices(volume: Volume) -> list[tuple[str, int, Any]]:
+    """The slices a figure row shows: through the ground truth's largest foreground section
+    along ``D`` (an axial ``(H, W)`` slice) and along ``H`` (a ``(D, W)`` slice)."""
+    truth = volume.label
+    assert truth is not None
+    fg = truth > 0
+    d = int(fg.sum(axis=(1, 2)).argmax())
+    h = int(fg.sum(axis=(0, 2)).argmax())
+    return [
+        ("D", d, lambda a, d=d: a[..., d, :, :]),
+        ("H", h, lambda a, h=h: a[..., :, h, :]),
+    ]
+
+
+def _volume_prediction_figure(
+    shown: Sequence[tuple[Volume, np.ndarray]],
+    palette: np.ndarray,
+    class_names: Sequence[str],
+    ignore_index: int = 255,
+) -> Any:
+    """Per volume: image, ground truth and prediction of an axial slice (along D) and of a
+    slice along H through the largest foreground section, with a colour legend."""
+    from matplotlib.patches import Patch
+
+    from autodeeplab.draw import _new_figure
+    from autodeeplab.predict import colorize
+
+    rows = len(shown)
+    fig = _new_figure((10.5, 1.9 * rows + 0.8))
+    axes = fig.subplots(rows, 6, squeeze=False)
+    for r, (volume, pred) in enumerate(shown):
+        assert volume.label is not None
+        for s, (axis, index, cut) in enumerate(_volume_slices(volume)):
+            image = cut(volume.image[0])
+            truth = cut(volume.label)
+            shown_truth = colorize(np.where(truth == ignore_index, 0, truth), palette)
+            shown_truth[truth == ignore_index] = 255
+            panels = (image, shown_truth, colorize(cut(pred), palette))
+            for c, panel in enumerate(panels):
+                ax = axes[r, 3 * s + c]
+                ax.imshow(panel, cmap="gray" if c == 0 else None, interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0:
+                    what = ("image", "ground truth", "prediction")[c]
+                    ax.set_title(f"{what}, {axis}-slice", fontsize=8)
+            axes[r, 3 * s].set_ylabel(f"{volume.name} {axis}={index}", fontsize=7)
+    handles = [
+        Patch(facecolor=np.asarray(rgb) / 255.0, edgecolor="0.5", label=name)
+        for name, rgb in zip(class_names, palette, strict=True)
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
+    return fig
+
+
+def _write_volume_report(
+    output: Path,
+    *,
+    genotype: Genotype,
+    search_records: Path,
+    train_records: Path,
+    evaluation: dict[str, Any],
+    cm: ConfusionMatrix,
+    baseline: ConfusionMatrix,
+    class_names: Sequence[str],
+    palette: np.ndarray,
+    shown: Sequence[tuple[Volume, np.ndarray]],
+    timings: dict[str, float],
+    total: float,
+    best_iteration: int | None,
+) -> tuple[Path, Path]:
+    from autodeeplab.report import (
+        Report,
+        draw_search_curves,
+        draw_training_curves,
+        load_jsonl,
+        search_warning,
+    )
+
+    report = Report("Auto-DeepLab demo: synthetic volumes")
+    report.paragraph(
+        f"The retrained 3D model reaches {_pct(cm.mean_dice())} % mean Dice "
+        f"({_pct(cm.mean_iou())} % mIoU) on the {evaluation['volumes']} whole validation volumes "
+        f"(sliding windows of {evaluation['roi']} voxels), against {_pct(baseline.mean_dice())} % "
+        f"({_pct(baseline.mean_iou())} %) for a majority-class baseline (predicting "
+        f"'{evaluation['baseline']['class']}' everywhere). The whole pipeline took {total:.0f} s."
+    )
+    report.heading("Stages")
+    report.table(
+        ["stage", "seconds"],
+        [[stage, f"{timings.get(stage, 0.0):.1f}"] for stage in VOLUME_STAGES[:-1]]
+        + [["total (to the report)", f"{total:.1f}"]],
+    )
+    report.heading("Architecture")
+    report.paragraph(f"Decoded genotype: `{genotype}`")
+    report.image(
+        output / "architecture.png",
+        "Network-level path (top), cell (middle) and the searched beta distributions (bottom)",
+    )
+    report.heading("Search")
+    records = load_jsonl(search_records)
+    report.figure(
+        draw_search_curves(records),
+        "search_curves",
+        "Supernet losses, mIoU, architecture entropies and how far the search moved them",
+    )
+    if (warning := search_warning(records)) is not None:
+        report.paragraph(f"Warning: {warning}.")
+    report.heading("Training")
+    report.figure(
+        draw_training_curves(load_jsonl(train_records)),
+        "training_curves",
+        f"Retraining loss, learning rate and validation mIoU (best at iteration {best_iteration})",
+    )
+    report.heading("Evaluation")
+    dice, iou = cm.per_class_dice(), cm.per_class_iou()
+    base_dice, base_iou = baseline.per_class_dice(), baseline.per_class_iou()
+    rows = [
+        [name, _pct(dice[i]), _pct(iou[i]), _pct(base_dice[i]), _pct(base_iou[i])]
+        for i, name in enumerate(class_names)
+    ]
+    rows.append(
+        [
+            "mean",
+            _pct(cm.mean_dice()),
+            _pct(cm.mean_iou()),
+            _pct(baseline.mean_dice()),
+            _pct(baseline.mean_iou()),
+        ]
+    )
+    report.table(["class", "Dice %", "IoU %", "baseline Dice %", "baseline IoU %"], rows)
+    report.paragraph(
+        "Dice and IoU pool every voxel of the validation volumes; eval.json also holds the "
+        "Dice of each volume and its mean over volumes."
+    )
+    report.heading("Predictions")
+    report.figure(
+        _volume_prediction_figure(shown, palette, class_names),
+        "predictions",
+        "Slices of validation volumes through their largest foreground section: image, "
+        "ground truth and the retrained model's prediction (written as predictions/*.nii.gz)",
+    )
+    report.heading("Reproduce")
+    report.code(
+        "make demo-3d                   # or: autodeeplab demo --3d --output runs/demo3d\n"
+        "autodeeplab search --config configs/search/synthetic3d.yaml --output runs/s3\n"
+        "autodeeplab train --config configs/train/synthetic3d.yaml "
+        "--genotype runs/s3/genotype.json --output runs/t3\n"
+        "autodeeplab eval --model runs/t3/best --dataset synthetic3d"
     )
     return report.write(output)

@@ -1,7 +1,8 @@
-"""ONNX export of a model folder, with dynamic batch size, height and width.
+"""ONNX export of a model folder, with dynamic batch size, height and width (and depth).
 
 The exported graph maps a normalised ``(N, 3, H, W)`` float32 batch named ``image`` to logits
-``(N, C, H, W)`` named ``logits``; normalise with the mean/std of ``config.json`` (also stored
+``(N, C, H, W)`` named ``logits`` (a volume model: ``(N, modalities, D, H, W)`` to ``(N, C, D,
+H, W)``, trilinear resizes); normalise with the mean/std of ``config.json`` (also stored
 in the ONNX metadata, with the class names). It uses the TorchScript-based exporter
 (``dynamo=False``): on the pinned PyTorch it records the bilinear resizes from the input's
 shape, so one file serves every size. The graph does not check its input: height and width
@@ -33,25 +34,37 @@ def export_onnx(
     *,
     height: int = 512,
     width: int = 512,
+    depth: int | None = None,
     opset: int = DEFAULT_OPSET,
     config: SavedModelConfig | None = None,
 ) -> Path:
-    """Trace ``model`` on a ``(1, 3, height, width)`` input and write ONNX to ``path``.
+    """Trace ``model`` on a ``(1, C, height, width)`` input (``(1, C, depth, height, width)``
+    for a volume model, which needs ``depth``) and write ONNX to ``path``.
 
     ``config`` adds its class names, palette and normalisation as ONNX metadata.
     """
+    volumes = model.config.spatial_dims == 3
+    if volumes != (depth is not None):
+        raise ValueError(
+            "a volume model is traced on (depth, height, width): give depth"
+            if volumes
+            else "an image model is traced on (height, width): depth does not apply"
+        )
+    sides = (height, width) if depth is None else (depth, height, width)
     m = min_input_size(model)
-    if min(height, width) < m:
-        raise ValueError(f"export height and width must be at least {m} for this model")
+    if min(sides) < m:
+        what = "depth, height and width" if volumes else "height and width"
+        raise ValueError(f"export {what} must be at least {m} for this model")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()
     param = next(model.parameters())
     example = torch.zeros(
-        1, model.config.in_channels, height, width, dtype=param.dtype, device=param.device
+        1, model.config.in_channels, *sides, dtype=param.dtype, device=param.device
     )
-    axes = {0: "batch", 2: "height", 3: "width"}
+    names = ("depth", "height", "width") if volumes else ("height", "width")
+    axes = {0: "batch", **{2 + i: name for i, name in enumerate(names)}}
     try:
         with warnings.catch_warnings():
             # The input-size check and the same-size shortcuts in the network are Python
@@ -93,10 +106,11 @@ def _add_metadata(path: Path, config: SavedModelConfig) -> None:
 
 
 def onnx_max_abs_diff(
-    model: AutoDeepLab, path: str | Path, shapes: Sequence[tuple[int, int, int, int]], seed: int = 0
+    model: AutoDeepLab, path: str | Path, shapes: Sequence[tuple[int, ...]], seed: int = 0
 ) -> float:
     """Run the ONNX file with ONNX Runtime and the model with PyTorch on random inputs of
-    each ``(N, 3, H, W)`` in ``shapes``; return the largest absolute difference of the logits."""
+    each ``(N, C, H, W)`` (``(N, C, D, H, W)``) in ``shapes``; return the largest absolute
+    difference of the logits."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

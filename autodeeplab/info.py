@@ -43,8 +43,9 @@ class ModelSource:
     kind: str
     """``train config``, ``model folder`` or ``run folder``."""
     preset: str | None = None
-    crop_size: int | None = None
-    """Training crop of the source, the default input size of its Multi-Adds."""
+    crop_size: int | tuple[int, ...] | None = None
+    """Training crop of the source (one side, or ``(D, H, W)`` for volumes), the default input
+    size of its Multi-Adds."""
     batch_size: int | None = None
     """Training batch (per process) of the source, the default batch of its memory estimate."""
 
@@ -62,7 +63,17 @@ def network_from_train_config(
             num_classes = len(dataset_class_names(d.name, d.root, d.options))
         except ValueError as err:
             raise ValueError(f"{err}; set data.root or give the number of classes") from None
-    return resolve_network(config.model, num_classes, config.data.crop_size)
+    from autodeeplab.data import dataset_in_channels
+    from autodeeplab.engine.common import data_spatial_dims
+
+    d = config.data
+    return resolve_network(
+        config.model,
+        num_classes,
+        d.crop_size,
+        in_channels=dataset_in_channels(d.name, d.root, d.options),
+        spatial_dims=data_spatial_dims(d),
+    )
 
 
 def from_train_config(
@@ -108,7 +119,7 @@ def from_run(path: str | Path) -> ModelSource:
     if (path / CONFIG_FILE).is_file():
         saved = read_config(path)
         train_config = saved.extra.get("train_config")
-        crop = _data_int(train_config, "crop_size")
+        crop = _data_crop(train_config)
         batch = _data_int(train_config, "batch_size")
         preset = _preset_of(train_config)
         return ModelSource(saved.network, str(path), "model folder", preset, crop, batch)
@@ -166,6 +177,19 @@ def _data_int(train_config: Any, key: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _data_crop(train_config: Any) -> int | tuple[int, ...] | None:
+    """``data.crop_size`` of a recorded train config: one side or ``[D, H, W]``."""
+    side = _data_int(train_config, "crop_size")
+    if side is not None:
+        return side
+    try:
+        value = train_config["data"]["crop_size"]
+    except (TypeError, KeyError):
+        return None
+    ok = isinstance(value, list) and len(value) == 3 and all(isinstance(v, int) for v in value)
+    return tuple(value) if ok else None
+
+
 def _preset_of(train_config: Any) -> str | None:
     try:
         preset = train_config["model"]["preset"]
@@ -176,18 +200,31 @@ def _preset_of(train_config: Any) -> str | None:
 
 def source_info(
     source: ModelSource,
-    input_size: tuple[int, int] | None = None,
+    input_size: tuple[int, ...] | None = None,
     batch_size: int | None = None,
 ) -> dict[str, Any]:
     """:func:`~autodeeplab.models.network_info` of ``source``; Multi-Adds and memory at
-    ``input_size``, else at the source's crop, else at 1024x2048; memory for ``batch_size``
-    images, else the source's batch, else 1."""
+    ``input_size``, else at the source's crop, else at 1024x2048 (images; a volume network
+    needs a crop or an input size); memory for ``batch_size`` images, else the source's
+    batch, else 1."""
+    dims = source.network.spatial_dims
     if input_size is not None:
         size, basis = input_size, "given"
     elif source.crop_size is not None:
-        size, basis = (source.crop_size, source.crop_size), "crop_size"
-    else:
+        crop = source.crop_size
+        size, basis = (crop,) * dims if isinstance(crop, int) else crop, "crop_size"
+    elif dims == 2:
         size, basis = DEFAULT_INPUT_SIZE, "default"
+    else:
+        raise ValueError(
+            f"{source.name} records no crop size; give the volume size with --input-size DxHxW"
+        )
+    if len(size) != dims:
+        axes = "HxW" if dims == 2 else "DxHxW"
+        raise ValueError(
+            f"--input-size {'x'.join(map(str, size))}: {source.name} is a "
+            f"{'volume' if dims == 3 else 'image'} network; give {axes}"
+        )
     if batch_size is not None:
         batch, batch_basis = batch_size, "given"
     elif source.batch_size is not None:

@@ -139,7 +139,7 @@ def model_info(
 
 def network_info(
     config: NetworkConfig,
-    input_size: tuple[int, int] = (1024, 2048),
+    input_size: tuple[int, ...] = (1024, 2048),
     *,
     name: str,
     preset: str | None = None,
@@ -148,7 +148,8 @@ def network_info(
     """Architecture summary and complexity of ``config`` as plain data; the paper's figures
     are added when ``config`` is the published network of ``preset``. ``training_memory`` is
     the estimate of :func:`autodeeplab.memory.training_memory` for ``batch_size`` float32
-    images of ``input_size``."""
+    images of ``input_size``; ``None`` for a volume network (``input_size`` ``(D, H, W)``),
+    which the analytic memory model does not cover."""
     c = complexity(config, input_size)
     g = config.genotype
     rates = head_rates(g, config.aspp_rates)
@@ -165,9 +166,11 @@ def network_info(
         "output_strides": [space.LEVEL_STRIDES[k] for k in g.output_levels],
         "aspp_rates_by_output": [list(r) for r in rates],
         **c.to_dict(),
-        "training_memory": training_memory(
-            config, input_size, batch_size, params=c.params
-        ).to_dict(),
+        "spatial_dims": config.spatial_dims,
+        "in_channels": config.in_channels,
+        "training_memory": None
+        if config.spatial_dims == 3
+        else training_memory(config, input_size, batch_size, params=c.params).to_dict(),
     }
     spec = None if preset is None else get_model_spec(preset)
     # The paper's figures hold for the preset as published: 19 classes, its F, default heads

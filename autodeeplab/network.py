@@ -25,6 +25,11 @@ Spatial sizes
     Level ``k`` has size ``ceil(H / 2^(k + 2))`` (what stride-2 convs with "same" padding give).
     Height and width must exceed the path's deepest stride so that the deepest map is at least
     2x2.
+Volumes
+    ``spatial_dims=3`` builds every part for ``(N, C, D, H, W)`` volumes: 3x3x3 convolutions,
+    3D pooling and BatchNorm, trilinear resizing (the layers of :func:`autodeeplab.ops.layers`),
+    with the same modules, state_dict keys and wiring as for images; every side follows the
+    size rule above.
 """
 
 from __future__ import annotations
@@ -34,10 +39,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from autodeeplab import space
+from autodeeplab import ops, space
 from autodeeplab.genotype import Block, Genotype
 from autodeeplab.heads import (
     ASPP,
@@ -58,36 +62,45 @@ def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
     if not training or rate <= 0.0:
         return x
     keep = 1.0 - rate
-    mask = torch.empty((x.shape[0], 1, 1, 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
+    shape = (x.shape[0],) + (1,) * (x.dim() - 1)  # one draw per sample, images or volumes
+    mask = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(keep)
     return x * mask / keep
 
 
 def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
+    """``(N, C, *spatial)`` resized (bi/trilinearly) to ``size``; unchanged when it has it."""
+    if tuple(x.shape[2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    return ops.resize(x, size)
 
 
 class Stem(nn.Module):
-    """``(N, C_in, H, W) -> {"stride2": (N, 64, H/2, W/2), "stride4": (N, 128, H/4, W/4)}``."""
+    """``(N, C_in, *spatial) -> {"stride2": (N, 64, *spatial/2), "stride4": (N, 128,
+    *spatial/4)}``; 3x3 convolutions (3x3x3 for ``spatial_dims=3``)."""
 
-    def __init__(self, in_channels: int = 3, channels: tuple[int, int, int] = STEM_CHANNELS):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        channels: tuple[int, int, int] = STEM_CHANNELS,
+        spatial_dims: int = 2,
+    ):
         super().__init__()
+        lay = ops.layers(spatial_dims)
         c1, c2, c3 = channels
         self.out_channels = {"stride2": c2, "stride4": c3}
         self.conv1 = nn.Sequential(
-            nn.Conv2d(in_channels, c1, 3, 2, 1, bias=False), nn.BatchNorm2d(c1)
+            lay.conv(in_channels, c1, 3, 2, 1, bias=False), lay.batch_norm(c1)
         )
         self.conv2 = nn.Sequential(
-            nn.ReLU(inplace=False), nn.Conv2d(c1, c2, 3, 1, 1, bias=False), nn.BatchNorm2d(c2)
+            nn.ReLU(inplace=False), lay.conv(c1, c2, 3, 1, 1, bias=False), lay.batch_norm(c2)
         )
         self.conv3 = nn.Sequential(
-            nn.ReLU(inplace=False), nn.Conv2d(c2, c3, 3, 2, 1, bias=False), nn.BatchNorm2d(c3)
+            nn.ReLU(inplace=False), lay.conv(c2, c3, 3, 2, 1, bias=False), lay.batch_norm(c3)
         )
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        s2 = self.conv2(self.conv1(x))  # (N, 64, H/2, W/2)
-        s4 = self.conv3(s2)  # (N, 128, H/4, W/4)
+        s2 = self.conv2(self.conv1(x))  # (N, 64, *spatial/2)
+        s4 = self.conv3(s2)  # (N, 128, *spatial/4)
         return {"stride2": s2, "stride4": s4}
 
 
@@ -98,7 +111,8 @@ class Cell(nn.Module):
     to ``out_size`` before its 1x1 conv), ``0`` same, ``+1`` coarser (the ops reading the two
     cell inputs use stride 2). ``H^{l-1}`` goes through ReLU-1x1conv-BN to ``channels``;
     ``H^{l-2}`` is resized to the size of the (preprocessed) ``H^{l-1}`` and, only if its
-    channel count differs, goes through ReLU-1x1conv-BN too.
+    channel count differs, goes through ReLU-1x1conv-BN too. ``spatial_dims=3`` builds it for
+    volumes (``out_size`` then has three sides).
     """
 
     def __init__(
@@ -108,6 +122,7 @@ class Cell(nn.Module):
         prev_channels: int,
         channels: int,
         move: int,
+        spatial_dims: int = 2,
     ) -> None:
         super().__init__()
         if move not in (-1, 0, 1):
@@ -117,16 +132,17 @@ class Cell(nn.Module):
         self.out_channels = self.blocks * channels
         self.drop_path_rate = 0.0
         # Block 0 reads both cell inputs (a validated genotype guarantees it).
+        sd = spatial_dims
         self.preprocess0: nn.Module = (
-            ReLUConvBN(prev_prev_channels, channels, 1)
+            ReLUConvBN(prev_prev_channels, channels, 1, spatial_dims=sd)
             if prev_prev_channels != channels
             else nn.Identity()
         )
-        self.preprocess1 = ReLUConvBN(prev_channels, channels, 1)
+        self.preprocess1 = ReLUConvBN(prev_channels, channels, 1, spatial_dims=sd)
         self.inputs: tuple[int, ...] = tuple(inp for block in cell for inp, _ in block)
         stride_in = 2 if move == 1 else 1
         self.ops = nn.ModuleList(
-            build_op(op, channels, stride_in if inp < 2 else 1)
+            build_op(op, channels, stride_in if inp < 2 else 1, spatial_dims=sd)
             for block in cell
             for inp, op in block
         )
@@ -139,14 +155,14 @@ class Cell(nn.Module):
         self.drop_path_rate = float(rate)
 
     def forward(
-        self, prev_prev: torch.Tensor, prev: torch.Tensor, out_size: tuple[int, int]
+        self, prev_prev: torch.Tensor, prev: torch.Tensor, out_size: tuple[int, ...]
     ) -> torch.Tensor:
         if self.move == -1:
-            prev = _resize(prev, out_size)  # (N, C_prev, h_out, w_out)
-        in_size = tuple(prev.shape[-2:])
+            prev = _resize(prev, out_size)  # (N, C_prev, *out_size)
+        in_size = tuple(prev.shape[2:])
         states = [
-            self.preprocess0(_resize(prev_prev, in_size)),  # (N, f, h_in, w_in)
-            self.preprocess1(prev),  # (N, f, h_in, w_in)
+            self.preprocess0(_resize(prev_prev, in_size)),  # (N, f, *in_size)
+            self.preprocess1(prev),  # (N, f, *in_size)
         ]
         for b in range(self.blocks):
             out = None
@@ -155,8 +171,8 @@ class Cell(nn.Module):
                 if self._droppable[j]:
                     x = drop_path(x, self.drop_path_rate, self.training)
                 out = x if out is None else out + x
-            states.append(out)  # (N, f, h_out, w_out)
-        return torch.cat(states[2:], dim=1)  # (N, B * f, h_out, w_out)
+            states.append(out)  # (N, f, *out_size)
+        return torch.cat(states[2:], dim=1)  # (N, B * f, *out_size)
 
 
 class Encoder(nn.Module):
@@ -171,16 +187,23 @@ class Encoder(nn.Module):
     for a multi-path topology whose last layer has several active nodes, one more entry per
     coarser node, ``"out<stride>"`` (e.g. ``"out16"``); :attr:`output_keys` lists the output
     entries from finest to coarsest, :attr:`out_channels` and :attr:`strides` describe every
-    entry.
+    entry. ``spatial_dims=3`` builds it for volumes ``(N, in_channels, D, H, W)``.
     """
 
-    def __init__(self, genotype: Genotype, filter_multiplier: int, in_channels: int = 3) -> None:
+    def __init__(
+        self,
+        genotype: Genotype,
+        filter_multiplier: int,
+        in_channels: int = 3,
+        spatial_dims: int = 2,
+    ) -> None:
         super().__init__()
         if filter_multiplier < 1:
             raise ValueError(f"filter_multiplier must be >= 1, got {filter_multiplier}")
         self.genotype = genotype
         self.in_channels = in_channels
-        self.stem = Stem(in_channels)
+        self.spatial_dims = space.check_spatial_dims(spatial_dims)
+        self.stem = Stem(in_channels, spatial_dims=spatial_dims)
         topo = genotype.topology
         # Node tensors by (layer, level); layer -2 / -1 are the stem's stride-2 / stride-4
         # outputs (level -1 and 0), which the first two layers read.
@@ -197,6 +220,7 @@ class Encoder(nn.Module):
                 width[(layer - 1, src)],
                 filter_multiplier * 2**dst,
                 dst - src,
+                spatial_dims,
             )
             cells.append(cell)
             plan.append(CellPlan(layer, src, dst, pp))
@@ -222,40 +246,45 @@ class Encoder(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` saying what works if ``x`` cannot go through this encoder."""
-        if x.ndim != 4:
+        volumes = self.spatial_dims == 3
+        axes = "D, H, W" if volumes else "H, W"
+        if x.ndim != 2 + self.spatial_dims:
             raise ValueError(
-                f"expected an image batch of shape (N, {self.in_channels}, H, W), "
-                f"got shape {tuple(x.shape)}"
+                f"expected {'a volume' if volumes else 'an image'} batch of shape "
+                f"(N, {self.in_channels}, {axes}), got shape {tuple(x.shape)}"
             )
         if x.shape[1] != self.in_channels:
             raise ValueError(
                 f"expected {self.in_channels} input channels, got {x.shape[1]} "
-                f"(input shape {tuple(x.shape)}); pass tensors of shape (N, {self.in_channels}, H, W)"
+                f"(input shape {tuple(x.shape)}); pass tensors of shape "
+                f"(N, {self.in_channels}, {axes})"
             )
         deepest = self.genotype.max_stride
-        h, w = x.shape[-2:]
-        if min(h, w) <= deepest:
+        sides = tuple(x.shape[2:])
+        if min(sides) <= deepest:
+            what = "every side" if volumes else "height and width"
+            unit = "voxels" if volumes else "pixels"
+            shape = "x".join(str(s) for s in sides)
             raise ValueError(
-                f"input {h}x{w} is too small for this path: its deepest level has stride "
-                f"{deepest}, so height and width must be at least {deepest + 1} pixels "
-                "(for a deepest feature map of at least 2x2)"
+                f"input {shape} is too small for this path: its deepest level has stride "
+                f"{deepest}, so {what} must be at least {deepest + 1} {unit} "
+                f"(for a deepest feature map of at least 2 per side)"
             )
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         self.check_input(x)
         stem = self.stem(x)
-        h, w = stem["stride4"].shape[-2:]
-        sizes = [(h, w)]
+        sizes = [tuple(stem["stride4"].shape[2:])]
         for _ in range(1, space.NUM_LEVELS):
             # ceil(h / 2) written as (h + 1) // 2: ONNX export traces these sizes, and its
             # integer division truncates, so the -(-h // 2) idiom would round the wrong way.
-            sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
+            sizes.append(tuple((s + 1) // 2 for s in sizes[-1]))
         nodes = {_STEM2: stem["stride2"], _STEM4: stem["stride4"]}
         # Cells come layer by layer and read layers l - 1 and l - 2 only, so a node of layer l
         # can accumulate its incoming cells in place.
         for cell, p in zip(self.cells, self.plan, strict=True):
             y = cell(nodes[p.prev_prev], nodes[(p.layer - 1, p.src)], sizes[p.dst])
-            key = (p.layer, p.dst)  # (N, B*f, h_k, w_k)
+            key = (p.layer, p.dst)  # (N, B*f, *size_k)
             nodes[key] = y if key not in nodes else nodes[key] + y
         last = self.genotype.layers - 1
         out = {"stride4": nodes[self.low_level_node]}
@@ -313,8 +342,8 @@ class MultiASPP(nn.Module):
     """One :class:`~autodeeplab.heads.ASPP` per output node of a multi-path encoder; their
     outputs are resized to the first (finest) one and summed.
 
-    ``forward(*features)`` takes the features finest first, ``(N, C_i, h_i, w_i)``, and
-    returns ``(N, channels, h_0, w_0)``.
+    ``forward(*features)`` takes the features finest first, ``(N, C_i, *spatial_i)``, and
+    returns ``(N, channels, *spatial_0)``.
     """
 
     def __init__(
@@ -322,25 +351,31 @@ class MultiASPP(nn.Module):
         in_channels: Sequence[int],
         rates: Sequence[tuple[int, ...]],
         channels: int = DEFAULT_ASPP_CHANNELS,
+        spatial_dims: int = 2,
     ) -> None:
         super().__init__()
         self.heads = nn.ModuleList(
-            ASPP(c, r, channels) for c, r in zip(in_channels, rates, strict=True)
+            ASPP(c, r, channels, spatial_dims=spatial_dims)
+            for c, r in zip(in_channels, rates, strict=True)
         )
         self.out_channels = channels
 
     def forward(self, *features: torch.Tensor) -> torch.Tensor:
         ys = [head(x) for head, x in zip(self.heads, features, strict=True)]
-        size = ys[0].shape[-2:]
+        size = ys[0].shape[2:]
         y = ys[0]
         for other in ys[1:]:
-            y = y + _resize(other, size)  # (N, channels, h_0, w_0)
+            y = y + _resize(other, size)  # (N, channels, *spatial_0)
         return y
 
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    """Everything that defines an :class:`AutoDeepLab` (besides its weights)."""
+    """Everything that defines an :class:`AutoDeepLab` (besides its weights).
+
+    ``in_channels``: image channels (3 for RGB) or, for volumes, the number of modalities;
+    ``spatial_dims``: 2 for images, 3 for volumes.
+    """
 
     genotype: Genotype
     num_classes: int = 19
@@ -351,6 +386,7 @@ class NetworkConfig:
     decoder_channels: int = DEFAULT_DECODER_CHANNELS
     low_level_reduced: int = DEFAULT_LOW_LEVEL_CHANNELS
     drop_path_rate: float = 0.0
+    spatial_dims: int = 2
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -377,7 +413,8 @@ class NetworkConfig:
 
 
 class AutoDeepLab(nn.Module):
-    """Discrete Auto-DeepLab: ``(N, in_channels, H, W) -> logits (N, num_classes, H, W)``.
+    """Discrete Auto-DeepLab: ``(N, in_channels, H, W) -> logits (N, num_classes, H, W)``, or
+    with ``spatial_dims=3`` volumes ``(N, in_channels, D, H, W) -> (N, num_classes, D, H, W)``.
 
     Parts: :attr:`encoder` (stem + cells), :attr:`aspp`, :attr:`decoder`. ASPP atrous rates
     default to DeepLab's convention for the output stride of the last cell
@@ -401,8 +438,10 @@ class AutoDeepLab(nn.Module):
         decoder_channels: int = DEFAULT_DECODER_CHANNELS,
         low_level_reduced: int = DEFAULT_LOW_LEVEL_CHANNELS,
         drop_path_rate: float = 0.0,
+        spatial_dims: int = 2,
     ) -> None:
         super().__init__()
+        space.check_spatial_dims(spatial_dims)
         if not isinstance(genotype, Genotype):
             raise ValueError(f"genotype must be a Genotype, got {type(genotype).__name__}")
         if not 0.0 <= drop_path_rate < 1.0:
@@ -419,16 +458,19 @@ class AutoDeepLab(nn.Module):
             decoder_channels=decoder_channels,
             low_level_reduced=low_level_reduced,
             drop_path_rate=drop_path_rate,
+            spatial_dims=spatial_dims,
         )
         self.genotype = genotype
         self.num_classes = num_classes
-        self.encoder = Encoder(genotype, filter_multiplier, in_channels)
+        self.spatial_dims = spatial_dims
+        sd = spatial_dims
+        self.encoder = Encoder(genotype, filter_multiplier, in_channels, sd)
         outputs = self.encoder.output_keys
         self.aspp: nn.Module = (
-            ASPP(self.encoder.out_channels["out"], rates, aspp_channels)
+            ASPP(self.encoder.out_channels["out"], rates, aspp_channels, spatial_dims=sd)
             if len(outputs) == 1
             else MultiASPP(
-                [self.encoder.out_channels[k] for k in outputs], rates_by_node, aspp_channels
+                [self.encoder.out_channels[k] for k in outputs], rates_by_node, aspp_channels, sd
             )
         )
         self.decoder = DeepLabV3PlusDecoder(
@@ -437,6 +479,7 @@ class AutoDeepLab(nn.Module):
             aspp_channels=aspp_channels,
             channels=decoder_channels,
             low_level_reduced=low_level_reduced,
+            spatial_dims=sd,
         )
         self.drop_path_rate = drop_path_rate
         self.set_drop_path(1.0)
@@ -464,7 +507,7 @@ class AutoDeepLab(nn.Module):
         return tuple(cell.drop_path_rate for cell in self.encoder.cells)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.encoder(x)  # {"stride4": (N, C_low, H/4, W/4), "out": (N, C, H/s, W/s)...}
-        y = self.aspp(*(feats[k] for k in self.encoder.output_keys))  # (N, 256, H/s, W/s)
-        y = self.decoder(y, feats["stride4"])  # (N, classes, H/4, W/4)
-        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        feats = self.encoder(x)  # {"stride4": (N, C_low, *spatial/4), "out": (N, C, *spatial/s)}
+        y = self.aspp(*(feats[k] for k in self.encoder.output_keys))  # (N, 256, *spatial/s)
+        y = self.decoder(y, feats["stride4"])  # (N, classes, *spatial/4)
+        return ops.resize(y, x.shape[2:])  # (N, classes, *spatial)

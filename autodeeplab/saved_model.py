@@ -44,8 +44,10 @@ class SavedModelConfig:
     network: NetworkConfig
     class_names: tuple[str, ...]
     palette: tuple[tuple[int, int, int], ...]  # (C, 3) RGB colours
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    """Per input channel (RGB; for volumes, which their data set normalises, 0 for each
+    modality)."""
+    std: tuple[float, ...]
     ignore_index: int = IGNORE_INDEX
     dataset: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -58,9 +60,11 @@ class SavedModelConfig:
             len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb) for rgb in self.palette
         ):
             raise ValueError(f"'palette' must be {c} RGB triples of integers 0..255")
-        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
+        n = self.network.in_channels
+        if len(self.mean) != n or len(self.std) != n or any(s <= 0 for s in self.std):
             raise ValueError(
-                f"'mean' and 'std' must be 3 values each with std > 0, got {self.mean}, {self.std}"
+                f"'mean' and 'std' must be {n} values each (one per input channel) with "
+                f"std > 0, got {self.mean}, {self.std}"
             )
         if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
             raise ValueError("'mean' and 'std' must be finite numbers")
@@ -168,6 +172,12 @@ def _dict(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise TypeError(f"expected an object, got {type(value).__name__}")
     return value
+
+
+def identity_normalization(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` that leave ``channels`` input channels as they are: the normalisation
+    of a volume model, whose data set normalises each modality itself."""
+    return (0.0,) * channels, (1.0,) * channels
 
 
 @dataclass(frozen=True)

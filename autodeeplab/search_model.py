@@ -17,7 +17,14 @@ import torch
 
 from autodeeplab import space
 from autodeeplab.budget import MemoryBudget
-from autodeeplab.config import SEARCH_MIN_CROP, ConfigError, SearchConfig, from_dict
+from autodeeplab.config import (
+    SEARCH_MIN_CROP,
+    ConfigError,
+    SearchConfig,
+    crop_min_side,
+    from_dict,
+)
+from autodeeplab.data import dataset_spatial_dims
 from autodeeplab.dints import DintsRelaxation
 from autodeeplab.heads import search_head_rates
 from autodeeplab.relaxation import Relaxation, SoftmaxRelaxation
@@ -57,6 +64,12 @@ def check_relaxation(cfg: SearchConfig) -> None:
         )
     relax = RELAXATIONS[r.name](cfg, space.SearchSpace(1, 1))  # only its kind is asked
     independent = relax.independent_transitions
+    if r.memory_target is not None and search_spatial_dims(cfg) == 3:
+        raise ConfigError(
+            f"relaxation.memory_target = {r.memory_target}: the memory model counts the feature "
+            f"maps of images, not of volumes, and data.name={cfg.data.name!r} holds volumes; "
+            "set relaxation.memory_target=null"
+        )
     if r.memory_target is not None and not independent:
         raise ConfigError(
             f"relaxation.memory_target = {r.memory_target} needs independent transition "
@@ -69,7 +82,8 @@ def check_relaxation(cfg: SearchConfig) -> None:
             f"softmax relaxation's edge normalisation; relaxation.name={r.name!r} does not "
             "support it: set model.partial_channels=1 or relaxation.name=softmax"
         )
-    if independent and cfg.data.crop_size <= SEARCH_MIN_CROP:
+    images = search_spatial_dims(cfg) == 2  # volumes have no memory estimate to bound
+    if independent and images and crop_min_side(cfg.data.crop_size) <= SEARCH_MIN_CROP:
         raise ConfigError(
             f"data.crop_size = {cfg.data.crop_size} is too small for relaxation.name={r.name!r}: "
             "its memory estimate is that of the discrete network, whose deepest stride is "
@@ -83,34 +97,49 @@ def check_relaxation(cfg: SearchConfig) -> None:
         )
 
 
-def build_relaxation(cfg: SearchConfig) -> Relaxation:
-    """The relaxation ``cfg.relaxation`` names, for ``cfg.model``'s search space."""
-    check_relaxation(cfg)
+def search_spatial_dims(cfg: SearchConfig) -> int:
+    """2 when ``cfg`` searches on images, 3 on volumes: the kind of its data set."""
+    return dataset_spatial_dims(cfg.data.name)
+
+
+def search_space(cfg: SearchConfig) -> space.SearchSpace:
+    """The search space of ``cfg``: its layers and blocks, for images or volumes."""
     m = cfg.model
-    return RELAXATIONS[cfg.relaxation.name](cfg, space.SearchSpace(m.layers, m.blocks))
+    return space.SearchSpace(m.layers, m.blocks, spatial_dims=search_spatial_dims(cfg))
 
 
-def build_supernet(cfg: SearchConfig, num_classes: int) -> SearchNetwork:
-    """The supernet of ``cfg`` with its relaxation (on the CPU; the caller moves it)."""
+def build_relaxation(cfg: SearchConfig) -> Relaxation:
+    """The relaxation ``cfg.relaxation`` names, for ``cfg``'s search space."""
+    check_relaxation(cfg)
+    return RELAXATIONS[cfg.relaxation.name](cfg, search_space(cfg))
+
+
+def build_supernet(cfg: SearchConfig, num_classes: int, in_channels: int = 3) -> SearchNetwork:
+    """The supernet of ``cfg`` with its relaxation (on the CPU; the caller moves it), for
+    images or volumes as ``cfg.data`` holds, with ``in_channels`` input channels (image
+    channels, or the modalities of volumes)."""
     m = cfg.model
     return SearchNetwork(
         num_classes,
         layers=m.layers,
         blocks=m.blocks,
         filter_multiplier=m.filter_multiplier,
+        in_channels=in_channels,
         stem_channels=m.stem_channels,
         partial_channels=m.partial_channels,
         checkpoint_cells=m.checkpoint_cells,
         selective_checkpoint=m.selective_checkpoint,
-        aspp_rates=search_head_rates(m.aspp_rates, cfg.data.crop_size),
+        aspp_rates=search_head_rates(m.aspp_rates, crop_min_side(cfg.data.crop_size)),
         relaxation=build_relaxation(cfg),
+        spatial_dims=search_spatial_dims(cfg),
     )
 
 
 def build_memory_budget(cfg: SearchConfig, num_classes: int) -> MemoryBudget | None:
     """The :class:`~autodeeplab.budget.MemoryBudget` of a search whose relaxation has
-    independent transitions (DiNTS), at its crop and batch; ``None`` for the others."""
-    if not build_relaxation(cfg).independent_transitions:
+    independent transitions (DiNTS), at its crop and batch; ``None`` for the others and for
+    volumes (the memory model counts image feature maps; a budget is refused for them)."""
+    if not build_relaxation(cfg).independent_transitions or search_spatial_dims(cfg) == 3:
         return None
     m, r = cfg.model, cfg.relaxation
     return MemoryBudget(

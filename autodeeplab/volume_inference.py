@@ -11,10 +11,10 @@ is padded with zeros (the normalised background) and the logits cropped back.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from torch import nn
 from autodeeplab.data.volume import VolumeDataset, require, write_label_nifti
 from autodeeplab.data.volume_transforms import roi_triple
 from autodeeplab.metrics import ConfusionMatrix
+
+if TYPE_CHECKING:
+    from autodeeplab.saved_model import SavedModelConfig
 
 DEFAULT_OVERLAP = 0.5
 """Fraction of a window shared with its neighbour along each axis."""
@@ -117,7 +120,7 @@ class VolumeEvaluation:
 
 @torch.no_grad()
 def evaluate_volumes(
-    model: nn.Module,
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     dataset: VolumeDataset,
     roi: int | Sequence[int],
     *,
@@ -125,17 +128,21 @@ def evaluate_volumes(
     sw_batch_size: int = 1,
     mode: str = "gaussian",
     device: str | torch.device = "cpu",
+    indices: Sequence[int] | None = None,
 ) -> VolumeEvaluation:
-    """Predict every (whole, untransformed) volume of a labelled data set and score it.
+    """Predict every (whole, untransformed) volume of a labelled data set, or the volumes
+    ``indices`` of it, and score them.
 
-    The model is put in eval mode; volumes are moved to ``device``.
+    A module is put in eval mode (any other callable, e.g. a partial of one, is used as it
+    is); volumes are moved to ``device``.
     """
     if not dataset.labelled:
         raise ValueError(f"{dataset!r} has no labels to evaluate against; use a labelled split")
-    model.eval()
+    if isinstance(model, nn.Module):
+        model.eval()
     total = ConfusionMatrix(dataset.num_classes, dataset.ignore_index)
     names, dice = [], []
-    for i in range(len(dataset)):
+    for i in range(len(dataset)) if indices is None else indices:
         volume = dataset.load(i)
         assert volume.label is not None
         image = torch.from_numpy(volume.image).to(device)  # (C, D, H, W)
@@ -177,3 +184,100 @@ def predict_volumes(
         path = Path(output) / f"{volume.name}.nii.gz"
         written.append(write_label_nifti(path, logits.argmax(dim=0), volume.affine, volume.header))
     return written
+
+
+# ---------------------------------------------------------------------------- model folders
+def training_roi(config: SavedModelConfig) -> tuple[int, int, int] | None:
+    """The region of interest a volume model was trained with (``data.crop_size`` of the train
+    config recorded in its folder), the default window of its sliding-window inference."""
+    try:
+        crop = config.extra["train_config"]["data"]["crop_size"]
+        return roi_triple(crop)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def resolve_roi(
+    config: SavedModelConfig, roi: int | Sequence[int] | None, where: str
+) -> tuple[int, int, int]:
+    """``roi`` when given, else the model's training crop (:func:`training_roi`)."""
+    if roi is not None:
+        return roi_triple(roi)
+    trained = training_roi(config)
+    if trained is None:
+        raise ValueError(
+            f"{where} records no training crop size; give the sliding window with --roi D H W"
+        )
+    return trained
+
+
+def model_volume_dataset(
+    config: SavedModelConfig, name: str | None, root: str | Path | None, split: str, where: str
+) -> VolumeDataset:
+    """Split ``split`` of the volume data set ``name`` (default: the one the model was trained
+    on), built with the data set options of the model's training run when it is that data set
+    (so that, e.g., a Decathlon task is split into train and val as in training)."""
+    from autodeeplab.data import build_dataset, dataset_spatial_dims
+
+    name = name or config.dataset
+    if name is None:
+        raise ValueError(f"{where} names no data set; pass one (e.g. --dataset decathlon)")
+    if dataset_spatial_dims(name) != 3:
+        raise ValueError(
+            f"{where} holds a volume model, but data set {name!r} holds images; use a volume "
+            "data set (decathlon, synthetic3d)"
+        )
+    options: dict[str, Any] = {}
+    if name == config.dataset:
+        try:
+            options = dict(config.extra["train_config"]["data"]["options"])
+        except (KeyError, TypeError):
+            options = {}
+    dataset = build_dataset(name, root, split, None, **options)
+    assert isinstance(dataset, VolumeDataset)
+    if dataset.num_classes != config.num_classes or dataset.in_channels != (
+        config.network.in_channels
+    ):
+        raise ValueError(
+            f"data set {name!r} has {dataset.num_classes} classes and {dataset.in_channels} "
+            f"modalities, but the model of {where} takes {config.network.in_channels} and "
+            f"predicts {config.num_classes}; use the data set the model was trained for"
+        )
+    return dataset
+
+
+def evaluate_volume_model_folder(
+    model_dir: str | Path,
+    *,
+    data_root: str | Path | None,
+    dataset: str | None = None,
+    split: str = "val",
+    roi: int | Sequence[int] | None = None,
+    overlap: float = DEFAULT_OVERLAP,
+    max_samples: int | None = None,
+    device: str | torch.device = "cpu",
+) -> Any:
+    """Evaluate a saved volume model on the whole volumes of a data set split (Dice and IoU,
+    pooled and per case); returns an :class:`autodeeplab.inference.EvalResult` whose report
+    has the pooled metrics, ``mean_case_dice`` and ``case_dice``."""
+    from autodeeplab.inference import EvalResult
+    from autodeeplab.saved_model import load_model
+
+    loaded = load_model(model_dir, device)
+    cfg = loaded.config
+    window = resolve_roi(cfg, roi, str(model_dir))
+    ds = model_volume_dataset(cfg, dataset, data_root, split, str(model_dir))
+    n = len(ds) if max_samples is None else min(max_samples, len(ds))
+    result = evaluate_volumes(
+        loaded.model, ds, window, overlap=overlap, device=device, indices=range(n)
+    )
+    report = {
+        "model": str(model_dir),
+        "dataset": dataset or cfg.dataset,
+        "split": split,
+        "volumes": n,
+        "roi": list(window),
+        "overlap": overlap,
+        **result.to_dict(cfg.class_names),
+    }
+    return EvalResult(result.matrix, cfg.class_names, report)

@@ -34,13 +34,15 @@ def random_topology(rng: np.random.Generator, cell, layers: int) -> Genotype:
 class MultiPathNet(nn.Module):
     """Reference realisation of a multi-path topology from the network's own modules: one
     Cell per transition, nodes sum their cells, one ASPP per last-layer node (outputs resized
-    to the finest and summed), the DeepLabv3+ decoder."""
+    to the finest and summed), the DeepLabv3+ decoder; images, or volumes with
+    ``spatial_dims=3``."""
 
-    def __init__(self, genotype: Genotype, f: int, classes: int = 5):
+    def __init__(self, genotype: Genotype, f: int, classes: int = 5, in_channels=3, spatial_dims=2):
         super().__init__()
         self.topo, self.b, self.layers = genotype.topology, genotype.blocks, genotype.layers
         topo, cell = self.topo, genotype.cell
-        self.stem = Stem()
+        sd = self.sd = spatial_dims
+        self.stem = Stem(in_channels, spatial_dims=sd)
         width = {(-2, 0): 64, (-1, 0): 128}
         self.pp = {}
         self.cells = nn.ModuleDict()
@@ -53,12 +55,12 @@ class MultiPathNet(nn.Module):
                     pp = (layer - 2, min(active, key=lambda k, t=t: (abs(k - t), k)))
                 self.pp[(layer, s, t)] = pp
                 src = width[(layer - 1, s)] if layer else 128
-                self.cells[f"{layer}_{s}_{t}"] = Cell(cell, width[pp], src, f * 2**t, t - s)
+                self.cells[f"{layer}_{s}_{t}"] = Cell(cell, width[pp], src, f * 2**t, t - s, sd)
                 width[(layer, t)] = self.b * f * 2**t
         last = topo.active_levels(self.layers - 1)
         self.aspp = nn.ModuleDict(
             {
-                str(k): ASPP(width[(self.layers - 1, k)], atrous_rates_for_stride(4 * 2**k), 8)
+                str(k): ASPP(width[(self.layers - 1, k)], atrous_rates_for_stride(4 * 2**k), 8, sd)
                 for k in last
             }
         )
@@ -68,14 +70,13 @@ class MultiPathNet(nn.Module):
                 break
             self.low = layer
         low_c = 128 if self.low is None else self.b * f
-        self.decoder = DeepLabV3PlusDecoder(low_c, classes, 8, 8, 4)
+        self.decoder = DeepLabV3PlusDecoder(low_c, classes, 8, 8, 4, spatial_dims=sd)
 
     def forward(self, x):
         stem = self.stem(x)
-        h, w = stem["stride4"].shape[-2:]
-        sizes = [(h, w)]
+        sizes = [tuple(stem["stride4"].shape[2:])]
         for _ in range(3):
-            sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
+            sizes.append(tuple((s + 1) // 2 for s in sizes[-1]))
         nodes = {(-2, 0): stem["stride2"], (-1, 0): stem["stride4"]}
         for layer in range(self.layers):
             for level in self.topo.active_levels(layer):
@@ -89,8 +90,9 @@ class MultiPathNet(nn.Module):
                 nodes[(layer, level)] = outs[0] if len(outs) == 1 else sum(outs[1:], outs[0])
         last = self.layers - 1
         heads = [self.aspp[k](nodes[(last, int(k))]) for k in self.aspp]
-        size = heads[0].shape[-2:]  # the finest level comes first
-        y = sum(F.interpolate(o, size=size, mode="bilinear") for o in heads)
+        mode = "bilinear" if self.sd == 2 else "trilinear"
+        size = heads[0].shape[2:]  # the finest level comes first
+        y = sum(F.interpolate(o, size=size, mode=mode) for o in heads)
         low = stem["stride4"] if self.low is None else nodes[(self.low, 0)]
         y = self.decoder(y, low)
-        return F.interpolate(y, size=x.shape[-2:], mode="bilinear")
+        return F.interpolate(y, size=x.shape[2:], mode=mode)

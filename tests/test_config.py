@@ -1,4 +1,5 @@
 import dataclasses
+import types
 import typing
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def test_new_search_options_default_to_the_paper():
 def test_shipped_configs_load(path):
     cfg = load_config(path)
     assert isinstance(cfg, SearchConfig)
-    assert cfg.data.name in ("cityscapes", "voc", "ade20k", "synthetic")
+    assert cfg.data.name in ("cityscapes", "voc", "ade20k", "synthetic", "decathlon", "synthetic3d")
 
 
 def test_cityscapes_config_matches_spec():
@@ -457,6 +458,9 @@ def valid_configs(draw, cls):
             out[f.name] = None
         elif rng is not None:
             base = args[0] if optional else tp
+            if not optional and typing.get_origin(tp) in (typing.Union, types.UnionType):
+                # one of several forms (one side, or [D, H, W])
+                base = draw(st.sampled_from(args))
             if rng.zero is not None and draw(st.booleans()):
                 out[f.name] = 0
             elif typing.get_origin(base) is tuple:
@@ -470,8 +474,9 @@ def valid_configs(draw, cls):
             out[f.name] = draw(st.sampled_from(["paper", "auto"]))
         elif tp in (str, str | None):
             out[f.name] = draw(st.text(max_size=12))
-        else:  # data.options
-            out[f.name] = draw(st.dictionaries(st.text(max_size=6), scalars, max_size=3))
+        else:  # data.options (without NaN, which equals nothing, itself included)
+            values = scalars.filter(lambda v: v == v)
+            out[f.name] = draw(st.dictionaries(st.text(max_size=6), values, max_size=3))
     return out
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
+from autodeeplab import demo
 from autodeeplab.cli import main
 from autodeeplab.data import build_dataset, eval_transform
 from autodeeplab.demo import STAGES, DemoStopped, majority_baseline, resource_config, run_demo
@@ -144,6 +145,73 @@ def test_packaged_demo_configs_are_the_synthetic_configs():
     for kind, name in (("search", "demo_search.yaml"), ("train", "demo_train.yaml")):
         packaged = resource_config(name).read_text()
         assert packaged == (ROOT / "configs" / kind / "synthetic.yaml").read_text()
+    for kind in ("search", "train"):
+        packaged = resource_config(f"demo3d_{kind}.yaml").read_text()
+        assert packaged == (ROOT / "configs" / kind / "synthetic3d.yaml").read_text()
+
+
+def test_majority_baseline_on_volumes_matches_a_direct_count():
+    pytest.importorskip("monai")
+    train = build_dataset("synthetic3d", None, "train", length=4, size=16, seed=1)
+    val = build_dataset("synthetic3d", None, "val", length=3, size=16, seed=1)
+    train_labels = np.stack([train.load(i).label for i in range(len(train))])
+    val_labels = np.stack([val.load(i).label for i in range(len(val))])
+    majority = np.bincount(train_labels.ravel()).argmax()
+    cls, cm = majority_baseline(train, val)
+    assert cls == majority == 0
+    present = np.unique(val_labels)
+    assert cm.mean_iou() == pytest.approx((val_labels == majority).mean() / len(present))
+    # Dice of the predicted class: 2 |truth| / (|truth| + all voxels); 0 for the others
+    share = (val_labels == majority).mean()
+    assert cm.mean_dice() == pytest.approx(2 * share / (share + 1) / len(present))
+
+
+VOLUME_DATA = "data.options={length: 6, size: 32, seed: 0}"
+
+
+def test_volume_demo_runs_every_stage_and_reports_slices(tmp_path, capsys):
+    """``demo --3d`` on a shrunken schedule: NIfTI predictions that are the model's argmax
+    over the whole volume with the volume's affine, the evaluation of the best model, the
+    report with its slices figure."""
+    nib = pytest.importorskip("nibabel")
+    import torch
+
+    from autodeeplab.volume_inference import evaluate_volumes, predict_volume_logits
+
+    out = tmp_path / "demo3d"
+    search = ["epochs=1", "arch_start_epoch=0", VOLUME_DATA, "model.layers=2", "progress=false"]
+    search += ["tensorboard=false", "threads=1", "data.max_eval_samples=1"]
+    train = ["iterations=4", "eval_interval=2", VOLUME_DATA, "progress=false"]
+    train += ["tensorboard=false", "threads=1", "data.max_eval_samples=2"]
+    args = ["demo", "--3d", "--output", str(out), "--samples", "2", "--search", *search]
+    code = main([*args, "--train", *train])
+    assert code == 0
+    summary = json.loads((out / "demo.json").read_text())
+    assert set(summary["timings_s"]) == {*demo.VOLUME_STAGES, "total"}
+    loaded = load_model(out / "train" / "best")
+    assert loaded.config.network.spatial_dims == 3
+    val = build_dataset("synthetic3d", None, "val", length=6, size=32, seed=0)
+    cm = evaluate_volumes(loaded.model, val, 32).matrix
+    assert summary["mIoU"] == pytest.approx(cm.mean_iou(), abs=1e-12)
+    assert summary["mDice"] == pytest.approx(cm.mean_dice(), abs=1e-12)
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert evaluation["volumes"] == 6 and len(evaluation["model"]["case_dice"]) == 6
+    files = sorted((out / "predictions").iterdir())
+    assert [f.name for f in files] == ["val_000.nii.gz", "val_001.nii.gz"]
+    for i, f in enumerate(files):
+        volume = val.load(i)
+        written = nib.load(f)
+        np.testing.assert_allclose(written.affine, volume.affine, atol=1e-6)  # float32 in NIfTI
+        logits = predict_volume_logits(loaded.model, torch.from_numpy(volume.image), 32)
+        np.testing.assert_array_equal(
+            np.asarray(written.dataobj).transpose(2, 1, 0), logits.argmax(dim=0).numpy()
+        )
+    html = (out / "report.html").read_text()
+    assert "Predictions" in html and "mean Dice" in html and "majority-class baseline" in html
+    parser = _Sources()
+    parser.feed(html)
+    assert parser.srcs and all(src.startswith("data:image/png;base64,") for src in parser.srcs)
+    assert (out / "report_files" / "predictions.png").is_file()
 
 
 def test_a_demo_folder_in_use_is_refused_even_with_overwrite(tmp_path):

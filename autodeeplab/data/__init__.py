@@ -29,7 +29,7 @@ from autodeeplab.data.base import (
     SegmentationDataset,
 )
 from autodeeplab.data.cityscapes import Cityscapes, label_to_train_ids, train_to_label_ids
-from autodeeplab.data.decathlon import Decathlon, decathlon_class_names
+from autodeeplab.data.decathlon import Decathlon, decathlon_class_names, decathlon_modalities
 from autodeeplab.data.folder import FolderDataset, metadata_file, read_metadata, write_metadata
 from autodeeplab.data.repeat import RepeatDataset, repeat_dataset
 from autodeeplab.data.split import search_split, split_indices
@@ -56,6 +56,18 @@ DATASETS: dict[str, type[SegmentationDataset] | type[VolumeDataset]] = {
 
 GENERATED: frozenset[str] = frozenset({"synthetic", "synthetic3d"})
 """Data sets generated on the fly, which take no root folder."""
+
+
+def dataset_spatial_dims(name: str) -> int:
+    """2 for an image data set, 3 for a volume data set (a :class:`VolumeDataset` class in
+    :data:`DATASETS`): what the engines build their networks for."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(DATASETS)}")
+    return 3 if issubclass(DATASETS[name], VolumeDataset) else 2
+
+
+VOLUME_DATASETS: tuple[str, ...] = tuple(n for n in DATASETS if dataset_spatial_dims(n) == 3)
+"""Names of the volume data sets."""
 
 
 def build_dataset(
@@ -106,11 +118,26 @@ def dataset_class_names(
     return names
 
 
+def dataset_in_channels(
+    name: str, root: str | Path | None = None, options: Mapping[str, Any] | None = None
+) -> int:
+    """Input channels of data set ``name`` without reading its images: 3 (RGB) for images,
+    the modalities of a volume data set (a ``decathlon`` task's ``dataset.json``)."""
+    if dataset_spatial_dims(name) == 2:
+        return 3
+    if name == "decathlon":
+        if root is None:
+            raise ValueError("data set 'decathlon' needs a root folder to know its modalities")
+        return len(decathlon_modalities(root))
+    return build_dataset(name, root, "train", None, **(options or {})).in_channels
+
+
 __all__ = [
     "ADE20K",
     "DATASETS",
     "GENERATED",
     "IGNORE_INDEX",
+    "VOLUME_DATASETS",
     "AnyDataset",
     "Cityscapes",
     "DatasetError",
@@ -127,6 +154,8 @@ __all__ = [
     "VolumeDataset",
     "build_dataset",
     "dataset_class_names",
+    "dataset_in_channels",
+    "dataset_spatial_dims",
     "eval_transform",
     "label_to_train_ids",
     "repeat_dataset",

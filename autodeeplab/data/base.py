@@ -194,6 +194,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def in_channels(self) -> int:
+        """Channels of the images: RGB."""
+        return 3
+
     def __len__(self) -> int:
         return len(self.samples)
 

@@ -320,3 +320,10 @@ def decathlon_class_names(root: str | Path) -> tuple[str, ...]:
     """Class names of a Decathlon task from its ``dataset.json``, reading no volume."""
     root = Path(root)
     return _numbered(read_dataset_json(root)["labels"], "labels", root / DATASET_JSON, "class name")
+
+
+def decathlon_modalities(root: str | Path) -> tuple[str, ...]:
+    """Modality names of the task at ``root`` (from ``dataset.json``, without opening a volume)."""
+    root = Path(root)
+    meta = read_dataset_json(root)
+    return _numbered(meta["modality"], "modality", root / DATASET_JSON, "modality name")

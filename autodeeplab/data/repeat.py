@@ -29,7 +29,7 @@ class RepeatDataset(torch.utils.data.Dataset):
     """``times`` passes over ``dataset``: ``len = times * len(dataset)``.
 
     Exposes what the engines read from a data set (``get``, ``load``, ``num_classes``,
-    ``class_names``, ``palette``, ``ignore_index``, ``name``) by delegating to the wrapped one.
+    ``class_names``, ``in_channels``, ``palette``, ``ignore_index``, ``name``) by delegating to the wrapped one.
     """
 
     def __init__(self, dataset: SegmentationDataset, times: int) -> None:
@@ -83,6 +83,10 @@ class RepeatDataset(torch.utils.data.Dataset):
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.dataset.class_names
+
+    @property
+    def in_channels(self) -> int:
+        return self.dataset.in_channels
 
     @property
     def palette(self) -> np.ndarray:

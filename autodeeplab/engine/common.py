@@ -16,7 +16,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from autodeeplab.data import SegmentationDataset, build_dataset, eval_transform, train_transform
+from autodeeplab.data import (
+    VOLUME_DATASETS,
+    AnyDataset,
+    build_dataset,
+    dataset_spatial_dims,
+    eval_transform,
+    train_transform,
+    volume_eval_transform,
+    volume_train_transform,
+)
 from autodeeplab.data.repeat import check_repeat, repeat_dataset
 from autodeeplab.engine.distributed import all_reduce_sum
 from autodeeplab.runfolder import atomic_write_text, dumps_json
@@ -25,15 +34,38 @@ POSITION_KEYS = frozenset({"epoch", "step", "global_step", "iteration"})
 """Record keys that say where a record was written rather than what was measured."""
 
 
-def build_datasets(data: Any) -> tuple[SegmentationDataset, SegmentationDataset]:
+def data_spatial_dims(data: Any) -> int:
+    """2 (images) or 3 (volumes) for a data config, from its data set (``data.name``); refuses
+    the keys that do not apply to that kind of data, naming the key and what is valid."""
+    dims = dataset_spatial_dims(data.name)
+    crop = data.crop_size
+    if dims == 2 and not isinstance(crop, int):
+        raise ValueError(
+            f"data.crop_size = {list(crop)} is a region of interest [D, H, W], which only volume "
+            f"data sets ({', '.join(VOLUME_DATASETS)}) take; {data.name!r} holds images: give "
+            "one side, e.g. data.crop_size=321"
+        )
+    if dims == 3 and data.eval_size is not None:
+        raise ValueError(
+            f"data.eval_size = {list(data.eval_size)} does not apply to the volume data set "
+            f"{data.name!r}: volumes are evaluated whole by sliding windows of data.crop_size; "
+            "set data.eval_size=null"
+        )
+    return dims
+
+
+def build_datasets(data: Any) -> tuple[AnyDataset, AnyDataset]:
     """``(training split with the training transform, evaluation split)`` for a data config
     (:class:`~autodeeplab.config.DataConfig` or :class:`~autodeeplab.config.TrainDataConfig`).
 
-    The training split makes ``data.repeat`` passes per epoch
+    Images: random scale, crop and flip for training, optionally resized for evaluation.
+    Volumes: ``data.crop_size`` crops centred on foreground half of the time and random flips
+    along every axis (``data.flip``) for training; whole volumes for evaluation (evaluated by
+    sliding window). The training split makes ``data.repeat`` passes per epoch
     (:class:`~autodeeplab.data.RepeatDataset`); the evaluation split is used once.
     """
 
-    def build(split: str, transform: Any) -> SegmentationDataset:
+    def build(split: str, transform: Any) -> AnyDataset:
         try:
             return build_dataset(data.name, data.root, split, transform, **data.options)
         except TypeError as err:  # an option the data set class does not take
@@ -42,11 +74,15 @@ def build_datasets(data: Any) -> tuple[SegmentationDataset, SegmentationDataset]
             ) from err
 
     check_repeat(data.repeat)  # before a possibly slow data set scan
-    train = build(
-        data.train_split, train_transform(data.crop_size, scale=data.scale, flip=data.flip)
-    )
-    train = repeat_dataset(train, data.repeat)
-    evaluation = build(data.eval_split, eval_transform(data.eval_size))
+    if data_spatial_dims(data) == 3:
+        flip = 0.5 if data.flip else 0.0
+        train_t: Any = volume_train_transform(data.crop_size, flip_prob=flip)
+        eval_t: Any = volume_eval_transform()
+    else:
+        train_t = train_transform(data.crop_size, scale=data.scale, flip=data.flip)
+        eval_t = eval_transform(data.eval_size)
+    train = repeat_dataset(build(data.train_split, train_t), data.repeat)
+    evaluation = build(data.eval_split, eval_t)
     return train, evaluation
 
 

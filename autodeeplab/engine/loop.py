@@ -45,7 +45,7 @@ from autodeeplab.config import (
     save_config,
     to_dict,
 )
-from autodeeplab.data import SegmentationDataset
+from autodeeplab.data import GENERATED, AnyDataset, dataset_spatial_dims
 from autodeeplab.engine.common import (
     RunLog,
     StopRequest,
@@ -88,7 +88,7 @@ class KeyedSamples(torch.utils.data.Dataset):
     """Item ``(epoch, index)`` is sample ``index`` augmented with a generator seeded by
     ``(seed, epoch, index)``: the same on every rank, worker and resumption."""
 
-    def __init__(self, dataset: SegmentationDataset, seed: int) -> None:
+    def __init__(self, dataset: AnyDataset, seed: int) -> None:
         self.dataset, self.seed = dataset, seed
 
     def __len__(self) -> int:
@@ -125,7 +125,7 @@ def epoch_batches(
 
 
 # ---------------------------------------------------------------------------- the base
-Batch = tuple[torch.Tensor, torch.Tensor]  # images (N, 3, *spatial), masks (N, *spatial)
+Batch = tuple[torch.Tensor, torch.Tensor]  # images (N, C, *spatial), masks (N, *spatial)
 Keys = list[list[tuple[int, int]]]  # batches of KeyedSamples keys
 E = TypeVar("E", bound="EngineBase")
 
@@ -198,7 +198,9 @@ class EngineBase:
         """Refuse a config the engine cannot run (before anything is built or written)."""
         c = self.cfg
         check_ranges(c)  # again: a config built in code has not been through from_dict
-        if c.data.name != "synthetic" and c.data.root is None:
+        # images or volumes, from the data set (its keys are checked when the data is built)
+        self.spatial_dims = dataset_spatial_dims(c.data.name)
+        if c.data.name not in GENERATED and c.data.root is None:
             raise ValueError(
                 f"data set {c.data.name!r} needs a root folder: set data.root in the config or "
                 "pass --data-root DIR"
@@ -413,6 +415,18 @@ class EngineBase:
         cm.all_reduce()
         cm.matrix = cm.matrix.cpu()
         return cm
+
+    def _volume_confusion(
+        self, model: Callable[[torch.Tensor], torch.Tensor], shard: Any
+    ) -> ConfusionMatrix:
+        """Confusion matrix of ``model`` over the whole volumes of ``shard`` (a ``Subset`` of
+        the evaluation split), by Gaussian-blended sliding windows of ``data.crop_size``."""
+        from autodeeplab.volume_inference import evaluate_volumes
+
+        result = evaluate_volumes(
+            model, shard.dataset, self.cfg.data.crop_size, indices=shard.indices, device=self.device
+        )
+        return result.matrix
 
     # -------------------------------------------------------------- the loop
     def run(self) -> Any:

@@ -243,7 +243,9 @@ class SearchEngine(EngineBase):
         self.schedule = ArchSchedule.from_config(config, self.steps_per_epoch)
         self.guards = CollapseGuards.from_config(config)
 
-        self.model = build_supernet(config, self.train_set.num_classes).to(self.device)
+        self.model = build_supernet(
+            config, self.train_set.num_classes, self.train_set.in_channels
+        ).to(self.device)
         self.relaxation = self.model.relaxation
         self.budget = build_memory_budget(config, self.train_set.num_classes)
         self.weights = self.model.weight_parameters()
@@ -457,9 +459,12 @@ class SearchEngine(EngineBase):
 
     # -------------------------------------------------------------- evaluation
     def evaluate(self) -> float:
-        """Supernet mIoU on the held-out split (this rank's share, summed over ranks)."""
+        """Supernet mIoU on the held-out split (this rank's share, summed over ranks); volumes
+        are evaluated whole, by sliding windows of ``data.crop_size``."""
 
         def confusion(shard: Dataset) -> ConfusionMatrix:
+            if self.spatial_dims == 3:
+                return self._volume_confusion(self._supernet(self.model), shard)
             loader = torch.utils.data.DataLoader(
                 shard,
                 batch_size=self.cfg.data.eval_batch_size,

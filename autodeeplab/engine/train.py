@@ -31,7 +31,7 @@ Run folder::
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from autodeeplab.config import (
     ConfigError,
     TrainConfig,
     TrainModelConfig,
+    crop_min_side,
     to_dict,
 )
 from autodeeplab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -58,7 +59,7 @@ from autodeeplab.inference import evaluate
 from autodeeplab.metrics import ConfusionMatrix
 from autodeeplab.network import AutoDeepLab, NetworkConfig
 from autodeeplab.runfolder import json_ready
-from autodeeplab.saved_model import save_model
+from autodeeplab.saved_model import identity_normalization, save_model
 
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -99,14 +100,19 @@ def poly_lr(
 def resolve_network(
     model: TrainModelConfig,
     num_classes: int,
-    crop_size: int | None = None,
+    crop_size: int | Sequence[int] | None = None,
     genotype: Genotype | None = None,
+    *,
+    in_channels: int = 3,
+    spatial_dims: int = 2,
 ) -> NetworkConfig:
-    """The :class:`NetworkConfig` a train config asks for (genotype file or model preset).
+    """The :class:`NetworkConfig` a train config asks for (genotype file or model preset),
+    with ``in_channels`` input channels (image channels, or the modalities of volumes), for
+    images (``spatial_dims=2``) or volumes (3).
 
-    ``model.aspp_rates: auto`` is resolved here, from the training ``crop_size``, into explicit
-    rates, so the saved network does not depend on the crop; ``paper`` stays ``None`` (the
-    network applies DeepLab's rule for its output stride).
+    ``model.aspp_rates: auto`` is resolved here, from the training ``crop_size`` (its smallest
+    side), into explicit rates, so the saved network does not depend on the crop; ``paper``
+    stays ``None`` (the network applies DeepLab's rule for its output stride).
 
     ``genotype`` given: that architecture with the config's network options (``model.genotype``
     and ``model.preset`` must then be null), as if it were read from a genotype file.
@@ -131,11 +137,14 @@ def resolve_network(
         genotype = Genotype.load(model.genotype)  # type: ignore[arg-type]
     if model.filter_multiplier is not None:
         multiplier = model.filter_multiplier
-    rates = resolve_atrous_rates(model.aspp_rates, genotype.output_stride, crop_size)
+    crop = None if crop_size is None else crop_min_side(crop_size)
+    rates = resolve_atrous_rates(model.aspp_rates, genotype.output_stride, crop)
     return NetworkConfig(
         genotype=genotype,
         num_classes=num_classes,
         filter_multiplier=multiplier,
+        in_channels=in_channels,
+        spatial_dims=spatial_dims,
         aspp_channels=model.aspp_channels,
         aspp_rates=None if model.aspp_rates == "paper" else rates,
         decoder_channels=model.decoder_channels,
@@ -178,7 +187,11 @@ class TrainEngine(EngineBase):
         )
 
         self.network = resolve_network(
-            config.model, self.train_set.num_classes, config.data.crop_size
+            config.model,
+            self.train_set.num_classes,
+            config.data.crop_size,
+            in_channels=self.train_set.in_channels,
+            spatial_dims=self.spatial_dims,
         )
         self._check_batch_and_crop()
         self.model = AutoDeepLab.from_config(self.network).to(self.device)
@@ -235,7 +248,7 @@ class TrainEngine(EngineBase):
                 "process or over all processes with model.sync_bn; use data.batch_size >= 2"
             )
         need = self.network.genotype.max_stride + 1
-        if c.data.crop_size < need:
+        if crop_min_side(c.data.crop_size) < need:
             raise ConfigError(
                 f"config key data.crop_size = {c.data.crop_size} is too small for this "
                 f"genotype: its deepest level has stride {need - 1}; use data.crop_size >= {need}"
@@ -332,10 +345,13 @@ class TrainEngine(EngineBase):
 
     # -------------------------------------------------------------- evaluation
     def evaluate(self) -> ConfusionMatrix:
-        """Single-scale confusion matrix on the evaluation split (sharded over processes)."""
+        """Single-scale confusion matrix on the evaluation split (sharded over processes);
+        volumes are evaluated whole, by sliding windows of ``data.crop_size``."""
 
         def confusion(shard: Dataset) -> ConfusionMatrix:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                if self.spatial_dims == 3:
+                    return self._volume_confusion(self.model, shard)
                 return evaluate(
                     self.model,
                     shard,
@@ -361,9 +377,11 @@ class TrainEngine(EngineBase):
         }
 
     def _resume_problems(self, state: dict[str, Any]) -> list[str]:
-        if state["network"] == self.network.to_dict():
+        # compared as configs: a checkpoint written before a network key existed has its default
+        old_network = NetworkConfig.from_dict(state["network"])
+        if old_network == self.network:
             return []
-        old = NetworkConfig.from_dict(state["network"]).genotype
+        old = old_network.genotype
         return [f"network: {old} -> {self.network.genotype} (or its options)"]
 
     def _load_state(self, state: dict[str, Any]) -> None:
@@ -375,13 +393,17 @@ class TrainEngine(EngineBase):
     def _save_model(self, name: str, miou: float | None) -> None:
         if self.rank != 0:
             return
+        if self.spatial_dims == 3:  # volume data sets hand out normalised intensities
+            mean, std = identity_normalization(self.network.in_channels)
+        else:
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
         save_model(
             self.model,
             self.output / name,
             class_names=self.train_set.class_names,
             palette=self.train_set.palette,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
+            mean=mean,
+            std=std,
             ignore_index=self.cfg.optim.ignore_index,
             dataset=self.cfg.data.name,
             extra=json_ready(
@@ -403,6 +425,7 @@ class TrainEngine(EngineBase):
             "epoch": self._epoch(),
             "loss": self.loss_sum / max(1, self.loss_steps),
             "mIoU": miou,
+            "mDice": cm.mean_dice(),
             "pixel_accuracy": cm.pixel_accuracy(),
             "mean_accuracy": cm.mean_accuracy(),
             "best_mIoU": self.best_miou,
