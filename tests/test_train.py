@@ -20,7 +20,11 @@ from autodeeplab.cli import main
 from autodeeplab.config import ConfigError, TrainConfig, load_config
 from autodeeplab.engine import train as train_engine
 from autodeeplab.engine.common import deferred_interrupt
-from autodeeplab.engine.distributed import SyncBatchNorm2d, convert_sync_batchnorm
+from autodeeplab.engine.distributed import (
+    SyncBatchNorm2d,
+    SyncBatchNorm3d,
+    convert_sync_batchnorm,
+)
 from autodeeplab.engine.search import NonFiniteLossError
 from autodeeplab.engine.train import (
     TrainEngine,
@@ -107,18 +111,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _sync_bn_worker(rank: int, world: int, port: int, out: str) -> None:
+SPATIAL = {2: (5, 5), 3: (3, 4, 5)}
+BATCH_NORM = {2: torch.nn.BatchNorm2d, 3: torch.nn.BatchNorm3d}
+
+
+def _sync_bn_worker(rank: int, world: int, port: int, out: str, spatial_dims: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)
-        x = torch.randn(4, 3, 5, 5, dtype=torch.float64) * 3 + 1  # same on both ranks
-        w = torch.randn(4, 3, 5, 5, dtype=torch.float64)
-        bn = torch.nn.BatchNorm2d(3).double()
+        size = SPATIAL[spatial_dims]
+        x = torch.randn(4, 3, *size, dtype=torch.float64) * 3 + 1  # same on both ranks
+        w = torch.randn(4, 3, *size, dtype=torch.float64)
+        bn = BATCH_NORM[spatial_dims](3).double()
         bn.weight.data.uniform_(0.5, 1.5)
         bn.bias.data.uniform_(-0.5, 0.5)
         sync = convert_sync_batchnorm(torch.nn.Sequential(bn), torch.device("cpu"))
-        assert isinstance(sync[0], SyncBatchNorm2d)
+        assert isinstance(sync[0], {2: SyncBatchNorm2d, 3: SyncBatchNorm3d}[spatial_dims])
         part = x[2 * rank : 2 * rank + 2].clone().requires_grad_(True)
         y = sync(part)
         (y * w[2 * rank : 2 * rank + 2]).sum().backward()
@@ -133,12 +142,15 @@ def _sync_bn_worker(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_sync_batch_norm_on_cpu_equals_batch_norm_on_the_global_batch(tmp_path):
-    mp.spawn(_sync_bn_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_sync_batch_norm_on_cpu_equals_batch_norm_on_the_global_batch(tmp_path, spatial_dims):
+    args = (2, _free_port(), str(tmp_path), spatial_dims)
+    mp.spawn(_sync_bn_worker, args=args, nprocs=2, join=True)
     torch.manual_seed(0)
-    x = (torch.randn(4, 3, 5, 5, dtype=torch.float64) * 3 + 1).requires_grad_(True)
-    w = torch.randn(4, 3, 5, 5, dtype=torch.float64)
-    bn = torch.nn.BatchNorm2d(3).double()
+    size = SPATIAL[spatial_dims]
+    x = (torch.randn(4, 3, *size, dtype=torch.float64) * 3 + 1).requires_grad_(True)
+    w = torch.randn(4, 3, *size, dtype=torch.float64)
+    bn = BATCH_NORM[spatial_dims](3).double()
     bn.weight.data.uniform_(0.5, 1.5)
     bn.bias.data.uniform_(-0.5, 0.5)
     y = bn(x)

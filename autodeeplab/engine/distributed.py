@@ -58,23 +58,30 @@ def _syncing() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-class SyncBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics are those of the global batch of all processes.
+class _GlobalBatchNorm:
+    """Training statistics of the global batch of all processes, for images or volumes.
 
     Mean and variance are two-pass (mean first, then the mean squared deviation), each summed
     over processes with a differentiable ``all_reduce``, so gradients flow through the global
     statistics exactly as in single-process BatchNorm on the concatenated batch. Outside a
-    multi-process group, and in eval mode, it is plain :class:`torch.nn.BatchNorm2d`.
+    multi-process group, and in eval mode, it is the plain BatchNorm it is mixed into.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    spatial_dims: int
+
+    def forward(self: Any, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and _syncing()):
-            return super().forward(x)
-        if x.ndim != 4:
-            raise ValueError(f"expected 4D input (N, C, H, W), got {tuple(x.shape)}")
+            return super().forward(x)  # type: ignore[misc]
+        if x.ndim != 2 + self.spatial_dims:
+            layout = "(N, C, H, W)" if self.spatial_dims == 2 else "(N, C, D, H, W)"
+            raise ValueError(
+                f"expected {2 + self.spatial_dims}D input {layout}, got {tuple(x.shape)}"
+            )
         c = x.shape[1]
+        dims = (0, *range(2, x.ndim))  # every axis but the channels
+        shape = (1, c) + (1,) * self.spatial_dims
         count = torch.full((1,), x.numel() // c, dtype=x.dtype, device=x.device)
-        sums = differentiable_all_reduce(torch.cat([x.sum(dim=(0, 2, 3)), count]))  # (C + 1,)
+        sums = differentiable_all_reduce(torch.cat([x.sum(dim=dims), count]))  # (C + 1,)
         n = sums[-1].detach()
         if float(n) < 2:
             raise ValueError(
@@ -82,11 +89,11 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
                 f"input {tuple(x.shape)} on each of {dist.get_world_size()} processes"
             )
         mean = sums[:c] / n  # (C,)
-        centred = x - mean.view(1, c, 1, 1)
-        var = differentiable_all_reduce((centred * centred).sum(dim=(0, 2, 3))) / n  # (C,) biased
-        y = centred * torch.rsqrt(var + self.eps).view(1, c, 1, 1)
+        centred = x - mean.view(shape)
+        var = differentiable_all_reduce((centred * centred).sum(dim=dims)) / n  # (C,) biased
+        y = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
-            y = y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
+            y = y * self.weight.view(shape) + self.bias.view(shape)
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)  # type: ignore[operator]
@@ -101,18 +108,38 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         return y
 
 
+class SyncBatchNorm2d(_GlobalBatchNorm, nn.BatchNorm2d):
+    """``BatchNorm2d`` with the statistics of the global batch (see :class:`_GlobalBatchNorm`)."""
+
+    spatial_dims = 2
+
+
+class SyncBatchNorm3d(_GlobalBatchNorm, nn.BatchNorm3d):
+    """``BatchNorm3d`` with the statistics of the global batch (see :class:`_GlobalBatchNorm`)."""
+
+    spatial_dims = 3
+
+
+_SYNCED: dict[type[nn.Module], type[nn.Module]] = {
+    nn.BatchNorm2d: SyncBatchNorm2d,
+    nn.BatchNorm3d: SyncBatchNorm3d,
+}
+
+
 def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
-    """Replace every ``BatchNorm2d`` of ``module`` by a synchronised one (in place where
-    possible; returns the module). CUDA: :class:`torch.nn.SyncBatchNorm`; else
-    :class:`SyncBatchNorm2d`. Parameters and running statistics are kept."""
+    """Replace every ``BatchNorm2d`` / ``BatchNorm3d`` of ``module`` by a synchronised one (in
+    place where possible; returns the module). CUDA: :class:`torch.nn.SyncBatchNorm`; else
+    :class:`SyncBatchNorm2d` / :class:`SyncBatchNorm3d`. Parameters and running statistics are
+    kept."""
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     return _convert_cpu(module)
 
 
 def _convert_cpu(module: nn.Module) -> nn.Module:
-    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, SyncBatchNorm2d):
-        new = SyncBatchNorm2d(
+    synced = next((sync for base, sync in _SYNCED.items() if isinstance(module, base)), None)
+    if synced is not None and not isinstance(module, tuple(_SYNCED.values())):
+        new = synced(
             module.num_features,
             module.eps,
             module.momentum,  # type: ignore[arg-type]
