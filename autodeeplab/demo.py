@@ -419,22 +419,37 @@ def _run_stages(
         architectures=architectures,
     )
     clock.stop("report")
-    timings = {**clock.timings, "total": clock.total()}
     result = DemoResult(
-        output, genotype, cm.mean_iou(), baseline.mean_iou(), timings, report_html, report_md
+        output,
+        genotype,
+        cm.mean_iou(),
+        baseline.mean_iou(),
+        {**clock.timings, "total": clock.total()},
+        report_html,
+        report_md,
     )
-    summary = {
-        "genotype": str(genotype),
-        "mIoU": result.miou,
-        "baseline_mIoU": result.baseline_miou,
-        "baseline_class": names[majority],
-        "timings_s": timings,
-        "report": str(report_html),
+    return _finish(result, names[majority], log)
+
+
+def _finish(
+    result: DemoResult, majority_class: str, log: Callable[[str], None] | None
+) -> DemoResult:
+    """Write ``demo.json`` (Dice figures only for a demo that has them) and log the timings."""
+    summary: dict[str, Any] = {"genotype": str(result.genotype), "mIoU": result.miou}
+    if result.dice is not None:
+        summary["mDice"] = result.dice
+    summary["baseline_mIoU"] = result.baseline_miou
+    if result.baseline_dice is not None:
+        summary["baseline_mDice"] = result.baseline_dice
+    summary |= {
+        "baseline_class": majority_class,
+        "timings_s": result.timings,
+        "report": str(result.report_html),
     }
-    (output / "demo.json").write_text(dumps_json(summary, indent=2) + "\n")
+    (result.output / "demo.json").write_text(dumps_json(summary, indent=2) + "\n")
     if log is not None:
-        log("stage timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
-        log(f"report: {report_html} (and {report_md.name})")
+        log("stage timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
+        log(f"report: {result.report_html} (and {result.report_md.name})")
     return result
 
 
@@ -536,50 +551,41 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:.2f}"
 
 
-def _write_report(
+def _pipeline_sections(
+    report: Any,
     output: Path,
     *,
+    stages: Sequence[str],
+    timings: dict[str, float],
+    total: float,
     genotype: Genotype,
     search_records: Path,
     train_records: Path,
-    evaluation: dict[str, Any],
-    cm: ConfusionMatrix,
-    baseline: ConfusionMatrix,
-    class_names: Sequence[str],
-    palette: np.ndarray,
-    samples: Sequence[tuple[np.ndarray, np.ndarray]],
-    predictions: Sequence[np.ndarray],
-    timings: dict[str, float],
-    total: float,
     best_iteration: int | None,
-    architectures: Sequence[dict[str, Any]],
-) -> tuple[Path, Path]:
+    search_summary: bool,
+) -> None:
+    """The report sections every demo has: stage times, the decoded architecture, the search
+    curves (with the end-of-search figures when ``search_summary``) and warning, the
+    retraining curves."""
     from autodeeplab.report import (
-        Report,
         draw_search_curves,
         draw_training_curves,
         load_jsonl,
         search_warning,
     )
 
-    report = Report("Auto-DeepLab demo: synthetic data set")
-    report.paragraph(
-        f"The retrained model reaches {_pct(cm.mean_iou())} % mIoU on the "
-        f"{evaluation['samples']} validation images, against {_pct(baseline.mean_iou())} % for "
-        f"a majority-class baseline (predicting '{evaluation['baseline']['class']}' "
-        f"everywhere). The whole pipeline took {total:.0f} s."
-    )
     report.heading("Stages")
     report.table(
         ["stage", "seconds"],
-        [[stage, f"{timings.get(stage, 0.0):.1f}"] for stage in STAGES[:-1]]
+        [[stage, f"{timings.get(stage, 0.0):.1f}"] for stage in stages[:-1]]
         + [["total (to the report)", f"{total:.1f}"]],
     )
     report.heading("Architecture")
     report.paragraph(f"Decoded genotype: `{genotype}`")
     report.image(
         output / "architecture.png",
-        "Network-level path (top), cell (middle) and the searched beta distributions (bottom)",
+        "Network-level path (top), cell (middle) and the searched transition probabilities "
+        "(bottom)",
     )
     report.heading("Search")
     records = load_jsonl(search_records)
@@ -589,7 +595,7 @@ def _write_report(
         "Supernet losses, mIoU, architecture entropies and how far the search moved them",
     )
     last = [r for r in records if r.get("type") == "epoch"][-1:]
-    if last and "alpha_entropy_fraction" in last[0]:
+    if search_summary and last and "alpha_entropy_fraction" in last[0]:
         d = last[0]
         report.table(
             ["at the end of the search", "value"],
@@ -608,6 +614,47 @@ def _write_report(
         draw_training_curves(load_jsonl(train_records)),
         "training_curves",
         f"Retraining loss, learning rate and validation mIoU (best at iteration {best_iteration})",
+    )
+
+
+def _write_report(
+    output: Path,
+    *,
+    genotype: Genotype,
+    search_records: Path,
+    train_records: Path,
+    evaluation: dict[str, Any],
+    cm: ConfusionMatrix,
+    baseline: ConfusionMatrix,
+    class_names: Sequence[str],
+    palette: np.ndarray,
+    samples: Sequence[tuple[np.ndarray, np.ndarray]],
+    predictions: Sequence[np.ndarray],
+    timings: dict[str, float],
+    total: float,
+    best_iteration: int | None,
+    architectures: Sequence[dict[str, Any]],
+) -> tuple[Path, Path]:
+    from autodeeplab.report import Report
+
+    report = Report("Auto-DeepLab demo: synthetic data set")
+    report.paragraph(
+        f"The retrained model reaches {_pct(cm.mean_iou())} % mIoU on the "
+        f"{evaluation['samples']} validation images, against {_pct(baseline.mean_iou())} % for "
+        f"a majority-class baseline (predicting '{evaluation['baseline']['class']}' "
+        f"everywhere). The whole pipeline took {total:.0f} s."
+    )
+    _pipeline_sections(
+        report,
+        output,
+        stages=STAGES,
+        timings=timings,
+        total=total,
+        genotype=genotype,
+        search_records=search_records,
+        train_records=train_records,
+        best_iteration=best_iteration,
+        search_summary=True,
     )
     _compare_section(report, architectures, baseline.mean_iou())
     report.heading("Evaluation")
@@ -705,33 +752,18 @@ def _run_volume_stages(
         best_iteration=trained.best_iteration,
     )
     clock.stop("report")
-    timings = {**clock.timings, "total": clock.total()}
     demo = DemoResult(
         output,
         genotype,
         cm.mean_iou(),
         baseline.mean_iou(),
-        timings,
+        {**clock.timings, "total": clock.total()},
         report_html,
         report_md,
         dice=cm.mean_dice(),
         baseline_dice=baseline.mean_dice(),
     )
-    summary = {
-        "genotype": str(genotype),
-        "mIoU": demo.miou,
-        "mDice": demo.dice,
-        "baseline_mIoU": demo.baseline_miou,
-        "baseline_mDice": demo.baseline_dice,
-        "baseline_class": names[majority],
-        "timings_s": timings,
-        "report": str(report_html),
-    }
-    (output / "demo.json").write_text(dumps_json(summary, indent=2) + "\n")
-    if log is not None:
-        log("stage timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
-        log(f"report: {report_html} (and {report_md.name})")
-    return demo
+    return _finish(demo, names[majority], log)
 
 
 def _volume_slices(volume: Volume) -> list[tuple[str, int, Any]]:
@@ -805,13 +837,7 @@ def _write_volume_report(
     total: float,
     best_iteration: int | None,
 ) -> tuple[Path, Path]:
-    from autodeeplab.report import (
-        Report,
-        draw_search_curves,
-        draw_training_curves,
-        load_jsonl,
-        search_warning,
-    )
+    from autodeeplab.report import Report
 
     report = Report("Auto-DeepLab demo: synthetic volumes")
     report.paragraph(
@@ -821,32 +847,17 @@ def _write_volume_report(
         f"({_pct(baseline.mean_iou())} %) for a majority-class baseline (predicting "
         f"'{evaluation['baseline']['class']}' everywhere). The whole pipeline took {total:.0f} s."
     )
-    report.heading("Stages")
-    report.table(
-        ["stage", "seconds"],
-        [[stage, f"{timings.get(stage, 0.0):.1f}"] for stage in VOLUME_STAGES[:-1]]
-        + [["total (to the report)", f"{total:.1f}"]],
-    )
-    report.heading("Architecture")
-    report.paragraph(f"Decoded genotype: `{genotype}`")
-    report.image(
-        output / "architecture.png",
-        "Network-level path (top), cell (middle) and the searched beta distributions (bottom)",
-    )
-    report.heading("Search")
-    records = load_jsonl(search_records)
-    report.figure(
-        draw_search_curves(records),
-        "search_curves",
-        "Supernet losses, mIoU, architecture entropies and how far the search moved them",
-    )
-    if (warning := search_warning(records)) is not None:
-        report.paragraph(f"Warning: {warning}.")
-    report.heading("Training")
-    report.figure(
-        draw_training_curves(load_jsonl(train_records)),
-        "training_curves",
-        f"Retraining loss, learning rate and validation mIoU (best at iteration {best_iteration})",
+    _pipeline_sections(
+        report,
+        output,
+        stages=VOLUME_STAGES,
+        timings=timings,
+        total=total,
+        genotype=genotype,
+        search_records=search_records,
+        train_records=train_records,
+        best_iteration=best_iteration,
+        search_summary=False,
     )
     report.heading("Evaluation")
     dice, iou = cm.per_class_dice(), cm.per_class_iou()
