@@ -753,13 +753,12 @@ def _run_decode(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from autodeeplab.checkpoint import load_checkpoint
-    from autodeeplab.search_model import checkpoint_architecture
+    from autodeeplab.search_model import checkpoint_genotype
 
     path = Path(args.checkpoint)
     if path.is_dir():
         path = path / "last.pt"
-    relaxation, params = checkpoint_architecture(load_checkpoint(path), path)
-    genotype = relaxation.decode(params)
+    genotype = checkpoint_genotype(load_checkpoint(path), path)
     out = Path(args.out) if args.out else path.with_suffix(".genotype.json")
     genotype.save(out)
     print(genotype)

@@ -338,6 +338,25 @@ class RelaxationConfig:
 
 
 @dataclass
+class SelectionConfig:
+    """How the cell is read off the supernet at the end of the search
+    (:mod:`autodeeplab.projection`, docs/search.md)."""
+
+    name: str = "argmax"
+    """``argmax`` (the paper: the largest op weights) or ``perturbation`` (DARTS-PT: the
+    operations and edges whose removal hurts the supernet most, one decision at a time)."""
+    criterion: str = "miou"
+    """Perturbation: what "hurts" measures, the supernet's ``miou`` (ties: the loss) or its
+    ``loss`` on the selection batches."""
+    eval_samples: int = bounded(64, ge=1)
+    """Perturbation: trainB samples (with the search's augmentation, the same for every
+    measurement) each perturbation is evaluated on."""
+    tune_epochs: float = bounded(1.0, ge=0)
+    """Perturbation: search steps (weight + architecture, at the final learning rate) after
+    each decision but the last, in epochs of the search; 0 = no tuning."""
+
+
+@dataclass
 class SearchConfig:
     """Everything that defines an architecture search run."""
 
@@ -355,6 +374,7 @@ class SearchConfig:
     arch_regularizer: ArchRegularizerConfig = field(default_factory=ArchRegularizerConfig)
     aux_skip: AuxSkipConfig = field(default_factory=AuxSkipConfig)
     relaxation: RelaxationConfig = field(default_factory=RelaxationConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
     unrolled: bool = False
     """DARTS second-order architecture gradient (finite-difference Hessian-vector product)."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -419,6 +439,10 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "relaxation.op_entropy_weight": 1.0,
     "relaxation.topology_weight": 0.001,
     "relaxation.warmup": 0.0,
+    "selection.name": "argmax",
+    "selection.criterion": "miou",
+    "selection.eval_samples": 64,
+    "selection.tune_epochs": 1.0,
 }
 """Keys added after run folders were first written, with the value under which a run behaves
 as runs did before the key existed. While a key holds that value it is left out of the config

@@ -57,7 +57,19 @@ def decode_cell(
 ) -> tuple[Block, ...]:
     """Decode a cell from alpha logits of shape ``(E, O)`` (``E = 20`` for five blocks) whose
     columns are the operations ``op_names`` (default the paper's eight)."""
-    weights = cell_weights(alpha_logits, len(op_names))
+    return decode_cell_weights(cell_weights(alpha_logits, len(op_names)), op_names)
+
+
+def decode_cell_weights(
+    weights: np.ndarray, op_names: Sequence[str] = space.PRIMITIVES
+) -> tuple[Block, ...]:
+    """Decode a cell from op mixing weights ``(E, O)`` (any non-negative weights, e.g. the
+    softmax of the alphas, or weights with decided edges set one-hot and removed edges zeroed):
+    per block the two incoming edges with the largest non-``none`` weight, on each its largest
+    non-``none`` operation; ties go to the lower index."""
+    weights = _as_array(weights, "op weights", 2)
+    if weights.shape[1] != len(op_names):
+        raise ValueError(f"op weights must have {len(op_names)} columns, got {weights.shape}")
     blocks = blocks_from_edges(weights.shape[0])
     ops = np.array([i for i, name in enumerate(op_names) if name != "none"])
     if ops.size == 0:
@@ -65,7 +77,7 @@ def decode_cell(
     cell = []
     for b in range(blocks):
         start = space.block_edge_offset(b)
-        w = weights[start : start + b + 2][:, ops]  # (inputs, 7) without `none`
+        w = weights[start : start + b + 2][:, ops]  # (inputs, ops without `none`)
         best_op = ops[np.argmax(w, axis=1)]
         strength = w.max(axis=1)
         # Stable sort: ties go to the lower input index.

@@ -526,8 +526,9 @@ def load_architecture(path: str | Path) -> tuple[Genotype, np.ndarray | None]:
     A ``.json`` file is read with :meth:`Genotype.load` (no probabilities). Any other file is
     loaded with ``torch.load(weights_only=True)``, which never executes code from it. A search
     checkpoint (``last.pt``, holding its config) is decoded with the relaxation it was searched
-    with (:func:`autodeeplab.search_model.checkpoint_architecture`: a single path for the
-    paper's softmax, a multi-path topology for DiNTS). A bare ``{"model": state_dict}`` or
+    with (:func:`autodeeplab.search_model.checkpoint_genotype`: a single path for the
+    paper's softmax, a multi-path topology for DiNTS, the cell of a perturbation-based
+    selection when it holds one). A bare ``{"model": state_dict}`` or
     state_dict needs ``alphas`` ``(E, 8)`` and ``betas`` ``(L, 4, 3)`` and is decoded as the
     paper's relaxation. Returns the genotype and the transition probabilities ``(L, 4, 3)`` the
     supernet mixed with (the relaxation's transition weights).
@@ -543,11 +544,11 @@ def load_architecture(path: str | Path) -> tuple[Genotype, np.ndarray | None]:
     )
     obj = _torch_load(path, expected)
     if isinstance(obj, Mapping) and isinstance(obj.get("config"), Mapping):
-        from autodeeplab.search_model import checkpoint_architecture
+        from autodeeplab.search_model import checkpoint_architecture, checkpoint_genotype
 
         relaxation, params = checkpoint_architecture(obj, path)
         probs = relaxation.transition_weights(params)
-        return relaxation.decode(params), _to_numpy(probs)
+        return checkpoint_genotype(obj, path), _to_numpy(probs)
     state = obj.get("model") if isinstance(obj, Mapping) and "model" in obj else obj
     if not isinstance(state, Mapping) or not {"alphas", "betas"} <= set(state):
         found = sorted(map(str, state))[:8] if isinstance(state, Mapping) else type(state).__name__

@@ -26,7 +26,9 @@ from autodeeplab.config import (
 )
 from autodeeplab.data import dataset_spatial_dims
 from autodeeplab.dints import DintsRelaxation
+from autodeeplab.genotype import Genotype
 from autodeeplab.heads import search_head_rates
+from autodeeplab.projection import CellProjection
 from autodeeplab.relaxation import Relaxation, SoftmaxRelaxation
 from autodeeplab.supernet import SearchNetwork
 
@@ -170,6 +172,26 @@ def checkpoint_architecture(
             "is it a search checkpoint?"
         )
     return relaxation, {k: model.get(k) for k in names}
+
+
+def checkpoint_genotype(state: Mapping[str, Any], path: str | Path) -> Genotype:
+    """The architecture of a search checkpoint (a loaded ``last.pt``): decoded with its
+    relaxation, with the cell of its perturbation-based selection's decisions when it holds
+    any (:mod:`autodeeplab.projection`); ``path`` names the file in errors."""
+    relaxation, params = checkpoint_architecture(state, path)
+    genotype = relaxation.decode(params)
+    records = state.get("selection", {}).get("records", [])
+    if not records:
+        return genotype
+    projection = CellProjection(relaxation.space.blocks, tuple(relaxation.space.ops))
+    try:
+        for record in records:
+            projection.replay(record)
+        with torch.no_grad():
+            cell = projection.cell(relaxation.op_weights(params))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: its selection decisions are not valid: {err}") from None
+    return Genotype(cell=cell, path=genotype.path, topology=genotype.topology)
 
 
 def checkpoint_relaxation(state: Mapping[str, Any], path: str | Path) -> Relaxation:

@@ -54,6 +54,7 @@ from torch.utils.checkpoint import (
 from autodeeplab import ops, space
 from autodeeplab.genotype import Genotype
 from autodeeplab.heads import search_head_rates
+from autodeeplab.projection import CellProjection
 from autodeeplab.relaxation import Relaxation, SoftmaxRelaxation
 
 # True while torch.utils.checkpoint recomputes a forward pass: BatchNorm must not update its
@@ -734,6 +735,9 @@ class SearchNetwork(nn.Module):
         for name, param in relaxation.init_parameters().items():
             self.register_parameter(name, param)
             self._arch_names += (name,)
+        self.projection: CellProjection | None = None
+        """Decisions of a perturbation-based selection applied to the op weights
+        (:mod:`autodeeplab.projection`); ``None``: the relaxation's weights unchanged."""
 
     # ------------------------------------------------------------------ trellis structure
     @staticmethod
@@ -756,8 +760,10 @@ class SearchNetwork(nn.Module):
         return [p for p in self.parameters() if id(p) not in arch]
 
     def alpha_weights(self) -> torch.Tensor:
-        """Op mixing weights ``(E, O)`` (see :meth:`Relaxation.op_weights`)."""
-        return self.relaxation.op_weights(self.arch_state())
+        """Op mixing weights ``(E, O)`` (see :meth:`Relaxation.op_weights`), with the
+        decisions of :attr:`projection` applied."""
+        weights = self.relaxation.op_weights(self.arch_state())
+        return weights if self.projection is None else self.projection.apply(weights)
 
     def beta_weights(self) -> torch.Tensor:
         """Transition weights ``(L, 4, 3)`` (see :meth:`Relaxation.transition_weights`)."""
@@ -773,8 +779,14 @@ class SearchNetwork(nn.Module):
 
     # ------------------------------------------------------------------ decoding
     def genotype(self) -> Genotype:
-        """Decode the current architecture (see :meth:`Relaxation.decode`)."""
-        return self.relaxation.decode(self.arch_state())
+        """Decode the current architecture (see :meth:`Relaxation.decode`); with a
+        :attr:`projection`, its cell replaces the decoded one."""
+        genotype = self.relaxation.decode(self.arch_state())
+        if self.projection is None:
+            return genotype
+        with torch.no_grad():
+            cell = self.projection.cell(self.relaxation.op_weights(self.arch_state()))
+        return Genotype(cell=cell, path=genotype.path, topology=genotype.topology)
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, aux_skip: float = 0.0) -> torch.Tensor:

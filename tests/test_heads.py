@@ -270,6 +270,7 @@ def test_new_head_key_at_its_paper_value_keeps_old_run_hashes(cls, ignore):
             "arch_regularizer",
             "aux_skip",
             "relaxation",
+            "selection",
         ):
             del old[key]
         del old["model"]["selective_checkpoint"]

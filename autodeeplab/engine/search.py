@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -57,6 +58,8 @@ from autodeeplab.engine.loop import epoch_batches as epoch_batches  # re-exporte
 from autodeeplab.engine.schedule import ArchSchedule
 from autodeeplab.genotype import Genotype
 from autodeeplab.metrics import ConfusionMatrix
+from autodeeplab.projection import CellProjection, Score, check_selection, edge_position, plan
+from autodeeplab.runfolder import dumps_json
 from autodeeplab.search_model import build_memory_budget, build_supernet, check_relaxation
 from autodeeplab.supernet import SearchNetwork
 
@@ -205,6 +208,10 @@ def _add_step(sums: dict[str, Any], prefix: str, loss: float | None) -> None:
         sums[prefix + "steps"] += 1
 
 
+SELECTION_EPOCH = 2**31 - 1
+"""The ``epoch`` of the selection batches' keys: their augmentation differs from every epoch's."""
+
+
 # ---------------------------------------------------------------------------- engine
 class SearchEngine(EngineBase):
     """Holds the model, optimisers, data and position of one search run.
@@ -267,11 +274,19 @@ class SearchEngine(EngineBase):
         """The extra terms' values of each architecture step of the current step."""
         self.total_steps = self.schedule.total_steps
         self.checkpoint_steps = config.checkpoint_steps
+        # perturbation-based selection after the last search step (autodeeplab.projection)
+        sel = config.selection
+        perturbation = sel.name == "perturbation"
+        self.selection_plan = plan(config.model.blocks, config.seed) if perturbation else ()
+        self.tune_steps = round(sel.tune_epochs * self.steps_per_epoch) if perturbation else 0
+        self.selection_records: list[dict[str, Any]] = []
+        self.tuned = 0  # tuning steps done after the latest decision
         self._open(resume)
 
     def _validate(self) -> None:
         super()._validate()
         check_relaxation(self.cfg)
+        check_selection(self.cfg)
 
     # -------------------------------------------------------------- distributed helpers
     def _average(self, tensors: Sequence[torch.Tensor]) -> None:
@@ -479,6 +494,185 @@ class SearchEngine(EngineBase):
 
         return self._evaluate(confusion).mean_iou()
 
+    # -------------------------------------------------------------- selection
+    def _projection(self) -> CellProjection:
+        """The supernet's :class:`CellProjection` (created empty on first use)."""
+        if self.model.projection is None:
+            self.model.projection = CellProjection(
+                self.cfg.model.blocks, tuple(self.model.search_space.ops)
+            )
+        return self.model.projection
+
+    def _loop(self) -> bool:
+        """The search's steps, then the perturbation-based selection when configured."""
+        return super()._loop() and self._select()
+
+    def _selection_position(self) -> int:
+        """Tuning steps done since the search's last step."""
+        done = len(self.selection_records)
+        return max(0, done - 1) * self.tune_steps + (self.tuned if done else 0)
+
+    def _select(self) -> bool:
+        """Take the remaining decisions of :attr:`selection_plan`, each followed by
+        ``tune_steps`` search steps (but the last), checkpointing after every decision; False
+        when a stop signal or ``max_steps`` came first (resume continues from the checkpoint)."""
+        if not self.selection_plan:
+            return True
+        projection = self._projection()
+        total = len(self.selection_plan)
+        while True:
+            done = len(self.selection_records)
+            if 0 < done < total and self.tuned < self.tune_steps and not self._tune(done - 1):
+                return False
+            if done == total:
+                return True
+            start = time.perf_counter()
+            record = projection.decide(
+                self.selection_plan[done], self._selection_score, self.cfg.selection.criterion
+            )
+            self.selection_records.append(record)
+            self.tuned = 0
+            self._record_decision(record, time.perf_counter() - start)
+            self.save()
+            if self._interrupted.signum is not None and done + 1 < total:
+                self._say(
+                    f"stopped by a signal after selection decision {done + 1}/{total}; wrote "
+                    f"{self.last_path}, continue with --resume"
+                )
+                return False
+
+    def _tune(self, decision: int) -> bool:
+        """The remaining tuning steps after ``decision``: search steps (a weight step and the
+        architecture steps) on a data order of their own; False (with a checkpoint) when a
+        stop came first."""
+        spe, per_step = self.steps_per_epoch, self.schedule.per_step
+        passes = -(-self.tune_steps // spe)
+        arch = self.schedule.total_arch_steps > 0
+        while self.tuned < self.tune_steps:
+            r, first = divmod(self.tuned, spe)
+            epoch = self.cfg.epochs + decision * passes + r  # a fresh order per decision and pass
+            count = min(spe, self.tune_steps - r * spe) - first
+            it_a = self._loader(self.batches(0, epoch)[first : first + count], epoch)
+            it_b = self._loader(
+                self.batches(1, epoch)[first * per_step : (first + count) * per_step]
+                if arch
+                else [],
+                epoch,
+            )
+            for _ in range(count):
+                batch_a = next(it_a)
+                values: dict[str, Any] = {"loss": self.weight_step(batch_a)}
+                if arch:
+                    losses = [self.arch_step(next(it_b), batch_a) for _ in range(per_step)]
+                    kept = [v for v in losses if v is not None]
+                    values["arch_loss"] = sum(kept) / len(kept) if kept else None
+                self.tuned += 1
+                position = self.global_step + self._selection_position()
+                if position % max(1, self.cfg.log_interval) == 0:
+                    self._record(
+                        {
+                            "type": "selection_step",
+                            "global_step": position,
+                            "decision": decision + 1,
+                            "tune_step": self.tuned,
+                            **values,
+                        }
+                    )
+                stop = self._stop_reason()
+                if stop is not None:
+                    self.save()
+                    self._say(
+                        f"{stop} while tuning after selection decision {decision + 1}; wrote "
+                        f"{self.last_path}, continue with --resume"
+                    )
+                    return False
+        return True
+
+    def _stop_reason(self) -> str | None:
+        """Also stops inside the selection's tuning once the steps of the search and the
+        tuning reach ``max_steps``."""
+        limit = self.cfg.max_steps
+        position = self.global_step + self._selection_position()
+        if self.selection_records and limit is not None and position >= limit:
+            return f"stopped at max_steps={limit}"
+        return super()._stop_reason()
+
+    def _selection_keys(self) -> list[list[tuple[int, int]]]:
+        """This rank's selection batches: the first ``selection.eval_samples`` of trainB (at
+        least one global batch) in a fixed order with a fixed augmentation."""
+        d = self.cfg.data
+        batches = epoch_batches(
+            self.train_b,
+            self.cfg.seed,
+            2,
+            SELECTION_EPOCH,
+            d.batch_size,
+            self.rank,
+            self.world_size,
+        )
+        count = -(-self.cfg.selection.eval_samples // (d.batch_size * self.world_size))
+        return batches[: max(1, count)]
+
+    def _selection_score(self) -> Score:
+        """The supernet's mIoU and mean cross-entropy on the selection batches under the
+        current projection, over every process. BatchNorm uses the batch statistics, as in the
+        search's steps (the running statistics were gathered under the unperturbed weights);
+        its running statistics are left exactly as they were."""
+        cfg = self.cfg
+        buffers = [b.detach().clone() for b in self.model.buffers()]
+        cm = ConfusionMatrix(self.model.num_classes, cfg.optim.ignore_index)
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, pixels
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                for images, masks in self._loader(self._selection_keys(), SELECTION_EPOCH):
+                    logits = self.model(images)
+                    cm.update(logits, masks)
+                    loss = F.cross_entropy(
+                        logits, masks.long(), ignore_index=cfg.optim.ignore_index, reduction="sum"
+                    )
+                    sums += torch.stack(
+                        [loss.double(), (masks != cfg.optim.ignore_index).sum().double()]
+                    )
+        finally:
+            for b, saved in zip(self.model.buffers(), buffers, strict=True):
+                b.copy_(saved)
+        cm.matrix = cm.matrix.to(self.device)  # where the process group's backend runs
+        cm.all_reduce()
+        cm.matrix = cm.matrix.cpu()
+        if self.world_size > 1:
+            dist.all_reduce(sums)
+        loss = float(sums[0] / sums[1]) if sums[1] > 0 else math.nan
+        return Score(miou=cm.mean_iou(), loss=loss)
+
+    def _record_decision(self, record: dict[str, Any], seconds: float) -> None:
+        """A ``selection`` record and the decision's line."""
+        done, total = len(self.selection_records), len(self.selection_plan)
+        position = self.global_step + self._selection_position()
+        self._record(
+            {
+                "type": "selection",
+                "global_step": position,
+                "decision": done,
+                "decisions": total,
+                **record,
+            }
+        )
+        if record["kind"] == "op":
+            e = record["target"]
+            block, index = edge_position(e)
+            chosen = next(r for r in record["removed"] if r["op"] == record["op"])
+            self._say(
+                f"selection {done}/{total}: edge {e} (block {block}, input {index}) keeps "
+                f"{record['op']}; without it the supernet's mIoU is "
+                f"{100 * chosen['mIoU']:.2f} and loss {chosen['loss']:.4f} ({seconds:.1f}s)"
+            )
+        else:
+            inputs = [edge_position(e)[1] for e in record["kept"]]
+            self._say(
+                f"selection {done}/{total}: block {record['target']} keeps inputs "
+                f"{inputs[0]} and {inputs[1]} ({seconds:.1f}s)"
+            )
+
     # -------------------------------------------------------------- checkpoints
     def _state(self) -> dict[str, Any]:
         return {
@@ -490,6 +684,7 @@ class SearchEngine(EngineBase):
             "epoch_sums": dict(self.epoch_sums),
             "split": {"train_a": self.train_a, "train_b": self.train_b},
             "genotype": self.model.genotype().to_dict(),
+            "selection": {"records": list(self.selection_records), "tuned": self.tuned},
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
@@ -504,6 +699,13 @@ class SearchEngine(EngineBase):
         self.w_sched.load_state_dict(state["w_sched"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.epoch_sums = {**_new_epoch_sums(), **state["epoch_sums"]}
+        selection = state.get("selection", {"records": [], "tuned": 0})  # older checkpoints
+        self.selection_records = list(selection["records"])
+        self.tuned = int(selection["tuned"])
+        if self.selection_records:
+            projection = self._projection()
+            for record in self.selection_records:
+                projection.replay(record)
         if self.epoch > self.cfg.epochs:
             raise ValueError(
                 f"the checkpoint is at epoch {self.epoch} but epochs={self.cfg.epochs}; raise epochs"
@@ -603,6 +805,11 @@ class SearchEngine(EngineBase):
                 **{k: last[k] for k in extra if k in last},
                 "warning": result.warning,
             }
+            if self.selection_records:
+                summary["selection"] = self.cfg.selection.name
+                (self.output / "selection.json").write_text(
+                    dumps_json({"records": self.selection_records}, indent=2) + "\n"
+                )
             (self.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if result.warning is not None:
             self._say(f"warning: {result.warning}")
