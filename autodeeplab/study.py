@@ -32,14 +32,17 @@ The statistics (:func:`competition_ranks`, :func:`z_score`, :func:`pooled_std`,
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import math
 import multiprocessing
+import os
 import re
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -760,17 +763,25 @@ def run_trial(trial: Trial, log: Callable[[str], None] | None = None) -> dict[st
 
 
 _WORKER_DEVICE: str | None = None
+_STUDY_PID: int | None = None
 
 
-def _init_worker(devices: Any) -> None:
-    """Pool worker set-up: take a device for the worker's life; ignore Ctrl-C while idle (an
-    engine run installs its own handler: finish the step, checkpoint, stop)."""
-    global _WORKER_DEVICE
+def _init_worker(devices: Any, pids: Any, study_pid: int) -> None:
+    """Pool worker set-up: take a device for the worker's life, tell the study process this
+    worker's pid (to pass a SIGTERM on), ignore Ctrl-C and SIGTERM while idle (an engine run
+    installs its own handler: finish the step, checkpoint, stop)."""
+    global _WORKER_DEVICE, _STUDY_PID
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _WORKER_DEVICE = devices.get()
+    _STUDY_PID = study_pid
+    pids.put(os.getpid())
 
 
 def _worker_run(trial: Trial) -> dict[str, Any]:
+    if _STUDY_PID is not None and os.getppid() != _STUDY_PID:
+        # the study process is gone (killed): a trial queued before it died must not start
+        raise StudyInterrupted(f"the study process {_STUDY_PID} is gone; {trial.name} not started")
     config = copy.deepcopy(trial.config)
     if _WORKER_DEVICE is not None:
         config.device = _WORKER_DEVICE
@@ -893,19 +904,57 @@ def _run_trials(
     return [records[t.name] for t in trials]
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[Callable[[], bool]]:
+    """In the main thread, turn SIGTERM into :class:`KeyboardInterrupt`, as Ctrl-C is, so that
+    the study stops the same way; yields a function telling whether a SIGTERM came."""
+    came: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    previous = signal.getsignal(signal.SIGTERM) or signal.SIG_DFL
+
+    def handler(signum: int, frame: Any) -> None:
+        came.append(signum)
+        signal.signal(signal.SIGTERM, previous)  # a second SIGTERM: what it did before
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield lambda: bool(came)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _signal_workers(pids: Any, jobs: int, signum: int) -> None:
+    """Send ``signum`` to every pool worker started so far (their pids, from ``pids``)."""
+    import queue as queue_module
+
+    for _ in range(jobs):
+        try:
+            pid = pids.get(timeout=0.5)
+        except queue_module.Empty:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
 def _pool(
     trials: Sequence[Trial], jobs: int, devices: Sequence[str] | None, progress: _Progress
 ) -> Iterator[tuple[Trial, dict[str, Any]]]:
     """Run trials in ``jobs`` worker processes, each holding one of ``devices`` for its life;
     yields ``(trial, record)`` as they finish. Ctrl-C lets the running trials checkpoint."""
     ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
+    queue, pids = ctx.Queue(), ctx.Queue()
     for i in range(jobs):
         queue.put(devices[i % len(devices)] if devices else None)
     interrupted: list[str] = []
-    with ProcessPoolExecutor(
-        jobs, mp_context=ctx, initializer=_init_worker, initargs=(queue,)
-    ) as pool:
+    with (
+        ProcessPoolExecutor(
+            jobs, mp_context=ctx, initializer=_init_worker, initargs=(queue, pids, os.getpid())
+        ) as pool,
+        _terminate_as_interrupt() as terminated,
+    ):
         pending: dict[Future, Trial] = {}
         waiting = list(trials)
         try:
@@ -926,6 +975,8 @@ def _pool(
             waiting.clear()
             for future in pending:
                 future.cancel()
+            if terminated():  # a SIGTERM for the study process alone: the trials get it too
+                _signal_workers(pids, jobs, signal.SIGTERM)
             wait(pending)  # the running engines checkpoint and stop
             raise StudyInterrupted("the study was interrupted") from None
     if interrupted:

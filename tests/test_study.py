@@ -1,10 +1,14 @@
 """Architecture study: config validation, statistics, end-to-end run, resume, refusal."""
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -740,3 +744,56 @@ def assert_same_results(reference: Path, other: Path) -> None:
     assert a["candidates"] == b["candidates"] and a["summary"] == b["summary"]
     log = [json.loads(line) for line in (other / "trials.jsonl").open()]
     assert sorted(r["name"] for r in log) == ["random-0/seed0", "random-1/seed0"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_study_process_stops_its_workers_with_checkpoints(tmp_path):
+    """A SIGTERM for the study process alone (what a scheduler's ``kill PID`` sends) reaches
+    the trials running in its worker processes: each checkpoints and stops, no worker is left
+    behind to start queued trials, and the same command continues the study."""
+    data = study_data(tmp_path, random={"num": 3, "seed": 0}, train_seeds=[0])
+    data["train"]["overrides"]["iterations"] = 400
+    data["train"]["overrides"]["checkpoint_interval"] = 0
+    data["train"]["overrides"]["log_interval"] = 1
+    path = write_study(tmp_path, data)
+    cmd = [sys.executable, "-m", "autodeeplab", "study", "--config", str(path), "--jobs", "2"]
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs = tmp_path / "study" / "train"
+    deadline = time.monotonic() + 120
+
+    def training(run: Path) -> bool:  # a step record: the engine and its handler are running
+        return run.is_file() and '"type": "step"' in run.read_text()
+
+    while sum(map(training, runs.glob("random-*/seed0/metrics.jsonl"))) < 2:
+        assert child.poll() is None and time.monotonic() < deadline, child.communicate()
+        time.sleep(0.2)
+    workers = _children(child.pid)
+    assert len(workers) >= 2
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err
+    assert "run the same command again to continue" in err
+    time.sleep(1.0)
+    assert not [p for p in workers if _alive(p)], "a worker outlived the study"
+    started = sorted(p.parent.parent.name for p in runs.glob("random-*/seed0/last.pt"))
+    assert started == ["random-0", "random-1"]  # checkpointed; random-2 never started
+    assert not list(runs.glob("random-*/seed0/trial.json"))
+
+
+def _children(pid: int) -> list[int]:
+    """Pids of the processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields_ = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields_[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
