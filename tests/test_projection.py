@@ -292,3 +292,22 @@ def test_decode_and_draw_read_the_selection_of_a_checkpoint(tmp_path, capsys):
     # the argmax of the same alphas is another cell (the selection is not a no-op here)
     state = load_checkpoint(last)
     assert decode_cell(state["model"]["alphas"].double().numpy()) != result.genotype.cell
+
+
+def test_selection_takes_the_cell_of_a_dints_search_onto_its_decoded_topology(tmp_path):
+    cfg = _pt(
+        tmp_path,
+        "relaxation.name=dints",
+        "data.options={length: 16, size: 64, seed: 0}",
+        "data.crop_size=64",
+    )
+    result = run_search(cfg, log=None)
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    proj = CellProjection(2, OPS)
+    for r in json.loads((tmp_path / "run" / "selection.json").read_text())["records"]:
+        proj.replay(r)
+    assert result.genotype.cell == proj.cell(state["model"]["alphas"].softmax(-1))
+    from autodeeplab.search_model import checkpoint_architecture
+
+    relaxation, params = checkpoint_architecture(state, "last.pt")
+    assert result.genotype.topology == relaxation.decode(params).topology
