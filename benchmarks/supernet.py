@@ -6,7 +6,7 @@ parameter count and FLOPs per weight step. Each configuration runs in a fresh pr
 its peak memory is its own.
 
 One weight step = forward, cross-entropy, backward, SGD step on the weights (architecture
-parameters frozen). One weight + arch step = a weight step on a trainA batch followed by a
+parameters frozen), gradients freed. One weight + arch step = a weight step on a trainA batch followed by a
 first-order architecture step (Adam on the architecture parameters, weights frozen) on a trainB
 batch. With ``--relaxations dints`` the architecture loss also carries the DiNTS terms at full
 weight and, on images, the memory budget (target 0.5), as a DiNTS search's steps do; the
@@ -22,6 +22,10 @@ alternate (``--repeats`` rounds); the JSON gives the medians over the rounds and
 of wall-clock time and of the process's CPU time (one thread: the CPU time leaves out the time
 other jobs on a shared machine take the core away). ``--pin-cpus`` pins every measured process
 to the given cores.
+
+``--modes channels-last`` is the exact supernet with its parameters and input in channels-last
+layout; ``--malloc-mmap-threshold BYTES`` runs every measured process with glibc's
+``MALLOC_MMAP_THRESHOLD_`` (docs/supernet.md: where the peak memory goes).
 
 ``--spatial-dims 3`` runs the supernet on volumes (``size`` voxels per side); ``--kernels
 plain`` replaces every op by an unfused copy of its registry entry (one module per edge and op,
