@@ -6,7 +6,7 @@ parameter count and FLOPs per weight step. Each configuration runs in a fresh pr
 its peak memory is its own.
 
 One weight step = forward, cross-entropy, backward, SGD step on the weights (architecture
-parameters frozen). One weight + arch step = a weight step on a trainA batch followed by a
+parameters frozen), gradients freed. One weight + arch step = a weight step on a trainA batch followed by a
 first-order architecture step (Adam on the architecture parameters, weights frozen) on a trainB
 batch. With ``--relaxations dints`` the architecture loss also carries the DiNTS terms at full
 weight and, on images, the memory budget (target 0.5), as a DiNTS search's steps do; the
@@ -22,6 +22,10 @@ alternate (``--repeats`` rounds); the JSON gives the medians over the rounds and
 of wall-clock time and of the process's CPU time (one thread: the CPU time leaves out the time
 other jobs on a shared machine take the core away). ``--pin-cpus`` pins every measured process
 to the given cores.
+
+``--modes channels-last`` is the exact supernet with its parameters and input in channels-last
+layout; ``--malloc-mmap-threshold BYTES`` runs every measured process with glibc's
+``MALLOC_MMAP_THRESHOLD_`` (docs/supernet.md: where the peak memory goes).
 
 ``--spatial-dims 3`` runs the supernet on volumes (``size`` voxels per side); ``--kernels
 plain`` replaces every op by an unfused copy of its registry entry (one module per edge and op,
@@ -52,6 +56,9 @@ MODES = {
     "pc": {"partial_channels": 4},
     "checkpoint+pc": {"checkpoint_cells": True, "partial_channels": 4},
     "selective": {"selective_checkpoint": True},
+    # the exact supernet with the model and the input in channels-last layout (a lever measured
+    # on the CPU, not a constructor option: see docs/supernet.md)
+    "channels-last": {"memory_format": "channels_last"},
 }
 PORT = "port"  # the kernel name of the public port's supernet in the results
 
@@ -75,6 +82,13 @@ def _plain_ops() -> tuple[str, ...]:
         ops.register_op(plain)
         names.append(plain.name)
     return tuple(names)
+
+
+def _memory_format(spatial_dims: int):
+    """``torch.channels_last`` for images, ``torch.channels_last_3d`` for volumes."""
+    import torch
+
+    return torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
 
 
 def _rss_now() -> int:
@@ -132,6 +146,7 @@ def run_one(args: argparse.Namespace) -> dict:
     in_channels = 3 if args.spatial_dims == 2 else 1
     port = args.kernel == PORT
     budget = None
+    memory_format = None
     if port:
         model = _port_model(
             args.port, args.num_classes, args.layers, args.filter_multiplier, args.blocks
@@ -153,6 +168,8 @@ def run_one(args: argparse.Namespace) -> dict:
         search_space = space.SearchSpace(
             args.layers, args.blocks, ops=tuple(op_names), spatial_dims=args.spatial_dims
         )
+        options = dict(MODES[args.mode])
+        layout = options.pop("memory_format", None)
         model = SearchNetwork(
             args.num_classes,
             layers=args.layers,
@@ -162,8 +179,11 @@ def run_one(args: argparse.Namespace) -> dict:
             op_names=op_names,
             spatial_dims=args.spatial_dims,
             relaxation=RELAXATIONS[args.relaxation](cfg, search_space),
-            **MODES[args.mode],
+            **options,
         ).to(device)
+        if layout is not None:
+            memory_format = _memory_format(args.spatial_dims)
+            model = model.to(memory_format=memory_format)
         if args.spatial_dims == 2:
             budget = build_memory_budget(cfg, args.num_classes)
     weights, arch = model.weight_parameters(), model.arch_parameters()
@@ -176,6 +196,8 @@ def run_one(args: argparse.Namespace) -> dict:
 
     def batch():
         x = torch.randn(args.batch, in_channels, *size, device=device)
+        if memory_format is not None:
+            x = x.contiguous(memory_format=memory_format)
         y = torch.randint(0, args.num_classes, (args.batch, *size), device=device)
         y[:, :2] = 255
         return x, y
@@ -189,6 +211,9 @@ def run_one(args: argparse.Namespace) -> dict:
         w_opt.zero_grad(set_to_none=True)
         loss.backward()
         w_opt.step()
+        # the gradients are not needed after the step: freed here, they do not occupy memory
+        # during the architecture step and the next forward pass
+        w_opt.zero_grad(set_to_none=True)
 
     def a_step():
         if not port:
@@ -201,6 +226,7 @@ def run_one(args: argparse.Namespace) -> dict:
         a_opt.zero_grad(set_to_none=True)
         loss.backward()
         a_opt.step()
+        a_opt.zero_grad(set_to_none=True)
 
     def extra_terms():
         """The relaxation's terms at full weight and the memory budget (None: no terms)."""
@@ -279,6 +305,7 @@ def run_one(args: argparse.Namespace) -> dict:
         "peak_memory_gib": round(peak / 2**30, 3),
         "peak_memory_kind": peak_kind,
         "rss_before_steps_bytes": rss_before if device.type == "cpu" else None,
+        "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
         "weight_parameters": sum(p.numel() for p in weights),
         "arch_parameters": sum(p.numel() for p in arch),
         "flops_per_weight_step": flops,
@@ -387,6 +414,14 @@ def main() -> None:
         metavar="CPU",
         help="run every measured process on these CPU cores only (os.sched_setaffinity)",
     )
+    parser.add_argument(
+        "--malloc-mmap-threshold",
+        type=int,
+        metavar="BYTES",
+        help="run every measured process with MALLOC_MMAP_THRESHOLD_=BYTES (glibc: blocks of "
+        "at least BYTES are mapped and unmapped on their own, so freed tensors go back to the "
+        "system instead of staying in the heap)",
+    )
     parser.add_argument("--kernel", help=argparse.SUPPRESS)
     parser.add_argument("--relaxation", help=argparse.SUPPRESS)
     parser.add_argument("--port", help=argparse.SUPPRESS)
@@ -396,6 +431,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    if args.malloc_mmap_threshold is not None and args.malloc_mmap_threshold < 0:
+        parser.error(
+            f"--malloc-mmap-threshold must be a number of bytes >= 0, got "
+            f"{args.malloc_mmap_threshold}"
+        )
     if args.compare_port is not None:
         if args.spatial_dims != 2:
             parser.error("--compare-port: the port's supernet is 2D only (--spatial-dims 2)")
@@ -423,6 +463,8 @@ def main() -> None:
                 mode, kernel, relaxation = config
                 cmd = _child_command(args, size, threads, mode, kernel, relaxation)
                 env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+                if args.malloc_mmap_threshold is not None:
+                    env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
                 out = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if out.returncode != 0:
                     error = {"size": size, "threads": threads, "mode": mode, "kernels": kernel}

@@ -403,3 +403,32 @@ def test_paper_sized_supernet_forward_backward():
     loss.backward()
     assert model.alphas.grad is not None and torch.isfinite(model.alphas.grad).all()
     assert model.betas.grad[model.used_beta_mask()].abs().min() > 0
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_channels_last_layout_matches_plain_reference(spatial_dims):
+    """The supernet with its parameters and input in channels-last layout (the layout lever of
+    ``benchmarks/supernet.py --modes channels-last``) against the plain reference: outputs,
+    gradients and running statistics."""
+    layout = torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
+    size = (37, 45) if spatial_dims == 2 else (33, 35, 34)
+    kw = (
+        {}
+        if spatial_dims == 2
+        else {"layers": 2, "filter_multiplier": 2, "stem_channels": (4, 4, 8)}
+    )
+    model = _tiny(spatial_dims=spatial_dims, **kw)
+    ref = copy.deepcopy(model)
+    model = model.to(memory_format=layout)
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    probe = torch.randn(2, 3, *size, dtype=torch.float64)
+    out = model(x.contiguous(memory_format=layout))
+    expected = ref_forward(ref, x)
+    torch.testing.assert_close(out, expected, rtol=1e-8, atol=1e-10)
+    (out * probe).sum().backward()
+    (expected * probe).sum().backward()
+    for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters(), strict=True):
+        if q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-7, atol=1e-10, msg=name)
+    for (name, b), (_, c) in zip(model.named_buffers(), ref.named_buffers(), strict=True):
+        torch.testing.assert_close(b, c, rtol=1e-8, atol=1e-12, msg=name)
