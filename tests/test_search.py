@@ -618,3 +618,17 @@ def test_batches_without_valid_pixels_do_not_stop_the_search_and_are_counted(tmp
     assert epochs[1]["arch_loss"] == pytest.approx(
         sum(steps[g]["arch_loss"] for g in (6, 7, 8)) / 3
     )
+
+
+def test_weight_gradients_are_freed_after_the_weight_step(tmp_path):
+    """The weight gradients are not kept through the architecture step and the next forward
+    pass (one copy of the weights less at their peak); the step still moved the weights."""
+    engine = SearchEngine(tiny(tmp_path))
+    try:
+        batch = next(engine._loader(engine.batches(0, 0)[:1], 0))
+        before = [w.detach().clone() for w in engine.weights]
+        assert engine.weight_step(batch) is not None
+        assert all(w.grad is None for w in engine.weights)
+        assert any(not torch.equal(a, w) for a, w in zip(before, engine.weights, strict=True))
+    finally:
+        engine.close()

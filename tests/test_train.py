@@ -619,3 +619,18 @@ def test_model_folders_and_logs_hold_standard_json_when_a_value_is_nan(tmp_path)
     assert read_records(tmp_path / "run" / "metrics.jsonl") == [
         {"type": "eval", "iteration": 1, "mIoU": None}
     ]
+
+
+def test_gradients_are_freed_after_the_optimizer_step(tmp_path):
+    """The next forward pass runs without the previous step's gradients; the step still moved
+    the weights."""
+    engine = TrainEngine(tiny(tmp_path), log=None)
+    try:
+        images, masks = next(engine._loader(engine._batches(0)[:1], 0))
+        before = [p.detach().clone() for p in engine.model.parameters()]
+        engine.train_step(images, masks)
+        assert all(p.grad is None for p in engine.model.parameters())
+        after = list(engine.model.parameters())
+        assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    finally:
+        engine.close()

@@ -354,6 +354,9 @@ class SearchEngine(EngineBase):
         if self.cfg.optim.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.weights, self.cfg.optim.grad_clip)
         self.w_opt.step()
+        # nothing reads them after the step: free them before the architecture step and the
+        # next forward pass rather than at the next backward (one copy of the weights less)
+        self.w_opt.zero_grad(set_to_none=True)
         return value
 
     def arch_gradients(self, val_batch: Batch, train_batch: Batch | None = None) -> float | None:

@@ -287,6 +287,9 @@ class TrainEngine(EngineBase):
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        # free the gradients now, not at the next backward: the next forward pass runs
+        # without them (one copy of the weights less at its peak)
+        self.optimizer.zero_grad(set_to_none=True)
         return value
 
     # -------------------------------------------------------------- the loop's steps
