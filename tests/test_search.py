@@ -397,6 +397,9 @@ def _refused_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) 
     except RunFolderLockedError as err:
         (Path(out) / f"refused{rank}.txt").write_text(str(err))
     finally:
+        # neither rank tears the group down while the other may still be inside a collective
+        # (a peer's closed socket makes gloo abort the process)
+        dist.barrier()
         dist.destroy_process_group()
 
 
