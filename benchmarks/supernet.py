@@ -23,8 +23,12 @@ of wall-clock time and of the process's CPU time (one thread: the CPU time leave
 other jobs on a shared machine take the core away). ``--pin-cpus`` pins every measured process
 to the given cores.
 
-``--modes channels-last`` is the exact supernet with its parameters and input in channels-last
-layout; ``--malloc-mmap-threshold BYTES`` runs every measured process with glibc's
+``--modes compiled`` is the exact supernet compiled whole with ``torch.compile`` (one graph,
+static shapes, backward through AOTAutograd; ``--compile-mode`` picks torch.compile's mode, e.g.
+``reduce-overhead`` for CUDA graphs on a GPU); ``first_weight_step_s`` and ``first_arch_step_s``
+hold the first steps, which include the compilation, and ``steady_peak_rss_bytes`` the peak RSS
+of the measured steps alone. ``--modes channels-last`` is the exact supernet with its parameters
+and input in channels-last layout; ``--malloc-mmap-threshold BYTES`` runs every measured process with glibc's
 ``MALLOC_MMAP_THRESHOLD_`` (docs/supernet.md: where the peak memory goes).
 
 ``--spatial-dims 3`` runs the supernet on volumes (``size`` voxels per side); ``--kernels
@@ -36,6 +40,8 @@ a DARTS-style mixed op), to compare with the fused kernels.
     python benchmarks/supernet.py --spatial-dims 3 --sizes 32 --kernels fused plain --no-arch
     python benchmarks/supernet.py --sizes 64 128 --relaxations softmax dints --steps 7
     python benchmarks/supernet.py --sizes 64 128 --compare-port /path/to/autodeeplab-port --repeats 3
+    python benchmarks/supernet.py --sizes 64 --modes exact compiled --repeats 3 --no-flops --pin-cpus 1
+    python benchmarks/supernet.py --device cuda --sizes 321 --modes exact compiled --compile-mode reduce-overhead
 """
 
 from __future__ import annotations
