@@ -71,6 +71,13 @@ def _recompute_context() -> Iterator[None]:
         _RECOMPUTING.reset(token)
 
 
+def _recomputing() -> bool:
+    """True while gradient checkpointing recomputes a forward pass. False while
+    ``torch.compile`` traces the forward pass (a first pass, never a recomputation): Dynamo
+    cannot trace ``ContextVar.get``, which broke the graph at every BatchNorm."""
+    return False if torch.compiler.is_compiling() else _RECOMPUTING.get()
+
+
 def _checkpoint_contexts() -> tuple[
     contextlib.AbstractContextManager, contextlib.AbstractContextManager
 ]:
@@ -134,7 +141,7 @@ class GroupBatchNorm(nn.Module):
             # A recomputation (gradient checkpointing) must not update the running statistics a
             # second time: momentum 0 leaves them exactly as they are and runs the same
             # operations as the first pass (selective checkpointing replays them one by one).
-            momentum = 0.0 if _RECOMPUTING.get() else self.momentum
+            momentum = 0.0 if _recomputing() else self.momentum
             y = F.batch_norm(
                 y,
                 self.running_mean,
@@ -330,7 +337,7 @@ class MixedEdges(nn.Module):
         for module in modules:
             # Under gradient checkpointing the recomputation must not update running statistics
             # a second time: it runs on copies of the buffers.
-            scratch = _scratch_buffers(module) if _RECOMPUTING.get() else contextlib.nullcontext()
+            scratch = _scratch_buffers(module) if _recomputing() else contextlib.nullcontext()
             with scratch:
                 y = torch.stack([module(by_source[:, j]) for j in range(g)], dim=1)
             outs.append(y.view(m, c, *sp))

@@ -23,8 +23,12 @@ of wall-clock time and of the process's CPU time (one thread: the CPU time leave
 other jobs on a shared machine take the core away). ``--pin-cpus`` pins every measured process
 to the given cores.
 
-``--modes channels-last`` is the exact supernet with its parameters and input in channels-last
-layout; ``--malloc-mmap-threshold BYTES`` runs every measured process with glibc's
+``--modes compiled`` is the exact supernet compiled whole with ``torch.compile`` (one graph,
+static shapes, backward through AOTAutograd; ``--compile-mode`` picks torch.compile's mode, e.g.
+``reduce-overhead`` for CUDA graphs on a GPU); ``first_weight_step_s`` and ``first_arch_step_s``
+hold the first steps, which include the compilation, and ``steady_peak_rss_bytes`` the peak RSS
+of the measured steps alone. ``--modes channels-last`` is the exact supernet with its parameters
+and input in channels-last layout; ``--malloc-mmap-threshold BYTES`` runs every measured process with glibc's
 ``MALLOC_MMAP_THRESHOLD_`` (docs/supernet.md: where the peak memory goes).
 
 ``--spatial-dims 3`` runs the supernet on volumes (``size`` voxels per side); ``--kernels
@@ -36,6 +40,8 @@ a DARTS-style mixed op), to compare with the fused kernels.
     python benchmarks/supernet.py --spatial-dims 3 --sizes 32 --kernels fused plain --no-arch
     python benchmarks/supernet.py --sizes 64 128 --relaxations softmax dints --steps 7
     python benchmarks/supernet.py --sizes 64 128 --compare-port /path/to/autodeeplab-port --repeats 3
+    python benchmarks/supernet.py --sizes 64 --modes exact compiled --repeats 3 --no-flops --pin-cpus 1
+    python benchmarks/supernet.py --device cuda --sizes 321 --modes exact compiled --compile-mode reduce-overhead
 """
 
 from __future__ import annotations
@@ -59,6 +65,9 @@ MODES = {
     # the exact supernet with the model and the input in channels-last layout (a lever measured
     # on the CPU, not a constructor option: see docs/supernet.md)
     "channels-last": {"memory_format": "channels_last"},
+    # the exact supernet's whole forward pass compiled with torch.compile (one graph, static
+    # shapes, backward through AOTAutograd; a lever measured on the CPU: docs/supernet.md)
+    "compiled": {"compile": True},
 }
 PORT = "port"  # the kernel name of the public port's supernet in the results
 
@@ -94,6 +103,21 @@ def _memory_format(spatial_dims: int):
 def _rss_now() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _reset_peak_rss() -> bool:
+    """Restart the kernel's count of this process's peak RSS (Linux ``clear_refs``); False
+    where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
 
 
 def _port_model(path: str, num_classes: int, layers: int, filter_multiplier: int, blocks: int):
@@ -147,6 +171,7 @@ def run_one(args: argparse.Namespace) -> dict:
     port = args.kernel == PORT
     budget = None
     memory_format = None
+    compiled = False
     if port:
         model = _port_model(
             args.port, args.num_classes, args.layers, args.filter_multiplier, args.blocks
@@ -170,6 +195,7 @@ def run_one(args: argparse.Namespace) -> dict:
         )
         options = dict(MODES[args.mode])
         layout = options.pop("memory_format", None)
+        compiled = options.pop("compile", False)
         model = SearchNetwork(
             args.num_classes,
             layers=args.layers,
@@ -187,6 +213,16 @@ def run_one(args: argparse.Namespace) -> dict:
         if args.spatial_dims == 2:
             budget = build_memory_budget(cfg, args.num_classes)
     weights, arch = model.weight_parameters(), model.arch_parameters()
+    if not port and compiled:
+        # the parameters stay those of ``model``; the weight step and the architecture step
+        # freeze different parameters, so each gets its own graph (compiled in its first step)
+        # one graph (a graph break is an error), static shapes, backward through AOTAutograd
+        model = torch.compile(
+            model,
+            fullgraph=True,
+            dynamic=False,
+            mode=None if args.compile_mode == "default" else args.compile_mode,
+        )
     w_opt = torch.optim.SGD(weights, lr=0.025, momentum=0.9, weight_decay=3e-4)
     # the port's search loop uses Adam's default betas
     a_betas = (0.9, 0.999) if port else (0.5, 0.999)
@@ -257,9 +293,18 @@ def run_one(args: argparse.Namespace) -> dict:
         return time.perf_counter() - t0
 
     model.train()
-    for _ in range(args.warmup):
+    # the first steps separately: with --modes compiled they include the compilation
+    first_w = timed(w_step) if args.warmup else None
+    first_a = timed(a_step) if args.warmup else None
+    first_cpu = cpu_times[:]
+    cpu_times.clear()
+    for _ in range(args.warmup - 1):
         w_step()
         a_step()
+    rss_after_warmup = _rss_now()
+    # the peak of the steps after the warm-up alone (without the compilation of --modes compiled)
+    peak_warmup = _peak_rss() if device.type == "cpu" else None
+    steady_peak = device.type == "cpu" and _reset_peak_rss()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     w_times = [timed(w_step) for _ in range(args.steps)]
@@ -283,7 +328,7 @@ def run_one(args: argparse.Namespace) -> dict:
         peak = torch.cuda.max_memory_allocated()
         peak_kind = "cuda_max_allocated"
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = max(peak_warmup, _peak_rss())
         peak_kind = "rss"
     return {
         "size": args.size,
@@ -294,6 +339,12 @@ def run_one(args: argparse.Namespace) -> dict:
         "mode": PORT if port else args.mode,
         "relaxation": None if port else args.relaxation,
         "device": str(device),
+        "compile_mode": args.compile_mode if args.mode == "compiled" else None,
+        # wall / CPU seconds of the first weight step and the first architecture step (with
+        # --modes compiled: the compilation of its graph included)
+        "first_weight_step_s": first_w,
+        "first_arch_step_s": first_a,
+        "first_steps_cpu_s": first_cpu,
         "weight_step_s": statistics.median(w_times),
         "weight_step_s_all": [round(t, 4) for t in w_times],
         "weight_arch_step_s": statistics.median(wa_times) if wa_times else None,
@@ -304,7 +355,10 @@ def run_one(args: argparse.Namespace) -> dict:
         "peak_memory_bytes": peak,
         "peak_memory_gib": round(peak / 2**30, 3),
         "peak_memory_kind": peak_kind,
+        # peak RSS of the measured steps alone (after the warm-up; None: not measurable)
+        "steady_peak_rss_bytes": _peak_rss() if steady_peak else None,
         "rss_before_steps_bytes": rss_before if device.type == "cpu" else None,
+        "rss_after_warmup_bytes": rss_after_warmup if device.type == "cpu" else None,
         "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
         "weight_parameters": sum(p.numel() for p in weights),
         "arch_parameters": sum(p.numel() for p in arch),
@@ -323,6 +377,7 @@ def _child_command(
     cmd += ["--filter-multiplier", str(args.filter_multiplier)]
     cmd += ["--num-classes", str(args.num_classes), "--steps", str(args.steps)]
     cmd += ["--warmup", str(args.warmup), "--device", args.device]
+    cmd += ["--compile-mode", args.compile_mode]
     cmd += ["--no-arch"] * args.no_arch + ["--no-flops"] * (not args.flops)
     if args.pin_cpus:
         cmd += ["--pin-cpus", *map(str, args.pin_cpus)]
@@ -346,6 +401,12 @@ def _median_over_rounds(runs: list[dict]) -> dict:
         out[f"{key}_rounds"] = [round(v, 4) for v in values]
     out["peak_memory_bytes"] = max(r["peak_memory_bytes"] for r in runs)
     out["peak_memory_gib"] = round(out["peak_memory_bytes"] / 2**30, 3)
+    steady = [r["steady_peak_rss_bytes"] for r in runs if r.get("steady_peak_rss_bytes")]
+    out["steady_peak_rss_bytes"] = max(steady) if steady else None
+    for key in ("first_weight_step_s", "first_arch_step_s"):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        out[key] = statistics.median(values) if values else None
+        out[f"{key}_rounds"] = [round(v, 2) for v in values]
     out["rounds"] = len(runs)
     return out
 
@@ -387,7 +448,9 @@ def main() -> None:
     parser.add_argument("--filter-multiplier", type=int, default=8)
     parser.add_argument("--num-classes", type=int, default=19)
     parser.add_argument("--steps", type=int, default=5, help="measured steps (median reported)")
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="steps before the measured ones (at least 1)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-arch", action="store_true", help="skip the weight + arch step timing")
     parser.add_argument("--no-flops", dest="flops", action="store_false")
@@ -422,6 +485,12 @@ def main() -> None:
         "at least BYTES are mapped and unmapped on their own, so freed tensors go back to the "
         "system instead of staying in the heap)",
     )
+    parser.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+        help="torch.compile mode of --modes compiled (reduce-overhead: CUDA graphs, CUDA only)",
+    )
     parser.add_argument("--kernel", help=argparse.SUPPRESS)
     parser.add_argument("--relaxation", help=argparse.SUPPRESS)
     parser.add_argument("--port", help=argparse.SUPPRESS)
@@ -429,6 +498,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.warmup < 1:
+        parser.error(f"--warmup must be at least 1, got {args.warmup}")
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
     if args.malloc_mmap_threshold is not None and args.malloc_mmap_threshold < 0:

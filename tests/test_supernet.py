@@ -432,3 +432,37 @@ def test_channels_last_layout_matches_plain_reference(spatial_dims):
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-7, atol=1e-10, msg=name)
     for (name, b), (_, c) in zip(model.named_buffers(), ref.named_buffers(), strict=True):
         torch.testing.assert_close(b, c, rtol=1e-8, atol=1e-12, msg=name)
+
+
+@pytest.mark.slow
+def test_supernet_compiles_as_one_graph_matching_plain_reference():
+    """The whole supernet is captured by ``torch.compile`` as one graph (``fullgraph=True``: a
+    graph break raises; ``benchmarks/supernet.py --modes compiled`` compiles it so) and the captured graph, run with
+    eager kernels (``aot_eager``: forward and backward traced by AOTAutograd), equals the plain
+    reference in float64: outputs, every gradient, every running statistic, over two training
+    steps (the second reuses the graph and reads the updated running statistics)."""
+    model = _tiny(layers=2, blocks=2)
+    ref = copy.deepcopy(model)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=False)
+    torch.manual_seed(1)
+    for _ in range(2):
+        x = torch.randn(2, 3, 37, 45, dtype=torch.float64)
+        probe = torch.randn(2, 3, 37, 45, dtype=torch.float64)
+        out = compiled(x)
+        expected = ref_forward(ref, x)
+        torch.testing.assert_close(out, expected, rtol=1e-8, atol=1e-10)
+        (out * probe).sum().backward()
+        (expected * probe).sum().backward()
+        for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters(), strict=True):
+            assert (p.grad is None) == (q.grad is None), name
+            if q.grad is not None:
+                torch.testing.assert_close(p.grad, q.grad, rtol=1e-7, atol=1e-10, msg=name)
+        for (name, b), (_, c) in zip(model.named_buffers(), ref.named_buffers(), strict=True):
+            torch.testing.assert_close(b, c, rtol=1e-8, atol=1e-12, msg=name)
+        model.zero_grad(set_to_none=True)
+        ref.zero_grad(set_to_none=True)
+    model.eval()
+    ref.eval()
+    with torch.no_grad():
+        x = torch.randn(1, 3, 37, 45, dtype=torch.float64)
+        torch.testing.assert_close(compiled(x), ref_forward(ref, x), rtol=1e-8, atol=1e-10)
