@@ -746,7 +746,6 @@ def assert_same_results(reference: Path, other: Path) -> None:
     assert sorted(r["name"] for r in log) == ["random-0/seed0", "random-1/seed0"]
 
 
-@pytest.mark.slow
 def test_sigterm_to_the_study_process_stops_its_workers_with_checkpoints(tmp_path):
     """A SIGTERM for the study process alone (what a scheduler's ``kill PID`` sends) reaches
     the trials running in its worker processes: each checkpoints and stops, no worker is left
