@@ -38,7 +38,7 @@ import torch
 
 from autodeeplab import space
 from autodeeplab.decode import decode_cell_weights
-from autodeeplab.genotype import Block
+from autodeeplab.genotype import Block, Genotype
 
 SELECTIONS: tuple[str, ...] = ("argmax", "perturbation")
 """``selection.name`` values: the paper's argmax of the op weights, or DARTS-PT."""
@@ -222,6 +222,23 @@ class CellProjection:
         else:
             first, second = (int(e) for e in record["kept"])
             self.kept[int(record["target"])] = (first, second)
+
+    @classmethod
+    def from_records(
+        cls, blocks: int, op_names: tuple[str, ...], records: list[dict[str, Any]]
+    ) -> CellProjection:
+        """The projection after the decisions ``records`` (of :meth:`decide`)."""
+        projection = cls(blocks, op_names)
+        for record in records:
+            projection.replay(record)
+        return projection
+
+    def genotype(self, decoded: Genotype, weights: torch.Tensor) -> Genotype:
+        """``decoded`` (the relaxation's genotype) with this projection's :meth:`cell` of the
+        op weights ``weights``."""
+        with torch.no_grad():
+            cell = self.cell(weights)
+        return Genotype(cell=cell, path=decoded.path, topology=decoded.topology)
 
     def cell(self, weights: torch.Tensor | np.ndarray) -> tuple[Block, ...]:
         """The cell the decisions give, the undecided part by the largest projected weights

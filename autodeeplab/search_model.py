@@ -183,15 +183,13 @@ def checkpoint_genotype(state: Mapping[str, Any], path: str | Path) -> Genotype:
     records = state.get("selection", {}).get("records", [])
     if not records:
         return genotype
-    projection = CellProjection(relaxation.space.blocks, tuple(relaxation.space.ops))
     try:
-        for record in records:
-            projection.replay(record)
-        with torch.no_grad():
-            cell = projection.cell(relaxation.op_weights(params))
+        projection = CellProjection.from_records(
+            relaxation.space.blocks, tuple(relaxation.space.ops), records
+        )
+        return projection.genotype(genotype, relaxation.op_weights(params))
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: its selection decisions are not valid: {err}") from None
-    return Genotype(cell=cell, path=genotype.path, topology=genotype.topology)
 
 
 def checkpoint_relaxation(state: Mapping[str, Any], path: str | Path) -> Relaxation:

@@ -791,9 +791,7 @@ class SearchNetwork(nn.Module):
         genotype = self.relaxation.decode(self.arch_state())
         if self.projection is None:
             return genotype
-        with torch.no_grad():
-            cell = self.projection.cell(self.relaxation.op_weights(self.arch_state()))
-        return Genotype(cell=cell, path=genotype.path, topology=genotype.topology)
+        return self.projection.genotype(genotype, self.relaxation.op_weights(self.arch_state()))
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, aux_skip: float = 0.0) -> torch.Tensor:

@@ -563,12 +563,7 @@ class SearchEngine(EngineBase):
                 epoch,
             )
             for _ in range(count):
-                batch_a = next(it_a)
-                values: dict[str, Any] = {"loss": self.weight_step(batch_a)}
-                if arch:
-                    losses = [self.arch_step(next(it_b), batch_a) for _ in range(per_step)]
-                    kept = [v for v in losses if v is not None]
-                    values["arch_loss"] = sum(kept) / len(kept) if kept else None
+                values = self._search_step(next(it_a), it_b, arch)
                 self.tuned += 1
                 position = self.global_step + self._selection_position()
                 if position % max(1, self.cfg.log_interval) == 0:
@@ -706,9 +701,9 @@ class SearchEngine(EngineBase):
         self.selection_records = list(selection["records"])
         self.tuned = int(selection["tuned"])
         if self.selection_records:
-            projection = self._projection()
-            for record in self.selection_records:
-                projection.replay(record)
+            self.model.projection = CellProjection.from_records(
+                self.cfg.model.blocks, tuple(self.model.search_space.ops), self.selection_records
+            )
         if self.epoch > self.cfg.epochs:
             raise ValueError(
                 f"the checkpoint is at epoch {self.epoch} but epochs={self.cfg.epochs}; raise epochs"
@@ -742,10 +737,21 @@ class SearchEngine(EngineBase):
     def _step(self, data: tuple[Iterator[Batch], Iterator[Batch]]) -> dict[str, float | None]:
         """A weight step, then (once the schedule says so) the architecture steps."""
         it_a, it_b = data
-        batch_a = next(it_a)
-        values = {"lr": self.w_opt.param_groups[0]["lr"], "loss": self.weight_step(batch_a)}
+        values = {
+            "lr": self.w_opt.param_groups[0]["lr"],
+            **self._search_step(next(it_a), it_b, self.schedule.active(self.global_step)),
+        }
+        self.step += 1
+        return values
+
+    def _search_step(
+        self, batch_a: Batch, it_b: Iterator[Batch], arch: bool
+    ) -> dict[str, float | None]:
+        """A weight step on ``batch_a`` and, with ``arch``, the architecture steps on the next
+        trainB batches; returns the losses and the mean of every extra term."""
+        values: dict[str, float | None] = {"loss": self.weight_step(batch_a)}
         _add_step(self.epoch_sums, "", values["loss"])
-        if self.schedule.active(self.global_step):
+        if arch:
             arch_losses = []
             self.arch_terms = []
             for _ in range(self.schedule.per_step):
@@ -758,7 +764,6 @@ class SearchEngine(EngineBase):
             terms = self.arch_terms
             for name in terms[0] if terms else ():
                 values[name] = sum(t[name] for t in terms) / len(terms)
-        self.step += 1
         return values
 
     def _position(self) -> dict[str, int]:
