@@ -913,9 +913,6 @@ def _image_only(args: argparse.Namespace) -> dict[str, bool]:
 
 
 def _run_eval_volumes(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
     from autodeeplab.volume_inference import evaluate_volume_model_folder
 
     roi, overlap = _volume_args(args, {**_image_only(args), "--batch-size": args.batch_size != 1})
@@ -936,18 +933,23 @@ def _run_eval_volumes(args: argparse.Namespace) -> int:
     )
     print(result.format_table())
     print(f"mDice {100 * r['mDice']:.2f} (pooled over all voxels)")
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {path}")
+    _write_report_json(args.json, r)
     return 0
 
 
-def _run_eval(args: argparse.Namespace) -> int:
+def _write_report_json(path: str | None, report: dict) -> None:
+    """Write an evaluation report to ``--json PATH`` (if given)."""
     import json
     from pathlib import Path
 
+    if path:
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {out}")
+
+
+def _run_eval(args: argparse.Namespace) -> int:
     from autodeeplab.inference import evaluate_model_folder
 
     if _is_volume_model(args.model):
@@ -975,11 +977,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         f"{', sliding window' if r['sliding_window'] else ''}"
     )
     print(result.format_table())
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {path}")
+    _write_report_json(args.json, r)
     return 0
 
 
