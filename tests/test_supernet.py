@@ -193,6 +193,21 @@ def _tiny(**kw):
     return model
 
 
+def _assert_step_matches(out, expected, probe, model, ref):
+    """``out`` (of ``model``) equals ``expected`` (the plain reference ``ref`` on the same
+    input); after a backward pass of both against ``probe``, every gradient and every running
+    statistic of ``model`` equals ``ref``'s."""
+    torch.testing.assert_close(out, expected, rtol=1e-8, atol=1e-10)
+    (out * probe).sum().backward()
+    (expected * probe).sum().backward()
+    for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters(), strict=True):
+        assert (p.grad is None) == (q.grad is None), name
+        if q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-7, atol=1e-10, msg=name)
+    for (name, b), (_, c) in zip(model.named_buffers(), ref.named_buffers(), strict=True):
+        torch.testing.assert_close(b, c, rtol=1e-8, atol=1e-12, msg=name)
+
+
 @pytest.mark.parametrize(
     "options",
     [
@@ -211,20 +226,9 @@ def test_matches_plain_reference(options):
     x = torch.randn(2, 3, 37, 45, dtype=torch.float64)
     probe = torch.randn(2, 3, 37, 45, dtype=torch.float64)
 
-    # training mode: outputs and gradients of every parameter
-    out = model(x)
-    expected = ref_forward(ref, x)
-    torch.testing.assert_close(out, expected, rtol=1e-8, atol=1e-10)
-    (out * probe).sum().backward()
-    (expected * probe).sum().backward()
-    for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters(), strict=True):
-        assert p.grad is not None or q.grad is None, name
-        if q.grad is not None:
-            torch.testing.assert_close(p.grad, q.grad, rtol=1e-7, atol=1e-10, msg=name)
-
-    # running statistics updated exactly once per forward, per source
-    for (name, b), (_, c) in zip(model.named_buffers(), ref.named_buffers(), strict=True):
-        torch.testing.assert_close(b, c, rtol=1e-8, atol=1e-12, msg=name)
+    # training mode: outputs, gradients of every parameter, running statistics updated
+    # exactly once per forward, per source
+    _assert_step_matches(model(x), ref_forward(ref, x), probe, model, ref)
 
     # eval mode uses the per-source running statistics
     model.eval()
@@ -423,15 +427,7 @@ def test_channels_last_layout_matches_plain_reference(spatial_dims):
     x = torch.randn(2, 3, *size, dtype=torch.float64)
     probe = torch.randn(2, 3, *size, dtype=torch.float64)
     out = model(x.contiguous(memory_format=layout))
-    expected = ref_forward(ref, x)
-    torch.testing.assert_close(out, expected, rtol=1e-8, atol=1e-10)
-    (out * probe).sum().backward()
-    (expected * probe).sum().backward()
-    for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters(), strict=True):
-        if q.grad is not None:
-            torch.testing.assert_close(p.grad, q.grad, rtol=1e-7, atol=1e-10, msg=name)
-    for (name, b), (_, c) in zip(model.named_buffers(), ref.named_buffers(), strict=True):
-        torch.testing.assert_close(b, c, rtol=1e-8, atol=1e-12, msg=name)
+    _assert_step_matches(out, ref_forward(ref, x), probe, model, ref)
 
 
 @pytest.mark.slow
@@ -448,17 +444,7 @@ def test_supernet_compiles_as_one_graph_matching_plain_reference():
     for _ in range(2):
         x = torch.randn(2, 3, 37, 45, dtype=torch.float64)
         probe = torch.randn(2, 3, 37, 45, dtype=torch.float64)
-        out = compiled(x)
-        expected = ref_forward(ref, x)
-        torch.testing.assert_close(out, expected, rtol=1e-8, atol=1e-10)
-        (out * probe).sum().backward()
-        (expected * probe).sum().backward()
-        for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters(), strict=True):
-            assert (p.grad is None) == (q.grad is None), name
-            if q.grad is not None:
-                torch.testing.assert_close(p.grad, q.grad, rtol=1e-7, atol=1e-10, msg=name)
-        for (name, b), (_, c) in zip(model.named_buffers(), ref.named_buffers(), strict=True):
-            torch.testing.assert_close(b, c, rtol=1e-8, atol=1e-12, msg=name)
+        _assert_step_matches(compiled(x), ref_forward(ref, x), probe, model, ref)
         model.zero_grad(set_to_none=True)
         ref.zero_grad(set_to_none=True)
     model.eval()
