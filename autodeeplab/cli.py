@@ -938,14 +938,16 @@ def _run_eval_volumes(args: argparse.Namespace) -> int:
 
 
 def _write_report_json(path: str | None, report: dict) -> None:
-    """Write an evaluation report to ``--json PATH`` (if given)."""
-    import json
+    """Write an evaluation report to ``--json PATH`` (if given): standard JSON (an undefined
+    metric is ``null``, never ``NaN``), written atomically."""
     from pathlib import Path
+
+    from autodeeplab.runfolder import atomic_write_text, dumps_json
 
     if path:
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(out, dumps_json(report, indent=2) + "\n")
         print(f"wrote {out}")
 
 

@@ -79,6 +79,28 @@ def test_eval_sliding_window(synthetic_model, tmp_path):
     assert json.loads(out.read_text())["sliding_window"] == {"crop": [40, 40], "stride": [27, 27]}
 
 
+def test_eval_json_is_standard_json(synthetic_model, tmp_path, monkeypatch):
+    """An undefined metric (NaN) is written as null: strict parsers refuse ``NaN``."""
+    real = inference.evaluate_model_folder
+
+    def with_undefined_metric(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.report["mIoU"] = float("nan")
+        return result
+
+    monkeypatch.setattr(inference, "evaluate_model_folder", with_undefined_metric)
+    out = tmp_path / "m.json"
+    argv = ["eval", "--model", str(synthetic_model), "--max-samples", "1", "--json", str(out)]
+    assert main(argv) == 0
+
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    report = json.loads(out.read_text(), parse_constant=refuse)
+    assert report["mIoU"] is None
+    assert report["samples"] == 1
+
+
 def test_eval_errors(synthetic_model, cityscapes_model, tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path / "none")]) == 2
     assert "does not exist" in capsys.readouterr().err
