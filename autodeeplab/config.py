@@ -308,18 +308,16 @@ class AuxSkipConfig:
     """``beta_aux`` at the first step."""
 
 
-RELAXATION_NAMES: tuple[str, ...] = ("softmax", "dints")
-"""``relaxation.name`` values: the paper's per-node softmax, or DiNTS' independent transitions."""
-
-
 @dataclass
 class RelaxationConfig:
     """How the architecture parameters weight the supernet and which extra terms the
     architecture loss carries (docs/dints.md)."""
 
     name: str = "softmax"
-    """``softmax`` (the paper: a softmax over the moves of every node, one decoded path) or
-    ``dints`` (an independent sigmoid per transition, a decoded multi-path topology)."""
+    """``softmax`` (the paper: a softmax over the moves of every node, one decoded path),
+    ``gumbel`` (GDAS: the softmax relaxation with one sampled operation per edge in every
+    training step) or ``dints`` (an independent sigmoid per transition, a decoded multi-path
+    topology)."""
     memory_target: float | None = bounded(None, gt=0, le=1, null="for no memory budget")
     """DiNTS: the expected memory of the searched network as a share of the memory with every
     transition on; the architecture loss gains ``memory_weight * |target - fraction|``."""
@@ -335,6 +333,11 @@ class RelaxationConfig:
     warmup: float = bounded(0.0, ge=0, lt=1)
     """DiNTS: share of the architecture steps before the three terms start; their weight then
     grows linearly to the full value at the last architecture step."""
+    tau_max: float = bounded(10.0, gt=0)
+    """Gumbel: the sampling temperature at the first architecture step (GDAS: 10)."""
+    tau_min: float = bounded(0.1, gt=0)
+    """Gumbel: the temperature at the last architecture step (GDAS: 0.1), reached linearly;
+    at most ``tau_max``."""
 
 
 @dataclass
@@ -439,6 +442,8 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "relaxation.op_entropy_weight": 1.0,
     "relaxation.topology_weight": 0.001,
     "relaxation.warmup": 0.0,
+    "relaxation.tau_max": 10.0,
+    "relaxation.tau_min": 0.1,
     "selection.name": "argmax",
     "selection.criterion": "miou",
     "selection.eval_samples": 64,

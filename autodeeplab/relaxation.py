@@ -15,7 +15,8 @@ outside this module knows how the weights are normalised.
 
 :class:`SoftmaxRelaxation` is the paper's (the default): a softmax over the operations of every
 edge, a softmax over the valid outgoing moves of every trellis node, Viterbi path decoding, and
-optionally PC-DARTS edge normalisation.
+optionally PC-DARTS edge normalisation. :class:`GumbelRelaxation` (GDAS) has the same
+parameters and decoding but samples one operation per edge in every training forward pass.
 """
 
 from __future__ import annotations
@@ -53,7 +54,22 @@ class Relaxation(ABC):
 
     @abstractmethod
     def op_weights(self, params: ArchParams) -> torch.Tensor:
-        """Mixing weights of the operations on every cell edge, ``(E, O)``."""
+        """Mixing weights of the operations on every cell edge, ``(E, O)``: the relaxation's
+        deterministic weights (a sampling relaxation: the distribution it samples from)."""
+
+    def forward_op_weights(
+        self, params: ArchParams, training: bool, arch_progress: float
+    ) -> torch.Tensor:
+        """The op weights ``(E, O)`` one forward pass of the supernet mixes with.
+        ``training``: the supernet is in training mode; ``arch_progress``: the share of the
+        architecture steps done, in [0, 1]. :meth:`op_weights` unless the relaxation samples
+        (:class:`GumbelRelaxation`)."""
+        return self.op_weights(params)
+
+    def schedule_state(self, arch_progress: float) -> dict[str, float]:
+        """The relaxation's own schedule values at ``arch_progress``, for the search's epoch
+        records (empty for a relaxation without a schedule)."""
+        return {}
 
     def edge_weights(self, params: ArchParams) -> torch.Tensor | None:
         """Scale of every whole cell edge, ``(E,)``, or ``None`` (no edge weighting)."""
@@ -195,6 +211,83 @@ class SoftmaxRelaxation(Relaxation):
             used,
             genotype,
         ).to_dict()
+
+
+class GumbelRelaxation(SoftmaxRelaxation):
+    """GDAS (Dong and Yang, CVPR 2019): every edge runs one sampled operation per training step.
+
+    The parameters, the betas' softmax, the edge normalisation, the Beta-Decay regularizer and
+    the decoding are the :class:`SoftmaxRelaxation`'s. Only the op weights of a forward pass in
+    training mode differ: each edge ``e`` draws Gumbel noise ``g[e, o] = -log(-log u)``,
+    ``u ~ U(0, 1)``, and uses the one-hot weights of ``argmax_o(alpha[e, o] + g[e, o])``, a
+    sample of ``softmax(alpha[e])`` (the Gumbel-max trick). The alphas get their gradient from
+    the straight-through estimator: the forward value is the one-hot sample, the backward pass
+    that of ``softmax((alpha[e] + g[e]) / tau)``. The temperature ``tau`` falls linearly from
+    ``tau_max`` to ``tau_min`` over the architecture steps (GDAS: 10 to 0.1).
+
+    The weights see only the sampled operation of each edge (the others are multiplied by 0):
+    the supernet trains one sampled cell per step instead of the mixture, which is what keeps the
+    parameter-free operations from winning by easing the optimisation of the mixture. In
+    evaluation mode the supernet runs the most likely sample, the one-hot argmax of every edge
+    (no noise: the supernet's validation mIoU is deterministic). The paths stay relaxed: GDAS
+    samples operations, and the betas mix the sources of every node as in the paper.
+
+    As in Jang et al. (2017), the straight-through gradient reaches every operation's alpha
+    through the outputs of all operations; GDAS's code forms the same gradient from the sampled
+    operation's output alone.
+    """
+
+    def __init__(
+        self,
+        search_space: space.SearchSpace,
+        tau_max: float = 10.0,
+        tau_min: float = 0.1,
+        edge_normalisation: bool = False,
+    ):
+        super().__init__(search_space, edge_normalisation=edge_normalisation)
+        if not 0 < tau_min <= tau_max:
+            raise ValueError(
+                f"the Gumbel temperatures need 0 < tau_min <= tau_max, got tau_min={tau_min}, "
+                f"tau_max={tau_max}"
+            )
+        self.tau_max, self.tau_min = float(tau_max), float(tau_min)
+
+    def temperature(self, arch_progress: float) -> float:
+        """``tau = tau_max - (tau_max - tau_min) * p`` at the share ``p`` of the architecture
+        steps done (clipped to [0, 1])."""
+        p = min(max(float(arch_progress), 0.0), 1.0)
+        return self.tau_max - (self.tau_max - self.tau_min) * p
+
+    def forward_op_weights(
+        self, params: ArchParams, training: bool, arch_progress: float
+    ) -> torch.Tensor:
+        alphas = _get(params, "alphas")
+        if not training:
+            return F.one_hot(alphas.argmax(dim=-1), alphas.shape[-1]).to(alphas.dtype)
+        return straight_through_gumbel(
+            alphas, gumbel_noise(alphas), self.temperature(arch_progress)
+        )
+
+    def schedule_state(self, arch_progress: float) -> dict[str, float]:
+        return {"gumbel_tau": self.temperature(arch_progress)}
+
+
+def gumbel_noise(like: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise shaped like ``like``, ``-log(-log u)`` with ``u`` uniform in
+    (0, 1), drawn from the global generator (saved in checkpoints, so a resumed search draws the
+    same noise); ``u`` is kept above the smallest normal float, so the noise is always finite."""
+    u = torch.rand(like.shape, dtype=like.dtype, device=like.device)
+    u = u.clamp_(min=torch.finfo(like.dtype).tiny)
+    return -torch.log(-torch.log(u))
+
+
+def straight_through_gumbel(logits: torch.Tensor, noise: torch.Tensor, tau: float) -> torch.Tensor:
+    """One-hot ``argmax(logits + noise)`` along the last axis in the forward pass, with the
+    gradient of ``softmax((logits + noise) / tau)`` in the backward pass."""
+    perturbed = logits + noise.detach()
+    soft = F.softmax(perturbed / tau, dim=-1)
+    hard = F.one_hot(perturbed.argmax(dim=-1), soft.shape[-1]).to(soft.dtype)
+    return hard + (soft - soft.detach())
 
 
 def _get(params: ArchParams, name: str) -> torch.Tensor:

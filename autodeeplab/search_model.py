@@ -29,13 +29,23 @@ from autodeeplab.dints import DintsRelaxation
 from autodeeplab.genotype import Genotype
 from autodeeplab.heads import search_head_rates
 from autodeeplab.projection import CellProjection
-from autodeeplab.relaxation import Relaxation, SoftmaxRelaxation
+from autodeeplab.relaxation import GumbelRelaxation, Relaxation, SoftmaxRelaxation
 from autodeeplab.supernet import SearchNetwork
 
 
 def _softmax(cfg: SearchConfig, search_space: space.SearchSpace) -> Relaxation:
     # PC-DARTS' edge normalisation comes with partial channels, as in SearchNetwork's default
     return SoftmaxRelaxation(search_space, edge_normalisation=cfg.model.partial_channels > 1)
+
+
+def _gumbel(cfg: SearchConfig, search_space: space.SearchSpace) -> Relaxation:
+    r = cfg.relaxation
+    return GumbelRelaxation(
+        search_space,
+        tau_max=r.tau_max,
+        tau_min=r.tau_min,
+        edge_normalisation=cfg.model.partial_channels > 1,
+    )
 
 
 def _dints(cfg: SearchConfig, search_space: space.SearchSpace) -> Relaxation:
@@ -51,6 +61,7 @@ def _dints(cfg: SearchConfig, search_space: space.SearchSpace) -> Relaxation:
 
 RELAXATIONS: dict[str, Callable[[SearchConfig, space.SearchSpace], Relaxation]] = {
     "softmax": _softmax,
+    "gumbel": _gumbel,
     "dints": _dints,
 }
 """``relaxation.name`` -> factory of the :class:`~autodeeplab.relaxation.Relaxation`."""
@@ -64,6 +75,8 @@ def check_relaxation(cfg: SearchConfig) -> None:
         raise ConfigError(
             f"relaxation.name: unknown relaxation {r.name!r}; valid: {', '.join(RELAXATIONS)}"
         )
+    if r.name == "gumbel":
+        _check_gumbel(cfg)
     relax = RELAXATIONS[r.name](cfg, space.SearchSpace(1, 1))  # only its kind is asked
     independent = relax.independent_transitions
     if r.memory_target is not None and search_spatial_dims(cfg) == 3:
@@ -96,6 +109,29 @@ def check_relaxation(cfg: SearchConfig) -> None:
             f"arch_regularizer.name = {cfg.arch_regularizer.name!r} is a term of another "
             f"relaxation; with relaxation.name={r.name!r} valid: "
             f"{', '.join(('none', *relax.regularizers))}"
+        )
+
+
+def _check_gumbel(cfg: SearchConfig) -> None:
+    """The Gumbel relaxation's temperatures, and the options that need the same supernet in
+    every evaluation of one step (each training forward pass draws a new sample)."""
+    r = cfg.relaxation
+    if r.tau_min > r.tau_max:
+        raise ConfigError(
+            f"relaxation.tau_min = {r.tau_min} is above relaxation.tau_max = {r.tau_max}: the "
+            "temperature falls from tau_max to tau_min; use tau_min <= tau_max"
+        )
+    if cfg.unrolled:
+        raise ConfigError(
+            "unrolled = true with relaxation.name='gumbel': the second-order step evaluates "
+            "the supernet several times and each would draw another architecture; GDAS is "
+            "first-order: set unrolled=false"
+        )
+    if cfg.selection.name != "argmax":
+        raise ConfigError(
+            f"selection.name = {cfg.selection.name!r} with relaxation.name='gumbel': the "
+            "perturbation-based selection scores the supernet's mixture of operations, which "
+            "a Gumbel supernet never trains; use selection.name=argmax"
         )
 
 

@@ -638,7 +638,8 @@ class SearchNetwork(nn.Module):
 
     ``forward(images)`` returns logits ``(N, num_classes, *spatial)`` at input size;
     ``forward(images, aux_skip=c)`` adds the DARTS- auxiliary skip connection ``c * x`` to every
-    mixed edge (``c = 0``, the default, is the paper's supernet).
+    mixed edge (``c = 0``, the default, is the paper's supernet); ``arch_progress`` (the share of
+    the architecture steps done) reaches relaxations with a schedule (the Gumbel temperature).
     """
 
     def __init__(
@@ -766,10 +767,13 @@ class SearchNetwork(nn.Module):
         arch = {id(p) for p in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in arch]
 
-    def alpha_weights(self) -> torch.Tensor:
-        """Op mixing weights ``(E, O)`` (see :meth:`Relaxation.op_weights`), with the
-        decisions of :attr:`projection` applied."""
-        weights = self.relaxation.op_weights(self.arch_state())
+    def alpha_weights(self, arch_progress: float = 0.0) -> torch.Tensor:
+        """Op mixing weights ``(E, O)`` of a forward pass in the supernet's current mode (see
+        :meth:`Relaxation.forward_op_weights`), with the decisions of :attr:`projection`
+        applied."""
+        weights = self.relaxation.forward_op_weights(
+            self.arch_state(), self.training, arch_progress
+        )
         return weights if self.projection is None else self.projection.apply(weights)
 
     def beta_weights(self) -> torch.Tensor:
@@ -794,7 +798,9 @@ class SearchNetwork(nn.Module):
         return self.projection.genotype(genotype, self.relaxation.op_weights(self.arch_state()))
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x: torch.Tensor, aux_skip: float = 0.0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, aux_skip: float = 0.0, arch_progress: float = 0.0
+    ) -> torch.Tensor:
         axes = "H, W" if self.spatial_dims == 2 else "D, H, W"
         if x.dim() != 2 + self.spatial_dims or x.shape[1] != self.in_channels:
             kind = "images" if self.spatial_dims == 2 else "volumes"
@@ -807,7 +813,7 @@ class SearchNetwork(nn.Module):
                 f"input {tuple(x.shape[2:])} is too small: the supernet reaches stride 32, so "
                 f"{axes} must be at least {min_size}"
             )
-        alpha_w = self.alpha_weights()
+        alpha_w = self.alpha_weights(arch_progress)
         beta_w = self.beta_weights()
         edge_w = self.edge_weights()
 

@@ -114,9 +114,9 @@ def test_search_feeds_the_decaying_aux_skip_to_every_forward(tmp_path, monkeypat
     seen = []
     original = SearchNetwork.forward
 
-    def forward(self, x, aux_skip=0.0):
+    def forward(self, x, aux_skip=0.0, **kwargs):
         seen.append((self.training, aux_skip))
-        return original(self, x, aux_skip)
+        return original(self, x, aux_skip, **kwargs)
 
     monkeypatch.setattr(SearchNetwork, "forward", forward)
     cfg = load_config(

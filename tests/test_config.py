@@ -167,6 +167,8 @@ SEARCH_CASES: dict[str, tuple[list, list]] = {
     "relaxation.op_entropy_weight": ([0, 1], [-0.1]),
     "relaxation.topology_weight": ([0, 0.001, 1], [-1e-3]),
     "relaxation.warmup": ([0, 0.5, 0.99], [-0.1, 1, 1.5]),
+    "relaxation.tau_max": ([0.5, 10], [0, -1]),
+    "relaxation.tau_min": ([0.01, 0.1], [0, -0.1]),
     "selection.eval_samples": ([1, 64, 1000], [0, -3]),
     "selection.tune_epochs": ([0, 0.5, 1, 10], [-0.5, -1]),
     "epochs": ([20, 100], [0, -3]),  # at least arch_start_epoch (20)

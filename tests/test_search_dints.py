@@ -251,7 +251,7 @@ def test_decode_writes_a_multi_path_genotype_for_a_multi_path_checkpoint(tmp_pat
     [
         (
             "relaxation.name=darts",
-            "relaxation.name: unknown relaxation 'darts'; valid: softmax, dints",
+            "relaxation.name: unknown relaxation 'darts'; valid: softmax, gumbel, dints",
         ),
         ("relaxation.memory_target=1.5", "relaxation.memory_target = 1.5 is out of range"),
         ("model.partial_channels=2", "model.partial_channels = 2 (PC-DARTS)"),

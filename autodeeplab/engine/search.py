@@ -325,9 +325,11 @@ class SearchEngine(EngineBase):
         return segmentation_loss(self._supernet(model), batch, self.cfg.optim.ignore_index)
 
     def _supernet(self, model: nn.Module) -> Any:
-        """The supernet's forward at this step (with the auxiliary skip weight, if any)."""
+        """The supernet's forward at this step: with the auxiliary skip weight, if any, and the
+        share of the architecture steps done (the schedule of a sampling relaxation)."""
         aux = self.guards.aux_skip(self.schedule.run_progress(self.global_step))
-        return functools.partial(model, aux_skip=aux) if aux else model
+        progress = self.schedule.arch_progress(self.global_step)
+        return functools.partial(model, aux_skip=aux, arch_progress=progress)
 
     def _step_name(self) -> str:
         return f"epoch {self.epoch + 1}, step {self.step + 1} (global step {self.global_step + 1})"
@@ -884,6 +886,7 @@ class SearchEngine(EngineBase):
                 self.schedule.run_progress(self.global_step),
                 self.schedule.arch_progress(self.global_step),
             ),
+            **self.relaxation.schedule_state(self.schedule.arch_progress(self.global_step)),
             "arch_search": self._epoch_arch,
             "genotype": str(genotype),
             "time_s": time.perf_counter() - self._epoch_start,
