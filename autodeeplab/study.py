@@ -68,6 +68,7 @@ from autodeeplab.config import (
     read_config_file,
     to_dict,
 )
+from autodeeplab.engine.common import EARLY_STOP, record_early_stop_signals
 from autodeeplab.engine.loop import print_flush
 from autodeeplab.genotype import RELEASED, Genotype
 from autodeeplab.ray_trials import RayOptions, run_on_ray
@@ -764,17 +765,18 @@ def run_trial(trial: Trial, log: Callable[[str], None] | None = None) -> dict[st
 
 _WORKER_DEVICE: str | None = None
 _STUDY_PID: int | None = None
+_STUDY_STOP: Any = None  # the study's stop event (a multiprocessing Event)
 
 
-def _init_worker(devices: Any, pids: Any, study_pid: int) -> None:
+def _init_worker(devices: Any, pids: Any, study_pid: int, stop: Any) -> None:
     """Pool worker set-up: take a device for the worker's life, tell the study process this
-    worker's pid (to pass a SIGTERM on), ignore Ctrl-C and SIGTERM while idle (an engine run
-    installs its own handler: finish the step, checkpoint, stop)."""
-    global _WORKER_DEVICE, _STUDY_PID
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    worker's pid (to pass a SIGTERM on), keep the study's stop event, and record Ctrl-C and
+    SIGTERM while no run listens (a run installs its own handler: finish the step,
+    checkpoint, stop; one recorded before stops the next run at its first step)."""
+    global _WORKER_DEVICE, _STUDY_PID, _STUDY_STOP
+    record_early_stop_signals()
     _WORKER_DEVICE = devices.get()
-    _STUDY_PID = study_pid
+    _STUDY_PID, _STUDY_STOP = study_pid, stop
     pids.put(os.getpid())
 
 
@@ -782,6 +784,10 @@ def _worker_run(trial: Trial) -> dict[str, Any]:
     if _STUDY_PID is not None and os.getppid() != _STUDY_PID:
         # the study process is gone (killed): a trial queued before it died must not start
         raise StudyInterrupted(f"the study process {_STUDY_PID} is gone; {trial.name} not started")
+    if EARLY_STOP() or (_STUDY_STOP is not None and _STUDY_STOP.is_set()):
+        # the study was stopped before this worker took the trial (possibly before the worker
+        # had told the study its pid, so no signal reached it): the trial must not start
+        raise StudyInterrupted(f"the study was stopped; {trial.name} not started")
     config = copy.deepcopy(trial.config)
     if _WORKER_DEVICE is not None:
         config.device = _WORKER_DEVICE
@@ -945,13 +951,16 @@ def _pool(
     """Run trials in ``jobs`` worker processes, each holding one of ``devices`` for its life;
     yields ``(trial, record)`` as they finish. Ctrl-C lets the running trials checkpoint."""
     ctx = multiprocessing.get_context("spawn")
-    queue, pids = ctx.Queue(), ctx.Queue()
+    queue, pids, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
     for i in range(jobs):
         queue.put(devices[i % len(devices)] if devices else None)
     interrupted: list[str] = []
     with (
         ProcessPoolExecutor(
-            jobs, mp_context=ctx, initializer=_init_worker, initargs=(queue, pids, os.getpid())
+            jobs,
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(queue, pids, os.getpid(), stop),
         ) as pool,
         _terminate_as_interrupt() as terminated,
     ):
@@ -973,6 +982,9 @@ def _pool(
                         waiting.clear()
         except KeyboardInterrupt:
             waiting.clear()
+            # first: a worker still starting (its pid not yet known, so no signal reaches it)
+            # takes no trial once it is up
+            stop.set()
             for future in pending:
                 future.cancel()
             if terminated():  # a SIGTERM for the study process alone: the trials get it too

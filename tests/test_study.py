@@ -779,6 +779,32 @@ def test_sigterm_to_the_study_process_stops_its_workers_with_checkpoints(tmp_pat
     assert not list(runs.glob("random-*/seed0/trial.json"))
 
 
+def test_sigterm_while_the_workers_start_stops_the_study_without_running_its_trials(tmp_path):
+    """A SIGTERM that arrives while the pool's workers are still starting (before they told
+    the study their pids, so none can be signalled) still stops the study: no worker takes a
+    trial after it, and the study does not wait for whole trials to finish."""
+    data = study_data(tmp_path, random={"num": 3, "seed": 0}, train_seeds=[0])
+    data["train"]["overrides"]["iterations"] = 400
+    data["train"]["overrides"]["checkpoint_interval"] = 0
+    path = write_study(tmp_path, data)
+    cmd = [sys.executable, "-m", "autodeeplab", "study", "--config", str(path), "--jobs", "2"]
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in child.stdout:  # both trials are handed to the pool: its workers are spawning
+        if line.startswith("[2/"):
+            break
+    # the trials are in the pool's call queue (no longer cancellable) while the workers still
+    # import: a signal now is what the study used to wait on whole trials after
+    time.sleep(0.5)
+    workers = _children(child.pid)
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=300)
+    assert child.returncode == 130, err
+    time.sleep(1.0)
+    assert not [p for p in workers if _alive(p)], "a worker outlived the study"
+    runs = tmp_path / "study" / "train"
+    assert not list(runs.glob("random-*/seed0/trial.json")), "a trial ran to its end"
+
+
 def _children(pid: int) -> list[int]:
     """Pids of the processes whose parent is ``pid`` (from /proc)."""
     found = []

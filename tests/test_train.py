@@ -18,6 +18,7 @@ from autodeeplab import load_model
 from autodeeplab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from autodeeplab.cli import main
 from autodeeplab.config import ConfigError, TrainConfig, load_config
+from autodeeplab.engine import common
 from autodeeplab.engine import train as train_engine
 from autodeeplab.engine.common import deferred_interrupt
 from autodeeplab.engine.distributed import (
@@ -528,6 +529,28 @@ def test_second_signal_of_either_kind_interrupts_at_once():
             with pytest.raises(KeyboardInterrupt):
                 os.kill(os.getpid(), second)
         assert {s: signal.getsignal(s) for s in stops} == before
+
+
+def test_a_stop_signal_recorded_before_a_run_stops_the_next_run(monkeypatch):
+    """A study's pool worker records stop signals while no run listens: the next run starts
+    with its stop request set (it finishes one step, checkpoints and stops)."""
+    stops = (signal.SIGINT, signal.SIGTERM)
+    before = {s: signal.getsignal(s) for s in stops}
+    monkeypatch.setattr(common, "EARLY_STOP", common.StopRequest())
+    try:
+        with deferred_interrupt() as interrupted:
+            assert not interrupted()
+        common.record_early_stop_signals()
+        os.kill(os.getpid(), signal.SIGTERM)  # recorded, not acted on
+        os.kill(os.getpid(), signal.SIGINT)  # the first one is kept
+        assert common.EARLY_STOP.signum == signal.SIGTERM
+        with deferred_interrupt() as interrupted:
+            assert interrupted() and interrupted.signum == signal.SIGTERM
+        with deferred_interrupt(enabled=False) as interrupted:
+            assert not interrupted()
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 def test_sigterm_finishes_the_step_checkpoints_and_the_cli_exits_with_143(

@@ -242,6 +242,25 @@ class StopRequest:
         return self.signum is not None
 
 
+EARLY_STOP = StopRequest()
+"""A stop signal this process received before any run listened for one (see
+:func:`record_early_stop_signals`); every later :func:`deferred_interrupt` starts set."""
+
+
+def record_early_stop_signals() -> None:
+    """In a process that starts runs later (a study's pool worker): record the first stop
+    signal in :data:`EARLY_STOP` instead of acting on it, so that a signal arriving between two
+    runs, or while a run is being set up, stops the next run at its first step boundary (with a
+    checkpoint) rather than being lost."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if EARLY_STOP.signum is None:
+            EARLY_STOP.signum = signum
+
+    for s in STOP_SIGNALS:
+        signal.signal(s, handler)
+
+
 @contextlib.contextmanager
 def deferred_interrupt(
     enabled: bool = True, signals: Sequence[int] = STOP_SIGNALS
@@ -250,8 +269,10 @@ def deferred_interrupt(
     polls between steps, so it can finish the step, write a checkpoint and stop cleanly; a
     second signal of either kind raises :class:`KeyboardInterrupt` at once. The handlers in
     place before are restored on exit. Yields the :class:`StopRequest`; it stays false when
-    ``enabled`` is false or outside the main thread (where no handler can be installed)."""
+    ``enabled`` is false or outside the main thread (where no handler can be installed), and
+    starts set when the process recorded a stop signal before (:data:`EARLY_STOP`)."""
     stop = StopRequest()
+    stop.signum = EARLY_STOP.signum if enabled else None
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield stop
         return
