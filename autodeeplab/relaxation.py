@@ -226,8 +226,8 @@ class GumbelRelaxation(SoftmaxRelaxation):
     ``tau_max`` to ``tau_min`` over the architecture steps (GDAS: 10 to 0.1).
 
     The weights see only the sampled operation of each edge (the others are multiplied by 0):
-    the supernet trains one sampled cell per step instead of the mixture, which is what keeps the
-    parameter-free operations from winning by easing the optimisation of the mixture. In
+    the supernet trains one sampled cell per step instead of the mixture (GDAS' argument: the
+    parameter-free operations gain weight by easing the optimisation of the mixture). In
     evaluation mode the supernet runs the most likely sample, the one-hot argmax of every edge
     (no noise: the supernet's validation mIoU is deterministic). The paths stay relaxed: GDAS
     samples operations, and the betas mix the sources of every node as in the paper.
