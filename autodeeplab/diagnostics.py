@@ -19,6 +19,10 @@ decoded architecture the search has actually decided:
 * ``alpha_grad_z`` / ``alpha_grad_z_above_2`` (:func:`gradient_signal`): whether the
   architecture steps of an epoch pushed the alphas consistently (a signal) or at random.
 
+:func:`convergence` sums up a finished search from its epoch records: the final figures and
+for how many epochs in a row the decoded cell and the decoded path had stayed what they
+finally were (a path that still changes at the last epoch was not settled by the search).
+
 The computations are plain numpy on the logits; :func:`model_diagnostics` reads them from a
 supernet through its relaxation (:meth:`autodeeplab.relaxation.Relaxation.diagnostics`).
 """
@@ -26,7 +30,7 @@ supernet through its relaxation (:meth:`autodeeplab.relaxation.Relaxation.diagno
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -275,3 +279,54 @@ def describe(diagnostics: Mapping[str, Any], arch_steps: int, genotype: Genotype
         else ""
     )
     return f"{' '.join(parts)} arch steps {arch_steps} {genotype}{note}"
+
+
+# ---------------------------------------------------------------------------- convergence
+def convergence(epochs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """How settled a finished search's result is, from its ``epoch`` records (``metrics.jsonl``
+    or ``SearchResult.history``, in order); None without records.
+
+    * ``arch_steps`` / ``arch_epochs``: architecture steps taken, epochs that took any;
+    * ``alpha_entropy_fraction``, ``parameter_free_share``: the final record's;
+    * ``path_entropy_fraction``: the final entropy of the network-level choice over its maximum
+      (the betas' moves; DiNTS: its transitions);
+    * ``path_probability``: the probability of the decoded path (DiNTS: topology) under the
+      final distribution;
+    * ``stable_cell_epochs`` / ``stable_path_epochs``: the number of epochs, counted back from
+      the last, whose decoded cell / network-level path equals the final one (1: it changed at
+      the last epoch), among the epochs with architecture steps (before the first step the
+      decoded genotype is the initial logits' argmax).
+
+    Figures a record lacks (records written before they existed) are None.
+    """
+    if not epochs:
+        return None
+    last = epochs[-1]
+
+    def first(*keys: str) -> Any:
+        return next((last[k] for k in keys if last.get(k) is not None), None)
+
+    log_prob = first("path_log_prob", "topology_log_prob")
+    searched = [e for e in epochs if e.get("arch_steps", 1) > 0 and e.get("genotype")]
+    genotypes = [Genotype.from_string(e["genotype"]) for e in searched]
+
+    def stable(part: Any) -> int | None:
+        if not genotypes:
+            return None
+        final, count = part(genotypes[-1]), 0
+        for g in reversed(genotypes):
+            if part(g) != final:
+                break
+            count += 1
+        return count
+
+    return {
+        "arch_steps": last.get("arch_steps"),
+        "arch_epochs": len(searched),
+        "alpha_entropy_fraction": last.get("alpha_entropy_fraction"),
+        "path_entropy_fraction": first("beta_entropy_fraction", "path_entropy_fraction"),
+        "path_probability": None if log_prob is None else math.exp(log_prob),
+        "parameter_free_share": last.get("parameter_free_share"),
+        "stable_cell_epochs": stable(lambda g: g.cell),
+        "stable_path_epochs": stable(lambda g: g.topology),
+    }

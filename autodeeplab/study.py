@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from autodeeplab import space
+from autodeeplab import diagnostics, space
 from autodeeplab.config import (
     NEUTRAL_DEFAULTS,
     ConfigError,
@@ -729,6 +729,7 @@ def run_trial(trial: Trial, log: Callable[[str], None] | None = None) -> dict[st
             "genotype": str(s.genotype),
             "epochs": s.epoch,
             "supernet_mIoU": last.get("mIoU"),
+            "convergence": diagnostics.convergence(s.history),
         }
     else:
         record |= {
@@ -1068,6 +1069,8 @@ class CandidateResult:
     """The earlier candidate with the same architecture, whose training runs these are."""
     supernet_miou: float | None = None
     """Searched candidates: the supernet's validation mIoU at the end of its search trial."""
+    convergence: Mapping[str, Any] | None = None
+    """Searched candidates: how settled their search ended (:func:`diagnostics.convergence`)."""
 
     @property
     def mean(self) -> float:
@@ -1329,6 +1332,7 @@ def _candidate_json(r: CandidateResult, rank: int) -> dict[str, Any]:
         "errors": list(r.errors),
         "same_as": r.same_as,
         "supernet_mIoU": r.supernet_miou,
+        "search_convergence": None if r.convergence is None else dict(r.convergence),
     }
 
 
@@ -1401,6 +1405,7 @@ def _write_report(
         study.output / "study.png",
         "mIoU against parameters and Multi-Adds; error bars: std over training seeds",
     )
+    _search_trials_table(report, rows, ranks=summary["ranks"])
     report.heading("Every candidate")
     ranks = summary["ranks"]
     scale, unit = _macs_unit(rows)
@@ -1442,6 +1447,59 @@ def _write_report(
     report.write(study.output, name="study")
 
 
+def _search_trials_table(report: Any, rows: Sequence[CandidateResult], ranks: Mapping) -> None:
+    """How settled each search trial ended, next to what its architecture scored."""
+    searched = [r for r in rows if r.kind == "searched" and r.convergence is not None]
+    if not searched:
+        return
+
+    def pct(x: Any, digits: int = 0) -> str:
+        return "-" if x is None else f"{100 * x:.{digits}f}"
+
+    def run(count: Any, total: Any) -> str:
+        return "-" if count is None else f"{count} of {total}"
+
+    report.heading("Search trials")
+    report.paragraph(
+        "How far each search had settled its result at its last epoch: the entropy of the op "
+        "and of the network-level distributions (share of their maximum), the probability of "
+        "the decoded path (or multi-path topology) under the final distribution, the share of "
+        "parameter-free operations in the decoded cell, and for how many of the epochs with "
+        "architecture steps, counted back from the last, the decoded cell and path had stayed "
+        "the final ones (1: it changed at the last epoch)."
+    )
+    report.table(
+        [
+            "trial",
+            "rank",
+            "mIoU %",
+            "supernet mIoU %",
+            "alpha entropy %",
+            "path entropy %",
+            "P(path) %",
+            "parameter-free %",
+            "cell unchanged",
+            "path unchanged",
+        ],
+        [
+            [
+                r.name,
+                ranks[r.name],
+                _pct(r.mean),
+                _pct(r.supernet_miou),
+                pct(c.get("alpha_entropy_fraction"), 1),
+                pct(c.get("path_entropy_fraction"), 1),
+                pct(c.get("path_probability"), 1),
+                pct(c.get("parameter_free_share")),
+                run(c.get("stable_cell_epochs"), c.get("arch_epochs")),
+                run(c.get("stable_path_epochs"), c.get("arch_epochs")),
+            ]
+            for r in searched
+            for c in (r.convergence or {},)
+        ],
+    )
+
+
 @dataclass(frozen=True)
 class StudyResult:
     """What a finished study wrote."""
@@ -1464,6 +1522,7 @@ def collect(
     from autodeeplab.complexity import complexity
 
     supernet = {r["seed"]: r.get("supernet_mIoU") for r in search_records}
+    settled = {r["seed"]: _search_convergence(study, r) for r in search_records}
 
     by_candidate: dict[str, list[dict[str, Any]]] = {}
     for r in records:
@@ -1495,9 +1554,25 @@ def collect(
                 supernet_miou=(
                     supernet.get(c.source["search_seed"]) if c.kind == "searched" else None
                 ),
+                convergence=(
+                    settled.get(c.source["search_seed"]) if c.kind == "searched" else None
+                ),
             )
         )
     return out
+
+
+def _search_convergence(study: Study, record: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The search trial's convergence figures: from its record, or (a record written before
+    they were recorded) from the epoch records of its run folder; None when neither has them."""
+    if "convergence" in record:
+        return record["convergence"]
+    from autodeeplab.report import load_jsonl
+
+    metrics = study.output / "search" / record["name"] / "metrics.jsonl"
+    if not metrics.is_file():
+        return None
+    return diagnostics.convergence([r for r in load_jsonl(metrics) if r.get("type") == "epoch"])
 
 
 def write_outputs(study: Study, results: Sequence[CandidateResult]) -> dict[str, Any]:

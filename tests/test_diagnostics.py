@@ -14,6 +14,7 @@ from autodeeplab.diagnostics import (
     NOISE_Z_MEAN,
     arch_diagnostics,
     binary_entropy,
+    convergence,
     describe,
     dints_diagnostics,
     gradient_signal,
@@ -255,3 +256,60 @@ def test_stagnation_warning_of_a_dints_search_names_its_own_remedies():
     assert "path entropy 99.50 %" in text and "relaxation.path_entropy_weight" in text
     assert "beta_decay" not in text
     assert stagnation_warning(dict(flat, path_entropy_fraction=0.6)) is None
+
+
+def test_convergence_counts_the_epochs_the_final_cell_and_path_held():
+    a = "0:skip_connect+1:sep_conv_3x3/0:max_pool_3x3+2:sep_conv_5x5"
+    b = "0:skip_connect+1:sep_conv_3x3/0:avg_pool_3x3+2:sep_conv_5x5"
+
+    def epoch(arch_steps, path, cell, **more):
+        return {"arch_steps": arch_steps, "genotype": f"path={path}|cell={cell}", **more}
+
+    records = [
+        epoch(0, "0-0-0", b),  # before the first architecture step: not counted
+        epoch(4, "0-0-0", a),
+        epoch(8, "0-1-1", a),
+        epoch(12, "0-1-1", b),
+        epoch(
+            16,
+            "0-1-1",
+            a,
+            alpha_entropy_fraction=0.8,
+            beta_entropy_fraction=0.7,
+            path_log_prob=math.log(0.25),
+            parameter_free_share=0.5,
+        ),
+    ]
+    got = convergence(records)
+    assert got == {
+        "arch_steps": 16,
+        "arch_epochs": 4,
+        "alpha_entropy_fraction": 0.8,
+        "path_entropy_fraction": 0.7,
+        "path_probability": pytest.approx(0.25),
+        "parameter_free_share": 0.5,
+        "stable_cell_epochs": 1,  # b at the third epoch
+        "stable_path_epochs": 3,  # 0-0-0 at the first
+    }
+    # the initial argmax does not count even when it equals the final genotype
+    assert convergence([epoch(0, "0-1-1", a), epoch(4, "0-1-1", a)])["stable_path_epochs"] == 1
+    assert convergence([]) is None
+    # records without the figures (written before them) and without architecture steps
+    old = convergence([{"arch_steps": 0, "genotype": f"path=0-0-0|cell={a}"}])
+    assert old["arch_epochs"] == 0 and old["stable_cell_epochs"] is None
+    assert old["path_probability"] is None and old["alpha_entropy_fraction"] is None
+
+
+def test_convergence_of_a_dints_search_reads_its_path_figures():
+    topo = "transitions=0>0;0>0,0>1;0>0,1>1"
+    cell = "0:skip_connect+1:sep_conv_3x3/0:max_pool_3x3+2:sep_conv_5x5"
+    record = {
+        "arch_steps": 3,
+        "genotype": f"{topo}|cell={cell}",
+        "path_entropy_fraction": 0.3,
+        "topology_log_prob": -2.0,
+    }
+    got = convergence([record, record])
+    assert got["path_entropy_fraction"] == 0.3
+    assert got["path_probability"] == pytest.approx(math.exp(-2.0))
+    assert got["stable_path_epochs"] == got["stable_cell_epochs"] == 2

@@ -446,6 +446,19 @@ def test_study_runs_every_candidate_and_writes_json_markdown_and_figure(tmp_path
     assert by_name["search-s0"]["supernet_mIoU"] == search_summary["supernet_mIoU"]
     assert by_name["random-0"]["supernet_mIoU"] is None
     assert s["selected_by_supernet"]["name"] == "search-s0"
+    # how settled the search ended: the figures of its own last epoch record
+    epochs = [
+        json.loads(line)
+        for line in (out / "search" / "search-s0" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["type"] == "epoch"
+    ]
+    settled = by_name["search-s0"]["search_convergence"]
+    assert settled["alpha_entropy_fraction"] == epochs[-1]["alpha_entropy_fraction"]
+    assert settled["path_probability"] == pytest.approx(math.exp(epochs[-1]["path_log_prob"]))
+    assert settled["arch_epochs"] == sum(e["arch_steps"] > 0 for e in epochs) > 0
+    assert 1 <= settled["stable_path_epochs"] <= settled["arch_epochs"]
+    assert by_name["random-0"]["search_convergence"] is None
+    assert "## Search trials" in (out / "study.md").read_text()
     assert s["searched_median"]["mean"] == pytest.approx(means["search-s0"])
     per_seed_var = [np.var(c["mIoU"], ddof=1) for c in doc["candidates"]]
     assert s["seed_noise"] == pytest.approx(math.sqrt(np.mean(per_seed_var)))
@@ -468,6 +481,14 @@ def test_study_runs_every_candidate_and_writes_json_markdown_and_figure(tmp_path
     again = run_study(load(tmp_path, data))
     assert again.ran == 0
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert strict_json(out / "study.json") == doc
+
+    # a search record written before the convergence figures existed: read from the run's log
+    trial = out / "search" / "search-s0" / "trial.json"
+    record = json.loads(trial.read_text())
+    del record["convergence"]
+    trial.write_text(json.dumps(record))
+    assert run_study(load(tmp_path, data)).ran == 0
     assert strict_json(out / "study.json") == doc
 
 
