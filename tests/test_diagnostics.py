@@ -179,7 +179,8 @@ def test_search_logs_the_diagnostics_and_writes_a_summary(tmp_path, capsys, monk
     monkeypatch.setattr(search_engine.SearchEngine, "arch_gradients", recording)
     cfg = tiny_search(tmp_path, "optim.arch_lr=0.003")  # the paper's rate
     result = run_search(cfg)
-    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("epoch ")]
+    printed = capsys.readouterr().out
+    lines = [x for x in printed.splitlines() if x.startswith("epoch ")]
     assert "(no architecture step yet" in lines[0] and "(no architecture step" not in lines[1]
     run = tmp_path / "run"
     epochs = [
@@ -208,6 +209,9 @@ def test_search_logs_the_diagnostics_and_writes_a_summary(tmp_path, capsys, monk
     assert summary["supernet_mIoU"] == result.supernet_miou
     assert summary["genotype"] == str(result.genotype) == epochs[-1]["genotype"]
     assert summary["arch_steps"] == 4 and summary["warning"] == result.warning
+    assert summary["convergence"] == convergence(epochs)
+    assert summary["convergence"]["arch_epochs"] == 1
+    assert "settled: the decoded cell was the same for the last 1 of 1 epochs" in printed
 
 
 def test_dints_diagnostics_read_the_dints_supernet():

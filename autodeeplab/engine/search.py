@@ -44,6 +44,7 @@ from autodeeplab.collapse import CollapseGuards
 from autodeeplab.config import SearchConfig
 from autodeeplab.data import search_split
 from autodeeplab.diagnostics import (
+    convergence,
     describe,
     gradient_signal,
     model_diagnostics,
@@ -813,6 +814,7 @@ class SearchEngine(EngineBase):
                 "global_step": result.global_step,
                 **{k: last.get(k) for k in keys},
                 **{k: last[k] for k in extra if k in last},
+                "convergence": convergence(self.history),
                 "warning": result.warning,
             }
             if self.selection_records:
@@ -821,6 +823,15 @@ class SearchEngine(EngineBase):
                     dumps_json({"records": self.selection_records}, indent=2) + "\n"
                 )
             (self.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        settled = convergence(self.history)
+        if result.finished and settled is not None and settled["arch_epochs"]:
+            n = settled["arch_epochs"]
+            self._say(
+                f"settled: the decoded cell was the same for the last "
+                f"{settled['stable_cell_epochs']} of {n} epochs with architecture steps, the "
+                f"decoded path for the last {settled['stable_path_epochs']} (1: it changed in "
+                "the last epoch; a longer search settles more)"
+            )
         if result.warning is not None:
             self._say(f"warning: {result.warning}")
 
