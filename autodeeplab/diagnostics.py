@@ -30,6 +30,7 @@ supernet through its relaxation (:meth:`autodeeplab.relaxation.Relaxation.diagno
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -295,7 +296,11 @@ def convergence(epochs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     * ``stable_cell_epochs`` / ``stable_path_epochs``: the number of epochs, counted back from
       the last, whose decoded cell / network-level path equals the final one (1: it changed at
       the last epoch), among the epochs with architecture steps (before the first step the
-      decoded genotype is the initial logits' argmax).
+      decoded genotype is the initial logits' argmax);
+    * ``previous_cell_agreement``: the share of the final cell's branches (input and operation)
+      that the same block of the cell decoded one epoch earlier had too (None with fewer than two
+      such epochs): a whole cell that changed in the last epoch may have changed in one branch
+      or in all.
 
     Figures a record lacks (records written before they existed) are None.
     """
@@ -320,6 +325,11 @@ def convergence(epochs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
             count += 1
         return count
 
+    agreement = None
+    if len(genotypes) >= 2:
+        final, before = genotypes[-1].cell, genotypes[-2].cell
+        kept = sum((Counter(x) & Counter(y)).total() for x, y in zip(final, before, strict=True))
+        agreement = kept / sum(len(x) for x in final)
     return {
         "arch_steps": last.get("arch_steps"),
         "arch_epochs": len(searched),
@@ -329,4 +339,5 @@ def convergence(epochs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
         "parameter_free_share": last.get("parameter_free_share"),
         "stable_cell_epochs": stable(lambda g: g.cell),
         "stable_path_epochs": stable(lambda g: g.topology),
+        "previous_cell_agreement": agreement,
     }

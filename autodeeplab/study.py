@@ -1466,7 +1466,8 @@ def _search_trials_table(report: Any, rows: Sequence[CandidateResult], ranks: Ma
         "the decoded path (or multi-path topology) under the final distribution, the share of "
         "parameter-free operations in the decoded cell, and for how many of the epochs with "
         "architecture steps, counted back from the last, the decoded cell and path had stayed "
-        "the final ones (1: it changed at the last epoch)."
+        "the final ones (1: it changed at the last epoch), and the share of the final cell's "
+        "branches (input and operation) that the cell of the epoch before already had."
     )
     report.table(
         [
@@ -1480,6 +1481,7 @@ def _search_trials_table(report: Any, rows: Sequence[CandidateResult], ranks: Ma
             "parameter-free %",
             "cell unchanged",
             "path unchanged",
+            "branches kept %",
         ],
         [
             [
@@ -1493,6 +1495,7 @@ def _search_trials_table(report: Any, rows: Sequence[CandidateResult], ranks: Ma
                 pct(c.get("parameter_free_share")),
                 run(c.get("stable_cell_epochs"), c.get("arch_epochs")),
                 run(c.get("stable_path_epochs"), c.get("arch_epochs")),
+                pct(c.get("previous_cell_agreement")),
             ]
             for r in searched
             for c in (r.convergence or {},)

@@ -294,6 +294,7 @@ def test_convergence_counts_the_epochs_the_final_cell_and_path_held():
         "parameter_free_share": 0.5,
         "stable_cell_epochs": 1,  # b at the third epoch
         "stable_path_epochs": 3,  # 0-0-0 at the first
+        "previous_cell_agreement": 0.75,  # b differs from a in one of four branches
     }
     # the initial argmax does not count even when it equals the final genotype
     assert convergence([epoch(0, "0-1-1", a), epoch(4, "0-1-1", a)])["stable_path_epochs"] == 1
@@ -302,6 +303,12 @@ def test_convergence_counts_the_epochs_the_final_cell_and_path_held():
     old = convergence([{"arch_steps": 0, "genotype": f"path=0-0-0|cell={a}"}])
     assert old["arch_epochs"] == 0 and old["stable_cell_epochs"] is None
     assert old["path_probability"] is None and old["alpha_entropy_fraction"] is None
+    assert old["previous_cell_agreement"] is None
+    # a branch kept at another place in its block still counts as kept
+    before = "0:skip_connect+1:sep_conv_3x3/0:max_pool_3x3+1:sep_conv_5x5"
+    after = "0:skip_connect+1:sep_conv_3x3/1:sep_conv_5x5+2:avg_pool_3x3"
+    moved = convergence([epoch(4, "0-0-0", before), epoch(8, "0-0-0", after)])
+    assert moved["previous_cell_agreement"] == pytest.approx(3 / 4)
 
 
 def test_convergence_of_a_dints_search_reads_its_path_figures():
