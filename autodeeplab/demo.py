@@ -567,6 +567,7 @@ def _pipeline_sections(
     """The report sections every demo has: stage times, the decoded architecture, the search
     curves (with the end-of-search figures when ``search_summary``) and warning, the
     retraining curves."""
+    from autodeeplab.diagnostics import convergence
     from autodeeplab.report import (
         draw_search_curves,
         draw_training_curves,
@@ -594,19 +595,25 @@ def _pipeline_sections(
         "search_curves",
         "Supernet losses, mIoU, architecture entropies and how far the search moved them",
     )
-    last = [r for r in records if r.get("type") == "epoch"][-1:]
+    epochs = [r for r in records if r.get("type") == "epoch"]
+    last = epochs[-1:]
     if search_summary and last and "alpha_entropy_fraction" in last[0]:
         d = last[0]
-        report.table(
-            ["at the end of the search", "value"],
-            [
-                ["architecture steps", d.get("arch_steps")],
-                ["alpha entropy, % of max", f"{100 * d['alpha_entropy_fraction']:.2f}"],
-                ["beta entropy, % of max", f"{100 * d['beta_entropy_fraction']:.2f}"],
-                ["log P(decoded path)", f"{d['path_log_prob']:.3f}"],
-                ["parameter-free ops in the cell, %", f"{100 * d['parameter_free_share']:.0f}"],
-            ],
-        )
+        rows = [
+            ["architecture steps", d.get("arch_steps")],
+            ["alpha entropy, % of max", f"{100 * d['alpha_entropy_fraction']:.2f}"],
+            ["beta entropy, % of max", f"{100 * d['beta_entropy_fraction']:.2f}"],
+            ["log P(decoded path)", f"{d['path_log_prob']:.3f}"],
+            ["parameter-free ops in the cell, %", f"{100 * d['parameter_free_share']:.0f}"],
+        ]
+        settled = convergence(epochs)
+        if settled is not None and settled["arch_epochs"]:
+            n = settled["arch_epochs"]
+            rows += [
+                ["epochs the final cell had held", f"{settled['stable_cell_epochs']} of {n}"],
+                ["epochs the final path had held", f"{settled['stable_path_epochs']} of {n}"],
+            ]
+        report.table(["at the end of the search", "value"], rows)
     if (warning := search_warning(records)) is not None:
         report.paragraph(f"Warning: {warning}.")
     report.heading("Training")

@@ -112,6 +112,10 @@ def test_demo_runs_every_stage_and_writes_a_self_contained_report(tmp_path, caps
             cm = evaluate(loaded.model, val, loaded.config.num_classes, batch_size=4)
             assert a["mIoU"] == pytest.approx(cm.mean_iou(), nan_ok=True)
     assert "Searched vs baselines" in md
+    # how settled the search ended, as its summary says
+    settled = json.loads((out / "search" / "summary.json").read_text())["convergence"]
+    n = settled["arch_epochs"]
+    assert f"| epochs the final cell had held | {settled['stable_cell_epochs']} of {n} |" in md
 
     printed = capsys.readouterr().out
     for stage in STAGES:
