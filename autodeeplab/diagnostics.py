@@ -257,6 +257,41 @@ def _signal_advice(z: Any) -> str:
     )
 
 
+def noise_warning(epochs: Sequence[Mapping[str, Any]]) -> str | None:
+    """A warning for a search whose alpha gradients carried little signal: the mean over its
+    epochs with architecture steps of their ``alpha_grad_z`` (:func:`gradient_signal`) below
+    :data:`SIGNAL_Z_MEAN`. Its logits then moved mostly at random, however far they moved.
+    None when the figure is above it or missing (records written before it existed)."""
+    zs = [
+        float(z)
+        for e in epochs
+        if isinstance(z := e.get("alpha_grad_z"), int | float) and math.isfinite(z)
+    ]
+    if not zs:
+        return None
+    mean = sum(zs) / len(zs)
+    if mean >= SIGNAL_Z_MEAN:
+        return None
+    return (
+        f"the architecture gradients carried little signal: their mean |z| over the {len(zs)} "
+        f"epoch(s) with architecture steps was {mean:.2f} (zero-mean noise gives "
+        f"{NOISE_Z_MEAN:.2f}; a signal shows from about {SIGNAL_Z_MEAN:.2f}), so the logits "
+        "moved mostly at random and the decoded genotype rests largely on noise and on the "
+        "relaxation's own leanings. A larger arch_lr does not help; more architecture samples "
+        "do (more images per epoch, data.repeat with augmentation on a small data set, more "
+        "epochs), and `autodeeplab study` shows whether the result beats random architectures"
+    )
+
+
+def end_of_search_warning(epochs: Sequence[Mapping[str, Any]]) -> str | None:
+    """The warning a finished search gives from its ``epoch`` records, in order: that its
+    distribution barely moved (:func:`stagnation_warning`, from the last record), else that its
+    gradients were mostly noise (:func:`noise_warning`); None without records or concerns."""
+    if not epochs:
+        return None
+    return stagnation_warning(epochs[-1]) or noise_warning(epochs)
+
+
 def describe(diagnostics: Mapping[str, Any], arch_steps: int, genotype: Genotype) -> str:
     """The architecture part of a search's epoch line (the figures ``diagnostics`` has)."""
     d = diagnostics

@@ -34,7 +34,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from autodeeplab.diagnostics import NOISE_Z_MEAN, STAGNANT_FRACTION, stagnation_warning
+from autodeeplab.diagnostics import NOISE_Z_MEAN, STAGNANT_FRACTION, end_of_search_warning
 from autodeeplab.draw import _new_figure
 
 ASSET_DIR = "report_files"
@@ -417,10 +417,9 @@ def _reference_level(ax: Axes, y: float, gid: str, label: str) -> None:
 
 
 def search_warning(records: Iterable[Mapping[str, Any]]) -> str | None:
-    """The warning of :func:`autodeeplab.diagnostics.stagnation_warning` for the last ``epoch``
-    record of a search log (None when it moved, or when there is no epoch record)."""
-    epochs = _latest(list(records), "epoch", "epoch")
-    return stagnation_warning(epochs[-1]) if epochs else None
+    """The warning of :func:`autodeeplab.diagnostics.end_of_search_warning` for the ``epoch``
+    records of a search log (None when it moved with a signal, or without epoch records)."""
+    return end_of_search_warning(_latest(list(records), "epoch", "epoch"))
 
 
 def _arch_start(epochs: Sequence[Mapping[str, Any]]) -> int | None:

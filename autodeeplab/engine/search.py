@@ -46,9 +46,9 @@ from autodeeplab.data import search_split
 from autodeeplab.diagnostics import (
     convergence,
     describe,
+    end_of_search_warning,
     gradient_signal,
     model_diagnostics,
-    stagnation_warning,
 )
 from autodeeplab.engine.common import global_batch_loss, global_valid_pixels
 from autodeeplab.engine.distributed import dist_info
@@ -80,8 +80,8 @@ class SearchResult(RunResult):
     supernet_miou: float | None = None
     """Supernet mIoU of the last evaluation (to rank the trials of a study), None if none ran."""
     warning: str | None = None
-    """Set when the architecture distribution has barely moved by the end (see
-    :func:`autodeeplab.diagnostics.stagnation_warning`)."""
+    """Set when the architecture distribution has barely moved by the end, or moved with
+    gradients that were mostly noise (:func:`autodeeplab.diagnostics.end_of_search_warning`)."""
 
 
 # ---------------------------------------------------------------------------- arch gradients
@@ -792,9 +792,7 @@ class SearchEngine(EngineBase):
             supernet_miou=next(
                 (h["mIoU"] for h in reversed(self.history) if h.get("mIoU") is not None), None
             ),
-            warning=stagnation_warning(self.history[-1])
-            if run["finished"] and self.history
-            else None,
+            warning=end_of_search_warning(self.history) if run["finished"] else None,
         )
 
     def _finish(self, result: SearchResult) -> None:
