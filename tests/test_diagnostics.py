@@ -332,7 +332,10 @@ def test_noise_warning_reads_the_mean_gradient_signal_of_the_architecture_epochs
     epochs = [{"alpha_grad_z": None}, {"alpha_grad_z": 0.9}, {"alpha_grad_z": 1.2}]
     text = noise_warning(epochs)
     assert "mean |z| over the 2 epoch(s) with architecture steps was 1.05" in text
-    assert "zero-mean noise gives 0.80" in text and "arch_lr does not help" in text
+    assert "zero-mean noise gives 0.80" in text and "mostly random-walked" in text
+    assert "a larger arch_lr helps against neither" in text
+    balance = noise_warning([{"alpha_grad_z": 0.6}, {"alpha_grad_z": 0.62}])
+    assert "was 0.61" in balance and "swung around a balance" in balance
     assert noise_warning([*epochs, {"alpha_grad_z": 1.8}]) is None  # mean 1.30
     assert noise_warning([{"alpha_grad_z": None}, {"alpha_entropy": 2.0}]) is None
     assert noise_warning([{"alpha_grad_z": float("nan")}]) is None
@@ -341,7 +344,7 @@ def test_noise_warning_reads_the_mean_gradient_signal_of_the_architecture_epochs
 def test_end_of_search_warning_puts_a_distribution_that_did_not_move_first():
     moved = {"arch_steps": 900, "alpha_entropy_fraction": 0.8, "beta_entropy_fraction": 0.8}
     noisy = [dict(moved, alpha_grad_z=0.85), dict(moved, alpha_grad_z=0.95)]
-    assert end_of_search_warning(noisy).startswith("the architecture gradients carried")
+    assert end_of_search_warning(noisy).startswith("the architecture gradients pushed")
     flat = [*noisy[:1], dict(noisy[1], alpha_entropy_fraction=0.999)]
     assert end_of_search_warning(flat).startswith("the architecture distribution has barely")
     signal = [dict(moved, alpha_grad_z=1.6), dict(moved, alpha_grad_z=2.0)]
