@@ -303,11 +303,13 @@ class MixedEdges(nn.Module):
         r_rep = None
         for k, name in self._kernels:
             if name in self.sep:
-                if r_rep is None:
-                    r_rep = r.repeat(1, e, *(1,) * len(sp))  # (M, E*c, *spatial)
+                if r_rep is None:  # (M, E*c, *spatial), laid out for the depthwise kernels
+                    r_rep = _repeat_edges(r, e)
                 dw1, pw1, bn1, dw2, pw2, bn2 = self.sep[name]
                 y = bn1(pw1(_depthwise(dw1, r_rep)))
-                y = bn2(pw2(_depthwise(dw2, F.relu(y))))
+                # the ReLU runs in the depthwise layout: its saved output is the convolution's
+                # saved input, not a second copy
+                y = bn2(pw2(_depthwise(dw2, F.relu(_depthwise_layout(y)))))
             elif name in self.atr:
                 conv, bn = self.atr[name]
                 y = bn(conv(r))
@@ -361,12 +363,35 @@ def _scratch_buffers(module: nn.Module) -> Iterator[None]:
             sub._buffers[name] = buf
 
 
+def _channels_last_depthwise(x: torch.Tensor) -> bool:
+    """Whether depthwise convolutions of ``x`` run in channels-last layout: 2D maps on the CPU,
+    where oneDNN's depthwise kernels (3x3 and 5x5, forward + backward) are about twice as fast
+    as in NCHW at the supernet's shapes (docs/supernet.md)."""
+    return x.device.type == "cpu" and x.dim() == 4
+
+
+def _depthwise_layout(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the layout :func:`_depthwise` computes in (no copy when it already is)."""
+    if _channels_last_depthwise(x):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _repeat_edges(x: torch.Tensor, edges: int) -> torch.Tensor:
+    """``x: (M, c, *spatial)`` repeated ``edges`` times along the channels, ``(M, E*c,
+    *spatial)``, as ``x.repeat(1, E, ...)`` but written directly in :func:`_depthwise`'s layout
+    (one copy)."""
+    if not _channels_last_depthwise(x):
+        return x.repeat(1, edges, *(1,) * (x.dim() - 2))
+    m, c, h, w = x.shape
+    nhwc = x.permute(0, 2, 3, 1).unsqueeze(3).expand(m, h, w, edges, c)
+    return nhwc.reshape(m, h, w, edges * c).permute(0, 3, 1, 2)
+
+
 def _depthwise(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Depthwise convolution; 2D 5x5 ones run in channels-last layout on the CPU, where oneDNN's
-    backward pass for them is several times faster than in NCHW (benchmarks/supernet.py)."""
-    if x.device.type == "cpu" and x.dim() == 4 and conv.kernel_size[0] >= 5:
-        return conv(x.contiguous(memory_format=torch.channels_last)).contiguous()
-    return conv(x)
+    """Depthwise convolution, in channels-last layout for 2D maps on the CPU (see
+    :func:`_channels_last_depthwise`); the output comes back in the default layout."""
+    return conv(_depthwise_layout(x)).contiguous()
 
 
 def _pointwise(conv: nn.Module, x: torch.Tensor, edges: int) -> torch.Tensor:
