@@ -27,7 +27,7 @@ written for the same configuration) is never redone, an interrupted one continue
 configuration is refused with the keys that differ.
 
 The statistics (:func:`competition_ranks`, :func:`z_score`, :func:`pooled_std`,
-:func:`summarize`) are pure functions of the per-seed results.
+:func:`architecture_signal`, :func:`summarize`) are pure functions of the per-seed results.
 """
 
 from __future__ import annotations
@@ -1036,6 +1036,43 @@ def pooled_std(groups: Sequence[Sequence[float]]) -> float | None:
     return math.sqrt(ss / dof) if dof else None
 
 
+def architecture_signal(groups: Sequence[Sequence[float]]) -> dict[str, Any] | None:
+    """Whether a retraining budget tells architectures apart: one-way analysis of variance of
+    the per-seed scores of candidates drawn at random from the space (one group per candidate).
+
+    ``f`` is the ratio of the between-candidate mean square ``sum n_i (m_i - m)^2 / (k - 1)``
+    to the within-candidate one (the pooled seed variance): about 1 when the candidates' means
+    differ only as much as training-seed noise alone makes them differ. ``architecture_std``
+    estimates the spread of the true scores of the architectures, the random std with the
+    seed noise taken out (``sqrt(max(0, MSB - MSW) / n0)``, ``n0`` the effective seeds per
+    candidate); ``reliability`` (``max(0, 1 - 1/f)``, ICC(1, k)) is the share of the variance of
+    a candidate's mean score that its architecture explains, the rest being seed noise. Near
+    0, no study at this budget can show that one architecture of the space beats another; more
+    training seeds or iterations are needed first. Groups with no finite value are left out;
+    None without two groups or without a group of two finite values."""
+    vals = [np.asarray([x for x in g if math.isfinite(x)], dtype=np.float64) for g in groups]
+    vals = [v for v in vals if v.size]
+    k, n = len(vals), sum(v.size for v in vals)
+    if k < 2 or n - k < 1:
+        return None
+    grand = float(np.concatenate(vals).mean())
+    msb = sum(v.size * (float(v.mean()) - grand) ** 2 for v in vals) / (k - 1)
+    msw = sum(float(np.sum((v - v.mean()) ** 2)) for v in vals) / (n - k)
+    n0 = (n - sum(v.size**2 for v in vals) / n) / (k - 1)
+    if msw == 0:  # every seed gave the same score: no noise to compare against
+        f, reliability = None, 1.0 if msb > 0 else 0.0
+    else:
+        f = msb / msw
+        reliability = max(0.0, 1.0 - 1.0 / f) if f > 0 else 0.0
+    return {
+        "candidates": k,
+        "runs": n,
+        "f": f,
+        "architecture_std": math.sqrt(max(0.0, msb - msw) / n0),
+        "reliability": reliability,
+    }
+
+
 def seed_means(results: Sequence[CandidateResult]) -> dict[str, float]:
     """``{seed: mean mIoU over the candidates}`` (finite values only). Every candidate trains
     with the same seeds, so a seed that is easier for all of them shifts every score alike: it
@@ -1120,6 +1157,9 @@ def summarize(results: Sequence[CandidateResult]) -> dict[str, Any]:
         # each training run once: a candidate that shares another's runs adds nothing new
         "seed_noise": pooled_std([r.miou for r in results if r.same_as is None]),
         "seed_means": seed_means([r for r in results if r.same_as is None]),
+        "architecture_signal": architecture_signal(
+            [r.miou for r in results if r.kind == "random" and r.same_as is None]
+        ),
     }
     hand = [r for r in results if r.kind == "hand-designed" and math.isfinite(r.mean)]
     best_hand = max(hand, key=lambda r: r.mean, default=None)
@@ -1398,6 +1438,22 @@ def _write_report(
         f"Mean over the candidates per seed: {per_seed} (a shift common to every candidate "
         "cancels when two candidates are compared)."
     )
+    signal = summary["architecture_signal"]
+    if signal is not None:
+        f = "n/a (no seed noise)" if signal["f"] is None else f"{signal['f']:.2f}"
+        lines.append(
+            f"Does this budget tell architectures apart? Between the {signal['candidates']} "
+            f"random architectures, F = {f} (about 1 when their means differ only as much as "
+            f"seed noise makes them differ); the spread of their true scores, seed noise taken "
+            f"out: {_pct(signal['architecture_std'])} %; share of the variance of a candidate's "
+            f"mean score that its architecture explains: {100 * signal['reliability']:.0f} %."
+            + (
+                " Below half, differences between candidates here are mostly training noise: "
+                "add training seeds or iterations before reading the ranks."
+                if signal["reliability"] < 0.5
+                else ""
+            )
+        )
     report.heading("Summary")
     for line in lines:
         report.paragraph(line)

@@ -31,6 +31,7 @@ from autodeeplab.study import (
     CandidateResult,
     Study,
     StudyError,
+    architecture_signal,
     competition_ranks,
     draw_study,
     json_safe,
@@ -300,6 +301,12 @@ def test_statistics_match_hand_computation():
     }
     assert s["best_hand_designed"] == {"name": "hand-b", "mean": pytest.approx(0.6), "rank": 1}
     assert s["best"]["name"] == "hand-b"
+    # random candidates only: MSB = 2 * var(means) = 0.05, MSW = sum(2 d^2) / 5 = 0.00064
+    signal = s["architecture_signal"]
+    assert signal["candidates"] == 5 and signal["runs"] == 10
+    assert signal["f"] == pytest.approx(0.05 / 0.00064)
+    assert signal["reliability"] == pytest.approx(1 - 0.00064 / 0.05)
+    assert signal["architecture_std"] == pytest.approx(math.sqrt((0.05 - 0.00064) / 2))
     # median of the searched means (0.45, 0.06) = 0.255, against random and hand-designed
     med = s["searched_median"]
     assert med["n"] == 2 and med["mean"] == pytest.approx(0.255)
@@ -318,6 +325,55 @@ def test_statistics_match_hand_computation():
     bare = summarize([dataclasses.replace(r, supernet_miou=None) for r in rows])
     assert bare["selected_by_supernet"] is None
     assert summarize(rows[:5])["searched_median"] is None
+
+
+def test_architecture_signal_against_hand_computation_and_a_regression():
+    # the six random architectures of the README's first synthetic study (mIoU %, 2 seeds)
+    runs = [[20.97, 21.12], [20.88, 20.19], [19.94, 19.84], [18.40, 19.03], [15.98, 20.55]]
+    runs.append([20.66, 14.24])
+    means = [sum(r) / 2 for r in runs]
+    msb = 2 * np.var(means, ddof=1)  # 3.92: the means spread as seed noise alone would make
+    msw = sum((a - b) ** 2 / 2 for a, b in runs) / 6  # 5.25
+    signal = architecture_signal(runs)
+    assert signal["f"] == pytest.approx(msb / msw) and signal["f"] < 1
+    assert signal["reliability"] == 0.0 and signal["architecture_std"] == 0.0
+
+    # unequal seed counts and a diverged run: the mean squares from a least-squares fit of
+    # the group means (a second formula), n0 from its textbook definition
+    groups = [[0.5, 0.6, 0.55], [0.2, math.nan], [0.3, 0.35], [0.9, 0.8, 0.85, 0.95], [math.nan]]
+    kept = [[x for x in g if math.isfinite(x)] for g in groups if any(map(math.isfinite, g))]
+    y = np.concatenate(kept)
+    design = np.zeros((y.size, len(kept)))
+    design[np.arange(y.size), np.repeat(np.arange(len(kept)), [len(g) for g in kept])] = 1
+    fit = design @ np.linalg.lstsq(design, y, rcond=None)[0]
+    ss_within, ss_total = np.sum((y - fit) ** 2), np.sum((y - y.mean()) ** 2)
+    k, n = len(kept), y.size
+    msb, msw = (ss_total - ss_within) / (k - 1), ss_within / (n - k)
+    n0 = (n - sum(len(g) ** 2 for g in kept) / n) / (k - 1)
+    signal = architecture_signal(groups)
+    assert (signal["candidates"], signal["runs"]) == (4, 10)
+    assert signal["f"] == pytest.approx(msb / msw)
+    assert signal["architecture_std"] == pytest.approx(math.sqrt((msb - msw) / n0))
+    assert signal["reliability"] == pytest.approx(1 - msw / msb)
+
+    assert architecture_signal([[0.5, 0.6]]) is None  # one candidate
+    assert architecture_signal([[0.5], [0.6]]) is None  # no seed noise measurable
+    exact = architecture_signal([[0.5, 0.5], [0.6, 0.6]])  # deterministic training
+    assert exact["f"] is None and exact["reliability"] == 1.0
+
+
+def test_architecture_signal_recovers_the_spread_of_planted_architectures():
+    # true scores N(0, 2^2), seed noise N(0, 1), 3 seeds: the estimate is unbiased for the
+    # variance, and the reliability is 4 / (4 + 1/3)
+    rng = np.random.default_rng(0)
+    true = rng.normal(0.0, 2.0, size=2000)
+    runs = true[:, None] + rng.normal(0.0, 1.0, size=(2000, 3))
+    signal = architecture_signal(runs.tolist())
+    assert signal["architecture_std"] == pytest.approx(2.0, rel=0.05)
+    assert signal["reliability"] == pytest.approx(4 / (4 + 1 / 3), abs=0.01)
+    # no architecture effect at all: F near 1, reliability near 0
+    null = architecture_signal(rng.normal(0.0, 1.0, size=(2000, 3)).tolist())
+    assert null["f"] == pytest.approx(1.0, abs=0.1) and null["reliability"] < 0.1
 
 
 def test_rank_z_and_pooled_std_edge_cases():
@@ -463,8 +519,11 @@ def test_study_runs_every_candidate_and_writes_json_markdown_and_figure(tmp_path
     per_seed_var = [np.var(c["mIoU"], ddof=1) for c in doc["candidates"]]
     assert s["seed_noise"] == pytest.approx(math.sqrt(np.mean(per_seed_var)))
     assert [c["rank"] for c in doc["candidates"]] == sorted(c["rank"] for c in doc["candidates"])
+    by_random = [by_name[n]["mIoU"] for n in ("random-0", "random-1")]
+    assert s["architecture_signal"] == pytest.approx(architecture_signal(by_random))
 
     md = (out / "study.md").read_text()
+    assert "Does this budget tell architectures apart? Between the 2 random" in md
     assert all(f"| {n} |" in md for n in names)
     assert "(study.png)" in md and (out / "study.html").is_file()
     assert (out / "study.png").read_bytes().startswith(PNG_SIGNATURE)
