@@ -1048,7 +1048,9 @@ def architecture_signal(groups: Sequence[Sequence[float]]) -> dict[str, Any] | N
     candidate); ``reliability`` (``max(0, 1 - 1/f)``, ICC(1, k)) is the share of the variance of
     a candidate's mean score that its architecture explains, the rest being seed noise. Near
     0, no study at this budget can show that one architecture of the space beats another; more
-    training seeds or iterations are needed first. Groups with no finite value are left out;
+    training seeds or iterations are needed first; ``seeds_for_reliability_0.8`` says how many
+    seeds per candidate would reach a reliability of 0.8 at this budget (None when the
+    architectures' own spread is estimated at zero). Groups with no finite value are left out;
     None without two groups or without a group of two finite values."""
     vals = [np.asarray([x for x in g if math.isfinite(x)], dtype=np.float64) for g in groups]
     vals = [v for v in vals if v.size]
@@ -1064,12 +1066,18 @@ def architecture_signal(groups: Sequence[Sequence[float]]) -> dict[str, Any] | N
     else:
         f = msb / msw
         reliability = max(0.0, 1.0 - 1.0 / f) if f > 0 else 0.0
+    arch_var = max(0.0, msb - msw) / n0
     return {
         "candidates": k,
         "runs": n,
         "f": f,
-        "architecture_std": math.sqrt(max(0.0, msb - msw) / n0),
+        "architecture_std": math.sqrt(arch_var),
         "reliability": reliability,
+        # Spearman-Brown: seeds per candidate for a reliability of 0.8, i.e. a seed-noise
+        # variance of the mean a quarter of the architectures' own variance
+        "seeds_for_reliability_0.8": (
+            None if arch_var == 0 else max(1, math.ceil(4 * msw / arch_var - 1e-9))
+        ),
     }
 
 
@@ -1440,13 +1448,19 @@ def _write_report(
     )
     signal = summary["architecture_signal"]
     if signal is not None:
+        more_seeds = signal["seeds_for_reliability_0.8"]
         f = "n/a (no seed noise)" if signal["f"] is None else f"{signal['f']:.2f}"
         lines.append(
             f"Does this budget tell architectures apart? Between the {signal['candidates']} "
             f"random architectures, F = {f} (about 1 when their means differ only as much as "
             f"seed noise makes them differ); the spread of their true scores, seed noise taken "
             f"out: {_pct(signal['architecture_std'])} %; share of the variance of a candidate's "
-            f"mean score that its architecture explains: {100 * signal['reliability']:.0f} %."
+            f"mean score that its architecture explains: {100 * signal['reliability']:.0f} %"
+            + (
+                f" (about {more_seeds} training seeds per candidate would make it 80 %)."
+                if more_seeds is not None and more_seeds > len(study.train_seeds)
+                else "."
+            )
             + (
                 " Below half, differences between candidates here are mostly training noise: "
                 "add training seeds or iterations before reading the ranks."

@@ -307,6 +307,9 @@ def test_statistics_match_hand_computation():
     assert signal["f"] == pytest.approx(0.05 / 0.00064)
     assert signal["reliability"] == pytest.approx(1 - 0.00064 / 0.05)
     assert signal["architecture_std"] == pytest.approx(math.sqrt((0.05 - 0.00064) / 2))
+    # Spearman-Brown: n seeds give 1 - 1/F_n with F_n = 1 + n var_a / var_e; 0.8 at n = 4 var_e /
+    # var_a = 4 * 0.00064 / 0.02468 = 0.10: one seed is enough
+    assert signal["seeds_for_reliability_0.8"] == 1
     # median of the searched means (0.45, 0.06) = 0.255, against random and hand-designed
     med = s["searched_median"]
     assert med["n"] == 2 and med["mean"] == pytest.approx(0.255)
@@ -337,6 +340,7 @@ def test_architecture_signal_against_hand_computation_and_a_regression():
     signal = architecture_signal(runs)
     assert signal["f"] == pytest.approx(msb / msw) and signal["f"] < 1
     assert signal["reliability"] == 0.0 and signal["architecture_std"] == 0.0
+    assert signal["seeds_for_reliability_0.8"] is None  # no number of seeds would do
 
     # unequal seed counts and a diverged run: the mean squares from a least-squares fit of
     # the group means (a second formula), n0 from its textbook definition
@@ -371,6 +375,11 @@ def test_architecture_signal_recovers_the_spread_of_planted_architectures():
     signal = architecture_signal(runs.tolist())
     assert signal["architecture_std"] == pytest.approx(2.0, rel=0.05)
     assert signal["reliability"] == pytest.approx(4 / (4 + 1 / 3), abs=0.01)
+    # var_a 4, var_e 1: a mean over n seeds is 80 % architecture when 4 / (4 + 1/n) = 0.8, n = 1
+    assert signal["seeds_for_reliability_0.8"] == 1
+    # var_a 0.25, var_e 1: 0.25 / (0.25 + 1/n) = 0.8 at n = 16
+    weak = rng.normal(0.0, 0.5, size=4000)[:, None] + rng.normal(0.0, 1.0, size=(4000, 2))
+    assert architecture_signal(weak.tolist())["seeds_for_reliability_0.8"] in range(13, 20)
     # no architecture effect at all: F near 1, reliability near 0
     null = architecture_signal(rng.normal(0.0, 1.0, size=(2000, 3)).tolist())
     assert null["f"] == pytest.approx(1.0, abs=0.1) and null["reliability"] < 0.1
