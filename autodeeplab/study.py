@@ -1054,25 +1054,21 @@ def architecture_signal(groups: Sequence[Sequence[float]]) -> dict[str, Any] | N
     None without two groups or without a group of two finite values."""
     vals = [np.asarray([x for x in g if math.isfinite(x)], dtype=np.float64) for g in groups]
     vals = [v for v in vals if v.size]
-    k, n = len(vals), sum(v.size for v in vals)
-    if k < 2 or n - k < 1:
+    noise = pooled_std(vals)  # the within-candidate mean square is its square
+    if len(vals) < 2 or noise is None:
         return None
+    k, n = len(vals), sum(v.size for v in vals)
     grand = float(np.concatenate(vals).mean())
     msb = sum(v.size * (float(v.mean()) - grand) ** 2 for v in vals) / (k - 1)
-    msw = sum(float(np.sum((v - v.mean()) ** 2)) for v in vals) / (n - k)
+    msw = noise**2
     n0 = (n - sum(v.size**2 for v in vals) / n) / (k - 1)
-    if msw == 0:  # every seed gave the same score: no noise to compare against
-        f, reliability = None, 1.0 if msb > 0 else 0.0
-    else:
-        f = msb / msw
-        reliability = max(0.0, 1.0 - 1.0 / f) if f > 0 else 0.0
     arch_var = max(0.0, msb - msw) / n0
     return {
         "candidates": k,
         "runs": n,
-        "f": f,
+        "f": msb / msw if msw > 0 else None,  # None: every seed gave the same score
         "architecture_std": math.sqrt(arch_var),
-        "reliability": reliability,
+        "reliability": max(0.0, 1.0 - msw / msb) if msb > 0 else 0.0,
         # Spearman-Brown: seeds per candidate for a reliability of 0.8, i.e. a seed-noise
         # variance of the mean a quarter of the architectures' own variance
         "seeds_for_reliability_0.8": (
