@@ -189,7 +189,6 @@ class MixedEdges(nn.Module):
         spatial_dims: int = 2,
     ):
         super().__init__()
-        lay = ops.layers(spatial_dims)
         if channels % partial_channels:
             raise ValueError(
                 f"partial_channels={partial_channels} must divide the cell channels {channels}"
@@ -200,6 +199,7 @@ class MixedEdges(nn.Module):
         c = channels // partial_channels  # channels that go through the operations
         ec = num_edges * c
         pointwise = _EDGE_POINTWISE[spatial_dims]
+        conv = _REACHABLE_CONV[spatial_dims]  # skips the taps that read only padding
         self.shared = nn.ModuleDict()  # parameter-free: one output shared by all edges
         self.sep = nn.ModuleDict()
         self.atr = nn.ModuleDict()
@@ -226,10 +226,10 @@ class MixedEdges(nn.Module):
             if kind == "sep_conv":
                 self.sep[name] = nn.ModuleList(
                     [
-                        lay.conv(ec, ec, k, padding=k // 2, groups=ec, bias=False),  # depthwise
+                        conv(ec, ec, k, padding=k // 2, groups=ec, bias=False),  # depthwise
                         pointwise(ec, ec, 1, groups=num_edges, bias=False),  # per edge
                         GroupBatchNorm(ec, groups),
-                        lay.conv(ec, ec, k, padding=k // 2, groups=ec, bias=False),
+                        conv(ec, ec, k, padding=k // 2, groups=ec, bias=False),
                         pointwise(ec, ec, 1, groups=num_edges, bias=False),
                         GroupBatchNorm(ec, groups),
                     ]
@@ -237,7 +237,7 @@ class MixedEdges(nn.Module):
             elif kind == "dilated_conv":
                 self.atr[name] = nn.ModuleList(
                     [
-                        lay.conv(c, ec, k, padding=d * (k // 2), dilation=d, bias=False),
+                        conv(c, ec, k, padding=d * (k // 2), dilation=d, bias=False),
                         GroupBatchNorm(ec, groups),
                     ]
                 )
@@ -246,8 +246,8 @@ class MixedEdges(nn.Module):
                 first, second = ops.factorized_kernels(k, spec.fusion.axis, spatial_dims)
                 self.factorized[name] = nn.ModuleList(
                     [
-                        lay.conv(c, ec, first, padding=[q // 2 for q in first], bias=False),
-                        lay.conv(  # the second convolution, per edge
+                        conv(c, ec, first, padding=[q // 2 for q in first], bias=False),
+                        conv(  # the second convolution, per edge
                             ec,
                             ec,
                             second,
@@ -425,6 +425,67 @@ class EdgePointwise3d(nn.Conv3d):
 _EDGE_POINTWISE = {2: EdgePointwise2d, 3: EdgePointwise3d}
 
 
+def _reachable_taps(conv: nn.Module, size: Sequence[int]) -> tuple[int, ...] | None:
+    """Per spatial axis, the largest tap offset (in taps from the centre) of ``conv``'s kernel
+    that can reach a real pixel of a map of ``size``; ``None`` when every tap can (or ``conv``
+    is not a stride-1 "same" convolution with odd kernels and zero padding).
+
+    With stride 1 and padding ``dilation * (k // 2)``, output pixel ``p`` reads input pixel
+    ``p + t * dilation`` through the tap ``t`` (``|t| <= k // 2``): a tap with ``|t| * dilation
+    >= n`` reads only the zero padding at every output pixel of an axis of ``n`` pixels."""
+    k, d = conv.kernel_size, conv.dilation
+    if (
+        conv.padding_mode != "zeros"
+        or any(s != 1 for s in conv.stride)
+        or any(ki % 2 == 0 for ki in k)
+        or tuple(conv.padding) != tuple(di * (ki // 2) for ki, di in zip(k, d, strict=True))
+    ):
+        return None
+    reach = tuple(min(ki // 2, (n - 1) // di) for ki, di, n in zip(k, d, size, strict=True))
+    return None if all(r == ki // 2 for r, ki in zip(reach, k, strict=True)) else reach
+
+
+class _ReachableTaps:
+    """Convolution that leaves out the kernel taps which read only zero padding (see
+    :func:`_reachable_taps`): on a map smaller than the kernel's reach, e.g. a 5x5 kernel of
+    dilation 2 on the 2x2 maps of the coarsest level, it convolves with the kernel's central
+    taps and the matching smaller padding. The same mathematics: every output is the same sum
+    without its terms that multiply padding zeros, the gradient of the input is unchanged and
+    that of the left-out taps is exactly zero (the slice's backward pass writes it). Parameters,
+    initialisation and state_dict are those of the plain convolution. On the CPU the 5x5
+    atrous convolutions of a 64x64 search step run about 8x faster on those maps
+    (docs/supernet.md)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        reach = _reachable_taps(self, x.shape[2:])
+        if reach is None:
+            return super().forward(x)  # type: ignore[misc]
+        centre = [
+            (ki // 2 - r, ki // 2 + r + 1) for ki, r in zip(self.kernel_size, reach, strict=True)
+        ]
+        weight = self.weight[(slice(None), slice(None), *(slice(a, b) for a, b in centre))]
+        if not any(reach) and self.groups == self.in_channels == self.out_channels:
+            # only the centre tap of a depthwise kernel is left: a per-channel scale (a 1x1
+            # depthwise convolution takes PyTorch's group-by-group path, ~250x slower on the CPU)
+            per_channel = (1, -1, *(1,) * (x.dim() - 2))
+            y = x * weight.reshape(per_channel)
+            return y if self.bias is None else y + self.bias.reshape(per_channel)
+        padding = [r * di for r, di in zip(reach, self.dilation, strict=True)]
+        conv = F.conv2d if x.dim() == 4 else F.conv3d
+        return conv(x, weight, self.bias, 1, padding, self.dilation, self.groups)
+
+
+class ReachableConv2d(_ReachableTaps, nn.Conv2d):
+    """``nn.Conv2d`` that skips the kernel taps which read only padding (:class:`_ReachableTaps`)."""
+
+
+class ReachableConv3d(_ReachableTaps, nn.Conv3d):
+    """:class:`ReachableConv2d` for volumes."""
+
+
+_REACHABLE_CONV = {2: ReachableConv2d, 3: ReachableConv3d}
+
+
 def _channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """Channel shuffle of ``(M, E, C, *spatial)`` along ``C`` (PC-DARTS)."""
     m, e, c, *sp = x.shape
@@ -597,7 +658,9 @@ class SearchASPP(nn.Module):
             nn.ReLU(),
         )
         self.atrous = nn.Sequential(
-            lay.conv(in_channels, channels, 3, padding=rate, dilation=rate, bias=False),
+            _REACHABLE_CONV[spatial_dims](
+                in_channels, channels, 3, padding=rate, dilation=rate, bias=False
+            ),
             _bn(channels, True, spatial_dims),
             nn.ReLU(),
         )

@@ -8,7 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from autodeeplab import decode, ops, space
-from autodeeplab.supernet import EdgePointwise2d, EdgePointwise3d, SearchNetwork
+from autodeeplab.supernet import (
+    EdgePointwise2d,
+    EdgePointwise3d,
+    ReachableConv2d,
+    ReachableConv3d,
+    SearchNetwork,
+    _reachable_taps,
+)
 
 # --------------------------------------------------------------------------- reference
 # Written for images and volumes alike: the functions are picked by the input's dimensionality.
@@ -308,6 +315,75 @@ def test_pointwise_matrix_product_equals_grouped_convolution(spatial_dims):
     expected_grads = torch.autograd.grad((expected * probe).sum(), (x, conv.weight))
     for got, want in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "dilation", "depthwise"),
+    [
+        ((2, 2), 5, 2, False),  # only the centre tap reaches: a 1x1 convolution
+        ((2, 2), 5, 1, True),  # the central 3x3
+        ((1, 1), 3, 1, True),  # the centre tap of a depthwise kernel: a per-channel scale
+        ((1, 1), 5, 2, False),
+        ((3, 3), 5, 2, False),  # the central 3x3 taps (dilation 2)
+        ((2, 7), 5, 1, True),  # cropped along one axis only
+        ((1, 6), 3, 2, False),
+        ((4, 4), 3, 24, False),  # an ASPP rate larger than the map
+        ((2, 1, 3), 3, 1, True),  # volumes
+        ((3, 2, 2), 5, 2, False),
+    ],
+)
+def test_reachable_conv_equals_the_full_convolution(size, kernel, dilation, depthwise):
+    """The convolution that leaves out the taps which read only padding gives the full
+    convolution's output and gradients (those of the left-out taps are zero), in float64."""
+    torch.manual_seed(0)
+    c_in, c_out = (6, 6) if depthwise else (4, 5)
+    groups = c_in if depthwise else 1
+    cls = ReachableConv2d if len(size) == 2 else ReachableConv3d
+    conv = cls(
+        c_in, c_out, kernel, padding=dilation * (kernel // 2), dilation=dilation, groups=groups
+    ).double()  # with a bias
+    assert _reachable_taps(conv, size) is not None  # the cropped path runs
+    x = torch.randn(2, c_in, *size, dtype=torch.float64, requires_grad=True)
+    probe = torch.randn(2, c_out, *size, dtype=torch.float64)
+    out = conv(x)
+    full = conv_nd_full(x, conv)
+    torch.testing.assert_close(out, full, rtol=1e-12, atol=1e-12)
+    got = torch.autograd.grad((out * probe).sum(), (x, conv.weight, conv.bias))
+    want = torch.autograd.grad((full * probe).sum(), (x, conv.weight, conv.bias))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+    # the taps that read only padding: zero gradient in both
+    reach = _reachable_taps(conv, size)
+    outside = torch.ones_like(conv.weight, dtype=torch.bool)
+    centre = [slice(kernel // 2 - r, kernel // 2 + r + 1) for r in reach]
+    outside[(slice(None), slice(None), *centre)] = False
+    assert outside.any() and got[1][outside].abs().max() == 0
+
+
+def conv_nd_full(x, conv):
+    """``conv``'s plain convolution with its whole kernel."""
+    return (F.conv2d if x.dim() == 4 else F.conv3d)(
+        x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups
+    )
+
+
+def test_reachable_taps_leaves_other_convolutions_alone():
+    """Every tap reaches, or the convolution is not a stride-1 "same" one with odd kernels and
+    zero padding: no cropping, and the module is a plain ``Conv2d`` (same state_dict)."""
+    conv = ReachableConv2d(4, 4, 5, padding=4, dilation=2)
+    assert _reachable_taps(conv, (5, 5)) is None  # 4 pixels away still exist at 5 pixels
+    assert _reachable_taps(conv, (4, 9)) == (1, 2)
+    assert _reachable_taps(ReachableConv2d(4, 4, 3, stride=2, padding=1), (1, 1)) is None
+    assert _reachable_taps(ReachableConv2d(4, 4, 4, padding=2), (1, 1)) is None
+    assert _reachable_taps(ReachableConv2d(4, 4, 3, padding=0), (1, 1)) is None
+    assert (
+        _reachable_taps(ReachableConv2d(4, 4, 3, padding=1, padding_mode="reflect"), (1, 1)) is None
+    )
+    plain = torch.nn.Conv2d(4, 4, 5, padding=4, dilation=2)
+    assert conv.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(1, 4, 6, 6)
+    plain.load_state_dict(conv.state_dict())
+    torch.testing.assert_close(conv(x), plain(x), rtol=0, atol=0)  # the plain path itself
 
 
 def test_memory_option_errors(monkeypatch):
