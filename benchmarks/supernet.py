@@ -159,6 +159,7 @@ def run_one(args: argparse.Namespace) -> dict:
 
     from autodeeplab import space
     from autodeeplab.config import DataConfig, RelaxationConfig, SearchConfig, SupernetConfig
+    from autodeeplab.engine.common import fused_optimizer
     from autodeeplab.search_model import RELAXATIONS, build_memory_budget
     from autodeeplab.supernet import SearchNetwork
 
@@ -223,10 +224,12 @@ def run_one(args: argparse.Namespace) -> dict:
             dynamic=False,
             mode=None if args.compile_mode == "default" else args.compile_mode,
         )
-    w_opt = torch.optim.SGD(weights, lr=0.025, momentum=0.9, weight_decay=3e-4)
-    # the port's search loop uses Adam's default betas
+    # the optimizers as the search engine builds them; the port's as its search loop does (its
+    # Adam with the default betas, neither fused)
+    fused = False if port else fused_optimizer(device)
+    w_opt = torch.optim.SGD(weights, lr=0.025, momentum=0.9, weight_decay=3e-4, fused=fused)
     a_betas = (0.9, 0.999) if port else (0.5, 0.999)
-    a_opt = torch.optim.Adam(arch, lr=3e-3, betas=a_betas, weight_decay=1e-3)
+    a_opt = torch.optim.Adam(arch, lr=3e-3, betas=a_betas, weight_decay=1e-3, fused=fused)
     size = (args.size,) * args.spatial_dims
     rss_before = _rss_now()
 

@@ -50,7 +50,7 @@ from autodeeplab.diagnostics import (
     gradient_signal,
     model_diagnostics,
 )
-from autodeeplab.engine.common import global_batch_loss, global_valid_pixels
+from autodeeplab.engine.common import fused_optimizer, global_batch_loss, global_valid_pixels
 from autodeeplab.engine.distributed import dist_info
 from autodeeplab.engine.loop import Batch, EngineBase, RunResult, print_flush
 from autodeeplab.engine.loop import KeyedSamples as KeyedSamples  # re-exported
@@ -259,11 +259,20 @@ class SearchEngine(EngineBase):
         self.weights = self.model.weight_parameters()
         self.arch = self.model.arch_parameters()
         o = config.optim
+        fused = fused_optimizer(self.device)
         self.w_opt = torch.optim.SGD(
-            self.weights, lr=o.w_lr, momentum=o.w_momentum, weight_decay=o.w_weight_decay
+            self.weights,
+            lr=o.w_lr,
+            momentum=o.w_momentum,
+            weight_decay=o.w_weight_decay,
+            fused=fused,
         )
         self.a_opt = torch.optim.Adam(
-            self.arch, lr=o.arch_lr, betas=o.arch_betas, weight_decay=o.arch_weight_decay
+            self.arch,
+            lr=o.arch_lr,
+            betas=o.arch_betas,
+            weight_decay=o.arch_weight_decay,
+            fused=fused,
         )
         self.w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.w_opt, T_max=max(1, config.epochs), eta_min=o.w_lr_min

@@ -50,7 +50,7 @@ from autodeeplab.config import (
     to_dict,
 )
 from autodeeplab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from autodeeplab.engine.common import global_batch_loss
+from autodeeplab.engine.common import fused_optimizer, global_batch_loss
 from autodeeplab.engine.distributed import convert_sync_batchnorm
 from autodeeplab.engine.loop import Batch, EngineBase, RunResult, print_flush
 from autodeeplab.genotype import Genotype
@@ -210,6 +210,7 @@ class TrainEngine(EngineBase):
             momentum=o.momentum,
             weight_decay=o.weight_decay,
             nesterov=o.nesterov,
+            fused=fused_optimizer(self.device),
         )
         self.amp = config.amp and self.device.type == "cuda"
         self.amp_dtype = AMP_DTYPES[config.amp_dtype]
