@@ -25,12 +25,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from autodeeplab.data.base import read_image
+from autodeeplab.data.base import IMAGE_SUFFIXES, read_image
 from autodeeplab.data.cityscapes import train_to_label_ids
 from autodeeplab.inference import DEFAULT_TILE_ABOVE, SlidingWindow, predict_logits
 from autodeeplab.saved_model import LoadedModel
 
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 OVERLAY_ALPHA = 0.5
 
 

@@ -42,6 +42,12 @@ def layout_error(name: str, root: Path, problem: str, layout: str) -> DatasetLay
     )
 
 
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+"""File suffixes read as images (compared lower-cased), by the folder data set and `predict`."""
+
+LABEL_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".bmp")
+"""File suffixes read as masks: lossless formats only (JPEG compression changes label values)."""
+
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 """Pillow modes of single-channel 16-bit images (16-bit PNG and TIFF; older Pillow versions
 open 16-bit PNGs as 32-bit mode ``I``)."""
@@ -70,6 +76,12 @@ def read_image(path: Path) -> np.ndarray:
             if im.mode in SIXTEEN_BIT_MODES:
                 gray = _scale_16_to_8(np.asarray(im), path)  # (H, W)
                 return np.repeat(gray[..., None], 3, axis=2)
+            if im.mode == "F":
+                raise DatasetError(
+                    f"image {path} holds 32-bit floating-point values (mode 'F'); how they map "
+                    "to 0..255 is not defined by the file: convert it to an 8- or 16-bit image "
+                    "with the scaling that suits the data"
+                )
             rgb = im.convert("RGB")
     except FileNotFoundError as err:
         raise DatasetLayoutError(f"image file {path} does not exist") from err
@@ -78,9 +90,10 @@ def read_image(path: Path) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8)
 
 
-def read_label_png(path: Path) -> np.ndarray:
-    """Read a single-channel mask (8-bit grayscale ``L``, palette ``P`` or 16-bit grayscale
-    PNG) as ``(H, W)`` integer labels, unscaled: uint8, or int32 for a 16-bit file.
+def read_label(path: Path) -> np.ndarray:
+    """Read a single-channel mask (8-bit grayscale ``L``, palette ``P``, 16-bit grayscale, or
+    1-bit ``1``; PNG or TIFF) as ``(H, W)`` integer labels, unscaled: uint8, or int32 for a
+    16-bit file. A 1-bit mask gives labels 0 and 1.
 
     A palette PNG yields its palette *indices*, which is how VOC stores class ids.
     """
@@ -88,13 +101,13 @@ def read_label_png(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             mode = im.mode
-            if mode not in ("L", "P", *SIXTEEN_BIT_MODES):
+            if mode not in ("1", "L", "P", *SIXTEEN_BIT_MODES):
                 raise DatasetError(
-                    f"mask {path} has image mode {mode!r}; masks must be single-channel 8- or "
-                    "16-bit PNGs (grayscale or palette) holding class ids, not colours"
+                    f"mask {path} has image mode {mode!r}; masks must be single-channel 1-, 8- "
+                    "or 16-bit images (grayscale or palette) holding class ids, not colours"
                 )
             arr = np.asarray(im)
-            arr = arr.astype(np.uint8 if mode in ("L", "P") else np.int32)
+            arr = arr.astype(np.uint8 if mode in ("1", "L", "P") else np.int32)
     except FileNotFoundError as err:
         raise DatasetLayoutError(f"mask file {path} does not exist") from err
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
@@ -222,7 +235,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def load_mask(self, index: int) -> np.ndarray:
         """``(H, W)`` uint8 train-id mask of sample ``index`` (values checked)."""
         path = self.samples[index][1]
-        return apply_lut(read_label_png(path), self.lut, path, self._valid_values())
+        return apply_lut(read_label(path), self.lut, path, self._valid_values())
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Untransformed, checked ``(image (H, W, 3) uint8, mask (H, W) uint8)``."""
@@ -283,8 +296,16 @@ def load_all(
 
 
 def list_files(folder: Path, suffixes: Sequence[str]) -> list[Path]:
-    """Files directly in ``folder`` whose suffix (lower-cased) is in ``suffixes``, sorted."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+    """Files directly in ``folder`` whose suffix (lower-cased) is in ``suffixes``, sorted.
+
+    Hidden files (names starting with ``.``, such as the ``._name.png`` companions that macOS
+    writes on shared drives) are left out.
+    """
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")
+    )
 
 
 def check_split(name: str, split: str, splits: Sequence[str]) -> None:

@@ -12,6 +12,8 @@ import yaml
 
 from autodeeplab.data.base import (
     IGNORE_INDEX,
+    IMAGE_SUFFIXES,
+    LABEL_SUFFIXES,
     DatasetError,
     JointTransform,
     SegmentationDataset,
@@ -21,15 +23,14 @@ from autodeeplab.data.base import (
     list_files,
 )
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 META_FILES = ("classes.yaml", "classes.yml", "classes.json")
 META_KEYS = ("class_names", "palette")
 
 LAYOUT = """\
 <root>/
   classes.yaml            (or classes.json: class_names: [...], optional palette: [[r, g, b], ...])
-  images/{split}/<stem>.png|.jpg|.jpeg
-  masks/{split}/<stem>.png  (8/16-bit grayscale or palette PNG: 0..num_classes-1, 255 = ignore)"""
+  images/{split}/<stem>.png|.jpg|.jpeg|.bmp|.tif|.tiff|.webp
+  masks/{split}/<stem>.png|.tif|.tiff|.bmp  (1/8/16-bit grayscale or palette: 0..num_classes-1, 255 = ignore)"""
 
 
 def write_metadata(
@@ -141,10 +142,35 @@ class FolderDataset(SegmentationDataset):
         if len(set(stems)) != len(stems):
             dup = sorted({s for s in stems if stems.count(s) > 1})
             raise DatasetError(f"{image_dir} holds several images with the same stem: {dup[:5]}")
+        masks = _masks_by_stem(mask_dir)
         samples = []
         for img in images:
-            mask = mask_dir / f"{img.stem}.png"
-            if not mask.is_file():
-                raise layout_error(self.name, root, f"image {img} has no mask {mask}", LAYOUT)
-            samples.append((img, mask))
+            if img.stem not in masks:
+                lossy = [
+                    p
+                    for p in list_files(mask_dir, IMAGE_SUFFIXES)
+                    if p.stem == img.stem and p.suffix.lower() not in LABEL_SUFFIXES
+                ]
+                if lossy:
+                    raise DatasetError(
+                        f"mask {lossy[0]} of image {img} is stored as {lossy[0].suffix}; masks "
+                        f"must be lossless ({'/'.join(LABEL_SUFFIXES)}): lossy compression "
+                        "changes the class ids at the borders of every region"
+                    )
+                missing = mask_dir / f"{img.stem}.png"
+                raise layout_error(self.name, root, f"image {img} has no mask {missing}", LAYOUT)
+            samples.append((img, masks[img.stem]))
         super().__init__(samples, class_names, palette, identity_lut(len(class_names)), transform)
+
+
+def _masks_by_stem(mask_dir: Path) -> dict[str, Path]:
+    """The mask files of ``mask_dir`` by stem; two masks for one stem are refused."""
+    masks: dict[str, Path] = {}
+    for path in list_files(mask_dir, LABEL_SUFFIXES):
+        if path.stem in masks:
+            raise DatasetError(
+                f"{mask_dir} holds two masks for {path.stem!r}: {masks[path.stem].name} and "
+                f"{path.name}; keep one"
+            )
+        masks[path.stem] = path
+    return masks

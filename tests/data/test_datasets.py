@@ -385,3 +385,69 @@ def test_unknown_keys_of_mixed_types_are_named(tmp_path):
     path.write_text("class_names: [a]\n1: x\ncolours: y\n")
     with pytest.raises(DatasetError, match=r"unknown keys \[1, 'colours'\]"):
         read_metadata(path)
+
+
+# ---------------------------------------------------------------------------- folder formats
+def test_folder_reads_tiff_images_and_masks_and_one_bit_masks(tmp_path, rng):
+    """Microscopy-style data: TIFF images (upper-case suffix), TIFF and 1-bit PNG masks."""
+    make_folder(tmp_path, rng, classes=2)
+    image = rng.integers(0, 256, (8, 10, 3)).astype(np.uint8)
+    for name in ("s0.png", "s1.png"):
+        (tmp_path / "images" / "train" / name).unlink()
+        (tmp_path / "masks" / "train" / name).unlink()
+    Image.fromarray(image).save(tmp_path / "images" / "train" / "s0.TIF")
+    tiff_mask = rng.integers(0, 2, (8, 10)).astype(np.uint8)
+    Image.fromarray(tiff_mask).save(tmp_path / "masks" / "train" / "s0.tif")
+    Image.fromarray(image).save(tmp_path / "images" / "train" / "s1.bmp")
+    binary = rng.integers(0, 2, (8, 10)).astype(bool)
+    Image.fromarray(binary).save(tmp_path / "masks" / "train" / "s1.png")
+    with Image.open(tmp_path / "masks" / "train" / "s1.png") as im:
+        assert im.mode == "1"  # really a 1-bit file
+    ds = FolderDataset(tmp_path, "train")
+    assert [p.name for p, _ in ds.samples] == ["s0.TIF", "s1.bmp", "s2.png"]
+    np.testing.assert_array_equal(ds.load(0)[0], image)  # TIFF and BMP are lossless
+    np.testing.assert_array_equal(ds.load(0)[1], tiff_mask)
+    np.testing.assert_array_equal(ds.load(1)[0], image)
+    np.testing.assert_array_equal(ds.load(1)[1], binary.astype(np.uint8))
+
+
+def test_folder_skips_hidden_files(tmp_path, rng):
+    make_folder(tmp_path, rng)
+    (tmp_path / "images" / "train" / "._s0.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    (tmp_path / "images" / "train" / ".DS_Store").write_bytes(b"Bud1")
+    (tmp_path / "masks" / "train" / "._s0.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    ds = FolderDataset(tmp_path, "train")
+    assert [p.name for p, _ in ds.samples] == ["s0.png", "s1.png", "s2.png"]
+    assert ds.verify() == 3
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".JPEG", ".webp"])
+def test_folder_refuses_lossy_masks(tmp_path, rng, suffix):
+    make_folder(tmp_path, rng)
+    mask = tmp_path / "masks" / "train" / "s1.png"
+    mask.rename(mask.with_suffix(suffix))
+    with pytest.raises(
+        DatasetError, match=rf"s1\{suffix} of image .*s1\.png is stored as .*lossless"
+    ):
+        FolderDataset(tmp_path, "train")
+
+
+def test_folder_refuses_two_masks_for_one_image(tmp_path, rng):
+    make_folder(tmp_path, rng)
+    Image.fromarray(np.zeros((8, 10), np.uint8)).save(tmp_path / "masks" / "train" / "s1.tif")
+    with pytest.raises(DatasetError, match=r"two masks for 's1': s1\.png and s1\.tif"):
+        FolderDataset(tmp_path, "train")
+
+
+def test_floating_point_images_are_refused_not_clipped(tmp_path):
+    path = tmp_path / "float.tif"
+    Image.fromarray(np.linspace(0, 1000, 12, dtype=np.float32).reshape(3, 4)).save(path)
+    with pytest.raises(DatasetError, match=r"float\.tif holds 32-bit floating-point values"):
+        read_image(path)
+
+
+def test_folder_and_predict_accept_the_same_images():
+    from autodeeplab import predict
+    from autodeeplab.data import folder
+
+    assert predict.IMAGE_SUFFIXES is folder.IMAGE_SUFFIXES
