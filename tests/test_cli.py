@@ -149,3 +149,30 @@ def test_numeric_options_are_checked_by_the_parser(capsys):
             main(argv)
         assert exit_info.value.code == 2
         assert expected in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- own data
+def test_folder_templates_search_and_train_a_folder_of_ones_own(tmp_path):
+    """configs/{search,train}/folder.yaml with nothing but --data-root and size overrides."""
+    from autodeeplab.data import FolderDataset, write_synthetic_folder
+
+    root = tmp_path / "mine"
+    write_synthetic_folder(root, {"train": 8, "val": 2}, size=48)
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    tiny = ["data.crop_size=48", "data.workers=0", "model.filter_multiplier=2"]
+    search = ["search", "--config", str(configs / "search" / "folder.yaml"), "--data-root"]
+    argv = [*search, str(root), "--output", str(tmp_path / "s"), *tiny]
+    argv += ["epochs=2", "arch_start_epoch=1", "model.layers=2", "model.blocks=2"]
+    argv += ["model.stem_channels=[4,4,8]"]
+    assert main(argv) == 0
+    genotype = tmp_path / "s" / "genotype.json"
+    train = ["train", "--config", str(configs / "train" / "folder.yaml"), "--data-root"]
+    argv = [*train, str(root), "--genotype", str(genotype), "--output", str(tmp_path / "t")]
+    argv += [*tiny, "iterations=4", "eval_interval=4", "checkpoint_interval=4"]
+    argv += ["data.batch_size=2", "model.aspp_channels=8", "model.decoder_channels=8"]
+    assert main(argv) == 0
+    metrics = [json.loads(line) for line in (tmp_path / "t" / "metrics.jsonl").open()]
+    assert any("mIoU" in m for m in metrics)
+    classes = FolderDataset(root, "val").class_names
+    saved = json.loads((tmp_path / "t" / "model" / "config.json").read_text())
+    assert tuple(saved["class_names"]) == classes

@@ -62,7 +62,8 @@ def test_new_search_options_default_to_the_paper():
 def test_shipped_configs_load(path):
     cfg = load_config(path)
     assert isinstance(cfg, SearchConfig)
-    assert cfg.data.name in ("cityscapes", "voc", "ade20k", "synthetic", "decathlon", "synthetic3d")
+    names = ("cityscapes", "voc", "ade20k", "folder", "synthetic", "decathlon", "synthetic3d")
+    assert cfg.data.name in names
 
 
 def test_cityscapes_config_matches_spec():

@@ -341,13 +341,13 @@ def test_configs_built_in_code_are_range_checked(tmp_path):
 
 
 def test_train_configs_load():
-    for name in ("cityscapes", "voc", "ade20k", "synthetic"):
+    for name in ("cityscapes", "voc", "ade20k", "folder", "synthetic"):
         cfg = load_config(ROOT / "configs" / "train" / f"{name}.yaml", cls=TrainConfig)
         assert cfg.optim.lr == 0.05 and cfg.optim.poly_power == 0.9
     assert (
         load_config(ROOT / "configs/train/cityscapes.yaml", cls=TrainConfig).data.crop_size == 769
     )
-    for name in ("voc", "ade20k"):
+    for name in ("voc", "ade20k", "folder"):
         cfg = load_config(ROOT / "configs" / "train" / f"{name}.yaml", cls=TrainConfig)
         assert cfg.data.crop_size == 513
 
