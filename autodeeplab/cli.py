@@ -145,6 +145,9 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--run", metavar="DIR", help="retraining run folder or model folder")
     p.add_argument("--config", metavar="TRAIN_YAML", help="train config (see configs/train/)")
+    p.add_argument(
+        "--data-root", help="data set folder of the train config (overrides its data.root)"
+    )
     arch = p.add_mutually_exclusive_group()
     arch.add_argument("--preset", metavar="NAME", help="model preset (see --list)")
     arch.add_argument("--genotype", metavar="FILE", help="genotype JSON file")
@@ -193,6 +196,7 @@ def _run_info(args: argparse.Namespace) -> int:
             flag
             for flag, value in (
                 ("--config", args.config),
+                ("--data-root", args.data_root),
                 ("--preset", args.preset),
                 ("--genotype", args.genotype),
                 ("--num-classes", args.num_classes),
@@ -213,8 +217,11 @@ def _run_info(args: argparse.Namespace) -> int:
             preset=args.preset,
             num_classes=args.num_classes,
             filter_multiplier=args.filter_multiplier,
+            data_root=args.data_root,
         )
         info = info_lib.source_info(source, size, args.batch_size)
+    elif args.data_root is not None:
+        raise ValueError("--data-root goes with --config (the train config whose data it sets)")
     elif args.preset is None and args.genotype is None:
         raise ValueError("name a network: --preset, --genotype, --config, RUNDIR or --list")
     else:

@@ -62,7 +62,9 @@ def network_from_train_config(
         try:
             num_classes = len(dataset_class_names(d.name, d.root, d.options))
         except ValueError as err:
-            raise ValueError(f"{err}; set data.root or give the number of classes") from None
+            raise ValueError(
+                f"{err}; set data.root (--data-root) or give the number of classes (--num-classes)"
+            ) from None
     from autodeeplab.data import dataset_in_channels
     from autodeeplab.engine.common import data_spatial_dims
 
@@ -83,12 +85,16 @@ def from_train_config(
     preset: str | None = None,
     num_classes: int | None = None,
     filter_multiplier: int | None = None,
+    data_root: str | Path | None = None,
 ) -> ModelSource:
     """Read train config ``path``; ``genotype`` (a file) or ``preset`` replaces its
-    architecture, ``num_classes`` and ``filter_multiplier`` its data set's classes and F."""
+    architecture, ``num_classes`` and ``filter_multiplier`` its data set's classes and F,
+    ``data_root`` its ``data.root``."""
     if genotype is not None and preset is not None:
         raise ValueError("give at most one of a genotype file and a preset")
     cfg = load_config(path, cls=TrainConfig)
+    if data_root is not None:
+        cfg.data.root = str(data_root)
     if genotype is not None:
         cfg.model.genotype, cfg.model.preset = str(genotype), None
     if preset is not None:

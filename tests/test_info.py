@@ -109,6 +109,11 @@ def test_config_of_a_folder_data_set_reads_its_classes(tmp_path, capsys):
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["info", "--config", str(tmp_path / "train.yaml")]) == 2
     assert "needs a root folder" in capsys.readouterr().err
+    # as with search and train, --data-root sets the config's data.root
+    argv = ["--config", str(tmp_path / "train.yaml"), "--data-root", str(tmp_path)]
+    assert info_json(capsys, *argv) == info
+    assert main(["info", "--preset", "autodeeplab-s", "--data-root", str(tmp_path)]) == 2
+    assert "--data-root goes with --config" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +183,8 @@ def test_interrupted_run_folder_is_rebuilt_from_its_config(
 
 def test_run_folder_errors(run_folder, tmp_path, capsys):
     assert main(["info", str(run_folder), "--num-classes", "3"]) == 2
+    assert "a run folder defines its network" in capsys.readouterr().err
+    assert main(["info", str(run_folder), "--data-root", str(tmp_path)]) == 2
     assert "a run folder defines its network" in capsys.readouterr().err
     assert main(["info", str(run_folder), "--run", str(run_folder)]) == 2
     assert main(["info", str(tmp_path / "missing")]) == 2
