@@ -176,3 +176,16 @@ def test_folder_templates_search_and_train_a_folder_of_ones_own(tmp_path):
     classes = FolderDataset(root, "val").class_names
     saved = json.loads((tmp_path / "t" / "model" / "config.json").read_text())
     assert tuple(saved["class_names"]) == classes
+
+
+def test_a_split_smaller_than_a_batch_points_to_data_repeat(tmp_path, capsys):
+    from autodeeplab.data import write_synthetic_folder
+
+    root = tmp_path / "mine"
+    write_synthetic_folder(root, {"train": 3, "val": 1}, size=48)  # trainA 1, trainB 2 images
+    config = Path(__file__).resolve().parents[1] / "configs" / "search" / "folder.yaml"
+    argv = ["search", "--config", str(config), "--data-root", str(root)]
+    argv += ["--output", str(tmp_path / "s"), "data.crop_size=48", "data.workers=0"]
+    line = _fail(capsys, argv)
+    assert "trainA/trainB have 1/2 samples, fewer than one global batch of 2" in line
+    assert "a larger data.repeat" in line

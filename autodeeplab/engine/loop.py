@@ -218,9 +218,11 @@ class EngineBase:
         self.global_batch = bs * self.world_size
         self.steps_per_epoch = samples // self.global_batch
         if self.steps_per_epoch == 0:
+            repeat = getattr(self.cfg.data, "repeat", None)  # configs of image and volume data
+            more = "more samples" if repeat is None else "more samples, a larger data.repeat"
             raise ValueError(
                 f"{what}, fewer than one global batch of {self.global_batch} (batch_size {bs} "
-                f"x {self.world_size} processes); use more samples or a smaller data.batch_size"
+                f"x {self.world_size} processes); use {more} or a smaller data.batch_size"
             )
 
     def _open(self, resume: bool) -> None:
