@@ -986,6 +986,11 @@ def _run_eval(args: argparse.Namespace) -> int:
         f"{', sliding window' if r['sliding_window'] else ''}"
     )
     print(result.format_table())
+    note = result.matrix.absent_note(
+        result.class_names, f"the {r['samples']} samples of the {r['split']!r} split"
+    )
+    if note is not None:
+        print(f"warning: {note}", file=sys.stderr)
     _write_report_json(args.json, r)
     return 0
 

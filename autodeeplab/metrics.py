@@ -202,6 +202,25 @@ class ConfusionMatrix:
             lines.append(f"{label:<{width}}  {_pct(value)}")
         return "\n".join(lines)
 
+    def absent_note(self, class_names: Sequence[str] | None = None, where: str = "") -> str | None:
+        """A warning naming the classes without a single ground-truth pixel (``where`` says
+        in what, e.g. ``"the 32 evaluated samples of the 'val' split"``), or None if every
+        class has some. Such a class has no accuracy, is left out of the mIoU when it is never
+        predicted either, and most often means masks that store it under another value."""
+        names = self._names(class_names)
+        _, gt, _ = self._counts()
+        absent = [names[i] for i in np.flatnonzero(gt == 0)]
+        if not absent:
+            return None
+        listed = ", ".join(repr(n) for n in absent[:8]) + (", ..." if len(absent) > 8 else "")
+        return (
+            f"{len(absent)} of {self.num_classes} classes have no ground-truth pixel"
+            f"{' in ' + where if where else ''} ({listed}): the mIoU leaves them out where they "
+            "are never predicted either. If the masks store them under other values (binary "
+            "masks as 0 and 255, say, where 255 means ignore), map the values with mask_values "
+            "in the data set's classes.yaml (docs/data.md)"
+        )
+
     def __repr__(self) -> str:
         return f"ConfusionMatrix(num_classes={self.num_classes}, pixels={self.total})"
 

@@ -31,6 +31,8 @@ class Points:
     """Sample ``i``: a point drawn with the generator it is given, labelled by the sign of
     its first coordinate (what :class:`KeyedSamples` needs of a data set)."""
 
+    class_names = ("negative", "positive")
+
     def __init__(self, n: int) -> None:
         self.n = n
 
@@ -52,6 +54,7 @@ class ToyData:
     batch_size: int = 2
     workers: int = 0
     max_eval_samples: int | None = None
+    eval_split: str = "val"
 
 
 @dataclass

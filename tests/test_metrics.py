@@ -95,6 +95,18 @@ def test_absent_class_shown_as_na():
     assert "mIoU" in table and "100.00" in table
 
 
+def test_absent_note_names_the_classes_without_ground_truth():
+    cm = ConfusionMatrix(4)
+    # class 2 only predicted, class 3 nowhere: both without ground truth
+    cm.update(torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1, 1, 255]))
+    note = cm.absent_note(["road", "car", "sky", "bus"], "the 1 samples of the 'val' split")
+    assert note.startswith("2 of 4 classes have no ground-truth pixel in the 1 samples")
+    assert "('sky', 'bus')" in note and "mask_values" in note
+    assert cm.absent_note() is not None and "'2', '3'" in cm.absent_note()
+    cm.update(torch.tensor([2, 3]), torch.tensor([2, 3]))
+    assert cm.absent_note() is None
+
+
 def test_bad_input():
     cm = ConfusionMatrix(3)
     with pytest.raises(ValueError, match=r"target values \[3\]"):

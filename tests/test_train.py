@@ -657,3 +657,36 @@ def test_gradients_are_freed_after_the_optimizer_step(tmp_path):
         assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
     finally:
         engine.close()
+
+
+def test_binary_masks_stored_as_0_and_255_are_flagged_and_mapped(tmp_path):
+    """The classic trap: 255 = foreground read as ignore gives a perfect background-only mIoU.
+    The run says so at its first evaluation; with mask_values the object is a class."""
+    import numpy as np
+    from PIL import Image
+
+    from autodeeplab.data import write_metadata
+
+    root = tmp_path / "binary"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("val", 2)):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "masks" / split).mkdir(parents=True)
+        for i in range(n):
+            mask = np.zeros((32, 32), np.uint8)
+            mask[8:20, 10:24] = 255
+            image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(image).save(root / "images" / split / f"{i}.png")
+            Image.fromarray(mask).save(root / "masks" / split / f"{i}.png")
+    write_metadata(root / "classes.yaml", ["background", "object"])
+    data = ["data.name=folder", f"data.root={root}", "data.options={}", "data.scale=[1, 1]"]
+    lines: list[str] = []
+    run_train(tiny(tmp_path, *data, "iterations=3", name="plain"), log=lines.append)
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert len(warnings) == 1  # once, not at every evaluation
+    assert "1 of 2 classes have no ground-truth pixel in the 2 evaluated samples" in warnings[0]
+    assert "('object')" in warnings[0] and "mask_values" in warnings[0]
+    write_metadata(root / "classes.yaml", ["background", "object"], mask_values=[0, 255])
+    lines.clear()
+    run_train(tiny(tmp_path, *data, "iterations=3", name="mapped"), log=lines.append)
+    assert not [line for line in lines if line.startswith("warning:")]

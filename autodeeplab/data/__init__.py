@@ -114,8 +114,7 @@ def dataset_class_names(
         raise ValueError(f"data set {name!r} needs a root folder to know its classes")
     if name == "decathlon":
         return decathlon_class_names(root)
-    names, _ = read_metadata(metadata_file(root, (options or {}).get("metadata")))
-    return names
+    return read_metadata(metadata_file(root, (options or {}).get("metadata"))).class_names
 
 
 def dataset_in_channels(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import yaml
@@ -13,42 +13,70 @@ import yaml
 from autodeeplab.data.base import (
     IGNORE_INDEX,
     IMAGE_SUFFIXES,
+    INVALID,
     LABEL_SUFFIXES,
     DatasetError,
     JointTransform,
     SegmentationDataset,
     default_palette,
-    identity_lut,
     layout_error,
     list_files,
 )
 
 META_FILES = ("classes.yaml", "classes.yml", "classes.json")
-META_KEYS = ("class_names", "palette")
+META_KEYS = ("class_names", "palette", "mask_values", "ignore_values")
 
 LAYOUT = """\
 <root>/
-  classes.yaml            (or classes.json: class_names: [...], optional palette: [[r, g, b], ...])
+  classes.yaml            (or classes.json: class_names: [...], optional palette: [[r, g, b], ...],
+                           mask_values: [...], ignore_values: [...])
   images/{split}/<stem>.png|.jpg|.jpeg|.bmp|.tif|.tiff|.webp
   masks/{split}/<stem>.png|.tif|.tiff|.bmp  (1/8/16-bit grayscale or palette: 0..num_classes-1, 255 = ignore)"""
 
 
+class ClassMetadata(NamedTuple):
+    """What the class metadata file of a folder data set defines."""
+
+    class_names: tuple[str, ...]
+    palette: np.ndarray
+    """``(C, 3)`` uint8 colours, one per class."""
+    lut: np.ndarray
+    """256-entry table from raw mask value to train id (``INVALID`` for undefined values)."""
+
+
 def write_metadata(
-    path: str | Path, class_names: Sequence[str], palette: np.ndarray | None = None
+    path: str | Path,
+    class_names: Sequence[str],
+    palette: np.ndarray | None = None,
+    *,
+    mask_values: Sequence[int] | None = None,
+    ignore_values: Sequence[int] | None = None,
 ) -> None:
-    """Write ``classes.yaml`` / ``classes.json`` (chosen by suffix) for a folder data set."""
+    """Write ``classes.yaml`` / ``classes.json`` (chosen by suffix) for a folder data set;
+    ``mask_values`` and ``ignore_values`` as :func:`read_metadata` reads them."""
     path = Path(path)
     meta: dict[str, Any] = {"class_names": list(class_names)}
     if palette is not None:
         meta["palette"] = np.asarray(palette, dtype=np.uint8).tolist()
+    if mask_values is not None:
+        meta["mask_values"] = [int(v) for v in mask_values]
+    if ignore_values is not None:
+        meta["ignore_values"] = [int(v) for v in ignore_values]
     if path.suffix == ".json":
         path.write_text(json.dumps(meta, indent=2) + "\n")
     else:
         path.write_text(yaml.safe_dump(meta, sort_keys=False))
 
 
-def read_metadata(path: Path) -> tuple[tuple[str, ...], np.ndarray]:
-    """Class names and palette ``(C, 3)`` from a metadata file; every problem names the file."""
+def read_metadata(path: Path) -> ClassMetadata:
+    """Class names, palette and mask value table from a metadata file; every problem names
+    the file.
+
+    ``mask_values`` (optional) gives the raw mask value of each class, in class order (binary
+    masks stored as 0 and 255: ``[0, 255]``); without it class ``i`` is stored as ``i``.
+    ``ignore_values`` (optional) lists raw values whose pixels are ignored; without it 255 is
+    ignored unless it is a class's value.
+    """
     try:
         text = path.read_text()
         meta = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
@@ -72,9 +100,49 @@ def read_metadata(path: Path) -> tuple[tuple[str, ...], np.ndarray]:
         )
     if len(set(names)) != len(names):
         raise DatasetError(f"class metadata {path}: class names must be unique")
-    if meta.get("palette") is None:
-        return tuple(names), default_palette(len(names))
-    return tuple(names), _parse_palette(meta["palette"], len(names), path)
+    palette = (
+        default_palette(len(names))
+        if meta.get("palette") is None
+        else _parse_palette(meta["palette"], len(names), path)
+    )
+    return ClassMetadata(tuple(names), palette, _label_table(meta, len(names), path))
+
+
+def _raw_values(meta: dict, key: str, path: Path, count: int | None) -> list[int] | None:
+    """The list of distinct 8-bit values under ``key`` (``count`` of them if given)."""
+    value = meta.get(key)
+    if value is None:
+        return None
+    size = "" if count is None else f"{count} "
+    expected = f"'{key}' must be a list of {size}distinct integers in 0..255"
+    if (
+        not isinstance(value, list)
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        or not all(0 <= v <= 255 for v in value)
+        or len(set(value)) != len(value)
+        or (count is not None and len(value) != count)
+    ):
+        raise DatasetError(f"class metadata {path}: {expected}, got {value!r}")
+    return value
+
+
+def _label_table(meta: dict, num_classes: int, path: Path) -> np.ndarray:
+    """Raw mask value -> train id, from ``mask_values`` and ``ignore_values``."""
+    values = _raw_values(meta, "mask_values", path, num_classes)
+    ignored = _raw_values(meta, "ignore_values", path, None)
+    if values is None:
+        values = list(range(num_classes))
+    if ignored is None:
+        ignored = [] if IGNORE_INDEX in values else [IGNORE_INDEX]
+    both = sorted(set(values) & set(ignored))
+    if both:
+        raise DatasetError(
+            f"class metadata {path}: values {both} are both a class's mask value and ignored"
+        )
+    lut = np.full(256, INVALID, dtype=np.int16)
+    lut[values] = np.arange(num_classes)
+    lut[ignored] = IGNORE_INDEX
+    return lut
 
 
 def _parse_palette(value: Any, num_classes: int, path: Path) -> np.ndarray:
@@ -125,7 +193,7 @@ class FolderDataset(SegmentationDataset):
         self.root = root = Path(root)
         if not root.is_dir():
             raise layout_error(self.name, root, "root folder does not exist", LAYOUT)
-        class_names, palette = read_metadata(metadata_file(root, metadata))
+        classes = read_metadata(metadata_file(root, metadata))
         image_dir, mask_dir = root / "images" / split, root / "masks" / split
         for path in (image_dir, mask_dir):
             if not path.is_dir():
@@ -160,7 +228,7 @@ class FolderDataset(SegmentationDataset):
                 missing = mask_dir / f"{img.stem}.png"
                 raise layout_error(self.name, root, f"image {img} has no mask {missing}", LAYOUT)
             samples.append((img, masks[img.stem]))
-        super().__init__(samples, class_names, palette, identity_lut(len(class_names)), transform)
+        super().__init__(samples, classes.class_names, classes.palette, classes.lut, transform)
 
 
 def _masks_by_stem(mask_dir: Path) -> dict[str, Path]:

@@ -164,6 +164,7 @@ class EngineBase:
     """Also write ``last.pt`` every N steps (0: only where the engine saves)."""
     _owns_process_group: bool = False
     _lock: RunFolderLock | None = None
+    _absent_classes_checked: bool = False
 
     # -------------------------------------------------------------- set-up
     def _set_up(self, config: Any, log: Callable[[str], None] | None) -> None:
@@ -416,6 +417,12 @@ class EngineBase:
         cm.matrix = cm.matrix.to(self.device)  # where the process group's backend runs
         cm.all_reduce()
         cm.matrix = cm.matrix.cpu()
+        if not self._absent_classes_checked:  # once per process: the split does not change
+            self._absent_classes_checked = True
+            split = f"the {n} evaluated samples of the {self.cfg.data.eval_split!r} split"
+            note = cm.absent_note(self.eval_set.class_names, split)
+            if note is not None:
+                self._say(f"warning: {note}")
         return cm
 
     def _volume_confusion(

@@ -23,7 +23,7 @@ from autodeeplab.data import (
 )
 from autodeeplab.data import cityscapes as cs
 from autodeeplab.data.base import read_image
-from autodeeplab.data.folder import read_metadata
+from autodeeplab.data.folder import read_metadata, write_metadata
 
 from layouts import (
     make_ade,
@@ -328,7 +328,8 @@ meta_values = st.recursive(
     max_leaves=16,
 )
 meta_like = st.dictionaries(
-    st.sampled_from(["class_names", "palette", "colours"]) | st.integers(0, 3),
+    st.sampled_from(["class_names", "palette", "mask_values", "ignore_values", "colours"])
+    | st.integers(0, 3),
     meta_values,
     max_size=3,
 ) | st.fixed_dictionaries(
@@ -352,12 +353,13 @@ def test_class_files_of_any_text_raise_only_dataset_errors(tmp_path_factory, nam
     path = tmp_path_factory.mktemp("meta") / name
     path.write_text(text, encoding="utf-8")
     try:
-        names, palette = read_metadata(path)
+        names, palette, lut = read_metadata(path)
     except DatasetError as err:
         assert str(path) in str(err)
     else:
         assert names and all(isinstance(n, str) for n in names)
         assert palette.shape == (len(names), 3) and palette.dtype == np.uint8
+        assert sorted(set(lut[lut >= 0].tolist()) - {255}) == list(range(len(names)))
 
 
 @pytest.mark.parametrize(
@@ -451,3 +453,48 @@ def test_folder_and_predict_accept_the_same_images():
     from autodeeplab.data import folder
 
     assert predict.IMAGE_SUFFIXES is folder.IMAGE_SUFFIXES
+
+
+# ---------------------------------------------------------------------------- mask values
+def test_mask_values_map_binary_masks_stored_as_0_and_255(tmp_path, rng):
+    """The usual binary mask (0 = background, 255 = object) read as classes 0 and 1."""
+    make_folder(tmp_path, rng, classes=2)
+    write_metadata(tmp_path / "classes.yaml", ["background", "polyp"], mask_values=[0, 255])
+    raw = rng.choice([0, 255], (8, 10))
+    save_gray(tmp_path / "masks" / "train" / "s1.png", raw)
+    ds = FolderDataset(tmp_path, "train")
+    np.testing.assert_array_equal(ds.load(1)[1], (raw == 255).astype(np.uint8))
+    save_gray(tmp_path / "masks" / "train" / "s1.png", np.ones((8, 10)))  # 1 is no value now
+    with pytest.raises(DatasetError, match=r"s1\.png holds values \[1\].*\{0, 255\}"):
+        ds.load(1)
+
+
+def test_mask_values_and_ignore_values_build_the_table(tmp_path, rng):
+    make_folder(tmp_path, rng, classes=3)
+    write_metadata(
+        tmp_path / "classes.yaml", ["a", "b", "c"], mask_values=[10, 20, 30], ignore_values=[0, 99]
+    )
+    raw = rng.choice([0, 10, 20, 30, 99], (8, 10))
+    save_gray(tmp_path / "masks" / "train" / "s0.png", raw)
+    expected = np.select([raw == 10, raw == 20, raw == 30], [0, 1, 2], default=255)
+    np.testing.assert_array_equal(FolderDataset(tmp_path, "train").load(0)[1], expected)
+    assert FolderDataset(tmp_path, "train")._valid_values() == "{0, 10, 20, 30, 99}"
+
+
+@pytest.mark.parametrize(
+    ("meta", "problem"),
+    [
+        ({"mask_values": [0]}, "'mask_values' must be a list of 2 distinct integers in 0..255"),
+        ({"mask_values": [0, 0]}, "'mask_values' must be a list of 2 distinct"),
+        ({"mask_values": [0, 256]}, "'mask_values' must be a list of 2 distinct"),
+        ({"mask_values": [0, True]}, "'mask_values' must be a list of 2 distinct"),
+        ({"ignore_values": 255}, "'ignore_values' must be a list of distinct integers"),
+        ({"mask_values": [0, 255], "ignore_values": [255]}, "values [255] are both"),
+        ({"ignore_values": [1]}, "values [1] are both"),
+    ],
+)
+def test_bad_mask_values_are_named(tmp_path, meta, problem):
+    path = tmp_path / "classes.json"
+    path.write_text(json.dumps({"class_names": ["a", "b"], **meta}))
+    with pytest.raises(DatasetError, match=rf"classes\.json: .*{re.escape(problem)}"):
+        read_metadata(path)
