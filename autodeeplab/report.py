@@ -217,8 +217,9 @@ def draw_search_curves(records: Iterable[Mapping[str, Any]]) -> Figure:
     * ``"path"``: log probability of the decoded network path (DiNTS: of the decoded
       topology);
     * ``"arch_steps"``: architecture steps taken so far;
-    * ``"signal"``: ``alpha_grad_z`` per epoch, the signal in the architecture gradients, with
-      the level pure noise gives (:data:`autodeeplab.diagnostics.NOISE_Z_MEAN`).
+    * ``"signal"``: ``alpha_grad_z`` (and ``beta_grad_z``, the network level) per epoch, the
+      signal in the architecture gradients, with the level pure noise gives
+      (:data:`autodeeplab.diagnostics.NOISE_Z_MEAN`).
 
     A dashed line marks where the architecture steps begin when warm-up epochs precede them.
     Missing or null values leave the point out; unknown keys and record types are ignored.
@@ -307,6 +308,7 @@ def draw_search_curves(records: Iterable[Mapping[str, Any]]) -> Figure:
         path_title = "decoded topology probability"
     arch_steps = _series(epochs, "epoch", "arch_steps")
     signal = _series(epochs, "epoch", "alpha_grad_z")
+    beta_signal = _series(epochs, "epoch", "beta_grad_z")
     has_loss = any(xs for (xs, _), _ in losses)
     has_entropy = any(xs for (xs, _), _ in entropies)
     has_movement = any(xs for (xs, _), _ in movement)
@@ -389,14 +391,18 @@ def draw_search_curves(records: Iterable[Mapping[str, Any]]) -> Figure:
 
     ax = axes["signal"]
     if signal[0]:
-        ax.plot(*signal, color=_ARCH_COLOUR, lw=1.4, marker="o", gid="alpha-grad-z")
+        ax.plot(*signal, color=_ARCH_COLOUR, lw=1.4, marker="o", gid="alpha-grad-z", label="alpha")
+        if beta_signal[0]:  # the network level (a DiNTS search has no betas)
+            ax.plot(
+                *beta_signal, color="#ff7f0e", lw=1.4, marker="s", gid="beta-grad-z", label="beta"
+            )
         _reference_level(
             ax, NOISE_Z_MEAN, "noise-level", f"{NOISE_Z_MEAN:.2f}: what zero-mean noise gives"
         )
         _tidy(
             ax,
             "epoch",
-            "mean |z| of the alpha gradients",
+            "mean |z| of the gradients",
             "signal in the architecture gradients (mean over standard error)",
             integer_x=True,
         )

@@ -172,10 +172,13 @@ def test_search_logs_the_diagnostics_and_writes_a_summary(tmp_path, capsys, monk
     seen: dict[int, list[np.ndarray]] = {}
     original = search_engine.SearchEngine.arch_gradients
 
+    seen_betas: dict[int, list[np.ndarray]] = {}
+
     def recording(self, *args, **kwargs):
         value = original(self, *args, **kwargs)
         if value is not None:
             seen.setdefault(self.epoch + 1, []).append(self.model.alphas.grad.double().numpy())
+            seen_betas.setdefault(self.epoch + 1, []).append(self.model.betas.grad.double().numpy())
         return value
 
     monkeypatch.setattr(search_engine.SearchEngine, "arch_gradients", recording)
@@ -198,6 +201,23 @@ def test_search_logs_the_diagnostics_and_writes_a_summary(tmp_path, capsys, monk
     z = np.abs(g.mean(0)) / (g.std(0, ddof=1) / 2.0)
     assert epochs[1]["alpha_grad_z"] == pytest.approx(z.mean())
     assert epochs[1]["alpha_grad_z_above_2"] == pytest.approx((z > 2).mean())
+    # the betas: node by node, relative to the mean over the moves its softmax spans (finer,
+    # same, coarser, where that level exists); nodes outside the forward pass never have a
+    # gradient and are left out (written out with loops, apart from the engine's masks)
+    b = np.stack(seen_betas[2])  # (steps, L, 4, 3)
+    zs = []
+    for layer in range(b.shape[1]):
+        for level in range(4):
+            moves = [m for m in range(3) if 0 <= level + m - 1 <= 3]
+            rel = b[:, layer, level, moves] - b[:, layer, level, moves].mean(-1, keepdims=True)
+            for m in range(len(moves)):
+                sd = rel[:, m].std(ddof=1)
+                if sd > 0:
+                    zs.append(abs(rel[:, m].mean()) / (sd / 2.0))
+    assert len(zs) >= 6
+    assert epochs[0]["beta_grad_z"] is None
+    assert epochs[1]["beta_grad_z"] == pytest.approx(np.mean(zs))
+    assert epochs[1]["beta_grad_z_above_2"] == pytest.approx(np.mean(np.array(zs) > 2))
     for r in epochs:
         genotype = Genotype.from_string(r["genotype"])
         assert r["parameter_free_share"] == parameter_free_share(genotype)

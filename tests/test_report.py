@@ -86,6 +86,7 @@ def _search_records(epochs=4, steps=6, warmup=2, log_every=2):
                 "parameter_free_share": 0.25 * (epoch % 3),
                 "arch_steps": max(0, epoch - warmup) * steps,
                 "alpha_grad_z": 0.8 + 0.3 * (epoch - warmup) if arch else None,
+                "beta_grad_z": 0.7 + 0.1 * (epoch - warmup) if arch else None,
                 "arch_search": arch,
                 "genotype": "cell=... path=...",
                 "time_s": 1.5,
@@ -216,6 +217,8 @@ def test_search_curves_plot_the_records():
     # the gradient signal from the first epoch with architecture steps, and the noise level
     xs, ys = _line(axes["signal"], "alpha-grad-z")
     assert xs == [3, 4] and ys == pytest.approx([1.1, 1.4])
+    xs, ys = _line(axes["signal"], "beta-grad-z")
+    assert xs == [3, 4] and ys == pytest.approx([0.8, 0.9])
     (noise,) = _by_gid(axes["signal"], "noise-level")
     assert list(noise.get_ydata()) == pytest.approx([math.sqrt(2 / math.pi)] * 2)
 
@@ -224,7 +227,7 @@ def test_search_curves_of_a_log_without_the_movement_figures():
     """Logs written before the movement diagnostics existed still draw; the new panels say that
     they have no data."""
     keys = ("alpha_entropy_fraction", "beta_entropy_fraction", "path_log_prob")
-    keys += ("parameter_free_share", "arch_steps", "alpha_grad_z")
+    keys += ("parameter_free_share", "arch_steps", "alpha_grad_z", "beta_grad_z")
     records = [{k: v for k, v in r.items() if k not in keys} for r in _search_records()]
     axes = _axes(draw_search_curves(records))
     assert _by_gid(axes["entropy"], "alpha-entropy")

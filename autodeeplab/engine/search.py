@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from autodeeplab import space
 from autodeeplab.checkpoint import CheckpointError
 from autodeeplab.collapse import CollapseGuards
 from autodeeplab.config import SearchConfig
@@ -177,8 +178,8 @@ def unrolled_arch_gradients(
 # ---------------------------------------------------------------------------- helpers
 def _new_epoch_sums() -> dict[str, Any]:
     """Running sums of an epoch: losses and counts of the weight and architecture steps taken,
-    of the batches skipped because no pixel of them had a valid label, and of the alpha
-    gradients and their squares (:func:`autodeeplab.diagnostics.gradient_signal`)."""
+    of the batches skipped because no pixel of them had a valid label, and of the alpha and
+    beta gradients and their squares (:func:`autodeeplab.diagnostics.gradient_signal`)."""
     return {
         "loss": 0.0,
         "steps": 0,
@@ -188,17 +189,33 @@ def _new_epoch_sums() -> dict[str, Any]:
         "arch_skipped": 0,
         "alpha_grad": None,
         "alpha_grad_sq": None,
+        "beta_grad": None,
+        "beta_grad_sq": None,
+        "beta_grad_steps": 0,  # counted apart: a checkpoint from before it has no beta sums
     }
 
 
-def _add_alpha_gradient(sums: dict[str, Any], grad: torch.Tensor) -> None:
-    """Add one step's alpha gradient, relative to the mean of each edge's row, in float64."""
+def _add_arch_gradient(
+    sums: dict[str, Any], name: str, grad: torch.Tensor, valid: torch.Tensor | None = None
+) -> None:
+    """Add one step's gradient of the ``name`` logits (``alpha``, ``beta``) to the epoch's
+    sums, in float64, each entry relative to the mean of its row over the ``valid`` entries
+    (all without a mask): only those differences change a softmax. Entries outside ``valid``
+    stay zero, and :func:`gradient_signal` leaves out what never varied."""
     g = grad.detach().double().cpu()
-    g = g - g.mean(dim=-1, keepdim=True)
-    if sums["alpha_grad"] is None:
-        sums["alpha_grad"], sums["alpha_grad_sq"] = torch.zeros_like(g), torch.zeros_like(g)
-    sums["alpha_grad"] += g
-    sums["alpha_grad_sq"] += g * g
+    if valid is None:
+        g = g - g.mean(dim=-1, keepdim=True)
+    else:
+        mask = valid.to(g.dtype)
+        row_mean = (g * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+        g = (g - row_mean) * mask
+    key = f"{name}_grad"
+    if sums[key] is None:
+        sums[key], sums[f"{key}_sq"] = torch.zeros_like(g), torch.zeros_like(g)
+    sums[key] += g
+    sums[f"{key}_sq"] += g * g
+    if f"{key}_steps" in sums:
+        sums[f"{key}_steps"] += 1
 
 
 def _add_step(sums: dict[str, Any], prefix: str, loss: float | None) -> None:
@@ -415,8 +432,12 @@ class SearchEngine(EngineBase):
         has no valid pixel. The values of the extra terms go to :attr:`arch_terms`."""
         value = self.arch_gradients(val_batch, train_batch)
         if value is not None:
-            # the data's push on the alphas, before the extra terms add their own gradients
-            _add_alpha_gradient(self.epoch_sums, self.model.alphas.grad)
+            # the data's push on the alphas (and betas), before the extra terms add their own
+            _add_arch_gradient(self.epoch_sums, "alpha", self.model.alphas.grad)
+            betas = self.model.arch_state().get("betas")
+            if betas is not None and betas.grad is not None:
+                valid = torch.tensor(space.valid_move_mask())  # each node's softmax (4, 3)
+                _add_arch_gradient(self.epoch_sums, "beta", betas.grad, valid)
             progress = self.schedule.arch_progress(self.global_step)
             terms = self.add_search_term_gradients(progress)
             if terms:
@@ -879,10 +900,11 @@ class SearchEngine(EngineBase):
             **model_diagnostics(self.model),
             **self._memory_diagnostics(genotype),
         }
-        signal = (
+        signal, beta_signal = (
             None
-            if sums["alpha_grad"] is None
-            else gradient_signal(sums["alpha_grad"], sums["alpha_grad_sq"], sums["arch_steps"])
+            if sums[f"{name}_grad"] is None
+            else gradient_signal(sums[f"{name}_grad"], sums[f"{name}_grad_sq"], steps)
+            for name, steps in (("alpha", sums["arch_steps"]), ("beta", sums["beta_grad_steps"]))
         )
         arch_steps = sums["arch_steps"] + (
             self.history[-1].get("arch_steps", 0) if self.history else 0
@@ -899,6 +921,8 @@ class SearchEngine(EngineBase):
             **diagnostics,
             "alpha_grad_z": None if signal is None else signal[0],
             "alpha_grad_z_above_2": None if signal is None else signal[1],
+            "beta_grad_z": None if beta_signal is None else beta_signal[0],
+            "beta_grad_z_above_2": None if beta_signal is None else beta_signal[1],
             "arch_steps": arch_steps,
             **self.guards.state(
                 self.schedule.run_progress(self.global_step),
