@@ -347,7 +347,10 @@ def convergence(epochs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     * ``previous_cell_agreement``: the share of the final cell's branches (input and operation)
       that the same block of the cell decoded one epoch earlier had too (None with fewer than two
       such epochs): a whole cell that changed in the last epoch may have changed in one branch
-      or in all.
+      or in all;
+    * ``alpha_grad_z`` / ``beta_grad_z``: the mean over the epochs with architecture steps of
+      their gradient signal (:func:`gradient_signal`; 0.80 is what noise gives): whether the
+      decoded cell and path rest on a consistent push of the data or on a random walk.
 
     Figures a record lacks (records written before they existed) are None.
     """
@@ -377,6 +380,13 @@ def convergence(epochs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
         final, before = genotypes[-1].cell, genotypes[-2].cell
         kept = sum((Counter(x) & Counter(y)).total() for x, y in zip(final, before, strict=True))
         agreement = kept / sum(len(x) for x in final)
+
+    def mean_signal(key: str) -> float | None:
+        values = [
+            z for e in searched if isinstance(z := e.get(key), int | float) and math.isfinite(z)
+        ]
+        return sum(values) / len(values) if values else None
+
     return {
         "arch_steps": last.get("arch_steps"),
         "arch_epochs": len(searched),
@@ -387,4 +397,6 @@ def convergence(epochs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
         "stable_cell_epochs": stable(lambda g: g.cell),
         "stable_path_epochs": stable(lambda g: g.topology),
         "previous_cell_agreement": agreement,
+        "alpha_grad_z": mean_signal("alpha_grad_z"),
+        "beta_grad_z": mean_signal("beta_grad_z"),
     }

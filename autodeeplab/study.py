@@ -1513,6 +1513,10 @@ def _write_report(
     report.write(study.output, name="study")
 
 
+def _format_z(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def _search_trials_table(report: Any, rows: Sequence[CandidateResult], ranks: Mapping) -> None:
     """How settled each search trial ended, next to what its architecture scored."""
     searched = [r for r in rows if r.kind == "searched" and r.convergence is not None]
@@ -1532,8 +1536,11 @@ def _search_trials_table(report: Any, rows: Sequence[CandidateResult], ranks: Ma
         "the decoded path (or multi-path topology) under the final distribution, the share of "
         "parameter-free operations in the decoded cell, and for how many of the epochs with "
         "architecture steps, counted back from the last, the decoded cell and path had stayed "
-        "the final ones (1: it changed at the last epoch), and the share of the final cell's "
-        "branches (input and operation) that the cell of the epoch before already had."
+        "the final ones (1: it changed at the last epoch), the share of the final cell's "
+        "branches (input and operation) that the cell of the epoch before already had, and "
+        "the signal in the op (alpha) and path (beta) gradients: the mean over the epochs "
+        "with architecture steps of |mean| / standard error per logit, where noise alone "
+        "gives 0.80."
     )
     report.table(
         [
@@ -1548,6 +1555,8 @@ def _search_trials_table(report: Any, rows: Sequence[CandidateResult], ranks: Ma
             "cell unchanged",
             "path unchanged",
             "branches kept %",
+            "alpha signal",
+            "beta signal",
         ],
         [
             [
@@ -1562,6 +1571,8 @@ def _search_trials_table(report: Any, rows: Sequence[CandidateResult], ranks: Ma
                 run(c.get("stable_cell_epochs"), c.get("arch_epochs")),
                 run(c.get("stable_path_epochs"), c.get("arch_epochs")),
                 pct(c.get("previous_cell_agreement")),
+                _format_z(c.get("alpha_grad_z")),
+                _format_z(c.get("beta_grad_z")),
             ]
             for r in searched
             for c in (r.convergence or {},)

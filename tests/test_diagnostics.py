@@ -293,9 +293,9 @@ def test_convergence_counts_the_epochs_the_final_cell_and_path_held():
 
     records = [
         epoch(0, "0-0-0", b),  # before the first architecture step: not counted
-        epoch(4, "0-0-0", a),
-        epoch(8, "0-1-1", a),
-        epoch(12, "0-1-1", b),
+        epoch(4, "0-0-0", a, alpha_grad_z=1.0, beta_grad_z=0.5),
+        epoch(8, "0-1-1", a, alpha_grad_z=2.0, beta_grad_z=None),
+        epoch(12, "0-1-1", b, alpha_grad_z=float("nan"), beta_grad_z=0.9),
         epoch(
             16,
             "0-1-1",
@@ -304,6 +304,8 @@ def test_convergence_counts_the_epochs_the_final_cell_and_path_held():
             beta_entropy_fraction=0.7,
             path_log_prob=math.log(0.25),
             parameter_free_share=0.5,
+            alpha_grad_z=3.0,
+            beta_grad_z=1.0,
         ),
     ]
     got = convergence(records)
@@ -317,6 +319,8 @@ def test_convergence_counts_the_epochs_the_final_cell_and_path_held():
         "stable_cell_epochs": 1,  # b at the third epoch
         "stable_path_epochs": 3,  # 0-0-0 at the first
         "previous_cell_agreement": 0.75,  # b differs from a in one of four branches
+        "alpha_grad_z": pytest.approx(2.0),  # (1 + 2 + 3) / 3: NaN left out
+        "beta_grad_z": pytest.approx(0.8),  # (0.5 + 0.9 + 1.0) / 3: null left out
     }
     # the initial argmax does not count even when it equals the final genotype
     assert convergence([epoch(0, "0-1-1", a), epoch(4, "0-1-1", a)])["stable_path_epochs"] == 1
@@ -326,6 +330,7 @@ def test_convergence_counts_the_epochs_the_final_cell_and_path_held():
     assert old["arch_epochs"] == 0 and old["stable_cell_epochs"] is None
     assert old["path_probability"] is None and old["alpha_entropy_fraction"] is None
     assert old["previous_cell_agreement"] is None
+    assert old["alpha_grad_z"] is None and old["beta_grad_z"] is None
     # a branch kept at another place in its block still counts as kept
     before = "0:skip_connect+1:sep_conv_3x3/0:max_pool_3x3+1:sep_conv_5x5"
     after = "0:skip_connect+1:sep_conv_3x3/1:sep_conv_5x5+2:avg_pool_3x3"

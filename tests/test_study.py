@@ -522,8 +522,13 @@ def test_study_runs_every_candidate_and_writes_json_markdown_and_figure(tmp_path
     assert settled["path_probability"] == pytest.approx(math.exp(epochs[-1]["path_log_prob"]))
     assert settled["arch_epochs"] == sum(e["arch_steps"] > 0 for e in epochs) > 0
     assert 1 <= settled["stable_path_epochs"] <= settled["arch_epochs"]
+    searched = [e for e in epochs if e["arch_steps"] > 0]
+    beta_z = [e["beta_grad_z"] for e in searched if e["beta_grad_z"] is not None]
+    assert beta_z  # epochs of two or more architecture steps: a standard error
+    assert settled["beta_grad_z"] == pytest.approx(sum(beta_z) / len(beta_z))
     assert by_name["random-0"]["search_convergence"] is None
     assert "## Search trials" in (out / "study.md").read_text()
+    assert "| beta signal |" in (out / "study.md").read_text()
     assert s["searched_median"]["mean"] == pytest.approx(means["search-s0"])
     per_seed_var = [np.var(c["mIoU"], ddof=1) for c in doc["candidates"]]
     assert s["seed_noise"] == pytest.approx(math.sqrt(np.mean(per_seed_var)))
