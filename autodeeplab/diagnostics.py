@@ -257,6 +257,16 @@ def _signal_advice(z: Any) -> str:
     )
 
 
+def mean_gradient_signal(
+    epochs: Sequence[Mapping[str, Any]], key: str = "alpha_grad_z"
+) -> tuple[float, int] | None:
+    """The mean of the epochs' ``key`` (``alpha_grad_z``, ``beta_grad_z``: the gradient signal
+    of :func:`gradient_signal`) over the epochs that have a finite one (those with architecture
+    steps), and their number; None when no epoch has one."""
+    zs = [float(z) for e in epochs if isinstance(z := e.get(key), int | float) and math.isfinite(z)]
+    return (sum(zs) / len(zs), len(zs)) if zs else None
+
+
 def noise_warning(epochs: Sequence[Mapping[str, Any]]) -> str | None:
     """A warning for a search whose alpha gradients pushed the logits in no consistent
     direction: the mean over its epochs with architecture steps of their ``alpha_grad_z``
@@ -267,14 +277,10 @@ def noise_warning(epochs: Sequence[Mapping[str, Any]]) -> str | None:
     of the mixture, where the gradient changes sign as they move). Either way the decoded
     genotype rests on small differences between logits. None when the figure is above the
     threshold or missing (records written before it existed)."""
-    zs = [
-        float(z)
-        for e in epochs
-        if isinstance(z := e.get("alpha_grad_z"), int | float) and math.isfinite(z)
-    ]
-    if not zs:
+    signal = mean_gradient_signal(epochs)
+    if signal is None:
         return None
-    mean = sum(zs) / len(zs)
+    mean, count = signal
     if mean >= SIGNAL_Z_MEAN:
         return None
     if mean < 0.7:
@@ -283,7 +289,7 @@ def noise_warning(epochs: Sequence[Mapping[str, Any]]) -> str | None:
         reading = "about what zero-mean noise gives: the logits mostly random-walked"
     return (
         f"the architecture gradients pushed the logits in no consistent direction: their mean "
-        f"|z| over the {len(zs)} epoch(s) with architecture steps was {mean:.2f} "
+        f"|z| over the {count} epoch(s) with architecture steps was {mean:.2f} "
         f"(zero-mean noise gives {NOISE_Z_MEAN:.2f}, a consistent push about "
         f"{SIGNAL_Z_MEAN:.2f} or more), {reading}. The decoded genotype then rests on small "
         "differences between logits and on the relaxation's own leanings: check how many "
@@ -382,10 +388,8 @@ def convergence(epochs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
         agreement = kept / sum(len(x) for x in final)
 
     def mean_signal(key: str) -> float | None:
-        values = [
-            z for e in searched if isinstance(z := e.get(key), int | float) and math.isfinite(z)
-        ]
-        return sum(values) / len(values) if values else None
+        signal = mean_gradient_signal(searched, key)
+        return None if signal is None else signal[0]
 
     return {
         "arch_steps": last.get("arch_steps"),

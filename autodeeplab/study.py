@@ -1513,10 +1513,6 @@ def _write_report(
     report.write(study.output, name="study")
 
 
-def _format_z(value: Any) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
 def _search_trials_table(report: Any, rows: Sequence[CandidateResult], ranks: Mapping) -> None:
     """How settled each search trial ended, next to what its architecture scored."""
     searched = [r for r in rows if r.kind == "searched" and r.convergence is not None]
@@ -1528,6 +1524,9 @@ def _search_trials_table(report: Any, rows: Sequence[CandidateResult], ranks: Ma
 
     def run(count: Any, total: Any) -> str:
         return "-" if count is None else f"{count} of {total}"
+
+    def z(x: Any) -> str:
+        return "-" if x is None else f"{x:.2f}"
 
     report.heading("Search trials")
     report.paragraph(
@@ -1571,8 +1570,8 @@ def _search_trials_table(report: Any, rows: Sequence[CandidateResult], ranks: Ma
                 run(c.get("stable_cell_epochs"), c.get("arch_epochs")),
                 run(c.get("stable_path_epochs"), c.get("arch_epochs")),
                 pct(c.get("previous_cell_agreement")),
-                _format_z(c.get("alpha_grad_z")),
-                _format_z(c.get("beta_grad_z")),
+                z(c.get("alpha_grad_z")),
+                z(c.get("beta_grad_z")),
             ]
             for r in searched
             for c in (r.convergence or {},)
