@@ -744,14 +744,22 @@ def _run_study(args: argparse.Namespace) -> int:
 def _add_decode(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "decode",
-        help="decode the architecture of a search checkpoint into a genotype",
+        help="decode the architecture of a search checkpoint (or the consensus of several)",
         description="Decode the architecture of a search checkpoint with the relaxation it was "
         "searched with (its config): a single path for the paper's relaxation, a multi-path "
-        "topology (genotype format 2) for relaxation.name=dints.",
+        "topology (genotype format 2) for relaxation.name=dints. Given several checkpoints of "
+        "one search space (e.g. the same search with different seeds), decode their consensus: "
+        "the architecture of the mean of their distributions (docs/search.md).",
     )
-    p.add_argument("checkpoint", help="search checkpoint (e.g. runs/search/last.pt) or run folder")
     p.add_argument(
-        "--out", help="genotype JSON to write (default: <checkpoint>.genotype.json beside it)"
+        "checkpoint",
+        nargs="+",
+        help="search checkpoint (e.g. runs/search/last.pt) or run folder; several: their consensus",
+    )
+    p.add_argument(
+        "--out",
+        help="genotype JSON to write (default for one checkpoint: <checkpoint>.genotype.json "
+        "beside it; required for several)",
     )
     p.set_defaults(func=_run_decode)
 
@@ -762,14 +770,30 @@ def _run_decode(args: argparse.Namespace) -> int:
     from autodeeplab.checkpoint import load_checkpoint
     from autodeeplab.search_model import checkpoint_genotype
 
-    path = Path(args.checkpoint)
-    if path.is_dir():
-        path = path / "last.pt"
-    genotype = checkpoint_genotype(load_checkpoint(path), path)
-    out = Path(args.out) if args.out else path.with_suffix(".genotype.json")
+    paths = [Path(c) / "last.pt" if Path(c).is_dir() else Path(c) for c in args.checkpoint]
+    if len(paths) == 1:
+        genotype = checkpoint_genotype(load_checkpoint(paths[0]), paths[0])
+        out = Path(args.out) if args.out else paths[0].with_suffix(".genotype.json")
+    else:
+        from autodeeplab.consensus import consensus
+
+        if not args.out:
+            raise ValueError("--out: give the genotype file to write the consensus to")
+        result = consensus(paths)
+        for path, own in zip(paths, result.genotypes, strict=True):
+            print(f"{path}: {own}", file=sys.stderr)
+        cell, layers = result.agreement()
+        print(
+            f"consensus of {result.trials} searches; each search's own architecture has on "
+            f"average {100 * cell:.0f} % of its cell's branches and {100 * layers:.0f} % of its "
+            "path's layers",
+            file=sys.stderr,
+        )
+        genotype, out = result.genotype, Path(args.out)
     genotype.save(out)
     print(genotype)
     print(f"wrote {out}", file=sys.stderr)
+    return 0
 
 
 def _add_inference_options(p: argparse.ArgumentParser) -> None:

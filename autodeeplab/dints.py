@@ -24,8 +24,10 @@ topology guaranteed (:func:`autodeeplab.topology.decode_topology`) and gives a m
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from functools import cached_property
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,7 +35,7 @@ from torch import nn
 from autodeeplab import decode, space, topology
 from autodeeplab.diagnostics import dints_diagnostics
 from autodeeplab.genotype import Genotype
-from autodeeplab.relaxation import ArchParams, Relaxation, _get
+from autodeeplab.relaxation import ArchParams, Relaxation, _get, _numpy
 
 
 class DintsRelaxation(Relaxation):
@@ -249,6 +251,32 @@ class DintsRelaxation(Relaxation):
         alphas = _get(params, "alphas").detach().cpu().double().numpy()
         return Genotype(
             cell=decode.decode_cell(alphas, self.space.ops), topology=self.decode_topology(params)
+        )
+
+    def distribution(self, params: ArchParams) -> dict[str, np.ndarray]:
+        """``ops``: the op softmax ``(E, O)``; ``transitions``: the independent on-probability
+        of every transition ``(L, 4, 3)`` (:meth:`edge_probs`, 0 off the trellis)."""
+        with torch.no_grad():
+            return {
+                "ops": _numpy(self.op_weights(params)),
+                "transitions": _numpy(self.edge_probs(params)),
+            }
+
+    def decode_distribution(self, dist: Mapping[str, np.ndarray]) -> Genotype:
+        """The cell of the op weights and the most probable feasible topology
+        (:func:`topology.decode_topology`) of the logits of the on-probabilities."""
+        p = np.asarray(dist["transitions"], dtype=np.float64)
+        mask = np.asarray(self.space.used_transition_mask())
+        if p.shape != mask.shape or ((p[mask] <= 0) | (p[mask] >= 1)).any():
+            raise ValueError(
+                f"transition probabilities must have shape {mask.shape} and lie strictly "
+                "between 0 and 1 on the trellis"
+            )
+        on = np.where(mask, p, 0.5)
+        logits = np.log(on) - np.log1p(-on)
+        return Genotype(
+            cell=decode.decode_cell_weights(dist["ops"], self.space.ops),
+            topology=topology.decode_topology(logits),
         )
 
     def diagnostics(self, params: ArchParams, genotype: Genotype) -> dict[str, float]:

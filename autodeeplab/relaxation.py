@@ -130,6 +130,19 @@ class Relaxation(ABC):
     def decode(self, params: ArchParams) -> Genotype:
         """The discrete architecture the parameters stand for."""
 
+    def distribution(self, params: ArchParams) -> dict[str, np.ndarray]:
+        """The probabilities the parameters stand for, as float64 arrays by name: ``ops``, the
+        op weights ``(E, O)`` of :meth:`op_weights`, and the relaxation's path probabilities.
+        The element-wise mean of the distributions of several searches is again one
+        (:mod:`autodeeplab.consensus`), which :meth:`decode_distribution` decodes. A relaxation
+        that defines neither cannot take part in a consensus."""
+        raise NotImplementedError(f"{type(self).__name__} defines no distribution()")
+
+    def decode_distribution(self, dist: Mapping[str, np.ndarray]) -> Genotype:
+        """The architecture a :meth:`distribution` (or a mean of several) stands for, by the
+        rules of :meth:`decode`: the same genotype for the distribution of one search."""
+        raise NotImplementedError(f"{type(self).__name__} defines no decode_distribution()")
+
 
 class SoftmaxRelaxation(Relaxation):
     """The paper's relaxation.
@@ -200,6 +213,31 @@ class SoftmaxRelaxation(Relaxation):
         betas = _get(params, "betas").detach().cpu().double().numpy()
         return Genotype(
             cell=decode.decode_cell(alphas, self.space.ops), path=decode.decode_path(betas)
+        )
+
+    def distribution(self, params: ArchParams) -> dict[str, np.ndarray]:
+        """``ops``: the op softmax ``(E, O)``; ``moves``: the softmax over the valid moves of
+        every node ``(L, 4, 3)`` (0 at invalid moves)."""
+        with torch.no_grad():
+            return {
+                "ops": _numpy(self.op_weights(params)),
+                "moves": _numpy(self.transition_weights(params)),
+            }
+
+    def decode_distribution(self, dist: Mapping[str, np.ndarray]) -> Genotype:
+        """The cell of the op weights (:func:`decode.decode_cell_weights`) and the Viterbi path
+        of the move probabilities (:func:`decode.decode_path` of their logarithms)."""
+        moves = np.asarray(dist["moves"], dtype=np.float64)
+        valid = np.asarray(space.valid_move_mask())
+        if moves.ndim != 3 or moves.shape[1:] != valid.shape or (moves[:, valid] <= 0).any():
+            raise ValueError(
+                f"move probabilities must have shape (L, {valid.shape[0]}, {valid.shape[1]}) "
+                "and be positive at every valid move"
+            )
+        logits = np.where(valid, np.log(np.where(valid, moves, 1.0)), 0.0)
+        return Genotype(
+            cell=decode.decode_cell_weights(dist["ops"], self.space.ops),
+            path=decode.decode_path(logits),
         )
 
     def diagnostics(self, params: ArchParams, genotype: Genotype) -> dict[str, float]:
@@ -288,6 +326,10 @@ def straight_through_gumbel(logits: torch.Tensor, noise: torch.Tensor, tau: floa
     soft = F.softmax(perturbed / tau, dim=-1)
     hard = F.one_hot(perturbed.argmax(dim=-1), soft.shape[-1]).to(soft.dtype)
     return hard + (soft - soft.detach())
+
+
+def _numpy(x: torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().double().numpy()
 
 
 def _get(params: ArchParams, name: str) -> torch.Tensor:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from autodeeplab import space
@@ -216,14 +217,47 @@ def checkpoint_genotype(state: Mapping[str, Any], path: str | Path) -> Genotype:
     any (:mod:`autodeeplab.projection`); ``path`` names the file in errors."""
     relaxation, params = checkpoint_architecture(state, path)
     genotype = relaxation.decode(params)
-    records = state.get("selection", {}).get("records", [])
-    if not records:
+    projection = _checkpoint_projection(state, relaxation, path)
+    if projection is None:
         return genotype
     try:
-        projection = CellProjection.from_records(
+        return projection.genotype(genotype, relaxation.op_weights(params))
+    except ValueError as err:
+        raise ValueError(f"{path}: its selection decisions are not valid: {err}") from None
+
+
+def checkpoint_distribution(
+    state: Mapping[str, Any], path: str | Path
+) -> tuple[Relaxation, dict[str, np.ndarray]]:
+    """The relaxation of a search checkpoint and the distribution its architecture parameters
+    stand for (:meth:`Relaxation.distribution`). With perturbation-based selection decisions,
+    the op weights are the projected ones (one-hot on the chosen operations, 0 on dropped
+    edges): decoded alone, the distribution gives :func:`checkpoint_genotype`."""
+    relaxation, params = checkpoint_architecture(state, path)
+    try:
+        dist = relaxation.distribution(params)
+    except NotImplementedError as err:
+        raise ValueError(f"{path}: {err}; it has no distribution to average") from None
+    projection = _checkpoint_projection(state, relaxation, path)
+    if projection is not None:
+        try:
+            dist["ops"] = projection.apply(torch.from_numpy(dist["ops"])).numpy()
+        except ValueError as err:
+            raise ValueError(f"{path}: its selection decisions are not valid: {err}") from None
+    return relaxation, dist
+
+
+def _checkpoint_projection(
+    state: Mapping[str, Any], relaxation: Relaxation, path: str | Path
+) -> CellProjection | None:
+    """The perturbation-based selection decisions a checkpoint holds (None: it holds none)."""
+    records = state.get("selection", {}).get("records", [])
+    if not records:
+        return None
+    try:
+        return CellProjection.from_records(
             relaxation.space.blocks, tuple(relaxation.space.ops), records
         )
-        return projection.genotype(genotype, relaxation.op_weights(params))
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: its selection decisions are not valid: {err}") from None
 
