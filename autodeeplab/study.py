@@ -75,7 +75,9 @@ from autodeeplab.ray_trials import RayOptions, run_on_ray
 from autodeeplab.sample import LARGEST_BY
 
 FORMAT_VERSION = 1
-KINDS: tuple[str, ...] = ("searched", "random", "hand-designed", "file")
+KINDS: tuple[str, ...] = ("searched", "consensus", "random", "hand-designed", "file")
+CONSENSUS = "search-consensus"
+"""Name of the candidate decoded from the mean distribution of the search trials."""
 """Candidate kinds, in the order candidates are listed before sorting."""
 
 # A subset of the engines' runtime keys: epochs, max_steps, eval_interval and max_eval_samples
@@ -140,6 +142,9 @@ class StudySearchConfig:
     """Number of search trials; their seeds are ``0..trials-1`` unless ``seeds`` are given."""
     seeds: list[int] | None = None
     """The search seeds, one trial each."""
+    consensus: bool = False
+    """Also retrain ``search-consensus``, the architecture decoded from the mean of the
+    trials' final distributions (:mod:`autodeeplab.consensus`); needs two trials or more."""
 
 
 @dataclass
@@ -317,12 +322,15 @@ class Study:
             raise ConfigError("search: give the number of trials (search.trials) or their seeds")
         if s.trials is not None and s.trials < 1:
             raise ConfigError(f"search.trials must be >= 1, got {s.trials}")
-        if s.seeds is None:
-            return tuple(range(s.trials or 0))
-        seeds = _seeds(s.seeds, "search.seeds")
+        seeds = tuple(range(s.trials or 0)) if s.seeds is None else _seeds(s.seeds, "search.seeds")
         if s.trials is not None and s.trials != len(seeds):
             raise ConfigError(
                 f"search.trials = {s.trials} but search.seeds has {len(seeds)} seeds; give one"
+            )
+        if s.consensus and len(seeds) < 2:
+            raise ConfigError(
+                "search.consensus: the consensus of one search trial is that trial's own "
+                "architecture; give two trials or more"
             )
         return seeds
 
@@ -410,6 +418,9 @@ class Study:
             Candidate(f"search-s{s}", "searched", None, {"search_seed": s})
             for s in self.search_seeds
         ]
+        if self.cfg.search is not None and self.cfg.search.consensus:
+            seeds = list(self.search_seeds)
+            out.append(Candidate(CONSENSUS, "consensus", None, {"search_seeds": seeds}))
         out += self._random()
         out += self._hand_designed()
         names = {c.name for c in out}
@@ -506,19 +517,34 @@ class Study:
             for family, path in paths.items()
         ]
 
-    def with_searched(self, genotypes: Mapping[int, Genotype]) -> list[Candidate]:
-        """The candidates with the genotypes of the search trials (by seed) filled in."""
+    def with_searched(
+        self, genotypes: Mapping[int, Genotype], consensus: Genotype | None = None
+    ) -> list[Candidate]:
+        """The candidates with the genotypes of the search trials (by seed) and their
+        ``consensus`` (when the study has that candidate) filled in."""
         first = genotypes[self.search_seeds[0]] if self.search_seeds else None
         out = []
         for c in self.candidates:
             g = c.genotype
             if c.kind == "searched":
                 g = genotypes[c.source["search_seed"]]
+            elif c.kind == "consensus":
+                if consensus is None:
+                    raise ValueError(f"the study has a {CONSENSUS} candidate: give its genotype")
+                g = consensus
             elif g is None:  # hand-designed path with the cell of the first search trial
                 assert first is not None
                 g = Genotype(cell=first.cell, path=tuple(c.source["path"]))
             out.append(Candidate(c.name, c.kind, g, c.source))
         return out
+
+    def consensus(self, searches: Sequence[Trial]) -> Genotype | None:
+        """The consensus of the finished search trials (None: the study has no such candidate)."""
+        if not any(c.kind == "consensus" for c in self.candidates):
+            return None
+        from autodeeplab.consensus import consensus
+
+        return consensus([t.output for t in searches]).genotype
 
     # -------------------------------------------------------------- trials
     def _run_config(self, base: Any, seed: int, output: Path) -> Any:
@@ -652,11 +678,12 @@ def describe(study: Study) -> list[str]:
         )
     for c in study.candidates:
         if c.genotype is None:
-            what = (
-                f"decoded by search trial seed {c.source['search_seed']}"
-                if c.kind == "searched"
-                else f"path {c.source['path']} with the cell of the first search trial"
-            )
+            if c.kind == "searched":
+                what = f"decoded by search trial seed {c.source['search_seed']}"
+            elif c.kind == "consensus":
+                what = "decoded from the mean distribution of the search trials"
+            else:
+                what = f"path {c.source['path']} with the cell of the first search trial"
         else:
             size = complexity(study.network(c.genotype), (study.crop, study.crop))
             what = (
@@ -1188,12 +1215,36 @@ def summarize(results: Sequence[CandidateResult]) -> dict[str, Any]:
             "z_score": z_score(chosen.mean, random_means),
         }
     )
+    summary["consensus"] = _consensus_summary(results, summary)
     finite = [r for r in results if math.isfinite(r.mean)]
     best = max(finite, key=lambda r: r.mean, default=None)
     summary["best"] = (
         None if best is None else {"name": best.name, "kind": best.kind, "mean": best.mean}
     )
     return summary
+
+
+def _consensus_summary(
+    results: Sequence[CandidateResult], summary: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The consensus candidate against the random architectures and the best hand-designed
+    candidate (None without one)."""
+    r = next((r for r in results if r.kind == "consensus"), None)
+    if r is None:
+        return None
+    random_means = [x.mean for x in results if x.kind == "random"]
+    hand = summary["best_hand_designed"]
+    return {
+        "name": r.name,
+        "trials": len(r.source["search_seeds"]),
+        "mean": r.mean,
+        "std": r.std,
+        "rank": summary["ranks"][r.name],
+        "z_score": z_score(r.mean, random_means),
+        "random_beaten": sum(m < r.mean for m in random_means if math.isfinite(m)),
+        "random_n": len(random_means),
+        "minus_best_hand_designed": None if hand is None else r.mean - hand["mean"],
+    }
 
 
 def _searched_median(
@@ -1259,6 +1310,7 @@ _STYLE = {
     "random": {"marker": "o", "color": "#7f8c8d", "ms": 6, "label": "random"},
     "searched": {"marker": "*", "color": "#d62728", "ms": 15, "label": "searched"},
     "hand-designed": {"marker": "s", "color": "#1f77b4", "ms": 7, "label": "hand-designed"},
+    "consensus": {"marker": "P", "color": "#ff7f0e", "ms": 11, "label": "consensus of searches"},
     "file": {"marker": "D", "color": "#2ca02c", "ms": 6, "label": "genotype file"},
 }
 
@@ -1308,8 +1360,8 @@ def draw_study(
                 fmt=style.pop("marker"),
                 capsize=2,
                 lw=1.0,
-                mec="black" if kind == "searched" else style["color"],
-                zorder=4 if kind == "searched" else 3,
+                mec="black" if kind in ("searched", "consensus") else style["color"],
+                zorder=4 if kind in ("searched", "consensus") else 3,
                 **style,
             )
             for r in group:
@@ -1429,6 +1481,21 @@ def _write_report(
                 f"{100 * med['minus_best_hand_designed']:+.2f} points from the best hand-designed"
             )
         lines.append(", ".join(parts) + ".")
+    cons = summary["consensus"]
+    if cons is not None:
+        z = "n/a" if cons["z_score"] is None else f"{cons['z_score']:+.2f}"
+        hand_part = (
+            ""
+            if cons["minus_best_hand_designed"] is None
+            else f", {100 * cons['minus_best_hand_designed']:+.2f} points from the best "
+            "hand-designed"
+        )
+        lines.append(
+            f"Consensus of the {cons['trials']} searches (`{cons['name']}`, decoded from the "
+            f"mean of their distributions): {_pct(cons['mean'])} %, rank {cons['rank']} of "
+            f"{summary['candidates']}, z = {z} against the random architectures, better than "
+            f"{cons['random_beaten']} of {cons['random_n']} of them{hand_part}."
+        )
     chosen = summary["selected_by_supernet"]
     if chosen is not None:
         lines.append(
@@ -1713,7 +1780,7 @@ def run_study(
     searches = study.search_trials()
     search_records = _run_trials(study, searches, progress, jobs, devices, log, ray)
     genotypes = {r["seed"]: Genotype.from_string(r["genotype"]) for r in search_records}
-    candidates = study.with_searched(genotypes)
+    candidates = study.with_searched(genotypes, study.consensus(searches))
     for c in candidates:
         study.check_crop(c.genotype, c.name)
     study.write_candidates(candidates)

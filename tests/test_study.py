@@ -28,6 +28,7 @@ from autodeeplab.network import AutoDeepLab
 from autodeeplab.report import PNG_SIGNATURE
 from autodeeplab.sample import sample_genotypes
 from autodeeplab.study import (
+    CONSENSUS,
     CandidateResult,
     Study,
     StudyError,
@@ -563,6 +564,42 @@ def test_study_runs_every_candidate_and_writes_json_markdown_and_figure(tmp_path
     trial.write_text(json.dumps(record))
     assert run_study(load(tmp_path, data)).ran == 0
     assert strict_json(out / "study.json") == doc
+
+
+def test_study_retrains_the_consensus_of_its_searches(tmp_path):
+    from autodeeplab.consensus import consensus
+
+    data = study_data(
+        tmp_path,
+        layers=None,
+        blocks=None,
+        search={**SEARCH, "trials": 2, "consensus": True},
+        train_seeds=[0],
+    )
+    result = run_study(load(tmp_path, data))
+    out = tmp_path / "study"
+    doc = json.loads((out / "study.json").read_text())
+    by_name = {c["name"]: c for c in doc["candidates"]}
+    runs = [out / "search" / f"search-s{s}" for s in (0, 1)]
+    assert by_name[CONSENSUS]["kind"] == "consensus"
+    assert Genotype.from_string(by_name[CONSENSUS]["genotype"]) == consensus(runs).genotype
+    s = doc["summary"]["consensus"]
+    means = {c["name"]: c["mean"] for c in doc["candidates"]}
+    random = [means["random-0"], means["random-1"]]
+    assert s["trials"] == 2 and s["mean"] == pytest.approx(means[CONSENSUS])
+    assert s["rank"] == 1 + sum(m > means[CONSENSUS] for m in means.values())
+    assert s["random_beaten"] == sum(m < means[CONSENSUS] for m in random)
+    if np.std(random) > 0:
+        z = (means[CONSENSUS] - np.mean(random)) / np.std(random, ddof=1)
+        assert s["z_score"] == pytest.approx(z)
+    # the median of the searched candidates leaves the consensus out
+    assert doc["summary"]["searched_median"]["n"] == 2
+    assert "Consensus of the 2 searches (`search-consensus`" in (out / "study.md").read_text()
+    assert result.ran >= 2
+    # one search trial has no consensus to speak of
+    one = study_data(tmp_path, name="one", search={**SEARCH, "consensus": True})
+    with pytest.raises(ConfigError, match=r"search\.consensus"):
+        run_study(load_study_config(write_study(tmp_path, one, "one.yaml")))
 
 
 def test_a_dints_search_trial_gives_a_multi_path_candidate(tmp_path):
