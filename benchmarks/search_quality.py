@@ -60,6 +60,8 @@ def main() -> None:
             overrides.append(f"{key}={value}")
     if args.seeds is not None:
         overrides.append(f"train_seeds={json.dumps(args.seeds)}")
+    if args.trials == 1:
+        overrides.append("search.consensus=false")  # the consensus of one trial is that trial
     config = load_study_config(args.config, overrides)
     if args.output is None:
         record = flatten(Study(config).record())

@@ -131,6 +131,7 @@ def test_shipped_study_config_plans_without_running(tmp_path):
     study = Study(cfg)
     kinds = [c.kind for c in study.candidates]
     assert kinds.count("searched") == 3 and kinds.count("random") >= 5
+    assert kinds.count("consensus") == 1
     assert (study.layers, study.blocks) == (study.search.model.layers, study.search.model.blocks)
     fitting = space.hand_designed_paths(study.layers)
     assert [c.name for c in study.candidates if c.kind == "hand-designed"] == [
