@@ -145,6 +145,12 @@ class StudySearchConfig:
     consensus: bool = False
     """Also retrain ``search-consensus``, the architecture decoded from the mean of the
     trials' final distributions (:mod:`autodeeplab.consensus`); needs two trials or more."""
+    consensus_size: int | None = None
+    """Searches per consensus: the trials, in the order of their seeds, form groups of this
+    many, and the consensus of each group is retrained (``search-consensus-g0``, ``-g1``,
+    ...), which measures "the consensus of that many searches" as a search method of its own;
+    null = one consensus of all trials. Needs ``consensus: true``, at least 2, and a number of
+    trials it divides."""
 
 
 @dataclass
@@ -332,6 +338,13 @@ class Study:
                 "search.consensus: the consensus of one search trial is that trial's own "
                 "architecture; give two trials or more"
             )
+        k = s.consensus_size
+        if k is not None and (not s.consensus or k < 2 or len(seeds) % k):
+            raise ConfigError(
+                f"search.consensus_size = {k}: needs search.consensus: true, at least 2 "
+                f"searches per consensus, and a number of trials it divides ({len(seeds)} "
+                "trials)"
+            )
         return seeds
 
     def _check_run_configs(self) -> None:
@@ -419,8 +432,10 @@ class Study:
             for s in self.search_seeds
         ]
         if self.cfg.search is not None and self.cfg.search.consensus:
-            seeds = list(self.search_seeds)
-            out.append(Candidate(CONSENSUS, "consensus", None, {"search_seeds": seeds}))
+            groups = self.consensus_groups()
+            for i, seeds in enumerate(groups):
+                name = CONSENSUS if len(groups) == 1 else f"{CONSENSUS}-g{i}"
+                out.append(Candidate(name, "consensus", None, {"search_seeds": seeds}))
         out += self._random()
         out += self._hand_designed()
         names = {c.name for c in out}
@@ -518,10 +533,10 @@ class Study:
         ]
 
     def with_searched(
-        self, genotypes: Mapping[int, Genotype], consensus: Genotype | None = None
+        self, genotypes: Mapping[int, Genotype], consensus: Mapping[str, Genotype] | None = None
     ) -> list[Candidate]:
         """The candidates with the genotypes of the search trials (by seed) and their
-        ``consensus`` (when the study has that candidate) filled in."""
+        consensus candidates (by name, :meth:`consensus`) filled in."""
         first = genotypes[self.search_seeds[0]] if self.search_seeds else None
         out = []
         for c in self.candidates:
@@ -529,22 +544,34 @@ class Study:
             if c.kind == "searched":
                 g = genotypes[c.source["search_seed"]]
             elif c.kind == "consensus":
-                if consensus is None:
-                    raise ValueError(f"the study has a {CONSENSUS} candidate: give its genotype")
-                g = consensus
+                if consensus is None or c.name not in consensus:
+                    raise ValueError(f"the study has a {c.name} candidate: give its genotype")
+                g = consensus[c.name]
             elif g is None:  # hand-designed path with the cell of the first search trial
                 assert first is not None
                 g = Genotype(cell=first.cell, path=tuple(c.source["path"]))
             out.append(Candidate(c.name, c.kind, g, c.source))
         return out
 
-    def consensus(self, searches: Sequence[Trial]) -> Genotype | None:
-        """The consensus of the finished search trials (None: the study has no such candidate)."""
-        if not any(c.kind == "consensus" for c in self.candidates):
-            return None
+    def consensus_groups(self) -> list[list[int]]:
+        """The search seeds of every consensus candidate (none without ``search.consensus``)."""
+        s = self.cfg.search
+        if s is None or not s.consensus:
+            return []
+        seeds = list(self.search_seeds)
+        k = s.consensus_size or len(seeds)
+        return [seeds[i : i + k] for i in range(0, len(seeds), k)]
+
+    def consensus(self, searches: Sequence[Trial]) -> dict[str, Genotype]:
+        """The genotype of every consensus candidate, by name, from the finished search trials."""
         from autodeeplab.consensus import consensus
 
-        return consensus([t.output for t in searches]).genotype
+        runs = {t.seed: t.output for t in searches}
+        return {
+            c.name: consensus([runs[seed] for seed in c.source["search_seeds"]]).genotype
+            for c in self.candidates
+            if c.kind == "consensus"
+        }
 
     # -------------------------------------------------------------- trials
     def _run_config(self, base: Any, seed: int, output: Path) -> Any:
@@ -681,7 +708,10 @@ def describe(study: Study) -> list[str]:
             if c.kind == "searched":
                 what = f"decoded by search trial seed {c.source['search_seed']}"
             elif c.kind == "consensus":
-                what = "decoded from the mean distribution of the search trials"
+                what = (
+                    "decoded from the mean distribution of the search trials with seeds "
+                    f"{c.source['search_seeds']}"
+                )
             else:
                 what = f"path {c.source['path']} with the cell of the first search trial"
         else:
@@ -1227,23 +1257,31 @@ def summarize(results: Sequence[CandidateResult]) -> dict[str, Any]:
 def _consensus_summary(
     results: Sequence[CandidateResult], summary: Mapping[str, Any]
 ) -> dict[str, Any] | None:
-    """The consensus candidate against the random architectures and the best hand-designed
-    candidate (None without one)."""
-    r = next((r for r in results if r.kind == "consensus"), None)
-    if r is None:
+    """Every consensus candidate against the random architectures and the best hand-designed
+    candidate, and (several of them) their median (None without consensus candidates)."""
+    cons = [r for r in results if r.kind == "consensus"]
+    if not cons:
         return None
     random_means = [x.mean for x in results if x.kind == "random"]
     hand = summary["best_hand_designed"]
+    groups = [
+        {
+            "name": r.name,
+            "search_seeds": list(r.source["search_seeds"]),
+            "mean": r.mean,
+            "std": r.std,
+            "rank": summary["ranks"][r.name],
+            "z_score": z_score(r.mean, random_means),
+            "random_beaten": sum(m < r.mean for m in random_means if math.isfinite(m)),
+            "random_n": len(random_means),
+            "minus_best_hand_designed": None if hand is None else r.mean - hand["mean"],
+        }
+        for r in cons
+    ]
     return {
-        "name": r.name,
-        "trials": len(r.source["search_seeds"]),
-        "mean": r.mean,
-        "std": r.std,
-        "rank": summary["ranks"][r.name],
-        "z_score": z_score(r.mean, random_means),
-        "random_beaten": sum(m < r.mean for m in random_means if math.isfinite(m)),
-        "random_n": len(random_means),
-        "minus_best_hand_designed": None if hand is None else r.mean - hand["mean"],
+        "size": len(groups[0]["search_seeds"]),
+        "groups": groups,
+        "median": _median_against(cons, summary) if len(cons) > 1 else None,
     }
 
 
@@ -1253,7 +1291,15 @@ def _searched_median(
     """The median searched candidate's mean mIoU against the random mean (in random standard
     deviations), the best hand-designed candidate and the training-seed noise: the three
     comparisons that say whether the search bought anything."""
-    values = [r.mean for r in results if r.kind == "searched" and math.isfinite(r.mean)]
+    return _median_against([r for r in results if r.kind == "searched"], summary)
+
+
+def _median_against(
+    results: Sequence[CandidateResult], summary: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The median of ``results``' mean mIoU against the random mean, the best hand-designed
+    candidate and the training-seed noise (:func:`_searched_median`)."""
+    values = [r.mean for r in results if math.isfinite(r.mean)]
     if not values:
         return None
     median = float(np.median(values))
@@ -1469,33 +1515,24 @@ def _write_report(
         )
     med = summary["searched_median"]
     if med is not None:
-        parts = [f"Median of the {med['n']} searched: {_pct(med['mean'])} %"]
-        if med["minus_random_mean"] is not None:
-            k = med["random_stds_above_mean"]
-            parts.append(
-                f"{100 * med['minus_random_mean']:+.2f} points from the random mean"
-                + ("" if k is None else f" ({k:+.2f} random stds)")
-            )
-        if med["minus_best_hand_designed"] is not None:
-            parts.append(
-                f"{100 * med['minus_best_hand_designed']:+.2f} points from the best hand-designed"
-            )
-        lines.append(", ".join(parts) + ".")
+        lines.append(_median_line(med, "searched"))
     cons = summary["consensus"]
-    if cons is not None:
-        z = "n/a" if cons["z_score"] is None else f"{cons['z_score']:+.2f}"
+    for c in [] if cons is None else cons["groups"]:
+        z = "n/a" if c["z_score"] is None else f"{c['z_score']:+.2f}"
         hand_part = (
             ""
-            if cons["minus_best_hand_designed"] is None
-            else f", {100 * cons['minus_best_hand_designed']:+.2f} points from the best "
-            "hand-designed"
+            if c["minus_best_hand_designed"] is None
+            else f", {100 * c['minus_best_hand_designed']:+.2f} points from the best hand-designed"
         )
         lines.append(
-            f"Consensus of the {cons['trials']} searches (`{cons['name']}`, decoded from the "
-            f"mean of their distributions): {_pct(cons['mean'])} %, rank {cons['rank']} of "
+            f"Consensus of the {len(c['search_seeds'])} searches with seeds "
+            f"{', '.join(map(str, c['search_seeds']))} (`{c['name']}`, decoded from the mean of "
+            f"their distributions): {_pct(c['mean'])} %, rank {c['rank']} of "
             f"{summary['candidates']}, z = {z} against the random architectures, better than "
-            f"{cons['random_beaten']} of {cons['random_n']} of them{hand_part}."
+            f"{c['random_beaten']} of {c['random_n']} of them{hand_part}."
         )
+    if cons is not None and cons["median"] is not None:
+        lines.append(_median_line(cons["median"], f"consensus architectures (of {cons['size']})"))
     chosen = summary["selected_by_supernet"]
     if chosen is not None:
         lines.append(
@@ -1578,6 +1615,22 @@ def _write_report(
         f"autodeeplab study --config {study.output / 'config.yaml'} --output NEW_FOLDER"
     )
     report.write(study.output, name="study")
+
+
+def _median_line(med: Mapping[str, Any], what: str) -> str:
+    """``Median of the N <what>: ...`` of a :func:`_median_against` record."""
+    parts = [f"Median of the {med['n']} {what}: {_pct(med['mean'])} %"]
+    if med["minus_random_mean"] is not None:
+        k = med["random_stds_above_mean"]
+        parts.append(
+            f"{100 * med['minus_random_mean']:+.2f} points from the random mean"
+            + ("" if k is None else f" ({k:+.2f} random stds)")
+        )
+    if med["minus_best_hand_designed"] is not None:
+        parts.append(
+            f"{100 * med['minus_best_hand_designed']:+.2f} points from the best hand-designed"
+        )
+    return ", ".join(parts) + "."
 
 
 def _search_trials_table(report: Any, rows: Sequence[CandidateResult], ranks: Mapping) -> None:

@@ -567,40 +567,64 @@ def test_study_runs_every_candidate_and_writes_json_markdown_and_figure(tmp_path
     assert strict_json(out / "study.json") == doc
 
 
-def test_study_retrains_the_consensus_of_its_searches(tmp_path):
+def test_study_retrains_the_consensus_of_each_group_of_searches(tmp_path):
     from autodeeplab.consensus import consensus
 
     data = study_data(
         tmp_path,
         layers=None,
         blocks=None,
-        search={**SEARCH, "trials": 2, "consensus": True},
+        search={**SEARCH, "trials": 4, "consensus": True, "consensus_size": 2},
         train_seeds=[0],
     )
-    result = run_study(load(tmp_path, data))
+    run_study(load(tmp_path, data))
     out = tmp_path / "study"
     doc = json.loads((out / "study.json").read_text())
     by_name = {c["name"]: c for c in doc["candidates"]}
-    runs = [out / "search" / f"search-s{s}" for s in (0, 1)]
-    assert by_name[CONSENSUS]["kind"] == "consensus"
-    assert Genotype.from_string(by_name[CONSENSUS]["genotype"]) == consensus(runs).genotype
-    s = doc["summary"]["consensus"]
     means = {c["name"]: c["mean"] for c in doc["candidates"]}
     random = [means["random-0"], means["random-1"]]
-    assert s["trials"] == 2 and s["mean"] == pytest.approx(means[CONSENSUS])
-    assert s["rank"] == 1 + sum(m > means[CONSENSUS] for m in means.values())
-    assert s["random_beaten"] == sum(m < means[CONSENSUS] for m in random)
-    if np.std(random) > 0:
-        z = (means[CONSENSUS] - np.mean(random)) / np.std(random, ddof=1)
-        assert s["z_score"] == pytest.approx(z)
-    # the median of the searched candidates leaves the consensus out
-    assert doc["summary"]["searched_median"]["n"] == 2
-    assert "Consensus of the 2 searches (`search-consensus`" in (out / "study.md").read_text()
-    assert result.ran >= 2
-    # one search trial has no consensus to speak of
-    one = study_data(tmp_path, name="one", search={**SEARCH, "consensus": True})
-    with pytest.raises(ConfigError, match=r"search\.consensus"):
-        run_study(load_study_config(write_study(tmp_path, one, "one.yaml")))
+    s = doc["summary"]["consensus"]
+    assert s["size"] == 2 and [g["name"] for g in s["groups"]] == [
+        f"{CONSENSUS}-g0",
+        f"{CONSENSUS}-g1",
+    ]
+    for group, seeds in zip(s["groups"], ([0, 1], [2, 3]), strict=True):
+        name = group["name"]
+        runs = [out / "search" / f"search-s{k}" for k in seeds]
+        assert by_name[name]["kind"] == "consensus" and group["search_seeds"] == seeds
+        assert Genotype.from_string(by_name[name]["genotype"]) == consensus(runs).genotype
+        assert group["mean"] == pytest.approx(means[name])
+        assert group["rank"] == 1 + sum(m > means[name] for m in means.values())
+        assert group["random_beaten"] == sum(m < means[name] for m in random)
+        if np.std(random) > 0:
+            z = (means[name] - np.mean(random)) / np.std(random, ddof=1)
+            assert group["z_score"] == pytest.approx(z)
+    # the median of the two consensus architectures, apart from the searched median
+    assert s["median"]["n"] == 2
+    assert s["median"]["mean"] == pytest.approx(
+        np.median([means[f"{CONSENSUS}-g{k}"] for k in (0, 1)])
+    )
+    assert doc["summary"]["searched_median"]["n"] == 4
+    md = (out / "study.md").read_text()
+    assert "Consensus of the 2 searches with seeds 2, 3 (`search-consensus-g1`" in md
+    assert "Median of the 2 consensus architectures (of 2)" in md
+
+
+def test_consensus_candidates_are_planned_and_checked(tmp_path):
+    plan = Study(
+        load(tmp_path, study_data(tmp_path, search={**SEARCH, "trials": 3, "consensus": True}))
+    )
+    cons = [c for c in plan.candidates if c.kind == "consensus"]
+    assert [(c.name, c.source["search_seeds"]) for c in cons] == [(CONSENSUS, [0, 1, 2])]
+    for search, message in (
+        ({"consensus": True}, "the consensus of one search trial"),  # one trial
+        ({"trials": 3, "consensus": True, "consensus_size": 2}, "number of trials it divides"),
+        ({"trials": 4, "consensus_size": 2}, "needs search.consensus: true"),
+        ({"trials": 4, "consensus": True, "consensus_size": 1}, "at least 2"),
+    ):
+        data = study_data(tmp_path, name="bad", search={**SEARCH, **search})
+        with pytest.raises(ConfigError, match=message):
+            Study(load(tmp_path, data))
 
 
 def test_a_dints_search_trial_gives_a_multi_path_candidate(tmp_path):
