@@ -780,8 +780,17 @@ def _run_decode(args: argparse.Namespace) -> int:
         if not args.out:
             raise ValueError("--out: give the genotype file to write the consensus to")
         result = consensus(paths)
-        for path, own in zip(paths, result.genotypes, strict=True):
-            print(f"{path}: {own}", file=sys.stderr)
+        late = set(result.unfinished())
+        for i, (path, own) in enumerate(zip(paths, result.genotypes, strict=True)):
+            done, total = result.epochs[i]
+            note = f" (stopped after epoch {done} of {total})" if i in late else ""
+            print(f"{path}: {own}{note}", file=sys.stderr)
+        if late:
+            print(
+                f"warning: {len(late)} of the {result.trials} searches had not finished; the "
+                "consensus takes the distribution each had when its checkpoint was written",
+                file=sys.stderr,
+            )
         cell, layers = result.agreement()
         print(
             f"consensus of {result.trials} searches; each search's own architecture has on "

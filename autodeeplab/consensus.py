@@ -40,6 +40,13 @@ class Consensus:
     """The mean distribution, by the names of :meth:`Relaxation.distribution`."""
     genotypes: tuple[Genotype, ...]
     """Each search's own architecture, in the order given."""
+    epochs: tuple[tuple[int, int], ...] = ()
+    """Each search's finished epochs and the epochs of its config: a search stopped early
+    contributes the distribution it had then."""
+
+    def unfinished(self) -> list[int]:
+        """Indices of the searches whose checkpoint is from before their last epoch."""
+        return [i for i, (done, total) in enumerate(self.epochs) if done < total]
 
     @property
     def trials(self) -> int:
@@ -83,9 +90,11 @@ def consensus(checkpoints: Sequence[str | Path]) -> Consensus:
     if not checkpoints:
         raise ValueError("give at least one search checkpoint")
     paths = [Path(p) / "last.pt" if Path(p).is_dir() else Path(p) for p in checkpoints]
-    dists, genotypes, first = [], [], None
+    dists, genotypes, epochs, first = [], [], [], None
     for path in paths:
-        relaxation, dist = checkpoint_distribution(load_checkpoint(path), path)
+        state = load_checkpoint(path)
+        relaxation, dist = checkpoint_distribution(state, path)
+        epochs.append((int(state.get("epoch", 0)), int(state["config"].get("epochs", 0))))
         if first is None:
             first = (path, relaxation, dist)
         else:
@@ -94,7 +103,7 @@ def consensus(checkpoints: Sequence[str | Path]) -> Consensus:
         genotypes.append(relaxation.decode_distribution(dist))
     assert first is not None
     mean = {k: np.mean([d[k] for d in dists], axis=0) for k in first[2]}
-    return Consensus(first[1].decode_distribution(mean), mean, tuple(genotypes))
+    return Consensus(first[1].decode_distribution(mean), mean, tuple(genotypes), tuple(epochs))
 
 
 def _check_compatible(first: tuple, other: tuple) -> None:

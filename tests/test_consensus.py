@@ -35,7 +35,13 @@ def search_config(layers: int = 3, blocks: int = 2, *extra: str):
 def write_search(path, params: dict, cfg=None, **state) -> str:
     """A search checkpoint holding ``params`` (architecture tensors by name) and ``cfg``."""
     cfg = cfg or search_config()
-    body = {"format_version": 2, "kind": "search", "config": to_dict(cfg), "model": params}
+    body = {
+        "format_version": 2,
+        "kind": "search",
+        "config": to_dict(cfg),
+        "model": params,
+        "epoch": cfg.epochs,  # finished
+    }
     torch.save({**body, **state}, path)
     return str(path)
 
@@ -236,7 +242,14 @@ def test_decode_command_writes_the_consensus_of_several_checkpoints(tmp_path, ca
     captured = capsys.readouterr()
     assert Genotype.load(out) == consensus(runs).genotype
     assert str(Genotype.load(out)) in captured.out
-    assert "consensus of 3 searches" in captured.err
+    assert "consensus of 3 searches" in captured.err and "warning" not in captured.err
+    # a search stopped early is named, and still counted
+    write_search(tmp_path / "run2" / "last.pt", random_params(cfg, 2), cfg, epoch=1)
+    assert consensus(runs).unfinished() == [2]
+    assert main(["decode", *runs, "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"(stopped after epoch 1 of {cfg.epochs})" in err
+    assert "warning: 1 of the 3 searches had not finished" in err
     assert main(["decode", *runs]) == 2
     assert "--out" in capsys.readouterr().err
     # one checkpoint: its own genotype, as before
