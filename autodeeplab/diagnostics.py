@@ -295,8 +295,7 @@ def noise_warning(epochs: Sequence[Mapping[str, Any]]) -> str | None:
         "differences between logits and on the relaxation's own leanings: check how many "
         "epochs it held (summary.json, convergence) and whether it beats random "
         "architectures (autodeeplab study). More architecture samples help against noise "
-        "(more images per epoch, more epochs, or searches with other seeds and their "
-        "consensus: autodeeplab decode RUN RUN ... --out FILE), perturbation-based selection "
+        "(more images per epoch, more epochs), perturbation-based selection "
         "(selection.name=perturbation) against a balanced mixture; a larger arch_lr helps "
         "against neither"
     )
