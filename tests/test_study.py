@@ -326,6 +326,28 @@ def test_statistics_match_hand_computation():
         "rank": 9,
         "z_score": pytest.approx(-0.24 / rand_sd),
     }
+    assert s["consensus"] is None
+    # two consensus candidates (means 0.42 and 0.22): each against the random ones, and their
+    # median 0.32; the searched median stays that of the searched candidates
+    groups = [
+        dataclasses.replace(
+            planted(f"search-consensus-g{k}", "consensus", values), source={"search_seeds": seeds}
+        )
+        for k, (values, seeds) in enumerate((([0.41, 0.43], [0, 1]), ([0.22, 0.22], [2, 3])))
+    ]
+    c = summarize(rows + groups)
+    assert c["searched_median"]["mean"] == pytest.approx(0.255)
+    g0, g1 = c["consensus"]["groups"]
+    assert c["consensus"]["size"] == 2 and g1["search_seeds"] == [2, 3]
+    assert g0["rank"] == 4 and g1["rank"] == 8  # behind .60 .50 .45 / and .42 .40 .35 .30
+    assert g0["z_score"] == pytest.approx(0.12 / rand_sd) and g0["random_beaten"] == 4
+    assert g1["z_score"] == pytest.approx(-0.08 / rand_sd) and g1["random_beaten"] == 2
+    assert g0["minus_best_hand_designed"] == pytest.approx(0.42 - 0.6)
+    med = c["consensus"]["median"]
+    assert med["n"] == 2 and med["mean"] == pytest.approx(0.32)
+    assert med["random_stds_above_mean"] == pytest.approx(0.02 / rand_sd)
+    assert med["minus_best_hand_designed"] == pytest.approx(0.32 - 0.6)
+    assert summarize(rows + groups[:1])["consensus"]["median"] is None  # one: no median
     # without supernet scores (or searched candidates) there is nothing to select
     bare = summarize([dataclasses.replace(r, supernet_miou=None) for r in rows])
     assert bare["selected_by_supernet"] is None
@@ -411,6 +433,8 @@ def test_study_figure_marks_the_kinds_and_merges_candidates_of_one_architecture(
         planted("search-s0", "searched", [0.35, 0.45], params=2_500_000),
         planted("hand-a", "hand-designed", [0.3, 0.3], params=1_500_000),
     ]
+    cons = planted("search-consensus", "consensus", [0.5, 0.5], params=1_800_000)
+    rows.append(CandidateResult(**{**cons.__dict__, "source": {"search_seeds": [0, 1]}}))
     twin = planted("hand-b", "hand-designed", [0.35, 0.45], params=2_500_000)
     rows.append(CandidateResult(**{**twin.__dict__, "same_as": "search-s0"}))
     fig = draw_study(rows, summarize(rows), (64, 64))
@@ -419,11 +443,11 @@ def test_study_figure_marks_the_kinds_and_merges_candidates_of_one_architecture(
     assert right.get_xlabel() == "Multi-Adds at 64x64 (M)"  # 10x params: 15..30M
     for ax in (left, right):
         labels = sorted(t.get_text() for t in ax.texts)
-        assert labels == ["a", "search-s0 = b"]  # random points unnamed, twins share one
+        assert labels == ["a", "search-consensus", "search-s0 = b"]  # random points unnamed
         markers = Counter(
             line.get_marker() for line in ax.lines for _ in line.get_xdata()
         )  # error-bar caps are the "_" markers, two per point
-        assert {m: markers[m] for m in "o*sD"} == {"o": 2, "*": 1, "s": 1, "D": 0}
+        assert {m: markers[m] for m in "o*sDP"} == {"o": 2, "*": 1, "s": 1, "D": 0, "P": 1}
         (band,) = [p for p in ax.patches if p.get_label() == "random mean ± std"]
         y = (band.get_y(), band.get_y() + band.get_height())
         sd = math.sqrt(2 * 0.1**2)  # random means 0.25 and 0.45
