@@ -29,6 +29,7 @@ import numpy as np
 
 from autodeeplab.checkpoint import load_checkpoint
 from autodeeplab.genotype import Genotype
+from autodeeplab.relaxation import Relaxation
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,11 @@ def consensus(checkpoints: Sequence[str | Path]) -> Consensus:
     return Consensus(first[1].decode_distribution(mean), mean, tuple(genotypes), tuple(epochs))
 
 
-def _check_compatible(first: tuple, other: tuple) -> None:
+_Search = tuple[Path, Relaxation, dict[str, np.ndarray]]
+"""A checkpoint's path, relaxation and distribution."""
+
+
+def _check_compatible(first: _Search, other: _Search) -> None:
     (p0, r0, d0), (p1, r1, d1) = first, other
     if r0.space != r1.space:
         raise ValueError(

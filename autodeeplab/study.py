@@ -76,9 +76,9 @@ from autodeeplab.sample import LARGEST_BY
 
 FORMAT_VERSION = 1
 KINDS: tuple[str, ...] = ("searched", "consensus", "random", "hand-designed", "file")
+"""Candidate kinds, in the order candidates are listed before sorting."""
 CONSENSUS = "search-consensus"
 """Name of the candidate decoded from the mean distribution of the search trials."""
-"""Candidate kinds, in the order candidates are listed before sorting."""
 
 # A subset of the engines' runtime keys: epochs, max_steps, eval_interval and max_eval_samples
 # may change when a single run is resumed, but they change what a study trial reports.
@@ -1203,17 +1203,7 @@ def summarize(results: Sequence[CandidateResult]) -> dict[str, Any]:
             else None
         ),
         "searched": [
-            {
-                "name": r.name,
-                "mean": r.mean,
-                "std": r.std,
-                "rank": rank_of[r.name],
-                "z_score": z_score(r.mean, random_means),
-                "random_beaten": sum(m < r.mean for m in finite_random),
-                "random_n": len(random_means),
-            }
-            for r in results
-            if r.kind == "searched"
+            _against_random(r, rank_of, random_means) for r in results if r.kind == "searched"
         ],
         # each training run once: a candidate that shares another's runs adds nothing new
         "seed_noise": pooled_std([r.miou for r in results if r.same_as is None]),
@@ -1254,6 +1244,22 @@ def summarize(results: Sequence[CandidateResult]) -> dict[str, Any]:
     return summary
 
 
+def _against_random(
+    r: CandidateResult, ranks: Mapping[str, int], random_means: Sequence[float]
+) -> dict[str, Any]:
+    """A candidate's mean, std and rank, its z-score against the random candidates' means and
+    how many of them (the finite ones) it beats."""
+    return {
+        "name": r.name,
+        "mean": r.mean,
+        "std": r.std,
+        "rank": ranks[r.name],
+        "z_score": z_score(r.mean, random_means),
+        "random_beaten": sum(m < r.mean for m in random_means if math.isfinite(m)),
+        "random_n": len(random_means),
+    }
+
+
 def _consensus_summary(
     results: Sequence[CandidateResult], summary: Mapping[str, Any]
 ) -> dict[str, Any] | None:
@@ -1266,14 +1272,8 @@ def _consensus_summary(
     hand = summary["best_hand_designed"]
     groups = [
         {
-            "name": r.name,
+            **_against_random(r, summary["ranks"], random_means),
             "search_seeds": list(r.source["search_seeds"]),
-            "mean": r.mean,
-            "std": r.std,
-            "rank": summary["ranks"][r.name],
-            "z_score": z_score(r.mean, random_means),
-            "random_beaten": sum(m < r.mean for m in random_means if math.isfinite(m)),
-            "random_n": len(random_means),
             "minus_best_hand_designed": None if hand is None else r.mean - hand["mean"],
         }
         for r in cons
