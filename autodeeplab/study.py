@@ -145,12 +145,13 @@ class StudySearchConfig:
     consensus: bool = False
     """Also retrain ``search-consensus``, the architecture decoded from the mean of the
     trials' final distributions (:mod:`autodeeplab.consensus`); needs two trials or more."""
-    consensus_size: int | None = None
-    """Searches per consensus: the trials, in the order of their seeds, form groups of this
-    many, and the consensus of each group is retrained (``search-consensus-g0``, ``-g1``,
-    ...), which measures "the consensus of that many searches" as a search method of its own;
-    null = one consensus of all trials. Needs ``consensus: true``, at least 2, and a number of
-    trials it divides."""
+    group_size: int | None = None
+    """Searches per replicate of the method: the trials, in the order of their seeds, form
+    groups of this many, each one run of "search k times, keep one architecture". The summary
+    then gives, per group, the trial its supernet mIoU selects (the paper's rule, no retraining
+    needed) and, with ``consensus: true``, retrains each group's consensus
+    (``search-consensus-g0``, ``-g1``, ...), with the median of each rule over the groups;
+    null = one group of all trials. At least 2, and a number of trials it divides."""
 
 
 @dataclass
@@ -338,12 +339,11 @@ class Study:
                 "search.consensus: the consensus of one search trial is that trial's own "
                 "architecture; give two trials or more"
             )
-        k = s.consensus_size
-        if k is not None and (not s.consensus or k < 2 or len(seeds) % k):
+        k = s.group_size
+        if k is not None and (k < 2 or len(seeds) % k):
             raise ConfigError(
-                f"search.consensus_size = {k}: needs search.consensus: true, at least 2 "
-                f"searches per consensus, and a number of trials it divides ({len(seeds)} "
-                "trials)"
+                f"search.group_size = {k}: needs at least 2 searches per group and a number "
+                f"of trials it divides ({len(seeds)} trials)"
             )
         return seeds
 
@@ -553,14 +553,20 @@ class Study:
             out.append(Candidate(c.name, c.kind, g, c.source))
         return out
 
+    def search_groups(self) -> list[list[int]]:
+        """The search seeds of every group of trials (``search.group_size``; one group of all
+        trials when it is null, none without search trials)."""
+        seeds = list(self.search_seeds)
+        s = self.cfg.search
+        if s is None or not seeds:
+            return []
+        k = s.group_size or len(seeds)
+        return [seeds[i : i + k] for i in range(0, len(seeds), k)]
+
     def consensus_groups(self) -> list[list[int]]:
         """The search seeds of every consensus candidate (none without ``search.consensus``)."""
         s = self.cfg.search
-        if s is None or not s.consensus:
-            return []
-        seeds = list(self.search_seeds)
-        k = s.consensus_size or len(seeds)
-        return [seeds[i : i + k] for i in range(0, len(seeds), k)]
+        return self.search_groups() if s is not None and s.consensus else []
 
     def consensus(self, searches: Sequence[Trial]) -> dict[str, Genotype]:
         """The genotype of every consensus candidate, by name, from the finished search trials."""
@@ -1179,9 +1185,13 @@ class CandidateResult:
         return mean_std(self.miou)[1]
 
 
-def summarize(results: Sequence[CandidateResult]) -> dict[str, Any]:
+def summarize(
+    results: Sequence[CandidateResult], groups: Sequence[Sequence[int]] = ()
+) -> dict[str, Any]:
     """Ranks, the random distribution, each searched candidate against it, the training-seed
-    noise and the best hand-designed candidate (every mIoU as a fraction, 0..1)."""
+    noise and the best hand-designed candidate (every mIoU as a fraction, 0..1). ``groups``:
+    the search seeds of each group of trials (:meth:`Study.search_groups`), each one replicate
+    of choosing one of its trials by supernet mIoU."""
     means = [r.mean for r in results]
     ranks = competition_ranks(means)
     rank_of = {r.name: k for r, k in zip(results, ranks, strict=True)}
@@ -1235,6 +1245,7 @@ def summarize(results: Sequence[CandidateResult]) -> dict[str, Any]:
             "z_score": z_score(chosen.mean, random_means),
         }
     )
+    summary["selected_by_supernet_groups"] = _selected_groups_summary(results, summary, groups)
     summary["consensus"] = _consensus_summary(results, summary)
     finite = [r for r in results if math.isfinite(r.mean)]
     best = max(finite, key=lambda r: r.mean, default=None)
@@ -1260,29 +1271,74 @@ def _against_random(
     }
 
 
+def _group_record(
+    r: CandidateResult,
+    summary: Mapping[str, Any],
+    seeds: Sequence[int],
+    random_means: Sequence[float],
+) -> dict[str, Any]:
+    """The architecture a group of search trials (``seeds``) delivered, against the random
+    architectures and the best hand-designed candidate."""
+    hand = summary["best_hand_designed"]
+    return {
+        **_against_random(r, summary["ranks"], random_means),
+        "search_seeds": list(seeds),
+        "minus_best_hand_designed": None if hand is None else r.mean - hand["mean"],
+    }
+
+
+def _groups_summary(
+    chosen: Sequence[tuple[CandidateResult, Sequence[int], dict[str, Any]]],
+    results: Sequence[CandidateResult],
+    summary: Mapping[str, Any],
+) -> dict[str, Any] | None:
+    """Per group, its architecture's record (plus ``extra``), and with several groups the
+    median of their architectures against the bar (None without groups)."""
+    if not chosen:
+        return None
+    random_means = [x.mean for x in results if x.kind == "random"]
+    return {
+        "size": len(chosen[0][1]),
+        "groups": [
+            {**_group_record(r, summary, seeds, random_means), **extra}
+            for r, seeds, extra in chosen
+        ],
+        "median": _median_against([r for r, _, _ in chosen], summary) if len(chosen) > 1 else None,
+    }
+
+
+def _selected_groups_summary(
+    results: Sequence[CandidateResult],
+    summary: Mapping[str, Any],
+    groups: Sequence[Sequence[int]],
+) -> dict[str, Any] | None:
+    """The paper's rule as a method, replicated: in each of several groups of search trials, the
+    trial with the best supernet mIoU (None with fewer than two groups, or a group without
+    supernet scores)."""
+    if len(groups) < 2:
+        return None
+    searched = {
+        r.source["search_seed"]: r
+        for r in results
+        if r.kind == "searched" and r.supernet_miou is not None
+    }
+    chosen = []
+    for seeds in groups:
+        scored = [searched[s] for s in seeds if s in searched]
+        if not scored:
+            return None
+        best = max(scored, key=lambda r: r.supernet_miou or 0.0)
+        chosen.append((best, seeds, {"supernet_mIoU": best.supernet_miou}))
+    return _groups_summary(chosen, results, summary)
+
+
 def _consensus_summary(
     results: Sequence[CandidateResult], summary: Mapping[str, Any]
 ) -> dict[str, Any] | None:
     """Every consensus candidate against the random architectures and the best hand-designed
     candidate, and (several of them) their median (None without consensus candidates)."""
     cons = [r for r in results if r.kind == "consensus"]
-    if not cons:
-        return None
-    random_means = [x.mean for x in results if x.kind == "random"]
-    hand = summary["best_hand_designed"]
-    groups = [
-        {
-            **_against_random(r, summary["ranks"], random_means),
-            "search_seeds": list(r.source["search_seeds"]),
-            "minus_best_hand_designed": None if hand is None else r.mean - hand["mean"],
-        }
-        for r in cons
-    ]
-    return {
-        "size": len(groups[0]["search_seeds"]),
-        "groups": groups,
-        "median": _median_against(cons, summary) if len(cons) > 1 else None,
-    }
+    return _groups_summary([(r, r.source["search_seeds"], {}) for r in cons], results, summary)
 
 
 def _searched_median(
@@ -1516,23 +1572,16 @@ def _write_report(
     med = summary["searched_median"]
     if med is not None:
         lines.append(_median_line(med, "searched"))
-    cons = summary["consensus"]
-    for c in [] if cons is None else cons["groups"]:
-        z = "n/a" if c["z_score"] is None else f"{c['z_score']:+.2f}"
-        hand_part = (
-            ""
-            if c["minus_best_hand_designed"] is None
-            else f", {100 * c['minus_best_hand_designed']:+.2f} points from the best hand-designed"
-        )
-        lines.append(
+    lines += _groups_lines(
+        summary["consensus"],
+        summary,
+        lambda c: (
             f"Consensus of the {len(c['search_seeds'])} searches with seeds "
             f"{', '.join(map(str, c['search_seeds']))} (`{c['name']}`, decoded from the mean of "
-            f"their distributions): {_pct(c['mean'])} %, rank {c['rank']} of "
-            f"{summary['candidates']}, z = {z} against the random architectures, better than "
-            f"{c['random_beaten']} of {c['random_n']} of them{hand_part}."
-        )
-    if cons is not None and cons["median"] is not None:
-        lines.append(_median_line(cons["median"], f"consensus architectures (of {cons['size']})"))
+            "their distributions)"
+        ),
+        "consensus architectures (of {size})",
+    )
     chosen = summary["selected_by_supernet"]
     if chosen is not None:
         lines.append(
@@ -1540,6 +1589,16 @@ def _write_report(
             f"`{chosen['name']}` (supernet {_pct(chosen['supernet_mIoU'])} %), "
             f"{_pct(chosen['mean'])} % retrained, rank {chosen['rank']}."
         )
+    lines += _groups_lines(
+        summary["selected_by_supernet_groups"],
+        summary,
+        lambda c: (
+            f"Selected by supernet mIoU among the {len(c['search_seeds'])} searches with seeds "
+            f"{', '.join(map(str, c['search_seeds']))}: `{c['name']}` (supernet "
+            f"{_pct(c['supernet_mIoU'])} %)"
+        ),
+        "architectures selected by supernet mIoU (one per {size} searches)",
+    )
     per_seed = ", ".join(f"seed {k} {_pct(v)} %" for k, v in summary["seed_means"].items())
     lines.append(
         f"Training-seed noise (pooled within-candidate std): {_pct(summary['seed_noise'])} %. "
@@ -1615,6 +1674,34 @@ def _write_report(
         f"autodeeplab study --config {study.output / 'config.yaml'} --output NEW_FOLDER"
     )
     report.write(study.output, name="study")
+
+
+def _groups_lines(
+    record: Mapping[str, Any] | None,
+    summary: Mapping[str, Any],
+    describe: Callable[[Mapping[str, Any]], str],
+    what: str,
+) -> list[str]:
+    """A line per group of a :func:`_groups_summary` record (``describe`` names the group's
+    architecture), and the line of their median (``what``, formatted with the group size)."""
+    if record is None:
+        return []
+    lines = []
+    for c in record["groups"]:
+        z = "n/a" if c["z_score"] is None else f"{c['z_score']:+.2f}"
+        hand = (
+            ""
+            if c["minus_best_hand_designed"] is None
+            else f", {100 * c['minus_best_hand_designed']:+.2f} points from the best hand-designed"
+        )
+        lines.append(
+            f"{describe(c)}: {_pct(c['mean'])} %, rank {c['rank']} of {summary['candidates']}, "
+            f"z = {z} against the random architectures, better than {c['random_beaten']} of "
+            f"{c['random_n']} of them{hand}."
+        )
+    if record["median"] is not None:
+        lines.append(_median_line(record["median"], what.format(size=record["size"])))
+    return lines
 
 
 def _median_line(med: Mapping[str, Any], what: str) -> str:
@@ -1778,7 +1865,7 @@ def write_outputs(study: Study, results: Sequence[CandidateResult]) -> dict[str,
     """``study.json``, ``study.png``, ``study.md`` and ``study.html``; returns the summary."""
     from autodeeplab.draw import save_figure
 
-    summary = summarize(results)
+    summary = summarize(results, study.search_groups())
     protocol = _protocol(study)
     ranks = summary["ranks"]
     document = {

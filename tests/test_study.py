@@ -354,6 +354,52 @@ def test_statistics_match_hand_computation():
     assert summarize(rows[:5])["searched_median"] is None
 
 
+def test_selection_by_supernet_per_group_of_searches_against_hand_computation():
+    # random means 0.10 .. 0.50 as above (mean 0.30); best hand-designed 0.35
+    rows = [
+        planted(f"random-{i}", "random", [m, m]) for i, m in enumerate([0.1, 0.2, 0.3, 0.4, 0.5])
+    ]
+    rows.append(planted("hand-a", "hand-designed", [0.35, 0.35]))
+    # (seed, retrained mean, supernet mIoU); groups {0, 1}, {2, 3}, {4, 5}: the rule picks
+    # seed 1 (0.12 > 0.10), seed 2 (0.30 > 0.25) and seed 5 (0.20 > 0.19); the best retrained
+    # trial of each group (0.45, 0.40, 0.33) is not what it picks in the first two
+    trials = [(0, 0.45, 0.10), (1, 0.15, 0.12), (2, 0.38, 0.30), (3, 0.40, 0.25)]
+    trials += [(4, 0.33, 0.19), (5, 0.25, 0.20)]
+    rows += [
+        dataclasses.replace(
+            planted(f"search-s{k}", "searched", [m, m], supernet=sn), source={"search_seed": k}
+        )
+        for k, m, sn in trials
+    ]
+    rand_sd = math.sqrt((0.2**2 + 0.1**2 + 0 + 0.1**2 + 0.2**2) / 4)
+    s = summarize(rows, [[0, 1], [2, 3], [4, 5]])
+    sel = s["selected_by_supernet_groups"]
+    assert sel["size"] == 2
+    assert [g["name"] for g in sel["groups"]] == ["search-s1", "search-s2", "search-s5"]
+    assert [g["search_seeds"] for g in sel["groups"]] == [[0, 1], [2, 3], [4, 5]]
+    assert [g["supernet_mIoU"] for g in sel["groups"]] == [0.12, 0.30, 0.20]
+    g0, g1, g2 = sel["groups"]
+    # order of means: .50 .45 .40 .40 .38 .35 .33 .30 .25 .20 .15 .10
+    assert (g0["rank"], g1["rank"], g2["rank"]) == (11, 5, 9)
+    assert g1["z_score"] == pytest.approx(0.08 / rand_sd) and g1["random_beaten"] == 3
+    assert g0["minus_best_hand_designed"] == pytest.approx(0.15 - 0.35)
+    # the median of 0.15, 0.38, 0.25
+    med = sel["median"]
+    assert med["n"] == 3 and med["mean"] == pytest.approx(0.25)
+    assert med["random_stds_above_mean"] == pytest.approx(-0.05 / rand_sd)
+    assert med["minus_best_hand_designed"] == pytest.approx(0.25 - 0.35)
+    # the overall rule still picks among all six
+    assert s["selected_by_supernet"]["name"] == "search-s2"
+    # one group (or none) is no replicate; a group without any supernet score selects nothing
+    assert summarize(rows, [[0, 1, 2, 3, 4, 5]])["selected_by_supernet_groups"] is None
+    assert summarize(rows)["selected_by_supernet_groups"] is None
+    unscored = [
+        dataclasses.replace(r, supernet_miou=None) if r.name in ("search-s4", "search-s5") else r
+        for r in rows
+    ]
+    assert summarize(unscored, [[0, 1], [2, 3], [4, 5]])["selected_by_supernet_groups"] is None
+
+
 def test_architecture_signal_against_hand_computation_and_a_regression():
     # the six random architectures of the README's first synthetic study (mIoU %, 2 seeds)
     runs = [[20.97, 21.12], [20.88, 20.19], [19.94, 19.84], [18.40, 19.03], [15.98, 20.55]]
@@ -598,7 +644,7 @@ def test_study_retrains_the_consensus_of_each_group_of_searches(tmp_path):
         tmp_path,
         layers=None,
         blocks=None,
-        search={**SEARCH, "trials": 4, "consensus": True, "consensus_size": 2},
+        search={**SEARCH, "trials": 4, "consensus": True, "group_size": 2},
         train_seeds=[0],
     )
     run_study(load(tmp_path, data))
@@ -632,6 +678,24 @@ def test_study_retrains_the_consensus_of_each_group_of_searches(tmp_path):
     md = (out / "study.md").read_text()
     assert "Consensus of the 2 searches with seeds 2, 3 (`search-consensus-g1`" in md
     assert "Median of the 2 consensus architectures (of 2)" in md
+    # per group, the trial whose search run's summary reports the best supernet mIoU
+    selected = doc["summary"]["selected_by_supernet_groups"]
+    for group, seeds in zip(selected["groups"], ([0, 1], [2, 3]), strict=True):
+        scores = {
+            k: json.loads((out / "search" / f"search-s{k}" / "summary.json").read_text())[
+                "supernet_mIoU"
+            ]
+            for k in seeds
+        }
+        best = max(seeds, key=lambda k: scores[k])
+        assert group["name"] == f"search-s{best}" and group["search_seeds"] == seeds
+        assert group["supernet_mIoU"] == pytest.approx(scores[best])
+        assert group["mean"] == pytest.approx(means[group["name"]])
+    assert selected["median"]["mean"] == pytest.approx(
+        np.median([g["mean"] for g in selected["groups"]])
+    )
+    assert "Selected by supernet mIoU among the 2 searches with seeds 0, 1: `search-s" in md
+    assert "architectures selected by supernet mIoU (one per 2 searches)" in md
 
 
 def test_consensus_candidates_are_planned_and_checked(tmp_path):
@@ -640,11 +704,21 @@ def test_consensus_candidates_are_planned_and_checked(tmp_path):
     )
     cons = [c for c in plan.candidates if c.kind == "consensus"]
     assert [(c.name, c.source["search_seeds"]) for c in cons] == [(CONSENSUS, [0, 1, 2])]
+    # groups without the consensus: only the summary's per-group selection, no new candidate
+    grouped = Study(
+        load(
+            tmp_path,
+            study_data(tmp_path, name="g", search={**SEARCH, "trials": 4, "group_size": 2}),
+        )
+    )
+    assert grouped.search_groups() == [[0, 1], [2, 3]] and grouped.consensus_groups() == []
+    assert not [c for c in grouped.candidates if c.kind == "consensus"]
+    assert plan.search_groups() == [[0, 1, 2]]
     for search, message in (
         ({"consensus": True}, "the consensus of one search trial"),  # one trial
-        ({"trials": 3, "consensus": True, "consensus_size": 2}, "number of trials it divides"),
-        ({"trials": 4, "consensus_size": 2}, "needs search.consensus: true"),
-        ({"trials": 4, "consensus": True, "consensus_size": 1}, "at least 2"),
+        ({"trials": 3, "consensus": True, "group_size": 2}, "number of trials it divides"),
+        ({"trials": 3, "group_size": 2}, "number of trials it divides"),
+        ({"trials": 4, "consensus": True, "group_size": 1}, "at least 2"),
     ):
         data = study_data(tmp_path, name="bad", search={**SEARCH, **search})
         with pytest.raises(ConfigError, match=message):
