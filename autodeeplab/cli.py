@@ -749,7 +749,8 @@ def _add_decode(sub: argparse._SubParsersAction) -> None:
         "searched with (its config): a single path for the paper's relaxation, a multi-path "
         "topology (genotype format 2) for relaxation.name=dints. Given several checkpoints of "
         "one search space (e.g. the same search with different seeds), decode their consensus: "
-        "the architecture of the mean of their distributions (docs/search.md).",
+        "the architecture of the mean of their distributions, or with --select supernet keep "
+        "the search whose supernet scored best, the paper's rule (docs/search.md).",
     )
     p.add_argument(
         "checkpoint",
@@ -760,6 +761,13 @@ def _add_decode(sub: argparse._SubParsersAction) -> None:
         "--out",
         help="genotype JSON to write (default for one checkpoint: <checkpoint>.genotype.json "
         "beside it; required for several)",
+    )
+    p.add_argument(
+        "--select",
+        choices=("consensus", "supernet"),
+        default="consensus",
+        help="several checkpoints: decode their consensus (default), or keep the architecture "
+        "of the search with the best supernet mIoU at its last evaluation",
     )
     p.set_defaults(func=_run_decode)
 
@@ -775,29 +783,38 @@ def _run_decode(args: argparse.Namespace) -> int:
         genotype = checkpoint_genotype(load_checkpoint(paths[0]), paths[0])
         out = Path(args.out) if args.out else paths[0].with_suffix(".genotype.json")
     else:
-        from autodeeplab.consensus import consensus
+        from autodeeplab.consensus import consensus, select_by_supernet
 
         if not args.out:
-            raise ValueError("--out: give the genotype file to write the consensus to")
-        result = consensus(paths)
+            raise ValueError(f"--out: give the genotype file to write the {args.select} to")
+        result = select_by_supernet(paths) if args.select == "supernet" else consensus(paths)
         late = set(result.unfinished())
         for i, (path, own) in enumerate(zip(paths, result.genotypes, strict=True)):
             done, total = result.epochs[i]
             note = f" (stopped after epoch {done} of {total})" if i in late else ""
+            if args.select == "supernet":
+                score = result.supernet_miou[i]
+                chosen = " <- selected" if i == result.index else ""
+                note += f" supernet mIoU {'-' if score is None else f'{100 * score:.2f} %'}{chosen}"
             print(f"{path}: {own}{note}", file=sys.stderr)
         if late:
+            what = (
+                "the selection compares the supernet of each at its last evaluation"
+                if args.select == "supernet"
+                else "the consensus takes the distribution each had when its checkpoint was written"
+            )
             print(
-                f"warning: {len(late)} of the {result.trials} searches had not finished; the "
-                "consensus takes the distribution each had when its checkpoint was written",
+                f"warning: {len(late)} of the {result.trials} searches had not finished; {what}",
                 file=sys.stderr,
             )
-        cell, layers = result.agreement()
-        print(
-            f"consensus of {result.trials} searches; each search's own architecture has on "
-            f"average {100 * cell:.0f} % of its cell's branches and {100 * layers:.0f} % of its "
-            "path's layers",
-            file=sys.stderr,
-        )
+        if args.select == "consensus":
+            cell, layers = result.agreement()
+            print(
+                f"consensus of {result.trials} searches; each search's own architecture has on "
+                f"average {100 * cell:.0f} % of its cell's branches and {100 * layers:.0f} % of "
+                "its path's layers",
+                file=sys.stderr,
+            )
         genotype, out = result.genotype, Path(args.out)
     genotype.save(out)
     print(genotype)

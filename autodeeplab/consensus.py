@@ -17,6 +17,10 @@ its projected op weights, one-hot on the operations it chose: it votes with its 
 The consensus of one search is that search's own architecture. Searches of different spaces
 (layers, blocks, operations, images or volumes) or relaxations with different distributions
 (a single path and a DiNTS topology) have no common mean and are refused.
+
+:func:`select_by_supernet` is the paper's rule for the same checkpoints: keep the search whose
+supernet scored best (the mIoU of its last evaluation on the validation split). Its
+scores only compare when every search was evaluated on the same data, which it checks.
 """
 
 from __future__ import annotations
@@ -32,8 +36,24 @@ from autodeeplab.genotype import Genotype
 from autodeeplab.relaxation import Relaxation
 
 
+class _Trials:
+    """What :class:`Consensus` and :class:`Selection` share: each search's own architecture and
+    how far it got."""
+
+    genotypes: tuple[Genotype, ...]
+    epochs: tuple[tuple[int, int], ...]
+
+    def unfinished(self) -> list[int]:
+        """Indices of the searches whose checkpoint is from before their last epoch."""
+        return [i for i, (done, total) in enumerate(self.epochs) if done < total]
+
+    @property
+    def trials(self) -> int:
+        return len(self.genotypes)
+
+
 @dataclass(frozen=True)
-class Consensus:
+class Consensus(_Trials):
     """The consensus architecture of ``trials`` search checkpoints and what it was decoded from."""
 
     genotype: Genotype
@@ -44,14 +64,6 @@ class Consensus:
     epochs: tuple[tuple[int, int], ...] = ()
     """Each search's finished epochs and the epochs of its config: a search stopped early
     contributes the distribution it had then."""
-
-    def unfinished(self) -> list[int]:
-        """Indices of the searches whose checkpoint is from before their last epoch."""
-        return [i for i, (done, total) in enumerate(self.epochs) if done < total]
-
-    @property
-    def trials(self) -> int:
-        return len(self.genotypes)
 
     def agreement(self) -> tuple[float, float]:
         """Shares of the consensus cell's branches (input and operation of a block) and of its
@@ -82,29 +94,109 @@ def _layers(genotype: Genotype) -> list[object]:
     return [frozenset(layer) for layer in genotype.topology.layers]
 
 
-def consensus(checkpoints: Sequence[str | Path]) -> Consensus:
-    """The consensus of the search checkpoints (``last.pt`` files or run folders holding one),
-    read without executing code from them. Raises ``ValueError`` naming the file that does not
-    fit: not a search checkpoint, another space, another kind of distribution."""
+@dataclass(frozen=True)
+class Selection(_Trials):
+    """The search the paper's rule keeps among ``trials`` search checkpoints."""
+
+    index: int
+    """The chosen search, in the order given."""
+    genotype: Genotype
+    """Its architecture."""
+    supernet_miou: tuple[float | None, ...]
+    """Each search's supernet mIoU at its last evaluation (None: never evaluated)."""
+    genotypes: tuple[Genotype, ...]
+    """Each search's own architecture, in the order given."""
+    epochs: tuple[tuple[int, int], ...] = ()
+    """Each search's finished epochs and the epochs of its config."""
+
+
+@dataclass(frozen=True)
+class _Read:
+    """One search checkpoint, read."""
+
+    path: Path
+    relaxation: Relaxation
+    distribution: dict[str, np.ndarray]
+    epochs: tuple[int, int]
+    supernet_miou: float | None
+    evaluation: dict[str, object]
+    """The data keys its supernet mIoU depends on."""
+
+
+_EVALUATION_KEYS = ("name", "root", "eval_split", "eval_size", "max_eval_samples", "options")
+
+
+def _read(checkpoints: Sequence[str | Path]) -> list[_Read]:
+    """Every checkpoint (a ``last.pt`` or a run folder holding one), read without executing
+    code from it; all of one space and kind of distribution (else ``ValueError`` naming the
+    file)."""
     from autodeeplab.search_model import checkpoint_distribution
 
     if not checkpoints:
         raise ValueError("give at least one search checkpoint")
-    paths = [Path(p) / "last.pt" if Path(p).is_dir() else Path(p) for p in checkpoints]
-    dists, genotypes, epochs, first = [], [], [], None
-    for path in paths:
+    out: list[_Read] = []
+    for c in checkpoints:
+        path = Path(c) / "last.pt" if Path(c).is_dir() else Path(c)
         state = load_checkpoint(path)
         relaxation, dist = checkpoint_distribution(state, path)
-        epochs.append((int(state.get("epoch", 0)), int(state["config"].get("epochs", 0))))
-        if first is None:
-            first = (path, relaxation, dist)
-        else:
-            _check_compatible(first, (path, relaxation, dist))
-        dists.append(dist)
-        genotypes.append(relaxation.decode_distribution(dist))
-    assert first is not None
-    mean = {k: np.mean([d[k] for d in dists], axis=0) for k in first[2]}
-    return Consensus(first[1].decode_distribution(mean), mean, tuple(genotypes), tuple(epochs))
+        config = state["config"]
+        scores = [h["mIoU"] for h in state.get("history", ()) if h.get("mIoU") is not None]
+        data = config.get("data", {})
+        read = _Read(
+            path,
+            relaxation,
+            dist,
+            (int(state.get("epoch", 0)), int(config.get("epochs", 0))),
+            float(scores[-1]) if scores else None,
+            {k: data.get(k) for k in _EVALUATION_KEYS},
+        )
+        if out:
+            _check_compatible(
+                (out[0].path, out[0].relaxation, out[0].distribution), (path, relaxation, dist)
+            )
+        out.append(read)
+    return out
+
+
+def consensus(checkpoints: Sequence[str | Path]) -> Consensus:
+    """The consensus of the search checkpoints (``last.pt`` files or run folders holding one),
+    read without executing code from them. Raises ``ValueError`` naming the file that does not
+    fit: not a search checkpoint, another space, another kind of distribution."""
+    reads = _read(checkpoints)
+    first = reads[0]
+    mean = {k: np.mean([r.distribution[k] for r in reads], axis=0) for k in first.distribution}
+    return Consensus(
+        first.relaxation.decode_distribution(mean),
+        mean,
+        tuple(r.relaxation.decode_distribution(r.distribution) for r in reads),
+        tuple(r.epochs for r in reads),
+    )
+
+
+def select_by_supernet(checkpoints: Sequence[str | Path]) -> Selection:
+    """The paper's rule: of the search checkpoints, the one whose supernet mIoU at its last
+    evaluation is the best (the first of a tie). Raises ``ValueError`` naming the file for
+    what :func:`consensus` refuses, for a search evaluated on other data than the first (their
+    scores would not compare), and when no search was ever evaluated."""
+    reads = _read(checkpoints)
+    first = reads[0]
+    for r in reads[1:]:
+        if r.evaluation != first.evaluation:
+            diff = [k for k in _EVALUATION_KEYS if r.evaluation[k] != first.evaluation[k]]
+            raise ValueError(
+                f"{r.path} was evaluated on other data than {first.path} (data keys differ: "
+                f"{', '.join(diff)}); their supernet scores do not compare"
+            )
+    scores = tuple(r.supernet_miou for r in reads)
+    scored = [i for i, v in enumerate(scores) if v is not None]
+    if not scored:
+        raise ValueError(
+            "none of the searches has evaluated its supernet yet (no epoch with an mIoU): "
+            "there is nothing to select by"
+        )
+    best = max(scored, key=lambda i: (scores[i], -i))
+    genotypes = tuple(r.relaxation.decode_distribution(r.distribution) for r in reads)
+    return Selection(best, genotypes[best], scores, genotypes, tuple(r.epochs for r in reads))
 
 
 _Search = tuple[Path, Relaxation, dict[str, np.ndarray]]

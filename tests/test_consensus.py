@@ -1,7 +1,8 @@
 """Consensus of search trials: the mean distribution against a hand-computed case and a brute
 force over every path, one search's consensus is that search's own architecture (every
 relaxation, perturbation-based selection included), refusals, the ``decode`` command with
-several checkpoints and the study's consensus candidate."""
+several checkpoints and the study's consensus candidate; the paper's rule (the search with the
+best supernet mIoU) on the same checkpoints."""
 
 import itertools
 import json
@@ -13,7 +14,7 @@ import torch
 from autodeeplab import space
 from autodeeplab.cli import main
 from autodeeplab.config import load_config, to_dict
-from autodeeplab.consensus import consensus
+from autodeeplab.consensus import consensus, select_by_supernet
 from autodeeplab.decode import decode_cell_weights
 from autodeeplab.genotype import Genotype
 from autodeeplab.projection import CellProjection, Score, plan
@@ -255,3 +256,63 @@ def test_decode_command_writes_the_consensus_of_several_checkpoints(tmp_path, ca
     # one checkpoint: its own genotype, as before
     assert main(["decode", runs[0], "--out", str(tmp_path / "one.json")]) == 0
     assert Genotype.load(tmp_path / "one.json") == consensus(runs[:1]).genotype
+
+
+# ---------------------------------------------------------------------------- the paper's rule
+def history(*mious):
+    """Epoch records as a search checkpoint stores them (None: an epoch without evaluation)."""
+    return [{"epoch": k + 1, "mIoU": m} for k, m in enumerate(mious)]
+
+
+def test_select_by_supernet_keeps_the_best_last_evaluation(tmp_path):
+    cfg = search_config(4, 3)
+    # the last evaluation counts, not the best one: search 0 peaked at 0.5 and ended at 0.2;
+    # search 1 ends at 0.3 after an epoch without evaluation; search 2 ends at 0.25
+    files = [
+        write_search(tmp_path / f"s{k}.pt", random_params(cfg, k), cfg, history=h)
+        for k, h in enumerate([history(0.1, 0.5, 0.2), history(0.2, 0.3, None), history(0.25)])
+    ]
+    result = select_by_supernet(files)
+    assert result.index == 1 and result.supernet_miou == (0.2, 0.3, 0.25)
+    own = [checkpoint_genotype(torch.load(f, weights_only=True), f) for f in files]
+    assert result.genotype == own[1] and list(result.genotypes) == own
+    assert result.trials == 3 and result.unfinished() == []
+    # a search never evaluated takes no part; a tie goes to the first
+    files.append(write_search(tmp_path / "s3.pt", random_params(cfg, 3), cfg, history=[]))
+    files.append(write_search(tmp_path / "s4.pt", random_params(cfg, 4), cfg, history=history(0.3)))
+    result = select_by_supernet(files)
+    assert result.index == 1 and result.supernet_miou[3] is None
+    with pytest.raises(ValueError, match="none of the searches has evaluated its supernet"):
+        select_by_supernet([files[3]])
+
+
+def test_select_by_supernet_refuses_scores_that_do_not_compare(tmp_path):
+    cfg = search_config(4, 3)
+    a = write_search(tmp_path / "a.pt", random_params(cfg, 0), cfg, history=history(0.2))
+    other = search_config(4, 3, "data.max_eval_samples=8")
+    b = write_search(tmp_path / "b.pt", random_params(other, 1), other, history=history(0.3))
+    with pytest.raises(ValueError, match=r"b\.pt was evaluated on other data .*max_eval_samples"):
+        select_by_supernet([a, b])
+    cfg3 = search_config(4, 2)
+    c = write_search(tmp_path / "c.pt", random_params(cfg3, 2), cfg3, history=history(0.3))
+    with pytest.raises(ValueError, match=r"c\.pt was searched in another space"):
+        select_by_supernet([a, c])
+
+
+def test_decode_command_selects_by_supernet(tmp_path, capsys):
+    cfg = search_config(4, 3)
+    runs = []
+    for k, m in enumerate([0.12, 0.31, 0.2]):
+        run = tmp_path / f"run{k}"
+        run.mkdir()
+        write_search(run / "last.pt", random_params(cfg, k), cfg, history=history(m))
+        runs.append(str(run))
+    out = tmp_path / "selected.json"
+    assert main(["decode", *runs, "--select", "supernet", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    own = checkpoint_genotype(torch.load(tmp_path / "run1" / "last.pt", weights_only=True), "x")
+    assert Genotype.load(out) == own and str(own) in captured.out
+    assert "supernet mIoU 31.00 % <- selected" in captured.err
+    assert "supernet mIoU 12.00 %" in captured.err and "consensus" not in captured.err
+    assert main(["decode", *runs, "--select", "supernet"]) == 2
+    assert "--out: give the genotype file to write the supernet to" in capsys.readouterr().err
