@@ -122,6 +122,11 @@ class _Read:
     evaluation: dict[str, object]
     """The data keys its supernet mIoU depends on."""
 
+    @property
+    def genotype(self) -> Genotype:
+        """The search's own architecture."""
+        return self.relaxation.decode_distribution(self.distribution)
+
 
 _EVALUATION_KEYS = ("name", "root", "eval_split", "eval_size", "max_eval_samples", "options")
 
@@ -130,6 +135,7 @@ def _read(checkpoints: Sequence[str | Path]) -> list[_Read]:
     """Every checkpoint (a ``last.pt`` or a run folder holding one), read without executing
     code from it; all of one space and kind of distribution (else ``ValueError`` naming the
     file)."""
+    from autodeeplab.diagnostics import last_miou
     from autodeeplab.search_model import checkpoint_distribution
 
     if not checkpoints:
@@ -140,20 +146,17 @@ def _read(checkpoints: Sequence[str | Path]) -> list[_Read]:
         state = load_checkpoint(path)
         relaxation, dist = checkpoint_distribution(state, path)
         config = state["config"]
-        scores = [h["mIoU"] for h in state.get("history", ()) if h.get("mIoU") is not None]
         data = config.get("data", {})
         read = _Read(
             path,
             relaxation,
             dist,
             (int(state.get("epoch", 0)), int(config.get("epochs", 0))),
-            float(scores[-1]) if scores else None,
+            last_miou(state.get("history", ())),
             {k: data.get(k) for k in _EVALUATION_KEYS},
         )
         if out:
-            _check_compatible(
-                (out[0].path, out[0].relaxation, out[0].distribution), (path, relaxation, dist)
-            )
+            _check_compatible(out[0], read)
         out.append(read)
     return out
 
@@ -168,7 +171,7 @@ def consensus(checkpoints: Sequence[str | Path]) -> Consensus:
     return Consensus(
         first.relaxation.decode_distribution(mean),
         mean,
-        tuple(r.relaxation.decode_distribution(r.distribution) for r in reads),
+        tuple(r.genotype for r in reads),
         tuple(r.epochs for r in reads),
     )
 
@@ -195,16 +198,13 @@ def select_by_supernet(checkpoints: Sequence[str | Path]) -> Selection:
             "there is nothing to select by"
         )
     best = max(scored, key=lambda i: (scores[i], -i))
-    genotypes = tuple(r.relaxation.decode_distribution(r.distribution) for r in reads)
+    genotypes = tuple(r.genotype for r in reads)
     return Selection(best, genotypes[best], scores, genotypes, tuple(r.epochs for r in reads))
 
 
-_Search = tuple[Path, Relaxation, dict[str, np.ndarray]]
-"""A checkpoint's path, relaxation and distribution."""
-
-
-def _check_compatible(first: _Search, other: _Search) -> None:
-    (p0, r0, d0), (p1, r1, d1) = first, other
+def _check_compatible(first: _Read, other: _Read) -> None:
+    p0, r0, d0 = first.path, first.relaxation, first.distribution
+    p1, r1, d1 = other.path, other.relaxation, other.distribution
     if r0.space != r1.space:
         raise ValueError(
             f"{p1} was searched in another space than {p0} ({r1.space} vs {r0.space}); a "

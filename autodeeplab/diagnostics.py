@@ -301,6 +301,12 @@ def noise_warning(epochs: Sequence[Mapping[str, Any]]) -> str | None:
     )
 
 
+def last_miou(epochs: Sequence[Mapping[str, Any]]) -> float | None:
+    """The supernet mIoU of the last epoch record that has one (None: never evaluated): what
+    the paper's rule compares between searches."""
+    return next((float(h["mIoU"]) for h in reversed(epochs) if h.get("mIoU") is not None), None)
+
+
 def end_of_search_warning(epochs: Sequence[Mapping[str, Any]]) -> str | None:
     """The warning a finished search gives from its ``epoch`` records, in order: that its
     distribution barely moved (:func:`stagnation_warning`, from the last record), else that its

@@ -1232,8 +1232,7 @@ def summarize(
     summary["searched_median"] = _searched_median(results, summary)
     # The paper ran several searches and kept the one whose supernet scored best on held-out
     # data: that choice needs no retraining, so it is what a user of the search would get.
-    scored = [r for r in results if r.kind == "searched" and r.supernet_miou is not None]
-    chosen = max(scored, key=lambda r: r.supernet_miou or 0.0, default=None)
+    chosen = _best_by_supernet([r for r in results if r.kind == "searched"])
     summary["selected_by_supernet"] = (
         None
         if chosen is None
@@ -1317,19 +1316,21 @@ def _selected_groups_summary(
     supernet scores)."""
     if len(groups) < 2:
         return None
-    searched = {
-        r.source["search_seed"]: r
-        for r in results
-        if r.kind == "searched" and r.supernet_miou is not None
-    }
+    searched = {r.source["search_seed"]: r for r in results if r.kind == "searched"}
     chosen = []
     for seeds in groups:
-        scored = [searched[s] for s in seeds if s in searched]
-        if not scored:
+        best = _best_by_supernet([searched[s] for s in seeds if s in searched])
+        if best is None:
             return None
-        best = max(scored, key=lambda r: r.supernet_miou or 0.0)
         chosen.append((best, seeds, {"supernet_mIoU": best.supernet_miou}))
     return _groups_summary(chosen, results, summary)
+
+
+def _best_by_supernet(searched: Sequence[CandidateResult]) -> CandidateResult | None:
+    """The paper's rule: of searched candidates, the one whose search trial's supernet scored
+    best (the first of a tie; None when none has a score)."""
+    scored = [r for r in searched if r.supernet_miou is not None]
+    return max(scored, key=lambda r: r.supernet_miou or 0.0, default=None)
 
 
 def _consensus_summary(

@@ -19,6 +19,7 @@ from autodeeplab.diagnostics import (
     dints_diagnostics,
     end_of_search_warning,
     gradient_signal,
+    last_miou,
     model_diagnostics,
     noise_warning,
     parameter_free_share,
@@ -375,3 +376,10 @@ def test_end_of_search_warning_puts_a_distribution_that_did_not_move_first():
     signal = [dict(moved, alpha_grad_z=1.6), dict(moved, alpha_grad_z=2.0)]
     assert end_of_search_warning(signal) is None
     assert end_of_search_warning([]) is None
+
+
+def test_last_miou_is_that_of_the_last_evaluated_epoch():
+    # the last evaluation counts, not the best; epochs without one (null or absent) are skipped
+    assert last_miou([{"mIoU": 0.5}, {"mIoU": 0.2}, {"mIoU": None}, {"epoch": 4}]) == 0.2
+    assert last_miou([{"mIoU": None}, {}]) is None
+    assert last_miou([]) is None

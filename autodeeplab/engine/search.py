@@ -49,6 +49,7 @@ from autodeeplab.diagnostics import (
     describe,
     end_of_search_warning,
     gradient_signal,
+    last_miou,
     model_diagnostics,
 )
 from autodeeplab.engine.common import fused_optimizer, global_batch_loss, global_valid_pixels
@@ -819,9 +820,7 @@ class SearchEngine(EngineBase):
             genotype=self.model.genotype(),
             epoch=self.epoch,
             global_step=self.global_step,
-            supernet_miou=next(
-                (h["mIoU"] for h in reversed(self.history) if h.get("mIoU") is not None), None
-            ),
+            supernet_miou=last_miou(self.history),
             warning=end_of_search_warning(self.history) if run["finished"] else None,
         )
 
