@@ -126,6 +126,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
+    if not (args.study / "study.json").is_file():
+        p.error(f"{args.study} holds no study.json: give the folder of a finished study")
     doc = json.loads((args.study / "study.json").read_text())
     trials = [
         c
