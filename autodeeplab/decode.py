@@ -3,7 +3,9 @@
 * :func:`decode_cell` keeps, for every block, the two incoming edges with the strongest
   non-``none`` operation and, on each, the argmax operation excluding ``none``.
 * :func:`decode_path` runs Viterbi over the per-node normalised betas (softmax over each node's
-  valid outgoing moves) and returns the maximum-probability path from the stem.
+  valid outgoing moves) and returns the maximum-probability path from the stem (the paper's
+  rule), or with ``rule="ratio"`` the path whose probability most exceeds its probability under
+  uniform moves (:func:`move_log_priors`).
 """
 
 from __future__ import annotations
@@ -124,9 +126,40 @@ def path_log_prob(beta_logits: np.ndarray, path: tuple[int, ...] | list[int]) ->
     return total
 
 
-def decode_path(beta_logits: np.ndarray) -> tuple[int, ...]:
-    """Maximum-probability network path (Viterbi) for beta logits of shape ``(L, 4, 3)``."""
+PATH_RULES: tuple[str, ...] = ("probability", "ratio")
+"""How :func:`decode_path` scores a path: ``probability``, its probability under the betas (the
+paper); ``ratio``, that probability over its probability under uniform moves."""
+
+
+def move_log_priors() -> np.ndarray:
+    """Log probability of every move under uniform moves ``(4, 3)``: ``-log k`` for a node with
+    ``k`` valid moves (2 at the finest and coarsest levels, 3 between), ``-inf`` for invalid
+    moves. Betas that learned nothing give every path the sum of these along it, so the
+    maximum-probability path of untrained betas is the one that keeps to the levels with the
+    fewest moves."""
+    mask = np.array(space.valid_move_mask())
+    return np.where(mask, -np.log(mask.sum(axis=1, keepdims=True)), -np.inf)
+
+
+def path_log_ratio(beta_logits: np.ndarray, path: tuple[int, ...] | list[int]) -> float:
+    """``log P(path) - log P0(path)``: the log probability of ``path`` under the betas minus its
+    log probability under uniform moves, i.e. how far the search moved the betas towards it (0
+    for betas that learned nothing)."""
+    uniform = np.zeros_like(_as_array(beta_logits, "beta logits", 3))
+    return path_log_prob(beta_logits, path) - path_log_prob(uniform, path)
+
+
+def decode_path(beta_logits: np.ndarray, rule: str = "probability") -> tuple[int, ...]:
+    """The network path (Viterbi) for beta logits of shape ``(L, 4, 3)`` that maximises its
+    probability (``rule="probability"``, the paper) or its probability over its probability
+    under uniform moves (``rule="ratio"``: the sum along the path of ``log p(move) + log k``,
+    ``k`` the number of valid moves of the node; every path scores 0 for untrained betas).
+    Ties go to the lower final level, then to the move from the coarser source."""
+    if rule not in PATH_RULES:
+        raise ValueError(f"unknown path rule {rule!r}; valid: {', '.join(PATH_RULES)}")
     logp = transition_log_probs(beta_logits)
+    if rule == "ratio":
+        logp = logp - np.where(np.isfinite(logp), move_log_priors(), 0.0)
     layers = logp.shape[0]
     if layers == 0:
         raise ValueError("beta logits have zero layers")

@@ -78,6 +78,66 @@ def test_path_log_prob_sums_to_one_over_all_paths():
     assert math.isclose(total, 1.0, rel_tol=1e-9)
 
 
+def _brute_force_best_ratio_path(beta):
+    """Enumerate all valid paths; score each by its probability over its probability under
+    uniform moves (1 / number of valid moves at every node it leaves)."""
+    layers, best, best_r = beta.shape[0], None, -1.0
+    for path in itertools.product(range(4), repeat=layers):
+        if not all(abs(a - b) <= 1 for a, b in zip((0, *path[:-1]), path, strict=True)):
+            continue
+        p = math.exp(decode.path_log_prob(beta, path))
+        uniform = 1.0
+        for prev in (0, *path[:-1]):
+            uniform /= 2 if prev in (0, 3) else 3  # the finest and coarsest levels: 2 moves
+        if p / uniform > best_r:
+            best, best_r = path, p / uniform
+    return best, best_r
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_ratio_rule_equals_enumeration(seed):
+    rng = np.random.default_rng(100 + seed)
+    layers = int(rng.integers(1, 8))
+    beta = rng.normal(scale=0.5, size=(layers, 4, 3))
+    path, ratio = _brute_force_best_ratio_path(beta)
+    assert decode.decode_path(beta, "ratio") == path
+    assert math.isclose(decode.path_log_ratio(beta, path), math.log(ratio), abs_tol=1e-9)
+
+
+def test_untrained_betas_favour_the_finest_level_only_under_the_probability_rule():
+    beta = np.zeros((4, 4, 3))
+    # every node has 2 or 3 moves: keeping to level 0 (2 moves at each node) is the most
+    # probable path, (1/2)^4, against (1/2)(1/3)^3 for keeping to level 1
+    assert decode.decode_path(beta) == (0, 0, 0, 0)
+    assert math.isclose(decode.path_log_prob(beta, (0, 0, 0, 0)), 4 * math.log(1 / 2))
+    assert math.isclose(decode.path_log_prob(beta, (1, 1, 1, 1)), math.log(1 / 2 / 27))
+    # under the ratio rule every path of untrained betas scores 0 (a tie)
+    for path in [(0, 0, 0, 0), (1, 1, 1, 1), (1, 2, 3, 3), decode.decode_path(beta, "ratio")]:
+        assert decode.path_log_ratio(beta, path) == pytest.approx(0.0, abs=1e-12)
+    # a slight push towards level 1 decides the ratio rule, not the probability rule
+    pushed = beta.copy()
+    prev = 0
+    for layer, level in enumerate((1, 1, 1, 1)):
+        pushed[layer, prev, space.move_between(prev, level)] += 0.2
+        prev = level
+    assert decode.decode_path(pushed) == (0, 0, 0, 0)
+    assert decode.decode_path(pushed, "ratio") == (1, 1, 1, 1)
+
+
+def test_move_log_priors():
+    priors = decode.move_log_priors()
+    mask = np.array(space.valid_move_mask())
+    assert np.all(np.isneginf(priors[~mask]))
+    np.testing.assert_allclose(np.exp(priors).sum(axis=1), 1.0)
+    p = np.exp(priors[mask])
+    assert np.isclose(p, 0.5).sum() == 4 and np.isclose(p, 1 / 3).sum() == 6  # 2 + 2 + 3 + 3
+
+
+def test_unknown_path_rule():
+    with pytest.raises(ValueError, match="valid: probability, ratio"):
+        decode.decode_path(np.zeros((2, 4, 3)), "viterbi")
+
+
 def _brute_force_cell(alpha):
     blocks = decode.blocks_from_edges(alpha.shape[0])
     w = np.exp(alpha) / np.exp(alpha).sum(axis=1, keepdims=True)
