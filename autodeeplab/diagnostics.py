@@ -10,6 +10,13 @@ decoded architecture the search has actually decided:
   trellis nodes that take part in the forward pass, and that mean over its maximum (the mean
   of ``log(number of valid moves)`` over the same nodes);
 * ``path_log_prob``: log probability of the decoded (Viterbi) path under the betas;
+* ``path_log_ratio``: that log probability minus the path's log probability under uniform
+  moves (:func:`autodeeplab.decode.path_log_ratio`): how far the search moved the betas
+  towards the decoded path (0 for betas that learned nothing);
+* ``probability_path`` / ``ratio_path``: the paths the two decoding rules of
+  :func:`autodeeplab.decode.decode_path` give (levels joined by ``-``). Where they differ, the
+  trellis's uneven number of moves per node decided the maximum-probability path, not the
+  betas alone (:func:`path_rule_warning`);
 * DiNTS (:func:`dints_diagnostics`) has no betas: ``path_entropy`` / ``path_entropy_fraction``
   are the mean binary entropy of the independent transitions and that mean over ``log 2``,
   ``topology_log_prob`` the log probability of the decoded topology and
@@ -58,10 +65,18 @@ class ArchDiagnostics:
     beta_entropy: float
     beta_entropy_fraction: float
     path_log_prob: float
+    path_log_ratio: float
+    probability_path: str
+    ratio_path: str
     parameter_free_share: float
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float | str]:
         return asdict(self)
+
+
+def path_string(path: Sequence[int]) -> str:
+    """A path's levels joined by ``-``, as genotype strings write them."""
+    return "-".join(str(level) for level in path)
 
 
 def parameter_free_share(genotype: Genotype) -> float:
@@ -101,6 +116,9 @@ def arch_diagnostics(
         beta_entropy=float(h_beta.mean()),
         beta_entropy_fraction=float(h_beta.mean() / h_beta_max.mean()),
         path_log_prob=decode.path_log_prob(beta_logits, genotype.path),
+        path_log_ratio=decode.path_log_ratio(beta_logits, genotype.path),
+        probability_path=path_string(decode.decode_path(beta_logits, "probability")),
+        ratio_path=path_string(decode.decode_path(beta_logits, "ratio")),
         parameter_free_share=parameter_free_share(genotype),
     )
 
@@ -308,12 +326,40 @@ def last_miou(epochs: Sequence[Mapping[str, Any]]) -> float | None:
 
 
 def end_of_search_warning(epochs: Sequence[Mapping[str, Any]]) -> str | None:
-    """The warning a finished search gives from its ``epoch`` records, in order: that its
-    distribution barely moved (:func:`stagnation_warning`, from the last record), else that its
-    gradients were mostly noise (:func:`noise_warning`); None without records or concerns."""
+    """The warning a finished search gives from its ``epoch`` records: that its distribution
+    barely moved (:func:`stagnation_warning`, from the last record), else that its gradients
+    were mostly noise (:func:`noise_warning`); then, joined to it, that the two path rules
+    disagree (:func:`path_rule_warning`). None without records or concerns."""
     if not epochs:
         return None
-    return stagnation_warning(epochs[-1]) or noise_warning(epochs)
+    found = [stagnation_warning(epochs[-1]) or noise_warning(epochs)]
+    found.append(path_rule_warning(epochs[-1]))
+    found = [w for w in found if w]
+    return ". Also, ".join(found) if found else None
+
+
+def path_rule_warning(record: Mapping[str, Any]) -> str | None:
+    """A warning for the final ``epoch`` record of a single-path search whose two path rules
+    (:func:`autodeeplab.decode.decode_path`) give different paths; None where they agree or
+    the record predates these figures.
+
+    A node at the finest or the coarsest level has two valid moves, the others three, so under
+    betas that learned little the most probable path is one that keeps to those levels (under
+    untrained betas, the finest level all the way). Where the most probable path differs from
+    the one whose probability rose most over uniform moves, that geometry, not the search
+    alone, chose between them."""
+    p, q = record.get("probability_path"), record.get("ratio_path")
+    if not isinstance(p, str) or not isinstance(q, str) or p == q:
+        return None
+    return (
+        f"the network path rests on the trellis more than on the search: the most probable "
+        f"path is {p}, the path whose probability rose most over uniform moves is {q}. Nodes "
+        "at the finest and coarsest levels have two moves and the others three, so betas "
+        "that learned little make paths along those levels the most probable. The run decodes "
+        "with relaxation.path_decoding (probability: the paper's rule); `autodeeplab decode "
+        "RUN --path-decoding ratio` (or probability) reads the other path, and a study "
+        "(autodeeplab study) tells which retrains better on your data"
+    )
 
 
 def describe(diagnostics: Mapping[str, Any], arch_steps: int, genotype: Genotype) -> str:
@@ -326,6 +372,8 @@ def describe(diagnostics: Mapping[str, Any], arch_steps: int, genotype: Genotype
         parts.append(f"H(path) {d['path_entropy']:.4f} ({100 * d['path_entropy_fraction']:.2f}%)")
     if "path_log_prob" in d:
         parts.append(f"log P(path) {d['path_log_prob']:.3f}")
+    if d.get("path_log_ratio") is not None:
+        parts.append(f"log P/P0 {d['path_log_ratio']:+.3f}")
     if "topology_log_prob" in d:
         parts.append(f"log P(topology) {d['topology_log_prob']:.3f}")
     if "active_transitions" in d:

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from autodeeplab import space
+from autodeeplab import decode, space
 from autodeeplab import topology as T
+from autodeeplab.checkpoint import load_checkpoint
 from autodeeplab.diagnostics import (
     NOISE_Z_MEAN,
     arch_diagnostics,
@@ -23,6 +24,7 @@ from autodeeplab.diagnostics import (
     model_diagnostics,
     noise_warning,
     parameter_free_share,
+    path_rule_warning,
     stagnation_warning,
 )
 from autodeeplab.dints import DintsRelaxation
@@ -148,6 +150,7 @@ def test_describe_says_when_no_architecture_step_was_taken():
     text = describe(d.to_dict(), 0, g)
     assert text.endswith("(no architecture step yet: decoded from the initial random logits)")
     assert "100.00% of max" in text and "parameter-free 50%" in text and str(g) in text
+    assert "log P(path) -2.079 log P/P0 +0.000" in text  # (1/2)^3 under uniform moves
     assert "no architecture step" not in describe(d.to_dict(), 3, g)
 
 
@@ -225,6 +228,15 @@ def test_search_logs_the_diagnostics_and_writes_a_summary(tmp_path, capsys, monk
         assert r["alpha_entropy_fraction"] == pytest.approx(r["alpha_entropy"] / math.log(8))
         assert 0.99 < r["beta_entropy_fraction"] <= 1.0
         assert r["path_log_prob"] < 0
+        # the paper's rule decodes; the log-ratio by hand: the decoded path's log-probability
+        # minus log(1/2) or log(1/3) per node it leaves
+        assert r["probability_path"] == "-".join(map(str, genotype.path))
+        uniform = sum(
+            math.log(1 / 2 if prev in (0, 3) else 1 / 3) for prev in (0, *genotype.path[:-1])
+        )
+        assert r["path_log_ratio"] == pytest.approx(r["path_log_prob"] - uniform)
+    betas = load_checkpoint(run / "last.pt")["model"]["betas"].double().numpy()
+    assert epochs[-1]["ratio_path"] == "-".join(map(str, decode.decode_path(betas, "ratio")))
     # four architecture steps at 3e-3 cannot move the logits: the run says so
     assert result.warning is not None and "barely moved" in result.warning
     assert result.supernet_miou == epochs[-1]["mIoU"]
@@ -232,6 +244,8 @@ def test_search_logs_the_diagnostics_and_writes_a_summary(tmp_path, capsys, monk
     assert summary["supernet_mIoU"] == result.supernet_miou
     assert summary["genotype"] == str(result.genotype) == epochs[-1]["genotype"]
     assert summary["arch_steps"] == 4 and summary["warning"] == result.warning
+    for key in ("path_log_ratio", "probability_path", "ratio_path"):
+        assert summary[key] == epochs[-1][key]
     assert summary["convergence"] == convergence(epochs)
     assert summary["convergence"]["arch_epochs"] == 1
     assert "settled: the decoded cell was the same for the last 1 of 1 epochs" in printed
@@ -383,3 +397,36 @@ def test_last_miou_is_that_of_the_last_evaluated_epoch():
     assert last_miou([{"mIoU": 0.5}, {"mIoU": 0.2}, {"mIoU": None}, {"epoch": 4}]) == 0.2
     assert last_miou([{"mIoU": None}, {}]) is None
     assert last_miou([]) is None
+
+
+def test_path_rule_warning_when_the_two_rules_disagree():
+    record = {"probability_path": "0-0-0-1", "ratio_path": "1-2-1-2"}
+    text = path_rule_warning(record)
+    assert "the most probable path is 0-0-0-1" in text
+    assert "rose most over uniform moves is 1-2-1-2" in text
+    assert "--path-decoding ratio" in text
+    assert path_rule_warning({"probability_path": "0-0", "ratio_path": "0-0"}) is None
+    assert path_rule_warning({"path_log_prob": -1.0}) is None  # older records, DiNTS
+    # joined to the warning about the distribution, which comes first
+    moved = {"arch_steps": 900, "alpha_entropy_fraction": 0.8, "beta_entropy_fraction": 0.8}
+    noisy = [dict(moved, alpha_grad_z=0.85), dict(moved, alpha_grad_z=0.95, **record)]
+    joined = end_of_search_warning(noisy)
+    assert joined.startswith("the architecture gradients pushed")
+    assert joined.endswith(". Also, " + text)
+    signal = [dict(moved, alpha_grad_z=1.6), dict(moved, alpha_grad_z=2.0, **record)]
+    assert end_of_search_warning(signal) == text
+
+
+def test_arch_diagnostics_of_both_path_rules_by_hand():
+    """Two layers; level 0 leans to stay (logits 0.1 / 0), level 1 to stay strongly (1.0):
+    probability rule 0-0 (0.525^2 = 0.276 against 0.475 x 0.576 = 0.274 for 1-1); ratio rule
+    1-1 (0.95 x 1.73 = 1.64 against 1.05^2 = 1.10)."""
+    betas = np.zeros((2, 4, 3))
+    betas[:, 0, 1] = 0.1
+    betas[:, 1, 1] = 1.0
+    used = np.ones((2, 4), dtype=bool)
+    d = arch_diagnostics(np.zeros((5, 8)), betas, used)
+    assert (d.probability_path, d.ratio_path) == ("0-0", "1-1")
+    p_stay0 = math.exp(0.1) / (1 + math.exp(0.1))
+    assert d.path_log_prob == pytest.approx(2 * math.log(p_stay0))
+    assert d.path_log_ratio == pytest.approx(2 * math.log(2 * p_stay0))

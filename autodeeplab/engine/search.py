@@ -830,7 +830,8 @@ class SearchEngine(EngineBase):
             result.genotype.save(self.output / "genotype.json")
             last = self.history[-1] if self.history else {}
             keys = ("arch_steps", "alpha_entropy_fraction", "beta_entropy_fraction")
-            keys += ("path_log_prob", "parameter_free_share")
+            keys += ("path_log_prob", "path_log_ratio", "probability_path", "ratio_path")
+            keys += ("parameter_free_share",)
             # the figures of relaxations with a multi-path topology and a memory budget
             extra = ("path_entropy_fraction", "topology_log_prob", "active_transitions")
             extra += ("memory_fraction", "decoded_memory_fraction", "decoded_memory_bytes")
