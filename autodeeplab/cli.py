@@ -742,6 +742,8 @@ def _run_study(args: argparse.Namespace) -> int:
 
 
 def _add_decode(sub: argparse._SubParsersAction) -> None:
+    from autodeeplab.decode import PATH_RULES
+
     p = sub.add_parser(
         "decode",
         help="decode the architecture of a search checkpoint (or the consensus of several)",
@@ -769,6 +771,13 @@ def _add_decode(sub: argparse._SubParsersAction) -> None:
         help="several checkpoints: decode their consensus (default), or keep the architecture "
         "of the search with the best supernet mIoU at its last evaluation",
     )
+    p.add_argument(
+        "--path-decoding",
+        choices=PATH_RULES,
+        help="read the network path with this rule instead of the search config's "
+        "relaxation.path_decoding: probability (the paper: the most probable path) or ratio "
+        "(the path whose probability rose most over uniform moves); single-path searches only",
+    )
     p.set_defaults(func=_run_decode)
 
 
@@ -780,14 +789,15 @@ def _run_decode(args: argparse.Namespace) -> int:
 
     paths = [Path(c) / "last.pt" if Path(c).is_dir() else Path(c) for c in args.checkpoint]
     if len(paths) == 1:
-        genotype = checkpoint_genotype(load_checkpoint(paths[0]), paths[0])
+        genotype = checkpoint_genotype(load_checkpoint(paths[0]), paths[0], args.path_decoding)
         out = Path(args.out) if args.out else paths[0].with_suffix(".genotype.json")
     else:
         from autodeeplab.consensus import consensus, select_by_supernet
 
         if not args.out:
             raise ValueError(f"--out: give the genotype file to write the {args.select} to")
-        result = select_by_supernet(paths) if args.select == "supernet" else consensus(paths)
+        select = select_by_supernet if args.select == "supernet" else consensus
+        result = select(paths, args.path_decoding)
         late = set(result.unfinished())
         for i, (path, own) in enumerate(zip(paths, result.genotypes, strict=True)):
             done, total = result.epochs[i]

@@ -338,6 +338,11 @@ class RelaxationConfig:
     tau_min: float = bounded(0.1, gt=0)
     """Gumbel: the temperature at the last architecture step (GDAS: 0.1), reached linearly;
     at most ``tau_max``."""
+    path_decoding: str = "probability"
+    """Softmax and Gumbel: how the network path is read off the betas. ``probability`` (the
+    paper): the path of maximum probability. ``ratio``: the path whose probability most exceeds
+    its probability under uniform moves, so that the finest and coarsest levels (two moves per
+    node, against three between) are not favoured by the trellis itself (docs/search.md)."""
 
 
 @dataclass
@@ -444,6 +449,7 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "relaxation.warmup": 0.0,
     "relaxation.tau_max": 10.0,
     "relaxation.tau_min": 0.1,
+    "relaxation.path_decoding": "probability",
     "selection.name": "argmax",
     "selection.criterion": "miou",
     "selection.eval_samples": 64,

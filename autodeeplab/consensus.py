@@ -131,10 +131,10 @@ class _Read:
 _EVALUATION_KEYS = ("name", "root", "eval_split", "eval_size", "max_eval_samples", "options")
 
 
-def _read(checkpoints: Sequence[str | Path]) -> list[_Read]:
+def _read(checkpoints: Sequence[str | Path], path_decoding: str | None = None) -> list[_Read]:
     """Every checkpoint (a ``last.pt`` or a run folder holding one), read without executing
     code from it; all of one space and kind of distribution (else ``ValueError`` naming the
-    file)."""
+    file). ``path_decoding`` (not None) replaces the path rule of their configs."""
     from autodeeplab.diagnostics import last_miou
     from autodeeplab.search_model import checkpoint_distribution
 
@@ -144,7 +144,7 @@ def _read(checkpoints: Sequence[str | Path]) -> list[_Read]:
     for c in checkpoints:
         path = Path(c) / "last.pt" if Path(c).is_dir() else Path(c)
         state = load_checkpoint(path)
-        relaxation, dist = checkpoint_distribution(state, path)
+        relaxation, dist = checkpoint_distribution(state, path, path_decoding)
         config = state["config"]
         data = config.get("data", {})
         read = _Read(
@@ -161,11 +161,13 @@ def _read(checkpoints: Sequence[str | Path]) -> list[_Read]:
     return out
 
 
-def consensus(checkpoints: Sequence[str | Path]) -> Consensus:
+def consensus(checkpoints: Sequence[str | Path], path_decoding: str | None = None) -> Consensus:
     """The consensus of the search checkpoints (``last.pt`` files or run folders holding one),
-    read without executing code from them. Raises ``ValueError`` naming the file that does not
-    fit: not a search checkpoint, another space, another kind of distribution."""
-    reads = _read(checkpoints)
+    read without executing code from them, decoded with the first one's relaxation
+    (``path_decoding``, not None: with that path rule instead of the configs'). Raises
+    ``ValueError`` naming the file that does not fit: not a search checkpoint, another space,
+    another kind of distribution."""
+    reads = _read(checkpoints, path_decoding)
     first = reads[0]
     mean = {k: np.mean([r.distribution[k] for r in reads], axis=0) for k in first.distribution}
     return Consensus(
@@ -176,12 +178,15 @@ def consensus(checkpoints: Sequence[str | Path]) -> Consensus:
     )
 
 
-def select_by_supernet(checkpoints: Sequence[str | Path]) -> Selection:
+def select_by_supernet(
+    checkpoints: Sequence[str | Path], path_decoding: str | None = None
+) -> Selection:
     """The paper's rule: of the search checkpoints, the one whose supernet mIoU at its last
-    evaluation is the best (the first of a tie). Raises ``ValueError`` naming the file for
-    what :func:`consensus` refuses, for a search evaluated on other data than the first (their
-    scores would not compare), and when no search was ever evaluated."""
-    reads = _read(checkpoints)
+    evaluation is the best (the first of a tie); ``path_decoding`` as in :func:`consensus`.
+    Raises ``ValueError`` naming the file for what :func:`consensus` refuses, for a search
+    evaluated on other data than the first (their scores would not compare), and when no
+    search was ever evaluated."""
+    reads = _read(checkpoints, path_decoding)
     first = reads[0]
     for r in reads[1:]:
         if r.evaluation != first.evaluation:

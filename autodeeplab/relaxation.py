@@ -155,14 +155,25 @@ class SoftmaxRelaxation(Relaxation):
 
     All initialised ``N(0, 1) x 1e-3``, in that order. Decoding: top-2 edges per block and the
     argmax op without ``none`` (:func:`decode.decode_cell`), the Viterbi path over the betas
-    (:func:`decode.decode_path`). Regularizer ``beta_decay`` (beta-DARTS): mean logsumexp of the
+    (:func:`decode.decode_path` with the rule ``path_decoding``: ``probability``, the paper's,
+    or ``ratio``). Regularizer ``beta_decay`` (beta-DARTS): mean logsumexp of the
     op logits of every edge plus mean logsumexp over the valid moves of every node that feeds
     the next layer.
     """
 
-    def __init__(self, search_space: space.SearchSpace, edge_normalisation: bool = False):
+    def __init__(
+        self,
+        search_space: space.SearchSpace,
+        edge_normalisation: bool = False,
+        path_decoding: str = "probability",
+    ):
         super().__init__(search_space)
+        if path_decoding not in decode.PATH_RULES:
+            raise ValueError(
+                f"unknown path decoding {path_decoding!r}; valid: {', '.join(decode.PATH_RULES)}"
+            )
         self.edge_normalisation = edge_normalisation
+        self.path_decoding = path_decoding
 
     def init_parameters(self) -> dict[str, nn.Parameter | None]:
         sp = self.space
@@ -212,7 +223,8 @@ class SoftmaxRelaxation(Relaxation):
         alphas = _get(params, "alphas").detach().cpu().double().numpy()
         betas = _get(params, "betas").detach().cpu().double().numpy()
         return Genotype(
-            cell=decode.decode_cell(alphas, self.space.ops), path=decode.decode_path(betas)
+            cell=decode.decode_cell(alphas, self.space.ops),
+            path=decode.decode_path(betas, self.path_decoding),
         )
 
     def distribution(self, params: ArchParams) -> dict[str, np.ndarray]:
@@ -226,7 +238,8 @@ class SoftmaxRelaxation(Relaxation):
 
     def decode_distribution(self, dist: Mapping[str, np.ndarray]) -> Genotype:
         """The cell of the op weights (:func:`decode.decode_cell_weights`) and the Viterbi path
-        of the move probabilities (:func:`decode.decode_path` of their logarithms)."""
+        of the move probabilities (:func:`decode.decode_path` of their logarithms, with the
+        relaxation's rule)."""
         moves = np.asarray(dist["moves"], dtype=np.float64)
         valid = np.asarray(space.valid_move_mask())
         if moves.ndim != 3 or moves.shape[1:] != valid.shape or (moves[:, valid] <= 0).any():
@@ -237,7 +250,7 @@ class SoftmaxRelaxation(Relaxation):
         logits = np.where(valid, np.log(np.where(valid, moves, 1.0)), 0.0)
         return Genotype(
             cell=decode.decode_cell_weights(dist["ops"], self.space.ops),
-            path=decode.decode_path(logits),
+            path=decode.decode_path(logits, self.path_decoding),
         )
 
     def diagnostics(self, params: ArchParams, genotype: Genotype) -> dict[str, float]:
@@ -281,8 +294,11 @@ class GumbelRelaxation(SoftmaxRelaxation):
         tau_max: float = 10.0,
         tau_min: float = 0.1,
         edge_normalisation: bool = False,
+        path_decoding: str = "probability",
     ):
-        super().__init__(search_space, edge_normalisation=edge_normalisation)
+        super().__init__(
+            search_space, edge_normalisation=edge_normalisation, path_decoding=path_decoding
+        )
         if not 0 < tau_min <= tau_max:
             raise ValueError(
                 f"the Gumbel temperatures need 0 < tau_min <= tau_max, got tau_min={tau_min}, "

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from autodeeplab import space
+from autodeeplab import decode, space
 from autodeeplab.budget import MemoryBudget
 from autodeeplab.config import (
     SEARCH_MIN_CROP,
@@ -36,7 +36,11 @@ from autodeeplab.supernet import SearchNetwork
 
 def _softmax(cfg: SearchConfig, search_space: space.SearchSpace) -> Relaxation:
     # PC-DARTS' edge normalisation comes with partial channels, as in SearchNetwork's default
-    return SoftmaxRelaxation(search_space, edge_normalisation=cfg.model.partial_channels > 1)
+    return SoftmaxRelaxation(
+        search_space,
+        edge_normalisation=cfg.model.partial_channels > 1,
+        path_decoding=cfg.relaxation.path_decoding,
+    )
 
 
 def _gumbel(cfg: SearchConfig, search_space: space.SearchSpace) -> Relaxation:
@@ -46,6 +50,7 @@ def _gumbel(cfg: SearchConfig, search_space: space.SearchSpace) -> Relaxation:
         tau_max=r.tau_max,
         tau_min=r.tau_min,
         edge_normalisation=cfg.model.partial_channels > 1,
+        path_decoding=r.path_decoding,
     )
 
 
@@ -76,6 +81,11 @@ def check_relaxation(cfg: SearchConfig) -> None:
         raise ConfigError(
             f"relaxation.name: unknown relaxation {r.name!r}; valid: {', '.join(RELAXATIONS)}"
         )
+    if r.path_decoding not in decode.PATH_RULES:
+        raise ConfigError(
+            f"relaxation.path_decoding: unknown rule {r.path_decoding!r}; valid: "
+            f"{', '.join(decode.PATH_RULES)}"
+        )
     if r.name == "gumbel":
         _check_gumbel(cfg)
     relax = RELAXATIONS[r.name](cfg, space.SearchSpace(1, 1))  # only its kind is asked
@@ -91,6 +101,12 @@ def check_relaxation(cfg: SearchConfig) -> None:
             f"relaxation.memory_target = {r.memory_target} needs independent transition "
             f"probabilities, which relaxation.name={r.name!r} does not have; use "
             "relaxation.name=dints or set relaxation.memory_target=null"
+        )
+    if independent and r.path_decoding != "probability":
+        raise ConfigError(
+            f"relaxation.path_decoding = {r.path_decoding!r} reads one path off the betas; "
+            f"relaxation.name={r.name!r} decodes a multi-path topology of its own: set "
+            "relaxation.path_decoding=probability"
         )
     if independent and cfg.model.partial_channels > 1:
         raise ConfigError(
@@ -194,12 +210,13 @@ def build_memory_budget(cfg: SearchConfig, num_classes: int) -> MemoryBudget | N
 
 
 def checkpoint_architecture(
-    state: Mapping[str, Any], path: str | Path
+    state: Mapping[str, Any], path: str | Path, path_decoding: str | None = None
 ) -> tuple[Relaxation, dict[str, torch.Tensor | None]]:
     """The relaxation of a search checkpoint (a loaded ``last.pt``) and its architecture
     parameters by name, ready for :meth:`Relaxation.decode` and
-    :meth:`Relaxation.transition_weights`; ``path`` names the file in errors."""
-    relaxation = checkpoint_relaxation(state, path)
+    :meth:`Relaxation.transition_weights`; ``path`` names the file in errors,
+    ``path_decoding`` replaces the rule of its config (:func:`checkpoint_relaxation`)."""
+    relaxation = checkpoint_relaxation(state, path, path_decoding)
     model = state.get("model", {})
     names = relaxation.init_parameters()
     missing = [k for k, v in names.items() if v is not None and k not in model]
@@ -211,11 +228,14 @@ def checkpoint_architecture(
     return relaxation, {k: model.get(k) for k in names}
 
 
-def checkpoint_genotype(state: Mapping[str, Any], path: str | Path) -> Genotype:
+def checkpoint_genotype(
+    state: Mapping[str, Any], path: str | Path, path_decoding: str | None = None
+) -> Genotype:
     """The architecture of a search checkpoint (a loaded ``last.pt``): decoded with its
     relaxation, with the cell of its perturbation-based selection's decisions when it holds
-    any (:mod:`autodeeplab.projection`); ``path`` names the file in errors."""
-    relaxation, params = checkpoint_architecture(state, path)
+    any (:mod:`autodeeplab.projection`); ``path`` names the file in errors,
+    ``path_decoding`` replaces the rule of its config (:func:`checkpoint_relaxation`)."""
+    relaxation, params = checkpoint_architecture(state, path, path_decoding)
     genotype = relaxation.decode(params)
     projection = _checkpoint_projection(state, relaxation, path)
     if projection is None:
@@ -227,13 +247,14 @@ def checkpoint_genotype(state: Mapping[str, Any], path: str | Path) -> Genotype:
 
 
 def checkpoint_distribution(
-    state: Mapping[str, Any], path: str | Path
+    state: Mapping[str, Any], path: str | Path, path_decoding: str | None = None
 ) -> tuple[Relaxation, dict[str, np.ndarray]]:
     """The relaxation of a search checkpoint and the distribution its architecture parameters
     stand for (:meth:`Relaxation.distribution`). With perturbation-based selection decisions,
     the op weights are the projected ones (one-hot on the chosen operations, 0 on dropped
-    edges): decoded alone, the distribution gives :func:`checkpoint_genotype`."""
-    relaxation, params = checkpoint_architecture(state, path)
+    edges): decoded alone, the distribution gives :func:`checkpoint_genotype`.
+    ``path_decoding`` replaces the rule of its config (:func:`checkpoint_relaxation`)."""
+    relaxation, params = checkpoint_architecture(state, path, path_decoding)
     try:
         dist = relaxation.distribution(params)
     except NotImplementedError as err:
@@ -262,9 +283,12 @@ def _checkpoint_projection(
         raise ValueError(f"{path}: its selection decisions are not valid: {err}") from None
 
 
-def checkpoint_relaxation(state: Mapping[str, Any], path: str | Path) -> Relaxation:
+def checkpoint_relaxation(
+    state: Mapping[str, Any], path: str | Path, path_decoding: str | None = None
+) -> Relaxation:
     """The relaxation a search checkpoint (a loaded ``last.pt``) was written with, from the
-    config it holds; ``path`` names the file in errors."""
+    config it holds; ``path`` names the file in errors. ``path_decoding`` (not None) replaces
+    its ``relaxation.path_decoding``: the same search read with another path rule."""
     if state.get("kind", "search") != "search" or not isinstance(state.get("config"), Mapping):
         raise ValueError(
             f"{path} is not a search checkpoint (it holds no search config); give a search run's "
@@ -274,4 +298,10 @@ def checkpoint_relaxation(state: Mapping[str, Any], path: str | Path) -> Relaxat
         cfg = from_dict(SearchConfig, state["config"])
     except ConfigError as err:
         raise ValueError(f"{path}: the config it holds is not valid: {err}") from None
+    if path_decoding is not None:
+        cfg.relaxation.path_decoding = path_decoding
+        try:
+            check_relaxation(cfg)
+        except ConfigError as err:
+            raise ValueError(f"{path}: {err}") from None
     return build_relaxation(cfg)

@@ -6,6 +6,7 @@ best supernet mIoU) on the same checkpoints."""
 
 import itertools
 import json
+import math
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from autodeeplab import space
 from autodeeplab.cli import main
 from autodeeplab.config import load_config, to_dict
 from autodeeplab.consensus import consensus, select_by_supernet
-from autodeeplab.decode import decode_cell_weights
+from autodeeplab.decode import decode_cell_weights, decode_path
 from autodeeplab.genotype import Genotype
 from autodeeplab.projection import CellProjection, Score, plan
 from autodeeplab.search_model import build_relaxation, checkpoint_genotype
@@ -68,9 +69,14 @@ def all_paths(layers: int):
 
 
 # ---------------------------------------------------------------------------- distributions
-@pytest.mark.parametrize("relaxation", ["softmax", "gumbel", "dints"])
+@pytest.mark.parametrize(
+    "relaxation",
+    ["softmax", "gumbel", "dints", "softmax relaxation.path_decoding=ratio", "gumbel ratio"],
+)
 def test_one_distribution_decodes_to_the_relaxations_own_decode(relaxation):
-    cfg = search_config(4, 3, f"relaxation.name={relaxation}")
+    name, *rule = relaxation.split()
+    rule = [f"relaxation.path_decoding={rule[0].split('=')[-1]}"] if rule else []
+    cfg = search_config(4, 3, f"relaxation.name={name}", *rule)
     relax = build_relaxation(cfg)
     for seed in range(5):
         params = random_params(cfg, seed)
@@ -316,3 +322,51 @@ def test_decode_command_selects_by_supernet(tmp_path, capsys):
     assert "supernet mIoU 12.00 %" in captured.err and "consensus" not in captured.err
     assert main(["decode", *runs, "--select", "supernet"]) == 2
     assert "--out: give the genotype file to write the supernet to" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- path rules
+def _ratio_path_by_enumeration(move_probs: np.ndarray):
+    """The path whose probability over its probability under uniform moves is largest, by
+    enumerating every path (a node at the finest or coarsest level has 2 moves, others 3)."""
+
+    def score(path):
+        total, prev = 0.0, space.STEM_LEVEL
+        for layer, level in enumerate(path):
+            moves = 2 if prev in (0, space.NUM_LEVELS - 1) else 3
+            total += math.log(move_probs[layer, prev, space.move_between(prev, level)] * moves)
+            prev = level
+        return total
+
+    return max(all_paths(move_probs.shape[0]), key=score)
+
+
+def test_the_path_rule_can_be_replaced_when_reading_checkpoints(tmp_path, capsys):
+    """Level 0 leans slightly to stay (0.525), level 1 more (0.527 against 1/3): the most
+    probable path keeps to level 0 (0.525^4 = 0.076 against 0.475 x 0.527^3 = 0.070 for level
+    1, two moves per node at level 0 against three), the ratio rule follows the larger lean
+    (1.05^4 = 1.22 against 0.95 x 1.58^3 = 3.75); the consensus of two such searches read with
+    the ratio rule is the enumerated best of the mean probabilities."""
+    cfg = search_config(4, 3)
+    files = []
+    for k in range(2):
+        params = random_params(cfg, k, scale=1e-3)
+        params["betas"][:, 0, 1] += 0.1  # logit of "stay" at level 0 ...
+        params["betas"][:, 1, 1] += 0.8 + 0.02 * k  # ... and at level 1
+        files.append(write_search(tmp_path / f"s{k}.pt", params, cfg))
+    state = torch.load(files[0], weights_only=True)
+    betas = state["model"]["betas"].numpy()
+    assert checkpoint_genotype(state, "x").path == decode_path(betas) == (0, 0, 0, 0)
+    ratio = checkpoint_genotype(state, "x", "ratio").path
+    assert ratio == decode_path(betas, "ratio") == (1, 1, 1, 1)
+    mean = consensus(files, "ratio")
+    assert mean.genotype.path == _ratio_path_by_enumeration(mean.distribution["moves"])
+    assert [g.path for g in mean.genotypes] == [(1, 1, 1, 1)] * 2
+    assert consensus(files).genotype.path == (0, 0, 0, 0)
+    out = tmp_path / "g.json"
+    assert main(["decode", files[0], "--path-decoding", "ratio", "--out", str(out)]) == 0
+    assert Genotype.load(out).path == (1, 1, 1, 1)
+    capsys.readouterr()
+    dints = search_config(4, 3, "relaxation.name=dints")
+    file = write_search(tmp_path / "d.pt", random_params(dints, 0), dints)
+    assert main(["decode", file, "--path-decoding", "ratio", "--out", str(out)]) == 2
+    assert "relaxation.path_decoding = 'ratio' reads one path" in capsys.readouterr().err

@@ -73,6 +73,18 @@ def test_decode_matches_the_decoders_and_regularizer_names():
         relax.regularizer("entropy", params)
 
 
+def test_the_path_rule_of_the_relaxation():
+    torch.manual_seed(2)
+    sp = space.SearchSpace(layers=6, blocks=2)
+    relax = SoftmaxRelaxation(sp, path_decoding="ratio")
+    params = _params(relax)
+    a, b = params["alphas"].detach().numpy(), params["betas"].detach().numpy()
+    assert relax.decode(params) == Genotype(decode.decode_cell(a), decode.decode_path(b, "ratio"))
+    assert SoftmaxRelaxation(sp).decode(params).path == decode.decode_path(b)
+    with pytest.raises(ValueError, match="unknown path decoding 'viterbi'"):
+        SoftmaxRelaxation(sp, path_decoding="viterbi")
+
+
 class TemperatureRelaxation(SoftmaxRelaxation):
     """Softmax at temperature ``t``: the paper's weights for logits divided by ``t``."""
 

@@ -257,6 +257,11 @@ def test_decode_writes_a_multi_path_genotype_for_a_multi_path_checkpoint(tmp_pat
         ("model.partial_channels=2", "model.partial_channels = 2 (PC-DARTS)"),
         ("data.crop_size=32", "data.crop_size = 32 is too small for relaxation.name='dints'"),
         ("arch_regularizer.name=beta_decay", "arch_regularizer.name = 'beta_decay'"),
+        ("relaxation.path_decoding=ratio", "relaxation.path_decoding = 'ratio' reads one path"),
+        (
+            "relaxation.path_decoding=best",
+            "relaxation.path_decoding: unknown rule 'best'; valid: probability, ratio",
+        ),
     ],
 )
 def test_invalid_dints_settings_are_refused_with_the_key(tmp_path, capsys, override, message):
