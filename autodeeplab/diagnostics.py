@@ -400,6 +400,9 @@ def convergence(epochs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
       (the betas' moves; DiNTS: its transitions);
     * ``path_probability``: the probability of the decoded path (DiNTS: topology) under the
       final distribution;
+    * ``path_log_ratio``, ``probability_path``, ``ratio_path``: the final record's (single-path
+      relaxations): what the search added to the decoded path's log probability, and the
+      paths of the two path rules;
     * ``stable_cell_epochs`` / ``stable_path_epochs``: the number of epochs, counted back from
       the last, whose decoded cell / network-level path equals the final one (1: it changed at
       the last epoch), among the epochs with architecture steps (before the first step the
@@ -451,6 +454,9 @@ def convergence(epochs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
         "alpha_entropy_fraction": last.get("alpha_entropy_fraction"),
         "path_entropy_fraction": first("beta_entropy_fraction", "path_entropy_fraction"),
         "path_probability": None if log_prob is None else math.exp(log_prob),
+        "path_log_ratio": last.get("path_log_ratio"),
+        "probability_path": last.get("probability_path"),
+        "ratio_path": last.get("ratio_path"),
         "parameter_free_share": last.get("parameter_free_share"),
         "stable_cell_epochs": stable(lambda g: g.cell),
         "stable_path_epochs": stable(lambda g: g.topology),

@@ -1721,6 +1721,15 @@ def _median_line(med: Mapping[str, Any], what: str) -> str:
     return ", ".join(parts) + "."
 
 
+def _other_path(convergence: Mapping[str, Any]) -> str:
+    """The ratio rule's path where it differs from the probability rule's, ``same``, or ``-``
+    (a search without the figures: DiNTS, records written before them)."""
+    p, q = convergence.get("probability_path"), convergence.get("ratio_path")
+    if p is None or q is None:
+        return "-"
+    return "same" if p == q else q
+
+
 def _search_trials_table(report: Any, rows: Sequence[CandidateResult], ranks: Mapping) -> None:
     """How settled each search trial ended, next to what its architecture scored."""
     searched = [r for r in rows if r.kind == "searched" and r.convergence is not None]
@@ -1747,7 +1756,10 @@ def _search_trials_table(report: Any, rows: Sequence[CandidateResult], ranks: Ma
         "branches (input and operation) that the cell of the epoch before already had, and "
         "the signal in the op (alpha) and path (beta) gradients: the mean over the epochs "
         "with architecture steps of |mean| / standard error per logit, where noise alone "
-        "gives 0.80."
+        "gives 0.80. Ratio-rule path: the path whose probability rose most over uniform "
+        "moves, where it differs from the decoded one (the decoded path then owes its place "
+        "to the trellis, whose finest and coarsest nodes have fewer moves, more than to the "
+        "search), and log P/P0: what the search added to the decoded path's log probability."
     )
     report.table(
         [
@@ -1764,6 +1776,8 @@ def _search_trials_table(report: Any, rows: Sequence[CandidateResult], ranks: Ma
             "branches kept %",
             "alpha signal",
             "beta signal",
+            "ratio-rule path",
+            "log P/P0",
         ],
         [
             [
@@ -1780,6 +1794,8 @@ def _search_trials_table(report: Any, rows: Sequence[CandidateResult], ranks: Ma
                 pct(c.get("previous_cell_agreement")),
                 z(c.get("alpha_grad_z")),
                 z(c.get("beta_grad_z")),
+                _other_path(c),
+                z(c.get("path_log_ratio")),
             ]
             for r in searched
             for c in (r.convergence or {},)

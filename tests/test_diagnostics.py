@@ -318,6 +318,9 @@ def test_convergence_counts_the_epochs_the_final_cell_and_path_held():
             alpha_entropy_fraction=0.8,
             beta_entropy_fraction=0.7,
             path_log_prob=math.log(0.25),
+            path_log_ratio=0.5,
+            probability_path="0-1-1",
+            ratio_path="1-1-1",
             parameter_free_share=0.5,
             alpha_grad_z=3.0,
             beta_grad_z=1.0,
@@ -330,6 +333,9 @@ def test_convergence_counts_the_epochs_the_final_cell_and_path_held():
         "alpha_entropy_fraction": 0.8,
         "path_entropy_fraction": 0.7,
         "path_probability": pytest.approx(0.25),
+        "path_log_ratio": 0.5,
+        "probability_path": "0-1-1",
+        "ratio_path": "1-1-1",
         "parameter_free_share": 0.5,
         "stable_cell_epochs": 1,  # b at the third epoch
         "stable_path_epochs": 3,  # 0-0-0 at the first
@@ -346,6 +352,7 @@ def test_convergence_counts_the_epochs_the_final_cell_and_path_held():
     assert old["path_probability"] is None and old["alpha_entropy_fraction"] is None
     assert old["previous_cell_agreement"] is None
     assert old["alpha_grad_z"] is None and old["beta_grad_z"] is None
+    assert old["path_log_ratio"] is None and old["ratio_path"] is None
     # a branch kept at another place in its block still counts as kept
     before = "0:skip_connect+1:sep_conv_3x3/0:max_pool_3x3+1:sep_conv_5x5"
     after = "0:skip_connect+1:sep_conv_3x3/1:sep_conv_5x5+2:avg_pool_3x3"

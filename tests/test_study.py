@@ -600,7 +600,14 @@ def test_study_runs_every_candidate_and_writes_json_markdown_and_figure(tmp_path
     assert settled["beta_grad_z"] == pytest.approx(sum(beta_z) / len(beta_z))
     assert by_name["random-0"]["search_convergence"] is None
     assert "## Search trials" in (out / "study.md").read_text()
-    assert "| beta signal |" in (out / "study.md").read_text()
+    assert "| beta signal | ratio-rule path | log P/P0 |" in (out / "study.md").read_text()
+    assert settled["path_log_ratio"] == epochs[-1]["path_log_ratio"]
+    p, q = epochs[-1]["probability_path"], epochs[-1]["ratio_path"]
+    assert (settled["probability_path"], settled["ratio_path"]) == (p, q)
+    trials = (out / "study.md").read_text().split("## Search trials")[1]
+    row = next(x for x in trials.splitlines() if x.startswith("| search-s0 |"))
+    cells = [x.strip() for x in row.strip().strip("|").split("|")]
+    assert cells[-2:] == ["same" if p == q else q, f"{epochs[-1]['path_log_ratio']:.2f}"]
     assert s["searched_median"]["mean"] == pytest.approx(means["search-s0"])
     per_seed_var = [np.var(c["mIoU"], ddof=1) for c in doc["candidates"]]
     assert s["seed_noise"] == pytest.approx(math.sqrt(np.mean(per_seed_var)))
