@@ -149,14 +149,19 @@ def path_log_ratio(beta_logits: np.ndarray, path: tuple[int, ...] | list[int]) -
     return path_log_prob(beta_logits, path) - path_log_prob(uniform, path)
 
 
+def check_path_rule(rule: str) -> None:
+    """``ValueError`` naming the valid rules unless ``rule`` is one of :data:`PATH_RULES`."""
+    if rule not in PATH_RULES:
+        raise ValueError(f"unknown path rule {rule!r}; valid: {', '.join(PATH_RULES)}")
+
+
 def decode_path(beta_logits: np.ndarray, rule: str = "probability") -> tuple[int, ...]:
     """The network path (Viterbi) for beta logits of shape ``(L, 4, 3)`` that maximises its
     probability (``rule="probability"``, the paper) or its probability over its probability
     under uniform moves (``rule="ratio"``: the sum along the path of ``log p(move) + log k``,
     ``k`` the number of valid moves of the node; every path scores 0 for untrained betas).
     Ties go to the lower final level, then to the move from the coarser source."""
-    if rule not in PATH_RULES:
-        raise ValueError(f"unknown path rule {rule!r}; valid: {', '.join(PATH_RULES)}")
+    check_path_rule(rule)
     logp = transition_log_probs(beta_logits)
     if rule == "ratio":
         logp = logp - np.where(np.isfinite(logp), move_log_priors(), 0.0)

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from autodeeplab import decode, space, topology
-from autodeeplab.genotype import Genotype
+from autodeeplab.genotype import Genotype, path_string
 
 PARAMETER_FREE_OPS: frozenset[str] = frozenset({"max_pool_3x3", "avg_pool_3x3", "skip_connect"})
 """Decodable operations without weights."""
@@ -72,11 +72,6 @@ class ArchDiagnostics:
 
     def to_dict(self) -> dict[str, float | str]:
         return asdict(self)
-
-
-def path_string(path: Sequence[int]) -> str:
-    """A path's levels joined by ``-``, as genotype strings write them."""
-    return "-".join(str(level) for level in path)
 
 
 def parameter_free_share(genotype: Genotype) -> float:
@@ -332,10 +327,9 @@ def end_of_search_warning(epochs: Sequence[Mapping[str, Any]]) -> str | None:
     disagree (:func:`path_rule_warning`). None without records or concerns."""
     if not epochs:
         return None
-    found = [stagnation_warning(epochs[-1]) or noise_warning(epochs)]
-    found.append(path_rule_warning(epochs[-1]))
-    found = [w for w in found if w]
-    return ". Also, ".join(found) if found else None
+    distribution = stagnation_warning(epochs[-1]) or noise_warning(epochs)
+    found = [w for w in (distribution, path_rule_warning(epochs[-1])) if w]
+    return ". Also, ".join(found) or None
 
 
 def path_rule_warning(record: Mapping[str, Any]) -> str | None:

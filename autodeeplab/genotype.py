@@ -15,6 +15,7 @@ files stay readable by earlier releases); both versions load.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,11 @@ SINGLE_PATH_FORMAT_VERSION = 1
 
 _KEYS = {1: {"path", "cell"}, 2: {"cell"}}
 """Required keys per format version (version 2 also needs ``path`` or ``transitions``)."""
+
+
+def path_string(path: Sequence[int]) -> str:
+    """A single path's levels joined by ``-``, as genotype strings write it (``0-0-1-2``)."""
+    return "-".join(str(level) for level in path)
 
 
 @dataclass(frozen=True)
@@ -187,7 +193,7 @@ class Genotype:
         ``;``, a layer's active ``source>target`` transitions by ``,``)."""
         cell = "/".join("+".join(f"{i}:{op}" for i, op in block) for block in self.cell)
         if self.path is not None:
-            return f"path={'-'.join(str(s) for s in self.path)}|cell={cell}"
+            return f"path={path_string(self.path)}|cell={cell}"
         layers = ";".join(",".join(f"{s}>{d}" for s, d in t) for t in self.topology.layers)
         return f"transitions={layers}|cell={cell}"
 

@@ -168,10 +168,7 @@ class SoftmaxRelaxation(Relaxation):
         path_decoding: str = "probability",
     ):
         super().__init__(search_space)
-        if path_decoding not in decode.PATH_RULES:
-            raise ValueError(
-                f"unknown path decoding {path_decoding!r}; valid: {', '.join(decode.PATH_RULES)}"
-            )
+        decode.check_path_rule(path_decoding)
         self.edge_normalisation = edge_normalisation
         self.path_decoding = path_decoding
 

@@ -81,11 +81,10 @@ def check_relaxation(cfg: SearchConfig) -> None:
         raise ConfigError(
             f"relaxation.name: unknown relaxation {r.name!r}; valid: {', '.join(RELAXATIONS)}"
         )
-    if r.path_decoding not in decode.PATH_RULES:
-        raise ConfigError(
-            f"relaxation.path_decoding: unknown rule {r.path_decoding!r}; valid: "
-            f"{', '.join(decode.PATH_RULES)}"
-        )
+    try:
+        decode.check_path_rule(r.path_decoding)
+    except ValueError as err:
+        raise ConfigError(f"relaxation.path_decoding: {err}") from None
     if r.name == "gumbel":
         _check_gumbel(cfg)
     relax = RELAXATIONS[r.name](cfg, space.SearchSpace(1, 1))  # only its kind is asked
@@ -300,8 +299,7 @@ def checkpoint_relaxation(
         raise ValueError(f"{path}: the config it holds is not valid: {err}") from None
     if path_decoding is not None:
         cfg.relaxation.path_decoding = path_decoding
-        try:
-            check_relaxation(cfg)
-        except ConfigError as err:
-            raise ValueError(f"{path}: {err}") from None
-    return build_relaxation(cfg)
+    try:
+        return build_relaxation(cfg)  # checks the combination (check_relaxation)
+    except ConfigError as err:
+        raise ValueError(f"{path}: {err}") from None

@@ -70,13 +70,17 @@ def all_paths(layers: int):
 
 # ---------------------------------------------------------------------------- distributions
 @pytest.mark.parametrize(
-    "relaxation",
-    ["softmax", "gumbel", "dints", "softmax relaxation.path_decoding=ratio", "gumbel ratio"],
+    ("relaxation", "rule"),
+    [
+        ("softmax", "probability"),
+        ("gumbel", "probability"),
+        ("dints", "probability"),
+        ("softmax", "ratio"),
+        ("gumbel", "ratio"),
+    ],
 )
-def test_one_distribution_decodes_to_the_relaxations_own_decode(relaxation):
-    name, *rule = relaxation.split()
-    rule = [f"relaxation.path_decoding={rule[0].split('=')[-1]}"] if rule else []
-    cfg = search_config(4, 3, f"relaxation.name={name}", *rule)
+def test_one_distribution_decodes_to_the_relaxations_own_decode(relaxation, rule):
+    cfg = search_config(4, 3, f"relaxation.name={relaxation}", f"relaxation.path_decoding={rule}")
     relax = build_relaxation(cfg)
     for seed in range(5):
         params = random_params(cfg, seed)

@@ -81,7 +81,7 @@ def test_the_path_rule_of_the_relaxation():
     a, b = params["alphas"].detach().numpy(), params["betas"].detach().numpy()
     assert relax.decode(params) == Genotype(decode.decode_cell(a), decode.decode_path(b, "ratio"))
     assert SoftmaxRelaxation(sp).decode(params).path == decode.decode_path(b)
-    with pytest.raises(ValueError, match="unknown path decoding 'viterbi'"):
+    with pytest.raises(ValueError, match="unknown path rule 'viterbi'; valid: probability, ratio"):
         SoftmaxRelaxation(sp, path_decoding="viterbi")
 
 

@@ -260,7 +260,7 @@ def test_decode_writes_a_multi_path_genotype_for_a_multi_path_checkpoint(tmp_pat
         ("relaxation.path_decoding=ratio", "relaxation.path_decoding = 'ratio' reads one path"),
         (
             "relaxation.path_decoding=best",
-            "relaxation.path_decoding: unknown rule 'best'; valid: probability, ratio",
+            "relaxation.path_decoding: unknown path rule 'best'; valid: probability, ratio",
         ),
     ],
 )
