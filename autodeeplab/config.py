@@ -266,6 +266,10 @@ class SupernetConfig:
     aspp_rates: str | tuple[int, int, int, int] = "paper"
     """Atrous rate of the search head at each level (stride 4, 8, 16, 32): ``paper``
     (``96 / stride``), ``auto`` (scaled to ``data.crop_size``) or four integers."""
+    path: str | tuple[int, ...] | None = None
+    """A fixed network-level path, to search the cell alone on it: levels (``[0, 0, 1, 2]`` or
+    ``"0-0-1-2"``, one per layer) or a hand-designed family (``deeplabv3``, ``constant-4``,
+    ...); ``null`` (the paper): search the path over the whole trellis."""
 
 
 @dataclass
@@ -433,6 +437,7 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "data.repeat": 1,
     "model.aspp_rates": "paper",
     "model.selective_checkpoint": False,
+    "model.path": None,
     "arch_start_fraction": None,
     "arch_steps_per_step": 1,
     "arch_regularizer.name": "none",

@@ -17,6 +17,8 @@ decoded architecture the search has actually decided:
   :func:`autodeeplab.decode.decode_path` give (levels joined by ``-``). Where they differ, the
   trellis's uneven number of moves per node decided the maximum-probability path, not the
   betas alone (:func:`path_rule_warning`);
+* a search of the cell alone on a fixed path (:func:`cell_diagnostics`) has no betas and
+  records only the alpha figures and ``parameter_free_share``;
 * DiNTS (:func:`dints_diagnostics`) has no betas: ``path_entropy`` / ``path_entropy_fraction``
   are the mean binary entropy of the independent transitions and that mean over ``log 2``,
   ``topology_log_prob`` the log probability of the decoded topology and
@@ -74,6 +76,19 @@ class ArchDiagnostics:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class CellDiagnostics:
+    """Movement of the op distribution and content of the decoded cell (a search of the cell
+    alone, on a fixed path)."""
+
+    alpha_entropy: float
+    alpha_entropy_fraction: float
+    parameter_free_share: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
 def parameter_free_share(genotype: Genotype) -> float:
     """Share of the decoded cell's operations that are pooling or ``skip_connect``."""
     ops = [op for block in genotype.cell for _, op in block]
@@ -91,7 +106,6 @@ def arch_diagnostics(
     ``used_nodes: (L, 4)`` marks the trellis nodes whose move distribution takes part in the
     forward pass; ``genotype`` defaults to the one decoded from the logits.
     """
-    alpha = decode.cell_weights(alpha_logits)  # (E, 8)
     probs = decode.transition_probs(beta_logits)  # (L, 4, 3), invalid moves 0
     used = np.asarray(used_nodes, dtype=bool)
     if used.shape != probs.shape[:2] or not used.any():
@@ -101,19 +115,31 @@ def arch_diagnostics(
         )
     if genotype is None:
         genotype = decode.decode_genotype(alpha_logits, beta_logits)
-    h_alpha = float(decode.entropy(alpha).mean())
+    cell = cell_diagnostics(alpha_logits, genotype)
     valid = np.array(space.valid_move_mask()).sum(axis=1)  # (4,) valid moves per level
     h_beta = decode.entropy(probs)[used]
     h_beta_max = np.broadcast_to(np.log(valid), used.shape)[used]
     return ArchDiagnostics(
-        alpha_entropy=h_alpha,
-        alpha_entropy_fraction=h_alpha / math.log(space.NUM_OPS),
+        alpha_entropy=cell.alpha_entropy,
+        alpha_entropy_fraction=cell.alpha_entropy_fraction,
         beta_entropy=float(h_beta.mean()),
         beta_entropy_fraction=float(h_beta.mean() / h_beta_max.mean()),
         path_log_prob=decode.path_log_prob(beta_logits, genotype.path),
         path_log_ratio=decode.path_log_ratio(beta_logits, genotype.path),
         probability_path=path_string(decode.decode_path(beta_logits, "probability")),
         ratio_path=path_string(decode.decode_path(beta_logits, "ratio")),
+        parameter_free_share=cell.parameter_free_share,
+    )
+
+
+def cell_diagnostics(alpha_logits: np.ndarray, genotype: Genotype) -> CellDiagnostics:
+    """The alpha figures of alpha logits ``(E, O)`` (entropy over its maximum ``log O``) and
+    the parameter-free share of ``genotype``'s cell."""
+    alpha = decode.cell_weights(alpha_logits)  # (E, O)
+    h_alpha = float(decode.entropy(alpha).mean())
+    return CellDiagnostics(
+        alpha_entropy=h_alpha,
+        alpha_entropy_fraction=h_alpha / math.log(alpha.shape[-1]),
         parameter_free_share=parameter_free_share(genotype),
     )
 
@@ -153,16 +179,16 @@ def dints_diagnostics(
             cell=decode.decode_cell(alpha_logits), topology=topology.decode_topology(path_logits)
         )
     used = np.asarray(space.SearchSpace(layers=path_logits.shape[0]).used_transition_mask())
-    h_alpha = float(decode.entropy(decode.cell_weights(alpha_logits)).mean())
+    cell = cell_diagnostics(alpha_logits, genotype)
     h_path = float(binary_entropy(path_logits[used]).mean())
     return DintsDiagnostics(
-        alpha_entropy=h_alpha,
-        alpha_entropy_fraction=h_alpha / math.log(space.NUM_OPS),
+        alpha_entropy=cell.alpha_entropy,
+        alpha_entropy_fraction=cell.alpha_entropy_fraction,
         path_entropy=h_path,
         path_entropy_fraction=h_path / math.log(2.0),
         topology_log_prob=topology.topology_log_prob(path_logits, genotype.topology),
         active_transitions=sum(len(t) for t in genotype.topology.layers),
-        parameter_free_share=parameter_free_share(genotype),
+        parameter_free_share=cell.parameter_free_share,
     )
 
 

@@ -71,7 +71,7 @@ class Genotype:
                 raise ValueError("a genotype needs a path or a topology")
             path = topology.path() if topology.is_single_path() else None
         else:
-            path = _normalise_path(path)
+            path = space.validate_path(path)
             from_path = Topology.from_path(path)
             if topology is not None and topology != from_path:
                 raise ValueError(
@@ -234,32 +234,6 @@ def validate_cell(cell: Any) -> tuple[Block, ...]:
     """The cell as :class:`Genotype` stores it (branches sorted by input); raises
     ``ValueError`` saying what is wrong, as a genotype would."""
     return _normalise_cell(cell)
-
-
-def _normalise_path(path: Any) -> tuple[int, ...]:
-    if isinstance(path, (str, bytes)) or not hasattr(path, "__iter__"):
-        raise ValueError(f"path must be a sequence of levels, got {path!r}")
-    levels = tuple(path)
-    if not levels:
-        raise ValueError("path must have at least one layer")
-    for layer, level in enumerate(levels):
-        if isinstance(level, bool) or not isinstance(level, int):
-            raise ValueError(f"path[{layer}] must be an integer level, got {level!r}")
-        if not 0 <= level < space.NUM_LEVELS:
-            raise ValueError(
-                f"path[{layer}] = {level} is out of range; levels are 0..{space.NUM_LEVELS - 1} "
-                f"(strides {space.LEVEL_STRIDES})"
-            )
-    prev = space.STEM_LEVEL
-    for layer, level in enumerate(levels):
-        if abs(level - prev) > 1:
-            where = "the stem (level 0)" if layer == 0 else f"path[{layer - 1}] = {prev}"
-            raise ValueError(
-                f"path[{layer}] = {level} jumps more than one level from {where}; "
-                "consecutive layers may move by at most one level"
-            )
-        prev = level
-    return levels
 
 
 def _normalise_cell(cell: Any) -> tuple[Block, ...]:

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from autodeeplab import decode, space
-from autodeeplab.diagnostics import arch_diagnostics
-from autodeeplab.genotype import Genotype
+from autodeeplab.diagnostics import arch_diagnostics, cell_diagnostics
+from autodeeplab.genotype import Genotype, path_string
 
 ArchParams = Mapping[str, torch.Tensor | None]
 """The architecture tensors by parameter name (``None``: a disabled parameter)."""
@@ -159,6 +159,10 @@ class SoftmaxRelaxation(Relaxation):
     or ``ratio``). Regularizer ``beta_decay`` (beta-DARTS): mean logsumexp of the
     op logits of every edge plus mean logsumexp over the valid moves of every node that feeds
     the next layer.
+
+    In a search space with a fixed path (:attr:`SearchSpace.path`, a search of the cell alone)
+    there are no betas: every transition of the path has weight 1, the path decodes as itself
+    and ``beta_decay`` is the alpha term alone.
     """
 
     def __init__(
@@ -169,13 +173,22 @@ class SoftmaxRelaxation(Relaxation):
     ):
         super().__init__(search_space)
         decode.check_path_rule(path_decoding)
+        if search_space.path is not None and path_decoding != "probability":
+            raise ValueError(
+                f"path_decoding={path_decoding!r} reads the path off the betas, and a search "
+                "space with a fixed path has none"
+            )
         self.edge_normalisation = edge_normalisation
         self.path_decoding = path_decoding
 
     def init_parameters(self) -> dict[str, nn.Parameter | None]:
         sp = self.space
         alphas = nn.Parameter(1e-3 * torch.randn(sp.num_edges, sp.num_ops))
-        betas = nn.Parameter(1e-3 * torch.randn(sp.layers, space.NUM_LEVELS, space.NUM_MOVES))
+        betas = (
+            nn.Parameter(1e-3 * torch.randn(sp.layers, space.NUM_LEVELS, space.NUM_MOVES))
+            if sp.path is None
+            else None
+        )
         edges = nn.Parameter(1e-3 * torch.randn(sp.num_edges)) if self.edge_normalisation else None
         return {"alphas": alphas, "betas": betas, "edge_logits": edges}
 
@@ -189,6 +202,10 @@ class SoftmaxRelaxation(Relaxation):
         return betas.masked_fill(~valid, float("-inf")), valid  # invalid: no gradient
 
     def transition_weights(self, params: ArchParams) -> torch.Tensor:
+        if self.space.path is not None:  # 1 on the path's transitions
+            alphas = _get(params, "alphas")
+            mask = self.space.used_transition_mask()
+            return torch.tensor(mask, dtype=alphas.dtype, device=alphas.device)
         masked, valid = self._masked_betas(params)
         return F.softmax(masked, dim=-1).masked_fill(~valid, 0.0)
 
@@ -210,6 +227,8 @@ class SoftmaxRelaxation(Relaxation):
         if name != "beta_decay":
             return super().regularizer(name, params)
         alpha_term = torch.logsumexp(_get(params, "alphas"), dim=-1).mean()
+        if self.space.path is not None:
+            return alpha_term
         masked, _ = self._masked_betas(params)
         mask = torch.tensor(self.space.used_transition_mask(), device=masked.device)
         used = mask.any(dim=-1)  # (L, 4): nodes with an outgoing transition
@@ -218,15 +237,18 @@ class SoftmaxRelaxation(Relaxation):
 
     def decode(self, params: ArchParams) -> Genotype:
         alphas = _get(params, "alphas").detach().cpu().double().numpy()
+        return Genotype(cell=decode.decode_cell(alphas, self.space.ops), path=self._path(params))
+
+    def _path(self, params: ArchParams) -> tuple[int, ...]:
+        if self.space.path is not None:
+            return self.space.path
         betas = _get(params, "betas").detach().cpu().double().numpy()
-        return Genotype(
-            cell=decode.decode_cell(alphas, self.space.ops),
-            path=decode.decode_path(betas, self.path_decoding),
-        )
+        return decode.decode_path(betas, self.path_decoding)
 
     def distribution(self, params: ArchParams) -> dict[str, np.ndarray]:
         """``ops``: the op softmax ``(E, O)``; ``moves``: the softmax over the valid moves of
-        every node ``(L, 4, 3)`` (0 at invalid moves)."""
+        every node ``(L, 4, 3)`` (0 at invalid moves; with a fixed path, 1 on its transitions
+        and 0 elsewhere)."""
         with torch.no_grad():
             return {
                 "ops": _numpy(self.op_weights(params)),
@@ -236,8 +258,16 @@ class SoftmaxRelaxation(Relaxation):
     def decode_distribution(self, dist: Mapping[str, np.ndarray]) -> Genotype:
         """The cell of the op weights (:func:`decode.decode_cell_weights`) and the Viterbi path
         of the move probabilities (:func:`decode.decode_path` of their logarithms, with the
-        relaxation's rule)."""
+        relaxation's rule); with a fixed path, that path."""
         moves = np.asarray(dist["moves"], dtype=np.float64)
+        cell = decode.decode_cell_weights(dist["ops"], self.space.ops)
+        if self.space.path is not None:
+            if not np.array_equal(moves, np.asarray(self.space.used_transition_mask(), float)):
+                raise ValueError(
+                    f"the move probabilities are not those of the fixed path "
+                    f"{path_string(self.space.path)}"
+                )
+            return Genotype(cell=cell, path=self.space.path)
         valid = np.asarray(space.valid_move_mask())
         if moves.ndim != 3 or moves.shape[1:] != valid.shape or (moves[:, valid] <= 0).any():
             raise ValueError(
@@ -245,13 +275,14 @@ class SoftmaxRelaxation(Relaxation):
                 "and be positive at every valid move"
             )
         logits = np.where(valid, np.log(np.where(valid, moves, 1.0)), 0.0)
-        return Genotype(
-            cell=decode.decode_cell_weights(dist["ops"], self.space.ops),
-            path=decode.decode_path(logits, self.path_decoding),
-        )
+        return Genotype(cell=cell, path=decode.decode_path(logits, self.path_decoding))
 
     def diagnostics(self, params: ArchParams, genotype: Genotype) -> dict[str, float]:
-        """:func:`autodeeplab.diagnostics.arch_diagnostics` of the alphas and betas."""
+        """:func:`autodeeplab.diagnostics.arch_diagnostics` of the alphas and betas
+        (:func:`~autodeeplab.diagnostics.cell_diagnostics` of the alphas with a fixed path)."""
+        if self.space.path is not None:
+            alphas = _get(params, "alphas").detach().cpu().double().numpy()
+            return cell_diagnostics(alphas, genotype).to_dict()
         used = np.asarray(self.space.used_transition_mask()).any(axis=-1)
         return arch_diagnostics(
             _get(params, "alphas").detach().cpu().double().numpy(),

@@ -101,6 +101,19 @@ def check_relaxation(cfg: SearchConfig) -> None:
             f"probabilities, which relaxation.name={r.name!r} does not have; use "
             "relaxation.name=dints or set relaxation.memory_target=null"
         )
+    fixed = search_path(cfg)
+    if fixed is not None and independent:
+        raise ConfigError(
+            f"model.path = {cfg.model.path!r} fixes a single path, and relaxation.name={r.name!r} "
+            "searches a multi-path topology: set model.path=null or relaxation.name=softmax "
+            "or gumbel"
+        )
+    if fixed is not None and r.path_decoding != "probability":
+        raise ConfigError(
+            f"relaxation.path_decoding = {r.path_decoding!r} reads the path off the betas, and "
+            f"with model.path = {cfg.model.path!r} there are none: set "
+            "relaxation.path_decoding=probability"
+        )
     if independent and r.path_decoding != "probability":
         raise ConfigError(
             f"relaxation.path_decoding = {r.path_decoding!r} reads one path off the betas; "
@@ -156,10 +169,24 @@ def search_spatial_dims(cfg: SearchConfig) -> int:
     return dataset_spatial_dims(cfg.data.name)
 
 
+def search_path(cfg: SearchConfig) -> tuple[int, ...] | None:
+    """The fixed path ``model.path`` names for ``cfg``'s layers (``None``: the whole trellis);
+    a :class:`~autodeeplab.config.ConfigError` says what is wrong with it."""
+    if cfg.model.path is None:
+        return None
+    try:
+        return space.parse_path(cfg.model.path, cfg.model.layers)
+    except ValueError as err:
+        raise ConfigError(f"model.path: {err}") from None
+
+
 def search_space(cfg: SearchConfig) -> space.SearchSpace:
-    """The search space of ``cfg``: its layers and blocks, for images or volumes."""
+    """The search space of ``cfg``: its layers and blocks, for images or volumes, on its fixed
+    path if it has one."""
     m = cfg.model
-    return space.SearchSpace(m.layers, m.blocks, spatial_dims=search_spatial_dims(cfg))
+    return space.SearchSpace(
+        m.layers, m.blocks, spatial_dims=search_spatial_dims(cfg), path=search_path(cfg)
+    )
 
 
 def build_relaxation(cfg: SearchConfig) -> Relaxation:
@@ -186,6 +213,7 @@ def build_supernet(cfg: SearchConfig, num_classes: int, in_channels: int = 3) ->
         aspp_rates=search_head_rates(m.aspp_rates, crop_min_side(cfg.data.crop_size)),
         relaxation=build_relaxation(cfg),
         spatial_dims=search_spatial_dims(cfg),
+        path=search_path(cfg),
     )
 
 

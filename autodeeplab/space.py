@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
+from typing import Any
 
 PRIMITIVES: tuple[str, ...] = (
     "none",
@@ -238,6 +239,37 @@ def count_paths(layers: int = DEFAULT_LAYERS, *, reaching_level: int | None = No
     return sum(c for (_, reached), c in counts.items() if reached)
 
 
+# ----------------------------------------------------------------------------- paths
+
+
+def validate_path(path: Any) -> tuple[int, ...]:
+    """``path`` as a tuple of levels, one per layer, starting from the stem (level 0) and moving
+    by at most one level per layer; raises ``ValueError`` saying what is wrong."""
+    if isinstance(path, (str, bytes)) or not hasattr(path, "__iter__"):
+        raise ValueError(f"path must be a sequence of levels, got {path!r}")
+    levels = tuple(path)
+    if not levels:
+        raise ValueError("path must have at least one layer")
+    for layer, level in enumerate(levels):
+        if isinstance(level, bool) or not isinstance(level, int):
+            raise ValueError(f"path[{layer}] must be an integer level, got {level!r}")
+        if not 0 <= level < NUM_LEVELS:
+            raise ValueError(
+                f"path[{layer}] = {level} is out of range; levels are 0..{NUM_LEVELS - 1} "
+                f"(strides {LEVEL_STRIDES})"
+            )
+    prev = STEM_LEVEL
+    for layer, level in enumerate(levels):
+        if abs(level - prev) > 1:
+            where = "the stem (level 0)" if layer == 0 else f"path[{layer - 1}] = {prev}"
+            raise ValueError(
+                f"path[{layer}] = {level} jumps more than one level from {where}; "
+                "consecutive layers may move by at most one level"
+            )
+        prev = level
+    return levels
+
+
 # ----------------------------------------------------------------------------- the space
 
 
@@ -275,6 +307,11 @@ class SearchSpace:
     blocks: int = DEFAULT_BLOCKS
     ops: tuple[str, ...] = PRIMITIVES
     spatial_dims: int = 2
+    path: tuple[int, ...] | None = None
+    """A fixed network-level path, one level per layer (``None``, the default: the whole
+    trellis). With a path the trellis keeps only the path's nodes, each reading the path's
+    previous node as ``H^{l-1}`` and the node two layers back as ``H^{l-2}``, as the network
+    retrained on that path does: a search in it is a search of the cell alone."""
     _nodes: tuple[tuple[TrellisNode, ...], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -299,10 +336,8 @@ class SearchSpace:
                 + ", ".join(o for o in known_ops() if self.spatial_dims in op_spatial_dims(o))
             )
         object.__setattr__(self, "ops", ops)
-        object.__setattr__(
-            self,
-            "_nodes",
-            tuple(
+        if self.path is None:
+            nodes = tuple(
                 tuple(
                     TrellisNode(
                         layer, level, _source_levels(layer, level), _prev_prev_level(layer, level)
@@ -310,8 +345,24 @@ class SearchSpace:
                     for level in levels_at_layer(layer)
                 )
                 for layer in range(self.layers)
-            ),
-        )
+            )
+        else:
+            path = validate_path(self.path)
+            if len(path) != self.layers:
+                raise ValueError(
+                    f"the fixed path {'-'.join(map(str, path))} has {len(path)} layers, the "
+                    f"search space {self.layers}"
+                )
+            object.__setattr__(self, "path", path)
+            nodes = tuple(
+                (
+                    TrellisNode(
+                        layer, path[layer], _path_sources(path, layer), _path_prev_prev(path, layer)
+                    ),
+                )
+                for layer in range(self.layers)
+            )
+        object.__setattr__(self, "_nodes", nodes)
 
     # ------------------------------------------------------------------ cell
     @property
@@ -378,6 +429,16 @@ class SearchSpace:
             tuple(tuple((layer, s, m) in used for m in range(NUM_MOVES)) for s in range(NUM_LEVELS))
             for layer in range(self.layers)
         )
+
+
+def _path_sources(path: tuple[int, ...], layer: int) -> tuple[int, ...]:
+    return (STEM_LEVEL,) if layer == 0 else (path[layer - 1],)
+
+
+def _path_prev_prev(path: tuple[int, ...], layer: int) -> int:
+    if layer < 2:
+        return _prev_prev_level(layer, path[layer])
+    return path[layer - 2]
 
 
 def _source_levels(layer: int, level: int) -> tuple[int, ...]:
@@ -475,3 +536,27 @@ def hand_designed_paths(
             f"unknown path families {unknown}; valid families: {', '.join(PATH_FAMILIES)}"
         )
     return {n: PATH_FAMILIES[n].path(layers) for n in families}
+
+
+def parse_path(spec: Any, layers: int) -> tuple[int, ...]:
+    """The ``layers``-layer path that ``spec`` names: a sequence of levels (``[0, 0, 1, 2]``),
+    the same written as genotype strings write it (``"0-0-1-2"``), or the name of a
+    hand-designed family (``"deeplabv3"``, see :data:`PATH_FAMILIES`); raises ``ValueError``
+    saying what is wrong."""
+    if isinstance(spec, str):
+        if spec in PATH_FAMILIES:
+            return PATH_FAMILIES[spec].path(layers)
+        parts = spec.split("-")
+        if not all(p.strip().isdigit() for p in parts):
+            raise ValueError(
+                f"{spec!r} is neither a path of levels joined by '-' (e.g. "
+                f"{'-'.join(['0'] * layers)}) nor a hand-designed family "
+                f"({', '.join(PATH_FAMILIES)})"
+            )
+        spec = [int(p) for p in parts]
+    path = validate_path(spec)
+    if len(path) != layers:
+        raise ValueError(
+            f"the path {'-'.join(map(str, path))} has {len(path)} layers, not {layers}"
+        )
+    return path

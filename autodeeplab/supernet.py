@@ -723,6 +723,9 @@ class SearchNetwork(nn.Module):
         spatial_dims: 2 for images ``(N, C, H, W)``, 3 for volumes ``(N, C, D, H, W)``: every
             convolution, BatchNorm and pooling is built for it and resizing is trilinear
             (the search space's ``spatial_dims``).
+        path: a fixed network-level path (one level per layer; the search space's ``path``):
+            the supernet holds only the path's nodes, each reading its predecessor on the path
+            with weight 1, and searches the cell alone; ``None`` (the paper): the whole trellis.
 
     ``forward(images)`` returns logits ``(N, num_classes, *spatial)`` at input size;
     ``forward(images, aux_skip=c)`` adds the DARTS- auxiliary skip connection ``c * x`` to every
@@ -745,6 +748,7 @@ class SearchNetwork(nn.Module):
         op_names: Sequence[str] = space.PRIMITIVES,
         relaxation: Relaxation | None = None,
         spatial_dims: int = 2,
+        path: Sequence[int] | None = None,
     ):
         super().__init__()
         if num_classes < 1 or layers < 1 or blocks < 1 or filter_multiplier < 1:
@@ -780,7 +784,9 @@ class SearchNetwork(nn.Module):
         self.selective_checkpoint = selective_checkpoint
         rates = search_head_rates("paper" if aspp_rates is None else aspp_rates, None)
         self.aspp_rates: tuple[int, ...] = rates
-        self.search_space = space.SearchSpace(layers, blocks, tuple(op_names), spatial_dims)
+        self.search_space = space.SearchSpace(
+            layers, blocks, tuple(op_names), spatial_dims, None if path is None else tuple(path)
+        )
         self.spatial_dims = spatial_dims
 
         self.stem = SearchStem(in_channels, stem_channels, spatial_dims)

@@ -477,6 +477,9 @@ def valid_configs(draw, cls):
             out[f.name] = draw(st.booleans())
         elif f.name == "aspp_rates":  # a rule's name or explicit rates
             out[f.name] = draw(st.sampled_from(["paper", "auto"]))
+        elif f.name == "path":  # a fixed path: levels or a name (checked when it is built)
+            levels = st.lists(st.integers(0, 3), min_size=1, max_size=4)
+            out[f.name] = draw(st.one_of(st.text(max_size=12), levels))
         elif tp in (str, str | None):
             out[f.name] = draw(st.text(max_size=12))
         else:  # data.options (without NaN, which equals nothing, itself included)

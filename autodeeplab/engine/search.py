@@ -854,11 +854,15 @@ class SearchEngine(EngineBase):
         settled = convergence(self.history)
         if result.finished and settled is not None and settled["arch_epochs"]:
             n = settled["arch_epochs"]
+            path = (
+                f"the decoded path for the last {settled['stable_path_epochs']}"
+                if self.relaxation.space.path is None
+                else "the path is fixed (model.path)"
+            )
             self._say(
                 f"settled: the decoded cell was the same for the last "
-                f"{settled['stable_cell_epochs']} of {n} epochs with architecture steps, the "
-                f"decoded path for the last {settled['stable_path_epochs']} (1: it changed in "
-                "the last epoch; a longer search settles more)"
+                f"{settled['stable_cell_epochs']} of {n} epochs with architecture steps, {path} "
+                "(1: it changed in the last epoch; a longer search settles more)"
             )
         if result.warning is not None:
             self._say(f"warning: {result.warning}")
