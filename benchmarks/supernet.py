@@ -33,12 +33,15 @@ and input in channels-last layout; ``--malloc-mmap-threshold BYTES`` runs every 
 
 ``--spatial-dims 3`` runs the supernet on volumes (``size`` voxels per side); ``--kernels
 plain`` replaces every op by an unfused copy of its registry entry (one module per edge and op,
-a DARTS-style mixed op), to compare with the fused kernels.
+a DARTS-style mixed op), to compare with the fused kernels. ``--paths trellis 0-0-0-0`` times
+the paper's supernet and the supernet of a cell-only search on a fixed path (``model.path``) side
+by side.
 
     python benchmarks/supernet.py --sizes 64 128 --threads 1
     python benchmarks/supernet.py --sizes 321 --modes checkpoint+pc --steps 2
     python benchmarks/supernet.py --spatial-dims 3 --sizes 32 --kernels fused plain --no-arch
     python benchmarks/supernet.py --sizes 64 128 --relaxations softmax dints --steps 7
+    python benchmarks/supernet.py --sizes 64 --paths trellis constant-4 deeplabv3 --repeats 3
     python benchmarks/supernet.py --sizes 64 128 --compare-port /path/to/autodeeplab-port --repeats 3
     python benchmarks/supernet.py --sizes 64 --modes exact compiled --repeats 3 --no-flops --pin-cpus 1
     python benchmarks/supernet.py --device cuda --sizes 321 --modes exact compiled --compile-mode reduce-overhead
@@ -70,6 +73,8 @@ MODES = {
     "compiled": {"compile": True},
 }
 PORT = "port"  # the kernel name of the public port's supernet in the results
+TRELLIS = "trellis"  # the path value of the paper's supernet (model.path: null)
+PORT_CONFIG = ("exact", PORT, "softmax", TRELLIS)  # (mode, kernels, relaxation, path)
 
 
 def _set_requires_grad(params, flag: bool) -> None:
@@ -179,12 +184,14 @@ def run_one(args: argparse.Namespace) -> dict:
         ).to(device)
     else:
         op_names = _plain_ops() if args.kernel == "plain" else space.PRIMITIVES
+        path = None if args.path == TRELLIS else space.parse_path(args.path, args.layers)
         cfg = SearchConfig(
             model=SupernetConfig(  # PC-DARTS' partial channels decide the edge normalisation
                 layers=args.layers,
                 blocks=args.blocks,
                 filter_multiplier=args.filter_multiplier,
                 partial_channels=MODES[args.mode].get("partial_channels", 1),
+                path=path,
             ),
             data=DataConfig(crop_size=args.size, batch_size=args.batch),
             relaxation=RelaxationConfig(
@@ -192,7 +199,7 @@ def run_one(args: argparse.Namespace) -> dict:
             ),
         )
         search_space = space.SearchSpace(
-            args.layers, args.blocks, ops=tuple(op_names), spatial_dims=args.spatial_dims
+            args.layers, args.blocks, ops=tuple(op_names), spatial_dims=args.spatial_dims, path=path
         )
         options = dict(MODES[args.mode])
         layout = options.pop("memory_format", None)
@@ -206,6 +213,7 @@ def run_one(args: argparse.Namespace) -> dict:
             op_names=op_names,
             spatial_dims=args.spatial_dims,
             relaxation=RELAXATIONS[args.relaxation](cfg, search_space),
+            path=path,
             **options,
         ).to(device)
         if layout is not None:
@@ -341,6 +349,7 @@ def run_one(args: argparse.Namespace) -> dict:
         "threads": args.threads,
         "mode": PORT if port else args.mode,
         "relaxation": None if port else args.relaxation,
+        "path": TRELLIS if port else args.path,
         "device": str(device),
         "compile_mode": args.compile_mode if args.mode == "compiled" else None,
         # wall / CPU seconds of the first weight step and the first architecture step (with
@@ -370,11 +379,17 @@ def run_one(args: argparse.Namespace) -> dict:
 
 
 def _child_command(
-    args: argparse.Namespace, size: int, threads: int, mode: str, kernel: str, relaxation: str
+    args: argparse.Namespace,
+    size: int,
+    threads: int,
+    mode: str,
+    kernel: str,
+    relaxation: str,
+    path: str,
 ):
     cmd = [sys.executable, __file__, "--child", "--size", str(size), "--mode", mode]
     cmd += ["--kernel", kernel, "--spatial-dims", str(args.spatial_dims)]
-    cmd += ["--relaxation", relaxation]
+    cmd += ["--relaxation", relaxation, "--path", path]
     cmd += ["--threads", str(threads), "--batch", str(args.batch)]
     cmd += ["--layers", str(args.layers), "--blocks", str(args.blocks)]
     cmd += ["--filter-multiplier", str(args.filter_multiplier)]
@@ -430,6 +445,7 @@ def _ratios(port: dict, ours: dict) -> dict:
         "mode": ours["mode"],
         "kernels": ours["kernels"],
         "relaxation": ours["relaxation"],
+        "path": ours["path"],
         "weight_step_speedup": faster("weight_step_s"),
         "weight_arch_step_speedup": faster("weight_arch_step_s"),
         "peak_memory_fraction_of_port": round(
@@ -461,6 +477,14 @@ def main() -> None:
     parser.add_argument("--kernels", nargs="+", default=["fused"], choices=("fused", "plain"))
     parser.add_argument(
         "--relaxations", nargs="+", default=["softmax"], choices=["softmax", "dints"]
+    )
+    parser.add_argument(
+        "--paths",
+        nargs="+",
+        default=[TRELLIS],
+        metavar="PATH",
+        help=f"{TRELLIS!r} (the whole trellis, the paper's supernet) and/or fixed paths to search "
+        "the cell alone on (model.path: levels such as 0-0-1-2, or a hand-designed family)",
     )
     parser.add_argument(
         "--compare-port",
@@ -496,6 +520,7 @@ def main() -> None:
     )
     parser.add_argument("--kernel", help=argparse.SUPPRESS)
     parser.add_argument("--relaxation", help=argparse.SUPPRESS)
+    parser.add_argument("--path", default=TRELLIS, help=argparse.SUPPRESS)
     parser.add_argument("--port", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
@@ -526,30 +551,31 @@ def main() -> None:
 
     results, comparisons = [], []
     for size, threads in itertools.product(args.sizes, args.threads):
-        configs = list(itertools.product(args.modes, args.kernels, args.relaxations))
+        configs = list(itertools.product(args.modes, args.kernels, args.relaxations, args.paths))
         if args.compare_port is not None:
-            # the mode and relaxation are ignored for the port
-            configs.insert(0, ("exact", PORT, "softmax"))
-        runs: dict[tuple[str, str, str], list[dict]] = {c: [] for c in configs}
+            # the mode, relaxation and path are ignored for the port
+            configs.insert(0, PORT_CONFIG)
+        runs: dict[tuple[str, str, str, str], list[dict]] = {c: [] for c in configs}
         errors = []
         for _ in range(args.repeats):
             for config in configs:  # alternate: one process of each per round
-                mode, kernel, relaxation = config
-                cmd = _child_command(args, size, threads, mode, kernel, relaxation)
+                mode, kernel, relaxation, path = config
+                cmd = _child_command(args, size, threads, mode, kernel, relaxation, path)
                 env = dict(os.environ, OMP_NUM_THREADS=str(threads))
                 if args.malloc_mmap_threshold is not None:
                     env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
                 out = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if out.returncode != 0:
                     error = {"size": size, "threads": threads, "mode": mode, "kernels": kernel}
-                    errors.append({**error, "relaxation": relaxation, "error": out.stderr[-2000:]})
+                    error.update(relaxation=relaxation, path=path)
+                    errors.append({**error, "error": out.stderr[-2000:]})
                     print(json.dumps(errors[-1]), file=sys.stderr)
                     continue
                 runs[config].append(json.loads(out.stdout.strip().splitlines()[-1]))
                 print(json.dumps(runs[config][-1]), file=sys.stderr)
         merged = {c: _median_over_rounds(r) for c, r in runs.items() if r}
         results += list(merged.values()) + errors
-        port = merged.get(("exact", PORT, "softmax"))
+        port = merged.get(PORT_CONFIG)
         if port is not None:
             comparisons += [_ratios(port, r) for c, r in merged.items() if c[1] != PORT]
     report = {"benchmark": "supernet", "results": results}
