@@ -328,6 +328,12 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
         "single paths (genotype format 2)",
     )
     p.add_argument(
+        "--path",
+        metavar="PATH",
+        help="draw random cells on this one path (levels such as 0-0-1-2, or a hand-designed "
+        "family): the control of a search of the cell alone (model.path)",
+    )
+    p.add_argument(
         "--max-tries",
         type=int,
         default=1000,
@@ -379,6 +385,7 @@ def _run_sample(args: argparse.Namespace) -> int:
             "--multiply-adds": args.multiply_adds is not None,
             "--largest-of": args.largest_of != 1,
             "--multi-path": args.multi_path,
+            "--path": args.path is not None,
         }
         given = [flag for flag, on in random_only.items() if on]
         if given:
@@ -397,6 +404,11 @@ def _run_sample(args: argparse.Namespace) -> int:
             raise ValueError("give --num N (random architectures) or --hand-designed")
         if args.cell is not None or args.families is not None:
             raise ValueError("--cell and --families apply to --hand-designed only")
+        path = None
+        if args.path is not None:
+            from autodeeplab.space import parse_path
+
+            path = parse_path(args.path, args.layers)
         genotypes = sample.sample_genotypes(
             args.num,
             args.seed,
@@ -411,6 +423,7 @@ def _run_sample(args: argparse.Namespace) -> int:
             largest_by=args.largest_by,
             max_tries=args.max_tries,
             multi_path=args.multi_path,
+            path=path,
         )
         named = dict(zip(sample.random_names(len(genotypes)), genotypes, strict=True))
         settings.update(
@@ -422,6 +435,7 @@ def _run_sample(args: argparse.Namespace) -> int:
             largest_of=args.largest_of,
             largest_by=args.largest_by,
             multi_path=args.multi_path,
+            path=None if path is None else list(path),
         )
     records = sample.describe(
         named,

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from functools import cache, lru_cache
 from itertools import combinations
@@ -280,11 +280,18 @@ def random_genotype(
     layers: int = space.DEFAULT_LAYERS,
     blocks: int = space.DEFAULT_BLOCKS,
     multi_path: bool = False,
+    path: Sequence[int] | None = None,
 ) -> Genotype:
     """A uniformly random architecture: :func:`random_cell` first, then :func:`random_path`
     (or, with ``multi_path``, :func:`random_topology`) from the same generator (cell and
-    network level are independent, so the genotype is uniform over the product space)."""
+    network level are independent, so the genotype is uniform over the product space).
+    ``path``: a random cell on this fixed path (the control of a search of the cell alone on
+    it); excludes ``multi_path``."""
+    if path is not None and multi_path:
+        raise ValueError("path fixes a single path; it excludes multi_path")
     cell = random_cell(blocks, rng)
+    if path is not None:
+        return Genotype(cell=cell, path=tuple(path))
     if multi_path:
         return Genotype(cell=cell, topology=random_topology(layers, rng))
     return Genotype(cell=cell, path=random_path(layers, rng))
@@ -443,9 +450,11 @@ def sample_genotypes(
     max_tries: int = DEFAULT_MAX_TRIES,
     network_options: Mapping[str, Any] | None = None,
     multi_path: bool = False,
+    path: Sequence[int] | None = None,
 ) -> list[Genotype]:
     """``n`` architectures drawn uniformly at random, reproducibly from ``seed``;
-    ``multi_path``: multi-path topologies (:func:`random_topology`) instead of paths.
+    ``multi_path``: multi-path topologies (:func:`random_topology`) instead of paths;
+    ``path``: random cells on this one path of ``layers`` layers.
 
     ``params`` / ``multiply_adds``: optional ``(min, max)`` ranges (inclusive, ``None`` for an
     open end) for the network built with ``num_classes``, ``filter_multiplier`` and
@@ -466,6 +475,12 @@ def sample_genotypes(
     max_tries = _check_positive("max_tries", max_tries)
     num_classes = _check_positive("num_classes", num_classes)
     filter_multiplier = _check_positive("filter_multiplier", filter_multiplier)
+    if path is not None:
+        path = space.validate_path(path)
+        if len(path) != layers:
+            raise ValueError(f"path has {len(path)} layers, not layers={layers}")
+        if multi_path:
+            raise ValueError("path fixes a single path; it excludes multi_path")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if largest_by not in LARGEST_BY:
@@ -496,7 +511,7 @@ def sample_genotypes(
     def accepted_draw() -> tuple[Genotype, _Counts | None]:
         seen: list[_Counts] = []
         for _ in range(max_tries):
-            g = random_genotype(rng, layers=layers, blocks=blocks, multi_path=multi_path)
+            g = random_genotype(rng, layers=layers, blocks=blocks, multi_path=multi_path, path=path)
             if not need_counts:
                 return g, None
             c = counts(g)

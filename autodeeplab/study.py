@@ -105,6 +105,7 @@ of the base configs is replaced by every trial's own seed."""
 STUDY_NEUTRAL_DEFAULTS: dict[str, Any] = {
     **{f"{part}.{key}": v for part in ("train", "search") for key, v in NEUTRAL_DEFAULTS.items()},
     "random.multi_path": False,
+    "random.path": None,
 }
 """Keys added to the resolved study after study folders were first written, with the value
 under which a study behaves as before (the base configs' :data:`NEUTRAL_DEFAULTS`): a study
@@ -170,6 +171,10 @@ class StudyRandomConfig:
     multi_path: bool = False
     """Draw multi-path (DiNTS) topologies uniformly over the feasible ones instead of single
     paths: the baseline of a DiNTS search."""
+    path: str | list[int] | None = None
+    """Draw random cells on this one path (levels, ``"0-0-1-2"`` or a hand-designed family):
+    the control of a search of the cell alone (the search's ``model.path``); null draws the
+    path too."""
 
 
 @dataclass
@@ -485,6 +490,7 @@ class Study:
                 largest_by=r.largest_by,
                 network_options=options,
                 multi_path=r.multi_path,
+                path=self._random_path(),
             )
         except ValueError as err:
             raise ConfigError(f"random: {err}") from None
@@ -493,6 +499,15 @@ class Study:
             Candidate(f"random-{i:0{width}d}", "random", g, {"seed": r.seed, "index": i})
             for i, g in enumerate(drawn)
         ]
+
+    def _random_path(self) -> tuple[int, ...] | None:
+        spec = self.cfg.random.path if self.cfg.random is not None else None
+        if spec is None:
+            return None
+        try:
+            return space.parse_path(spec, self.layers)
+        except ValueError as err:
+            raise ConfigError(f"random.path: {err}") from None
 
     def _hand_designed(self) -> list[Candidate]:
         h = self.cfg.hand_designed

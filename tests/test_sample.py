@@ -458,6 +458,30 @@ def test_cli_sample_multi_path(tmp_path, capsys):
     assert "transitions=" in capsys.readouterr().out
 
 
+def test_random_cells_on_a_fixed_path_are_the_cells_of_the_generator_in_order():
+    got = sample.sample_genotypes(4, 11, layers=4, blocks=3, path=(0, 1, 1, 2))
+    rng = np.random.default_rng(11)
+    assert [g.cell for g in got] == [sample.random_cell(3, rng) for _ in range(4)]
+    assert all(g.path == (0, 1, 1, 2) for g in got)
+    with pytest.raises(ValueError, match="path has 3 layers, not layers=4"):
+        sample.sample_genotypes(1, 0, layers=4, blocks=2, path=(0, 0, 0))
+    with pytest.raises(ValueError, match="excludes multi_path"):
+        sample.sample_genotypes(1, 0, layers=2, blocks=2, path=(0, 0), multi_path=True)
+    with pytest.raises(ValueError, match="jumps more than one level"):
+        sample.sample_genotypes(1, 0, layers=2, blocks=2, path=(0, 2))
+
+
+def test_cli_sample_on_a_fixed_path(tmp_path):
+    from autodeeplab.cli import main
+
+    argv = ["sample", "--num", "3", "--seed", "2", *CLI_TINY, "--path", "deeplabv3"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    path = space.hand_designed_paths(4)["deeplabv3"]
+    want = sample.sample_genotypes(3, 2, layers=4, blocks=2, path=path)
+    assert [Genotype.load(tmp_path / f"random-00{i}.json") for i in range(3)] == want
+    assert json.loads((tmp_path / "settings.json").read_text())["path"] == list(path)
+
+
 def test_cli_sample_with_ranges_and_largest_of(tmp_path, capsys):
     from autodeeplab.cli import main
 
@@ -508,6 +532,8 @@ def test_cli_hand_designed(tmp_path, capsys):
         (["--num", "2", "--multiply-adds", "1X:"], "is not a count"),
         (["--hand-designed", "--num", "3"], "only for random architectures"),
         (["--hand-designed", "--multi-path"], "--multi-path: only for random architectures"),
+        (["--hand-designed", "--path", "0-0"], "--path: only for random architectures"),
+        (["--num", "1", "--layers", "3", "--path", "0-0"], "has 2 layers, not 3"),
         (["--hand-designed", "--families", "unet"], "valid families"),
         (["--cell", "g.json", "--num", "1"], "apply to --hand-designed only"),
         (["--seed", "1"], "give --num N"),

@@ -900,6 +900,7 @@ def test_a_study_written_before_a_key_existed_continues(tmp_path):
     assert record["search"]["relaxation"]["name"] == "softmax"
     del record["search"]["relaxation"]  # as written before the section existed
     del record["random"]["multi_path"]
+    del record["random"]["path"]
     del record["train"]["data"]["repeat"]
     path.write_text(yaml.safe_dump(record))
     Study(load(tmp_path, data)).prepare()  # continues
@@ -917,6 +918,16 @@ def test_random_multi_path_candidates_are_the_samplers_draws(tmp_path):
     drawn = [c.genotype for c in study.candidates if c.kind == "random"]
     assert drawn == sample_genotypes(3, 5, layers=3, blocks=2, multi_path=True)
     assert any(g.is_multi_path for g in drawn)
+
+
+def test_random_cells_on_a_fixed_path_are_the_samplers_draws(tmp_path):
+    data = study_data(tmp_path, random={"num": 3, "seed": 5, "path": "constant-8"})
+    study = Study(load(tmp_path, data))
+    drawn = [c.genotype for c in study.candidates if c.kind == "random"]
+    assert drawn == sample_genotypes(3, 5, layers=3, blocks=2, path=(1, 1, 1))
+    data["random"]["path"] = [0, 1]
+    with pytest.raises(ConfigError, match=r"random\.path: the path 0-1 has 2 layers, not 3"):
+        Study(load(tmp_path, data))
 
 
 def test_a_candidate_with_the_architecture_of_another_is_trained_once(tmp_path, capsys):
