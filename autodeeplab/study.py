@@ -70,7 +70,7 @@ from autodeeplab.config import (
 )
 from autodeeplab.engine.common import EARLY_STOP, record_early_stop_signals
 from autodeeplab.engine.loop import print_flush
-from autodeeplab.genotype import RELEASED, Genotype
+from autodeeplab.genotype import RELEASED, Genotype, path_string
 from autodeeplab.ray_trials import RayOptions, run_on_ray
 from autodeeplab.sample import LARGEST_BY
 
@@ -183,7 +183,9 @@ class StudyHandDesignedConfig:
 
     cell: str = "released"
     """``released`` (the published cell; needs 5 blocks), ``searched`` (the cell decoded by the
-    first search trial) or a genotype JSON file whose cell is used."""
+    first search trial), ``each`` (every search trial's cell on every family: the searched
+    path against the hand-designed ones for the same cell) or a genotype JSON file whose cell
+    is used."""
     families: list[str] | None = None
     """Path families (``constant-4``, ``deeplabv3``, ...); null = every family that fits."""
 
@@ -526,10 +528,21 @@ class Study:
                     f"{self.blocks}; use cell: searched or a genotype file with {self.blocks} "
                     "blocks"
                 )
-        elif h.cell == "searched":
+        elif h.cell in ("searched", "each"):
             if not self.search_seeds:
-                raise ConfigError("hand_designed.cell: 'searched' needs search trials")
-            cell = None  # known once the first search trial has run
+                raise ConfigError(f"hand_designed.cell: {h.cell!r} needs search trials")
+            cell = None  # known once the search trials have run
+            if h.cell == "each":
+                return [
+                    Candidate(
+                        f"hand-{family}-s{seed}",
+                        "hand-designed",
+                        None,
+                        {"family": family, "cell": "each", "search_seed": seed, "path": list(path)},
+                    )
+                    for seed in self.search_seeds
+                    for family, path in paths.items()
+                ]
         else:
             g = self._load_genotype(h.cell, "hand_designed.cell")
             if g.blocks != self.blocks:
@@ -562,9 +575,10 @@ class Study:
                 if consensus is None or c.name not in consensus:
                     raise ValueError(f"the study has a {c.name} candidate: give its genotype")
                 g = consensus[c.name]
-            elif g is None:  # hand-designed path with the cell of the first search trial
-                assert first is not None
-                g = Genotype(cell=first.cell, path=tuple(c.source["path"]))
+            elif g is None:  # hand-designed path with the cell of a search trial
+                donor = genotypes[c.source["search_seed"]] if "search_seed" in c.source else first
+                assert donor is not None
+                g = Genotype(cell=donor.cell, path=tuple(c.source["path"]))
             out.append(Candidate(c.name, c.kind, g, c.source))
         return out
 
@@ -733,6 +747,8 @@ def describe(study: Study) -> list[str]:
                     "decoded from the mean distribution of the search trials with seeds "
                     f"{c.source['search_seeds']}"
                 )
+            elif "search_seed" in c.source:
+                what = f"path {c.source['path']} with the cell of search trial seed {c.source['search_seed']}"
             else:
                 what = f"path {c.source['path']} with the cell of the first search trial"
         else:
@@ -1237,13 +1253,25 @@ def summarize(
             [r.miou for r in results if r.kind == "random" and r.same_as is None]
         ),
     }
-    hand = [r for r in results if r.kind == "hand-designed" and math.isfinite(r.mean)]
-    best_hand = max(hand, key=lambda r: r.mean, default=None)
-    summary["best_hand_designed"] = (
-        None
-        if best_hand is None
-        else {"name": best_hand.name, "mean": best_hand.mean, "rank": rank_of[best_hand.name]}
-    )
+    summary["hand_designed_paths"] = hand_designed_paths(results)
+    if summary["hand_designed_paths"]:
+        # every searched cell on every family: the best family, by its median over the cells
+        best_path = max(summary["hand_designed_paths"], key=lambda f: f["median"])
+        summary["best_hand_designed"] = {
+            "name": f"hand-{best_path['family']}",
+            "family": best_path["family"],
+            "mean": best_path["median"],
+            "rank": None,
+            "cells": best_path["n"],
+        }
+    else:
+        hand = [r for r in results if r.kind == "hand-designed" and math.isfinite(r.mean)]
+        best_hand = max(hand, key=lambda r: r.mean, default=None)
+        summary["best_hand_designed"] = (
+            None
+            if best_hand is None
+            else {"name": best_hand.name, "mean": best_hand.mean, "rank": rank_of[best_hand.name]}
+        )
     summary["searched_median"] = _searched_median(results, summary)
     # The paper ran several searches and kept the one whose supernet scored best on held-out
     # data: that choice needs no retraining, so it is what a user of the search would get.
@@ -1267,6 +1295,49 @@ def summarize(
         None if best is None else {"name": best.name, "kind": best.kind, "mean": best.mean}
     )
     return summary
+
+
+def hand_designed_paths(results: Sequence[CandidateResult]) -> list[dict[str, Any]]:
+    """For the hand-designed candidates with every search trial's cell
+    (``hand_designed.cell: each``), one record per family: its path, the median and mean of its
+    candidates' means over the cells, and the paired difference searched minus family over the
+    trials where both have a score (``mean_difference``, its standard error ``se``, and how many
+    times the searched architecture was ``better`` and ``worse``). Empty for other studies."""
+    families: dict[str, list[CandidateResult]] = {}
+    for r in results:
+        if r.kind == "hand-designed" and r.source.get("cell") == "each":
+            families.setdefault(r.source["family"], []).append(r)
+    searched = {
+        r.source["search_seed"]: r.mean
+        for r in results
+        if r.kind == "searched" and "search_seed" in r.source and math.isfinite(r.mean)
+    }
+    out = []
+    for family, group in families.items():
+        means = [r.mean for r in group if math.isfinite(r.mean)]
+        if not means:
+            continue
+        diffs = [
+            searched[r.source["search_seed"]] - r.mean
+            for r in group
+            if math.isfinite(r.mean) and r.source["search_seed"] in searched
+        ]
+        mean_diff, std_diff = mean_std(diffs) if diffs else (None, None)
+        out.append(
+            {
+                "family": family,
+                "path": group[0].source["path"],
+                "n": len(means),
+                "median": float(np.median(means)),
+                "mean": float(np.mean(means)),
+                "paired_n": len(diffs),
+                "mean_difference": mean_diff,
+                "se": None if std_diff is None else std_diff / math.sqrt(len(diffs)),
+                "better": sum(d > 0 for d in diffs),
+                "worse": sum(d < 0 for d in diffs),
+            }
+        )
+    return out
 
 
 def _against_random(
@@ -1483,7 +1554,8 @@ def draw_study(
                 **style,
             )
             for r in group:
-                if kind != "random" or r.name in twins:
+                each = r.source.get("cell") == "each"  # one point per cell: too many to name
+                if (kind != "random" and not each) or r.name in twins:
                     ax.annotate(
                         " = ".join(
                             n.removeprefix("hand-") for n in [r.name, *twins.get(r.name, [])]
@@ -1581,7 +1653,12 @@ def _write_report(
             f"{s['random_beaten']} of {s['random_n']} of them."
         )
     hand = summary["best_hand_designed"]
-    if hand is not None:
+    if hand is not None and hand["rank"] is None:
+        lines.append(
+            f"Best hand-designed path: `{hand['family']}` with the searched cells, median "
+            f"{_pct(hand['mean'])} % over its {hand['cells']} cells (every family: below)."
+        )
+    elif hand is not None:
         lines.append(
             f"Best hand-designed: `{hand['name']}`, {_pct(hand['mean'])} % (rank {hand['rank']})."
         )
@@ -1651,6 +1728,7 @@ def _write_report(
         "mIoU against parameters and Multi-Adds; error bars: std over training seeds",
     )
     _search_trials_table(report, rows, ranks=summary["ranks"])
+    _hand_designed_paths_table(report, summary["hand_designed_paths"])
     report.heading("Every candidate")
     ranks = summary["ranks"]
     scale, unit = _macs_unit(rows)
@@ -1690,6 +1768,51 @@ def _write_report(
         f"autodeeplab study --config {study.output / 'config.yaml'} --output NEW_FOLDER"
     )
     report.write(study.output, name="study")
+
+
+def _hand_designed_paths_table(report: Any, families: Sequence[Mapping[str, Any]]) -> None:
+    """The searched paths against each hand-designed path with the same cells (a study with
+    ``hand_designed.cell: each``); nothing for other studies."""
+    if not families:
+        return
+    report.heading("The searched paths against the hand-designed paths, cell by cell")
+    report.paragraph(
+        "Every search trial's cell retrained on every hand-designed path: the median and mean "
+        "of each path over the cells, and the searched architecture (its cell on its own "
+        "path) minus the same cell on the hand-designed path, over the trials (mean, its "
+        "standard error, and in how many trials the searched path was better and worse)."
+    )
+
+    def points(x: Any) -> str:
+        return "-" if x is None else f"{100 * x:+.2f}"
+
+    report.table(
+        [
+            "path",
+            "levels",
+            "cells",
+            "median %",
+            "mean %",
+            "searched minus path",
+            "SE",
+            "better",
+            "worse",
+        ],
+        [
+            [
+                f"`{f['family']}`",
+                f"`{path_string(f['path'])}`",
+                f["n"],
+                _pct(f["median"]),
+                _pct(f["mean"]),
+                points(f["mean_difference"]),
+                "-" if f["se"] is None else f"{100 * f['se']:.2f}",
+                f["better"],
+                f["worse"],
+            ]
+            for f in families
+        ],
+    )
 
 
 def _groups_lines(

@@ -920,6 +920,107 @@ def test_random_multi_path_candidates_are_the_samplers_draws(tmp_path):
     assert any(g.is_multi_path for g in drawn)
 
 
+def test_hand_designed_paths_with_every_searched_cell_by_hand():
+    """``hand_designed.cell: each``: per family the median over the cells, the paired
+    differences searched minus family, and the best family as the hand-designed reference."""
+
+    def row(name, kind, mean, **source):
+        return dataclasses.replace(planted(name, kind, [mean - 0.01, mean + 0.01]), source=source)
+
+    searched = {0: 0.50, 1: 0.40, 2: 0.30}
+    rows = [row(f"search-s{k}", "searched", m, search_seed=k) for k, m in searched.items()]
+    hand = {"a": [0.45, 0.42, 0.20], "b": [0.60, 0.10, 0.35]}
+    for family, means in hand.items():
+        rows += [
+            row(
+                f"hand-{family}-s{k}",
+                "hand-designed",
+                m,
+                family=family,
+                cell="each",
+                search_seed=k,
+                path=[0, 0, 0],
+            )
+            for k, m in enumerate(means)
+        ]
+    rows += [row(f"random-{i}", "random", m) for i, m in enumerate([0.2, 0.3])]
+    s = summarize(rows)
+    by_family = {f["family"]: f for f in s["hand_designed_paths"]}
+    a, b = by_family["a"], by_family["b"]
+    assert (a["n"], a["paired_n"], b["n"]) == (3, 3, 3)
+    assert a["median"] == pytest.approx(0.42) and b["median"] == pytest.approx(0.35)
+    assert a["mean"] == pytest.approx((0.45 + 0.42 + 0.20) / 3)
+    d = [0.05, -0.02, 0.10]  # searched minus family a, trial by trial
+    mean_d = sum(d) / 3
+    sd = math.sqrt(sum((x - mean_d) ** 2 for x in d) / 2)
+    assert a["mean_difference"] == pytest.approx(mean_d)
+    assert a["se"] == pytest.approx(sd / math.sqrt(3))
+    assert (a["better"], a["worse"], b["better"], b["worse"]) == (2, 1, 1, 2)
+    assert s["best_hand_designed"] == {
+        "name": "hand-a",
+        "family": "a",
+        "mean": pytest.approx(0.42),
+        "rank": None,
+        "cells": 3,
+    }
+    # the searched median (0.40) against the best family's median
+    assert s["searched_median"]["minus_best_hand_designed"] == pytest.approx(0.40 - 0.42)
+    # a study without them keeps the best single hand-designed candidate
+    plain = summarize([*rows[:3], planted("hand-c", "hand-designed", [0.3, 0.3])])
+    assert plain["hand_designed_paths"] == []
+    assert plain["best_hand_designed"]["name"] == "hand-c"
+
+
+def test_hand_designed_candidates_with_every_searched_cell(tmp_path):
+    data = study_data(
+        tmp_path,
+        search={**SEARCH, "trials": 2},
+        hand_designed={"cell": "each", "families": ["constant-4", "constant-8"]},
+    )
+    study = Study(load(tmp_path, data))
+    hand = [c for c in study.candidates if c.kind == "hand-designed"]
+    assert [c.name for c in hand] == [
+        "hand-constant-4-s0",
+        "hand-constant-8-s0",
+        "hand-constant-4-s1",
+        "hand-constant-8-s1",
+    ]
+    g0 = Genotype.load(genotype_file(tmp_path))
+    g1 = Genotype(cell=(((0, "skip_connect"), (1, "sep_conv_3x3")),) * 2, path=(0, 0, 1))
+    filled = {c.name: c.genotype for c in study.with_searched({0: g0, 1: g1})}
+    assert filled["hand-constant-8-s0"] == Genotype(cell=g0.cell, path=(1, 1, 1))
+    assert filled["hand-constant-4-s1"] == Genotype(cell=g1.cell, path=(0, 0, 0))
+    data["search"] = None
+    with pytest.raises(ConfigError, match="'each' needs search trials"):
+        Study(load(tmp_path, data))
+
+
+def test_a_study_with_every_searched_cell_on_the_hand_designed_paths(tmp_path):
+    data = study_data(
+        tmp_path,
+        layers=None,
+        blocks=None,
+        search={**SEARCH, "trials": 2},
+        hand_designed={"cell": "each", "families": ["constant-4", "constant-8"]},
+        train_seeds=[0],
+    )
+    run_study(load(tmp_path, data))
+    out = tmp_path / "study"
+    doc = strict_json(out / "study.json")
+    means = {c["name"]: c["mean"] for c in doc["candidates"]}
+    families = {f["family"]: f for f in doc["summary"]["hand_designed_paths"]}
+    for family in ("constant-4", "constant-8"):
+        cells = [means[f"hand-{family}-s{k}"] for k in (0, 1)]
+        diffs = [means[f"search-s{k}"] - means[f"hand-{family}-s{k}"] for k in (0, 1)]
+        assert families[family]["median"] == pytest.approx(np.median(cells))
+        assert families[family]["mean_difference"] == pytest.approx(np.mean(diffs))
+    best = max(families.values(), key=lambda f: f["median"])
+    assert doc["summary"]["best_hand_designed"]["family"] == best["family"]
+    text = (out / "study.md").read_text()
+    assert "The searched paths against the hand-designed paths, cell by cell" in text
+    assert f"Best hand-designed path: `{best['family']}` with the searched cells" in text
+
+
 def test_random_cells_on_a_fixed_path_are_the_samplers_draws(tmp_path):
     data = study_data(tmp_path, random={"num": 3, "seed": 5, "path": "constant-8"})
     study = Study(load(tmp_path, data))
