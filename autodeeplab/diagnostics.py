@@ -18,7 +18,8 @@ decoded architecture the search has actually decided:
   trellis's uneven number of moves per node decided the maximum-probability path, not the
   betas alone (:func:`path_rule_warning`);
 * a search of the cell alone on a fixed path (:func:`cell_diagnostics`) has no betas and
-  records only the alpha figures and ``parameter_free_share``;
+  records only the alpha figures, ``parameter_free_share`` and ``fixed_path`` (its levels
+  joined by ``-``);
 * DiNTS (:func:`dints_diagnostics`) has no betas: ``path_entropy`` / ``path_entropy_fraction``
   are the mean binary entropy of the independent transitions and that mean over ``log 2``,
   ``topology_log_prob`` the log probability of the decoded topology and
@@ -426,7 +427,9 @@ def convergence(epochs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     * ``stable_cell_epochs`` / ``stable_path_epochs``: the number of epochs, counted back from
       the last, whose decoded cell / network-level path equals the final one (1: it changed at
       the last epoch), among the epochs with architecture steps (before the first step the
-      decoded genotype is the initial logits' argmax);
+      decoded genotype is the initial logits' argmax); ``stable_path_epochs`` is None for a
+      search on a fixed path;
+    * ``fixed_path``: the path of a search of the cell alone (None for a path search);
     * ``previous_cell_agreement``: the share of the final cell's branches (input and operation)
       that the same block of the cell decoded one epoch earlier had too (None with fewer than two
       such epochs): a whole cell that changed in the last epoch may have changed in one branch
@@ -479,7 +482,8 @@ def convergence(epochs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
         "ratio_path": last.get("ratio_path"),
         "parameter_free_share": last.get("parameter_free_share"),
         "stable_cell_epochs": stable(lambda g: g.cell),
-        "stable_path_epochs": stable(lambda g: g.topology),
+        "stable_path_epochs": None if last.get("fixed_path") else stable(lambda g: g.topology),
+        "fixed_path": last.get("fixed_path"),
         "previous_cell_agreement": agreement,
         "alpha_grad_z": mean_signal("alpha_grad_z"),
         "beta_grad_z": mean_signal("beta_grad_z"),

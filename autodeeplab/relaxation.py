@@ -279,10 +279,14 @@ class SoftmaxRelaxation(Relaxation):
 
     def diagnostics(self, params: ArchParams, genotype: Genotype) -> dict[str, float]:
         """:func:`autodeeplab.diagnostics.arch_diagnostics` of the alphas and betas
-        (:func:`~autodeeplab.diagnostics.cell_diagnostics` of the alphas with a fixed path)."""
+        (:func:`~autodeeplab.diagnostics.cell_diagnostics` of the alphas and ``fixed_path``, the
+        path's levels joined by ``-``, with a fixed path)."""
         if self.space.path is not None:
             alphas = _get(params, "alphas").detach().cpu().double().numpy()
-            return cell_diagnostics(alphas, genotype).to_dict()
+            return {
+                **cell_diagnostics(alphas, genotype).to_dict(),
+                "fixed_path": path_string(self.space.path),
+            }
         used = np.asarray(self.space.used_transition_mask()).any(axis=-1)
         return arch_diagnostics(
             _get(params, "alphas").detach().cpu().double().numpy(),

@@ -1928,7 +1928,9 @@ def _search_trials_table(report: Any, rows: Sequence[CandidateResult], ranks: Ma
                 pct(c.get("path_probability"), 1),
                 pct(c.get("parameter_free_share")),
                 run(c.get("stable_cell_epochs"), c.get("arch_epochs")),
-                run(c.get("stable_path_epochs"), c.get("arch_epochs")),
+                "fixed"
+                if c.get("fixed_path")
+                else run(c.get("stable_path_epochs"), c.get("arch_epochs")),
                 pct(c.get("previous_cell_agreement")),
                 z(c.get("alpha_grad_z")),
                 z(c.get("beta_grad_z")),

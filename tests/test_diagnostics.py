@@ -339,6 +339,7 @@ def test_convergence_counts_the_epochs_the_final_cell_and_path_held():
         "parameter_free_share": 0.5,
         "stable_cell_epochs": 1,  # b at the third epoch
         "stable_path_epochs": 3,  # 0-0-0 at the first
+        "fixed_path": None,  # a path search
         "previous_cell_agreement": 0.75,  # b differs from a in one of four branches
         "alpha_grad_z": pytest.approx(2.0),  # (1 + 2 + 3) / 3: NaN left out
         "beta_grad_z": pytest.approx(0.8),  # (0.5 + 0.9 + 1.0) / 3: null left out

@@ -168,7 +168,13 @@ def test_the_fixed_path_relaxation_has_no_betas():
     with pytest.raises(ValueError, match="not those of the fixed path 0-1-2"):
         relax.decode_distribution({**dist, "moves": np.roll(dist["moves"], 1, axis=1)})
     diag = relax.diagnostics(p, g)
-    assert set(diag) == {"alpha_entropy", "alpha_entropy_fraction", "parameter_free_share"}
+    assert set(diag) == {
+        "alpha_entropy",
+        "alpha_entropy_fraction",
+        "parameter_free_share",
+        "fixed_path",
+    }
+    assert diag["fixed_path"] == "0-1-2"
     probs = torch.softmax(alphas.double(), -1)
     h = float(-(probs * probs.log()).sum(-1).mean())
     assert diag["alpha_entropy"] == pytest.approx(h)
@@ -209,13 +215,15 @@ def test_a_fixed_path_search_end_to_end(tmp_path, capsys):
         assert result.genotype.path == (0, 1, 1)
         runs.append(tmp_path / f"run{seed}")
     out = capsys.readouterr().out
-    assert "the path is fixed (model.path)" in out
+    assert "the path is fixed (model.path: 0-1-1)" in out
     ckpt = torch.load(runs[0] / "last.pt", weights_only=True)
     assert "betas" not in ckpt["model"] and "alphas" in ckpt["model"]
     summary = json.loads((runs[0] / "summary.json").read_text())
     assert Genotype.from_string(summary["genotype"]).path == (0, 1, 1)
     assert summary["beta_entropy_fraction"] is None and summary["path_log_ratio"] is None
-    assert 0 < summary["alpha_entropy_fraction"] < 1
+    assert 0 < summary["alpha_entropy_fraction"] < 1 and summary["fixed_path"] == "0-1-1"
+    assert summary["convergence"]["fixed_path"] == "0-1-1"
+    assert summary["convergence"]["stable_path_epochs"] is None
     records = [json.loads(line) for line in (runs[0] / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r.get("type") == "epoch"]
     assert epochs and all("beta_entropy" not in r for r in epochs)

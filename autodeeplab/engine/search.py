@@ -831,7 +831,7 @@ class SearchEngine(EngineBase):
             last = self.history[-1] if self.history else {}
             keys = ("arch_steps", "alpha_entropy_fraction", "beta_entropy_fraction")
             keys += ("path_log_prob", "path_log_ratio", "probability_path", "ratio_path")
-            keys += ("parameter_free_share",)
+            keys += ("parameter_free_share", "fixed_path")
             # the figures of relaxations with a multi-path topology and a memory budget
             extra = ("path_entropy_fraction", "topology_log_prob", "active_transitions")
             extra += ("memory_fraction", "decoded_memory_fraction", "decoded_memory_bytes")
@@ -856,8 +856,8 @@ class SearchEngine(EngineBase):
             n = settled["arch_epochs"]
             path = (
                 f"the decoded path for the last {settled['stable_path_epochs']}"
-                if self.relaxation.space.path is None
-                else "the path is fixed (model.path)"
+                if settled["fixed_path"] is None
+                else f"the path is fixed (model.path: {settled['fixed_path']})"
             )
             self._say(
                 f"settled: the decoded cell was the same for the last "
