@@ -782,7 +782,10 @@ def _now() -> str:
 
 def _finished_record(trial: Trial) -> dict[str, Any] | None:
     """The ``trial.json`` of a finished trial, or None; a record for another configuration is
-    an error (the study-level check makes this a sign of an altered folder)."""
+    an error (the study-level check makes this a sign of an altered folder). The record is
+    returned under the trial's own name and candidate: a run folder copied from another study
+    (or another candidate of the same architecture) computed the same thing, whatever it was
+    called there."""
     path = trial.output / "trial.json"
     if not path.is_file():
         return None
@@ -793,7 +796,8 @@ def _finished_record(trial: Trial) -> dict[str, Any] | None:
             f"{record.get('key')} vs {trial.key}); was the study folder altered? Delete that run "
             "folder to redo the trial, or choose another output folder"
         )
-    return record
+    labels = {"name": trial.name, "candidate": trial.candidate}
+    return {**record, **{k: v for k, v in labels.items() if k in record}}
 
 
 def run_trial(trial: Trial, log: Callable[[str], None] | None = None) -> dict[str, Any]:

@@ -1021,6 +1021,27 @@ def test_a_study_with_every_searched_cell_on_the_hand_designed_paths(tmp_path):
     assert f"Best hand-designed path: `{best['family']}` with the searched cells" in text
 
 
+def test_a_finished_run_copied_under_another_name_counts_under_its_new_name(tmp_path):
+    """A run folder of the same computation (same key) copied from another study or candidate
+    is reused, and its record carries the trial's own name and candidate."""
+    from types import SimpleNamespace
+
+    from autodeeplab.study import Trial, run_trial
+
+    out = tmp_path / "train" / "hand-constant-8-s0" / "seed0"
+    out.mkdir(parents=True)
+    stored = {"kind": "train", "name": "hand-constant-8/seed0", "candidate": "hand-constant-8"}
+    stored |= {"seed": 0, "key": "k1", "mIoU": 0.5}
+    (out / "trial.json").write_text(json.dumps(stored))
+    trial = Trial("train", "hand-constant-8-s0/seed0", 0, SimpleNamespace(output=str(out)), "k1")
+    trial = dataclasses.replace(trial, candidate="hand-constant-8-s0")
+    record = run_trial(trial)
+    assert record["candidate"] == "hand-constant-8-s0" and record["name"] == trial.name
+    assert record["mIoU"] == 0.5
+    with pytest.raises(StudyError, match="written for another configuration"):
+        run_trial(dataclasses.replace(trial, key="k2"))
+
+
 def test_random_cells_on_a_fixed_path_are_the_samplers_draws(tmp_path):
     data = study_data(tmp_path, random={"num": 3, "seed": 5, "path": "constant-8"})
     study = Study(load(tmp_path, data))
