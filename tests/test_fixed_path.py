@@ -237,3 +237,22 @@ def test_a_fixed_path_search_end_to_end(tmp_path, capsys):
     assert Genotype.load(target).path == (0, 1, 1)
     assert main(["decode", str(runs[0]), "--path-decoding", "ratio", "--out", str(target)]) == 2
     assert "there are none" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["selection.name=perturbation", "selection.eval_samples=2", "selection.tune_epochs=0"],
+        ["aux_skip.schedule=linear"],
+        ["model.partial_channels=2"],
+        ["unrolled=true"],
+        ["model.selective_checkpoint=true"],
+    ],
+    ids=["perturbation", "aux-skip", "pc-darts", "unrolled", "selective-checkpoint"],
+)
+def test_the_search_options_run_on_a_fixed_path(tmp_path, extra):
+    result = run_search(tiny_search(tmp_path, "model.path=1-1-2", *extra), log=lambda *a: None)
+    assert result.finished and result.genotype.path == (1, 1, 2)
+    model = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
+    assert "betas" not in model
+    assert ("edge_logits" in model) == ("model.partial_channels=2" in extra)
