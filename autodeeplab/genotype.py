@@ -15,12 +15,12 @@ files stay readable by earlier releases); both versions load.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from autodeeplab import space
+from autodeeplab.space import path_string
 from autodeeplab.topology import Topology
 
 Branch = tuple[int, str]
@@ -35,11 +35,6 @@ SINGLE_PATH_FORMAT_VERSION = 1
 
 _KEYS = {1: {"path", "cell"}, 2: {"cell"}}
 """Required keys per format version (version 2 also needs ``path`` or ``transitions``)."""
-
-
-def path_string(path: Sequence[int]) -> str:
-    """A single path's levels joined by ``-``, as genotype strings write it (``0-0-1-2``)."""
-    return "-".join(str(level) for level in path)
 
 
 @dataclass(frozen=True)

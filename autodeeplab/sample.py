@@ -476,11 +476,7 @@ def sample_genotypes(
     num_classes = _check_positive("num_classes", num_classes)
     filter_multiplier = _check_positive("filter_multiplier", filter_multiplier)
     if path is not None:
-        path = space.validate_path(path)
-        if len(path) != layers:
-            raise ValueError(f"path has {len(path)} layers, not layers={layers}")
-        if multi_path:
-            raise ValueError("path fixes a single path; it excludes multi_path")
+        path = space.validate_path(path, layers)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if largest_by not in LARGEST_BY:

@@ -242,9 +242,15 @@ def count_paths(layers: int = DEFAULT_LAYERS, *, reaching_level: int | None = No
 # ----------------------------------------------------------------------------- paths
 
 
-def validate_path(path: Any) -> tuple[int, ...]:
+def path_string(path: Sequence[int]) -> str:
+    """A single path's levels joined by ``-``, as genotype strings write it (``0-0-1-2``)."""
+    return "-".join(str(level) for level in path)
+
+
+def validate_path(path: Any, layers: int | None = None) -> tuple[int, ...]:
     """``path`` as a tuple of levels, one per layer, starting from the stem (level 0) and moving
-    by at most one level per layer; raises ``ValueError`` saying what is wrong."""
+    by at most one level per layer, and ``layers`` long when given; raises ``ValueError``
+    saying what is wrong."""
     if isinstance(path, (str, bytes)) or not hasattr(path, "__iter__"):
         raise ValueError(f"path must be a sequence of levels, got {path!r}")
     levels = tuple(path)
@@ -267,6 +273,8 @@ def validate_path(path: Any) -> tuple[int, ...]:
                 "consecutive layers may move by at most one level"
             )
         prev = level
+    if layers is not None and len(levels) != layers:
+        raise ValueError(f"the path {path_string(levels)} has {len(levels)} layers, not {layers}")
     return levels
 
 
@@ -347,12 +355,7 @@ class SearchSpace:
                 for layer in range(self.layers)
             )
         else:
-            path = validate_path(self.path)
-            if len(path) != self.layers:
-                raise ValueError(
-                    f"the fixed path {'-'.join(map(str, path))} has {len(path)} layers, the "
-                    f"search space {self.layers}"
-                )
+            path = validate_path(self.path, self.layers)
             object.__setattr__(self, "path", path)
             nodes = tuple(
                 (
@@ -554,9 +557,4 @@ def parse_path(spec: Any, layers: int) -> tuple[int, ...]:
                 f"({', '.join(PATH_FAMILIES)})"
             )
         spec = [int(p) for p in parts]
-    path = validate_path(spec)
-    if len(path) != layers:
-        raise ValueError(
-            f"the path {'-'.join(map(str, path))} has {len(path)} layers, not {layers}"
-        )
-    return path
+    return validate_path(spec, layers)

@@ -531,8 +531,7 @@ class Study:
         elif h.cell in ("searched", "each"):
             if not self.search_seeds:
                 raise ConfigError(f"hand_designed.cell: {h.cell!r} needs search trials")
-            cell = None  # known once the search trials have run
-            if h.cell == "each":
+            if h.cell == "each":  # one candidate per family and search trial
                 return [
                     Candidate(
                         f"hand-{family}-s{seed}",
@@ -543,6 +542,7 @@ class Study:
                     for seed in self.search_seeds
                     for family, path in paths.items()
                 ]
+            cell = None  # known once the first search trial has run
         else:
             g = self._load_genotype(h.cell, "hand_designed.cell")
             if g.blocks != self.blocks:

@@ -65,7 +65,7 @@ def test_every_path_is_wired_as_the_network_retrained_on_it(layers):
 
 
 def test_paths_are_checked_and_parsed():
-    with pytest.raises(ValueError, match="has 3 layers, the search space 4"):
+    with pytest.raises(ValueError, match="the path 0-1-1 has 3 layers, not 4"):
         space.SearchSpace(4, 2, path=(0, 1, 1))
     with pytest.raises(ValueError, match=r"path\[1\] = 2 jumps more than one level"):
         space.SearchSpace(3, 2, path=(0, 2, 2))

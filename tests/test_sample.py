@@ -463,7 +463,7 @@ def test_random_cells_on_a_fixed_path_are_the_cells_of_the_generator_in_order():
     rng = np.random.default_rng(11)
     assert [g.cell for g in got] == [sample.random_cell(3, rng) for _ in range(4)]
     assert all(g.path == (0, 1, 1, 2) for g in got)
-    with pytest.raises(ValueError, match="path has 3 layers, not layers=4"):
+    with pytest.raises(ValueError, match="the path 0-0-0 has 3 layers, not 4"):
         sample.sample_genotypes(1, 0, layers=4, blocks=2, path=(0, 0, 0))
     with pytest.raises(ValueError, match="excludes multi_path"):
         sample.sample_genotypes(1, 0, layers=2, blocks=2, path=(0, 0), multi_path=True)
