@@ -30,6 +30,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import numpy as np
+
 try:  # POSIX
     import fcntl
 except ImportError:  # Windows
@@ -243,7 +245,10 @@ def _remove(path: Path) -> None:
 # ---------------------------------------------------------------------------- JSON
 def json_ready(value: Any) -> Any:
     """``value`` with every NaN or infinite float replaced by ``None`` (and tuples as lists),
-    so that it can be written as standard JSON (which has no NaN or Infinity)."""
+    so that it can be written as standard JSON (which has no NaN or Infinity). NumPy scalars
+    become Python numbers."""
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, Mapping):

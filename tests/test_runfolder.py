@@ -6,6 +6,7 @@ import os
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from autodeeplab.runfolder import (
@@ -108,6 +109,9 @@ def test_json_ready_and_dumps_json_write_standard_json():
     text = dumps_json(record)
     assert strict_loads(text) == {"loss": None, "lr": None, "x": [1.5, None, [2, None]], "ok": 1}
     assert json_ready(True) is True and json_ready("nan") == "nan"
+    numpy = {"a": (np.float32(1.5), np.float32("nan"), np.int64(2), np.bool_(True))}
+    assert json_ready(numpy) == {"a": [1.5, None, 2, True]}
+    assert type(json_ready(np.int64(2))) is int and type(json_ready(np.float32(1))) is float
     with pytest.raises(ValueError):
         strict_loads(json.dumps(record))  # what the standard library writes by default
     with pytest.raises(TypeError):

@@ -54,7 +54,7 @@ from autodeeplab.study.config import (
     load_study_config,
 )
 from autodeeplab.study.outputs import draw_study, write_outputs
-from autodeeplab.study.plan import Candidate, Study, Trial, describe, json_safe, trial_key
+from autodeeplab.study.plan import Candidate, Study, Trial, describe, trial_key
 from autodeeplab.study.run import StudyResult, collect, run_study
 from autodeeplab.study.stats import (
     CandidateResult,
@@ -93,7 +93,6 @@ __all__ = [
     "describe",
     "draw_study",
     "hand_designed_paths",
-    "json_safe",
     "load_study_config",
     "mean_std",
     "pooled_std",

@@ -7,8 +7,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from autodeeplab.genotype import RELEASED, path_string
+from autodeeplab.runfolder import atomic_write_text, dumps_json
 from autodeeplab.study.config import FORMAT_VERSION, KINDS
-from autodeeplab.study.plan import Study, dumps, write_text
+from autodeeplab.study.plan import Study
 from autodeeplab.study.stats import CandidateResult, pct, summarize
 
 
@@ -490,7 +491,7 @@ def write_outputs(study: Study, results: Sequence[CandidateResult]) -> dict[str,
         "candidates": [_candidate_json(r, ranks[r.name]) for r in _sorted(results)],
         "summary": summary,
     }
-    write_text(study.output / "study.json", dumps(document) + "\n")
+    atomic_write_text(study.output / "study.json", dumps_json(document, indent=2) + "\n")
     save_figure(draw_study(results, summary, (study.crop, study.crop)), study.output / "study.png")
     _write_report(study, results, summary, protocol)
     return summary

@@ -5,14 +5,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from autodeeplab import space
@@ -25,6 +23,7 @@ from autodeeplab.config import (
     to_dict,
 )
 from autodeeplab.genotype import RELEASED, Genotype
+from autodeeplab.runfolder import atomic_write_text
 from autodeeplab.sample import LARGEST_BY
 from autodeeplab.study.config import (
     CONSENSUS,
@@ -505,9 +504,11 @@ class Study:
                 "output folder"
             )
         self.output.mkdir(parents=True, exist_ok=True)
-        write_text(path, yaml.safe_dump(new, sort_keys=False))
+        atomic_write_text(path, yaml.safe_dump(new, sort_keys=False))
         # the study config as given: `autodeeplab study --config <output>/config.yaml` reruns it
-        write_text(self.output / "config.yaml", yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+        atomic_write_text(
+            self.output / "config.yaml", yaml.safe_dump(to_dict(self.cfg), sort_keys=False)
+        )
 
     def write_candidates(self, candidates: Sequence[Candidate]) -> None:
         """``candidates/<name>.json`` for every candidate (refusing to change an existing one)."""
@@ -525,7 +526,7 @@ class Study:
                         "folder"
                     )
                 continue
-            write_text(path, c.genotype.to_json(indent=2) + "\n")
+            atomic_write_text(path, c.genotype.to_json(indent=2) + "\n")
 
 
 def describe(study: Study) -> list[str]:
@@ -573,26 +574,3 @@ def describe(study: Study) -> list[str]:
         + (" (fewer if a search finds one of the other candidates)" if study.search_seeds else "")
     )
     return lines
-
-
-def write_text(path: Path, text: str) -> None:
-    from autodeeplab.report import _write_files
-
-    _write_files([(path, text.encode("utf-8"))])
-
-
-def json_safe(obj: Any) -> Any:
-    """``obj`` with non-finite floats as None and tuples as lists (strict JSON)."""
-    if isinstance(obj, float | np.floating):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, Mapping):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    return obj
-
-
-def dumps(obj: Any, indent: int | None = 2) -> str:
-    return json.dumps(json_safe(obj), indent=indent, allow_nan=False)

@@ -24,8 +24,9 @@ from autodeeplab.engine.common import EARLY_STOP, record_early_stop_signals
 from autodeeplab.engine.loop import print_flush
 from autodeeplab.genotype import Genotype
 from autodeeplab.ray_trials import RayOptions, run_on_ray
+from autodeeplab.runfolder import atomic_write_text, dumps_json
 from autodeeplab.study.config import StudyError, StudyInterrupted
-from autodeeplab.study.plan import Study, Trial, dumps, write_text
+from autodeeplab.study.plan import Study, Trial
 from autodeeplab.study.stats import pct
 
 
@@ -111,7 +112,7 @@ def run_trial(trial: Trial, log: Callable[[str], None] | None = None) -> dict[st
         "time_s": time.perf_counter() - start,
         "finished_at": _now(),
     }
-    write_text(out / "trial.json", dumps(record))
+    atomic_write_text(out / "trial.json", dumps_json(record, indent=2))
     return record
 
 
@@ -215,7 +216,7 @@ def _duration(seconds: float) -> str:
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
     with path.open("a", encoding="utf-8") as fh:
-        fh.write(dumps(record, indent=None) + "\n")
+        fh.write(dumps_json(record) + "\n")
 
 
 def run_trials(
