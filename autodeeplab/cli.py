@@ -236,50 +236,8 @@ def _run_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    size = "x".join(str(s) for s in info["input_size"])
-    print(
-        f"model              {info['model']}" + (f" ({info['source']})" if "source" in info else "")
-    )
-    print(f"genotype           {info['genotype']}")
-    print(f"classes            {info['num_classes']}")
-    if info.get("spatial_dims") == 3:
-        print(f"input              volumes, {info['in_channels']} modalities")
-    print(f"filter multiplier  {info['filter_multiplier']}")
-    if len(info["output_strides"]) == 1:
-        print(f"output stride      {info['output_stride']} (ASPP rates {info['aspp_rates']})")
-    else:  # a multi-path network: one ASPP per active node of the last layer
-        heads = ", ".join(
-            f"{s}: {r}"
-            for s, r in zip(info["output_strides"], info["aspp_rates_by_output"], strict=True)
-        )
-        print(f"output stride      {info['output_stride']} (ASPP per output stride {heads})")
-    print(f"parameters         {info['params'] / 1e6:.2f}M")
-    for part, n in info["params_by_part"].items():
-        print(f"  {part:16s} {n / 1e6:.3f}M")
-    basis = " (crop size)" if info.get("input_size_from") == "crop_size" else ""
-    print(f"Multi-Adds {size}{basis}  {info['multiply_adds'] / 1e9:.2f}B")
-    for part, n in info["multiply_adds_by_part"].items():
-        print(f"  {part:16s} {n / 1e9:.2f}B")
-    mem = info["training_memory"]
-    if mem is None:
-        print("training memory    not estimated: the memory model counts image feature maps")
-        return 0
-    batch_basis = " (batch_size)" if info.get("batch_size_from") == "batch_size" else ""
-    print(
-        f"training memory    batch {mem['batch_size']}{batch_basis} x {size}{basis}, "
-        f"{mem['dtype']} (estimate, see docs/memory.md)"
-    )
-    print(f"  activations      {mem['activation_bytes'] / 2**30:.3f} GiB kept for backward")
-    print(
-        f"  step peak        {mem['peak_bytes'] / 2**30:.3f} GiB with weights, gradients, "
-        "SGD momentum and logits"
-    )
-    if info.get("paper"):
-        paper = info["paper"]
-        print(
-            f"paper (Table 2)    {paper['params'] / 1e6:.2f}M params, "
-            f"{paper['multiply_adds'] / 1e9:.2f}B Multi-Adds"
-        )
+    for line in info_lib.info_lines(info):
+        print(line)
     return 0
 
 

@@ -247,3 +247,57 @@ def source_info(
         network=source.network.to_dict(),
     )
     return info
+
+
+def info_lines(info: dict[str, Any]) -> list[str]:
+    """The text ``autodeeplab info`` prints for ``info`` (:func:`source_info` or
+    :func:`~autodeeplab.models.model_info`): the network, its size by part, the training memory
+    estimate and, for a preset, the paper's figures."""
+    size = "x".join(str(s) for s in info["input_size"])
+    source = f" ({info['source']})" if "source" in info else ""
+    lines = [
+        f"model              {info['model']}{source}",
+        f"genotype           {info['genotype']}",
+        f"classes            {info['num_classes']}",
+    ]
+    if info.get("spatial_dims") == 3:
+        lines.append(f"input              volumes, {info['in_channels']} modalities")
+    lines.append(f"filter multiplier  {info['filter_multiplier']}")
+    if len(info["output_strides"]) == 1:
+        lines.append(
+            f"output stride      {info['output_stride']} (ASPP rates {info['aspp_rates']})"
+        )
+    else:  # a multi-path network: one ASPP per active node of the last layer
+        heads = ", ".join(
+            f"{s}: {r}"
+            for s, r in zip(info["output_strides"], info["aspp_rates_by_output"], strict=True)
+        )
+        lines.append(f"output stride      {info['output_stride']} (ASPP per output stride {heads})")
+    lines.append(f"parameters         {info['params'] / 1e6:.2f}M")
+    for part, n in info["params_by_part"].items():
+        lines.append(f"  {part:16s} {n / 1e6:.3f}M")
+    basis = " (crop size)" if info.get("input_size_from") == "crop_size" else ""
+    lines.append(f"Multi-Adds {size}{basis}  {info['multiply_adds'] / 1e9:.2f}B")
+    for part, n in info["multiply_adds_by_part"].items():
+        lines.append(f"  {part:16s} {n / 1e9:.2f}B")
+    mem = info["training_memory"]
+    if mem is None:
+        lines.append("training memory    not estimated: the memory model counts image feature maps")
+        return lines
+    batch_basis = " (batch_size)" if info.get("batch_size_from") == "batch_size" else ""
+    lines.append(
+        f"training memory    batch {mem['batch_size']}{batch_basis} x {size}{basis}, "
+        f"{mem['dtype']} (estimate, see docs/memory.md)"
+    )
+    lines.append(f"  activations      {mem['activation_bytes'] / 2**30:.3f} GiB kept for backward")
+    lines.append(
+        f"  step peak        {mem['peak_bytes'] / 2**30:.3f} GiB with weights, gradients, "
+        "SGD momentum and logits"
+    )
+    if info.get("paper"):
+        paper = info["paper"]
+        lines.append(
+            f"paper (Table 2)    {paper['params'] / 1e6:.2f}M params, "
+            f"{paper['multiply_adds'] / 1e9:.2f}B Multi-Adds"
+        )
+    return lines
