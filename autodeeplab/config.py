@@ -389,6 +389,11 @@ class SearchConfig:
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     unrolled: bool = False
     """DARTS second-order architecture gradient (finite-difference Hessian-vector product)."""
+    amp: bool = False
+    """Run the supernet's forward passes (weight and architecture steps, evaluation, selection)
+    under bfloat16 autocast, on any device. The parameters, their gradients and the optimizer
+    states stay float32, and the loss is computed in float32. ``False`` (the default) keeps
+    every computation in float32."""
     data: DataConfig = field(default_factory=DataConfig)
     model: SupernetConfig = field(default_factory=SupernetConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -459,6 +464,7 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "selection.criterion": "miou",
     "selection.eval_samples": 64,
     "selection.tune_epochs": 1.0,
+    "amp": False,
 }
 """Keys added after run folders were first written, with the value under which a run behaves
 as runs did before the key existed. While a key holds that value it is left out of the config

@@ -28,7 +28,9 @@ static shapes, backward through AOTAutograd; ``--compile-mode`` picks torch.comp
 ``reduce-overhead`` for CUDA graphs on a GPU); ``first_weight_step_s`` and ``first_arch_step_s``
 hold the first steps, which include the compilation, and ``steady_peak_rss_bytes`` the peak RSS
 of the measured steps alone. ``--modes channels-last`` is the exact supernet with its parameters
-and input in channels-last layout; ``--malloc-mmap-threshold BYTES`` runs every measured process with glibc's
+and input in channels-last layout; ``--modes bf16`` runs its forward passes under bfloat16
+autocast (the search's ``amp: true``), also combined as ``bf16+channels-last`` and
+``bf16+compiled``; ``--malloc-mmap-threshold BYTES`` runs every measured process with glibc's
 ``MALLOC_MMAP_THRESHOLD_`` (docs/supernet.md: where the peak memory goes).
 
 ``--spatial-dims 3`` runs the supernet on volumes (``size`` voxels per side); ``--kernels
@@ -71,6 +73,11 @@ MODES = {
     # the exact supernet's whole forward pass compiled with torch.compile (one graph, static
     # shapes, backward through AOTAutograd; a lever measured on the CPU: docs/supernet.md)
     "compiled": {"compile": True},
+    # the exact supernet's forward passes under bfloat16 autocast (the search's ``amp: true``;
+    # parameters, gradients and optimizer states stay float32), alone and with the levers above
+    "bf16": {"autocast": True},
+    "bf16+channels-last": {"autocast": True, "memory_format": "channels_last"},
+    "bf16+compiled": {"autocast": True, "compile": True},
 }
 PORT = "port"  # the kernel name of the public port's supernet in the results
 TRELLIS = "trellis"  # the path value of the paper's supernet (model.path: null)
@@ -178,6 +185,7 @@ def run_one(args: argparse.Namespace) -> dict:
     budget = None
     memory_format = None
     compiled = False
+    amp = False
     if port:
         model = _port_model(
             args.port, args.num_classes, args.layers, args.filter_multiplier, args.blocks
@@ -204,6 +212,7 @@ def run_one(args: argparse.Namespace) -> dict:
         options = dict(MODES[args.mode])
         layout = options.pop("memory_format", None)
         compiled = options.pop("compile", False)
+        amp = options.pop("autocast", False)
         model = SearchNetwork(
             args.num_classes,
             layers=args.layers,
@@ -249,12 +258,18 @@ def run_one(args: argparse.Namespace) -> dict:
         y[:, :2] = 255
         return x, y
 
+    def forward(x):
+        """The logits in float32: under bfloat16 autocast in the ``bf16`` modes, as the search
+        engine's ``amp`` runs them."""
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            return model(x).float()
+
     def w_step():
         if not port:  # the port's loop freezes nothing
             _set_requires_grad(arch, False)
             _set_requires_grad(weights, True)
         x, y = batch()
-        loss = F.cross_entropy(model(x), y, ignore_index=255)
+        loss = F.cross_entropy(forward(x), y, ignore_index=255)
         w_opt.zero_grad(set_to_none=True)
         loss.backward()
         w_opt.step()
@@ -267,7 +282,7 @@ def run_one(args: argparse.Namespace) -> dict:
             _set_requires_grad(weights, False)
             _set_requires_grad(arch, True)
         x, y = batch()
-        loss = F.cross_entropy(model(x), y, ignore_index=255)
+        loss = F.cross_entropy(forward(x), y, ignore_index=255)
         extra = None if port else extra_terms()
         loss = loss if extra is None else loss + extra
         a_opt.zero_grad(set_to_none=True)

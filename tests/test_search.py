@@ -22,7 +22,14 @@ from torch.utils.data import default_collate
 
 from autodeeplab.checkpoint import CheckpointError, load_checkpoint
 from autodeeplab.cli import main
-from autodeeplab.config import ConfigError, SearchConfig, from_dict, load_config, to_dict
+from autodeeplab.config import (
+    ConfigError,
+    SearchConfig,
+    from_dict,
+    identity,
+    load_config,
+    to_dict,
+)
 from autodeeplab.engine import search as search_engine
 from autodeeplab.engine.search import (
     NonFiniteLossError,
@@ -569,6 +576,52 @@ def test_search_losses_are_the_mean_over_the_valid_pixels(tmp_path):
         reference = F.cross_entropy(engine.model(images), masks, ignore_index=255).item()
     assert engine.arch_step((images, masks)) == pytest.approx(reference, rel=1e-6)
     engine.close()
+
+
+def _autocast_loss(model, images, masks):
+    """The loss of a forward pass under bfloat16 autocast, computed by hand."""
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(images)
+    assert logits.dtype == torch.bfloat16
+    return F.cross_entropy(logits.float(), masks, ignore_index=255).item()
+
+
+def test_amp_runs_the_supernet_under_bfloat16_autocast_and_keeps_float32_state(tmp_path):
+    """``amp: true``: the weight and architecture steps' losses are those of a bfloat16
+    autocast forward pass (computed here by hand), within 3 % of float32's but not equal; the
+    parameters, gradients and optimizer states stay float32; without ``amp`` nothing changes."""
+    images, masks = _batch_with_ignored_pixels()
+    exact = SearchEngine(tiny(tmp_path, name="exact"), log=None)
+    engine = SearchEngine(tiny(tmp_path, "amp=true", name="amp"), log=None)
+    assert not exact.cfg.amp and engine.cfg.amp
+    # a neutral default: runs written before the key existed keep their config hash
+    assert "amp" not in identity(exact.cfg) and identity(engine.cfg)["amp"] is True
+    with torch.no_grad():
+        fp32 = F.cross_entropy(exact.model(images), masks, ignore_index=255).item()
+    assert exact.weight_step((images, masks)) == pytest.approx(fp32, rel=1e-6)
+    reference = _autocast_loss(engine.model, images, masks)
+    assert reference == pytest.approx(fp32, rel=0.03) and reference != pytest.approx(fp32, rel=1e-6)
+    assert engine.weight_step((images, masks)) == pytest.approx(reference, rel=1e-6)
+    reference = _autocast_loss(engine.model, images, masks)
+    assert engine.arch_step((images, masks)) == pytest.approx(reference, rel=1e-6)
+    for p in engine.model.parameters():
+        assert p.dtype == torch.float32
+    assert engine.model.alphas.grad.dtype == torch.float32
+    for opt in (engine.w_opt, engine.a_opt):
+        for state in opt.state.values():
+            assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    assert 0 <= engine.evaluate() <= 1  # evaluation runs under autocast too
+    exact.close()
+    engine.close()
+
+
+def test_an_amp_search_resumes_bit_identically(tmp_path):
+    full = run_search(tiny(tmp_path, "amp=true", name="full"), log=None)
+    run_search(tiny(tmp_path, "amp=true", "max_steps=6", name="part"), log=None)
+    resumed = run_search(tiny(tmp_path, "amp=true", name="part"), resume=True, log=None)
+    assert resumed.genotype == full.genotype
+    assert_same_search_state(tmp_path / "full" / "last.pt", tmp_path / "part" / "last.pt")
+    assert comparable_records(tmp_path / "part") == comparable_records(tmp_path / "full")
 
 
 def test_a_batch_without_valid_pixels_is_skipped_without_a_step(tmp_path):

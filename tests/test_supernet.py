@@ -506,6 +506,43 @@ def test_channels_last_layout_matches_plain_reference(spatial_dims):
     _assert_step_matches(out, ref_forward(ref, x), probe, model, ref)
 
 
+def _cosine(a, b):
+    a, b = a.double().flatten(), b.double().flatten()
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_bfloat16_autocast_stays_within_its_tolerance_of_the_reference(seed):
+    """The search's ``amp`` (bfloat16 autocast of the forward pass) against the plain float64
+    reference. The tolerance it is held to (docs/supernet.md): logits within 5 % of their
+    largest magnitude, and gradients pointing the same way (cosine >= 0.9 for the alphas, the
+    betas and every weight). Parameters, gradients and running statistics stay float32."""
+    model = _tiny().float()
+    ref = copy.deepcopy(model).double()
+    torch.manual_seed(seed)
+    x = torch.randn(2, 3, 37, 45)
+    probe = torch.randn(2, 3, 37, 45)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.dtype == torch.bfloat16
+    expected = ref_forward(ref, x.double())
+    error = (out.double() - expected).abs().max()
+    assert error <= 0.05 * expected.abs().max()
+    assert error > 1e-4 * expected.abs().max()  # bfloat16 did run: float32 is within 1e-6
+    (out.float() * probe).sum().backward()
+    (expected * probe.double()).sum().backward()
+    assert _cosine(model.alphas.grad, ref.alphas.grad) >= 0.9
+    used = model.used_beta_mask()
+    assert _cosine(model.betas.grad[used], ref.betas.grad[used]) >= 0.9
+    for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters(), strict=True):
+        assert p.dtype == torch.float32 and p.grad.dtype == torch.float32, name
+        if q.grad.abs().max() > 0:
+            assert _cosine(p.grad, q.grad) >= 0.9, name
+    for (name, b), (_, c) in zip(model.named_buffers(), ref.named_buffers(), strict=True):
+        assert b.dtype in (torch.float32, torch.int64), name
+        torch.testing.assert_close(b.double(), c.double(), rtol=0.05, atol=0.02, msg=name)
+
+
 @pytest.mark.slow
 def test_supernet_compiles_as_one_graph_matching_plain_reference():
     """The whole supernet is captured by ``torch.compile`` as one graph (``fullgraph=True``: a

@@ -350,7 +350,13 @@ class SearchEngine(EngineBase):
         return self._loss_fn(self.model, batch)
 
     def _loss_fn(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        return segmentation_loss(self._supernet(model), batch, self.cfg.optim.ignore_index)
+        with self._autocast():
+            return segmentation_loss(self._supernet(model), batch, self.cfg.optim.ignore_index)
+
+    def _autocast(self) -> torch.autocast:
+        """bfloat16 autocast with ``amp``, a no-op without. bfloat16 has float32's exponent
+        range, so neither optimizer needs loss scaling."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp)
 
     def _supernet(self, model: nn.Module) -> Any:
         """The supernet's forward at this step: with the auxiliary skip weight, if any, and the
@@ -516,7 +522,8 @@ class SearchEngine(EngineBase):
 
         def confusion(shard: Dataset) -> ConfusionMatrix:
             if self.spatial_dims == 3:
-                return self._volume_confusion(self._supernet(self.model), shard)
+                with self._autocast():
+                    return self._volume_confusion(self._supernet(self.model), shard)
             loader = torch.utils.data.DataLoader(
                 shard,
                 batch_size=self.cfg.data.eval_batch_size,
@@ -526,7 +533,9 @@ class SearchEngine(EngineBase):
             cm = ConfusionMatrix(self.model.num_classes, self.cfg.optim.ignore_index)
             for batch in loader:
                 images, masks = self._to_device(batch)
-                cm.update(self._supernet(self.model)(images), masks)
+                with self._autocast():
+                    logits = self._supernet(self.model)(images)
+                cm.update(logits, masks)
             return cm
 
         return self._evaluate(confusion).mean_iou()
@@ -657,7 +666,8 @@ class SearchEngine(EngineBase):
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
                 for images, masks in self._loader(self._selection_keys(), SELECTION_EPOCH):
-                    logits = self.model(images)
+                    with self._autocast():
+                        logits = self.model(images).float()
                     cm.update(logits, masks)
                     loss = F.cross_entropy(
                         logits, masks.long(), ignore_index=cfg.optim.ignore_index, reduction="sum"
