@@ -771,7 +771,8 @@ class TrainConfig:
     model: TrainModelConfig = field(default_factory=TrainModelConfig)
     optim: TrainOptimConfig = field(default_factory=TrainOptimConfig)
     amp: bool = True
-    """Mixed precision on CUDA (ignored on CPU)."""
+    """Mixed precision: on CUDA with either ``amp_dtype``, on the CPU with ``bfloat16`` only
+    (with ``float16`` it is ignored there)."""
     amp_dtype: str = "float16"
     """``float16`` (with loss scaling) or ``bfloat16``."""
     output: str = "runs/train"

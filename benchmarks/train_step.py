@@ -7,8 +7,9 @@
 Uses :meth:`autodeeplab.engine.train.TrainEngine.train_step` on random batches, so the poly
 learning rate, drop path and loss are the real ones; data loading is not included. Each thread
 count runs ``--runs`` times ``--steps`` steps after ``--warmup`` steps; the median seconds per
-step are reported, and the ratio to the first thread count. On CUDA, ``--amp`` compares float32
-with mixed precision.
+step are reported, and the ratio to the first thread count. ``--amp`` also times mixed precision
+(``--amp-dtype``: ``float16`` on CUDA, ``bfloat16`` on CUDA or the CPU), interleaved with float32
+run by run, and gives its speed-up over float32 at the same thread count.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def _engine(args: argparse.Namespace, out: str, amp: bool) -> TrainEngine:
         f"output={out}",
         f"device={args.device}",
         f"amp={str(amp).lower()}",
+        f"amp_dtype={args.amp_dtype}",
         f"data.options={{length: {2 * args.batch}, size: {args.size}}}",
         f"data.crop_size={args.size}",
         f"data.batch_size={args.batch}",
@@ -77,32 +79,49 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--amp", action="store_true", help="CUDA: also time mixed precision")
+    p.add_argument("--amp", action="store_true", help="also time mixed precision")
+    p.add_argument(
+        "--amp-dtype",
+        choices=("float16", "bfloat16"),
+        help="default: float16 on CUDA, bfloat16 on the CPU (where float16 autocast is off)",
+    )
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--runs", type=int, default=3)
     args = p.parse_args()
+    if args.amp_dtype is None:
+        args.amp_dtype = "float16" if args.device.startswith("cuda") else "bfloat16"
 
     results = []
     modes = [False, True] if args.amp else [False]
-    for amp in modes:
-        for threads in args.threads:
-            torch.set_num_threads(threads)
-            times = []
-            for _ in range(args.runs):
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        times: dict[bool, list[float]] = {amp: [] for amp in modes}
+        for _ in range(args.runs):  # the modes alternate, run by run
+            for amp in modes:
                 with tempfile.TemporaryDirectory() as out:
-                    times.append(_time_steps(_engine(args, out, amp), args))
+                    engine = _engine(args, out, amp)
+                    if engine.amp != amp:
+                        raise SystemExit(f"amp_dtype {args.amp_dtype} is off on {args.device}")
+                    times[amp].append(_time_steps(engine, args))
+                    engine.close()
+        for amp in modes:
             results.append(
                 {
                     "threads": threads,
                     "amp": amp,
-                    "s_per_step_median": statistics.median(times),
-                    "s_per_step_runs": times,
+                    "amp_dtype": args.amp_dtype if amp else None,
+                    "s_per_step_median": statistics.median(times[amp]),
+                    "s_per_step_runs": times[amp],
+                    "images_per_s": args.batch / statistics.median(times[amp]),
                 }
             )
     base = results[0]["s_per_step_median"]
     for r in results:
         r["speedup_vs_first"] = base / r["s_per_step_median"]
+        if r["amp"]:
+            plain = next(q for q in results if q["threads"] == r["threads"] and not q["amp"])
+            r["amp_speedup"] = plain["s_per_step_median"] / r["s_per_step_median"]
     print(
         json.dumps(
             {

@@ -496,10 +496,14 @@ def test_tensorboard_events_hold_the_logged_scalars(tmp_path):
 
 
 def test_autocast_path_runs_the_forward_in_low_precision_and_the_loss_in_float32(tmp_path):
-    """The mixed-precision code path, exercised on the CPU with bfloat16 (configs only enable
-    it on CUDA): the network output is bfloat16, the loss float32, the update finite."""
-    engine = TrainEngine(tiny(tmp_path, "amp_dtype=bfloat16"), log=None)
-    engine.amp = True  # what amp=true means on a CUDA device
+    """The mixed-precision code path on the CPU with bfloat16 (float16 stays off there): the
+    network output is bfloat16, the loss float32, the update finite."""
+    assert not TrainEngine(tiny(tmp_path, "amp=true", name="fp16"), log=None).amp
+    assert not TrainEngine(
+        tiny(tmp_path, "amp=false", "amp_dtype=bfloat16", name="off"), log=None
+    ).amp
+    engine = TrainEngine(tiny(tmp_path, "amp=true", "amp_dtype=bfloat16"), log=None)
+    assert engine.amp and not engine.scaler.is_enabled()
     seen = {}
 
     def record_dtype(module, inputs, output):

@@ -212,8 +212,9 @@ class TrainEngine(EngineBase):
             nesterov=o.nesterov,
             fused=fused_optimizer(self.device),
         )
-        self.amp = config.amp and self.device.type == "cuda"
         self.amp_dtype = AMP_DTYPES[config.amp_dtype]
+        # on the CPU only bfloat16: float16 autocast there is slow and would need loss scaling
+        self.amp = config.amp and (self.device.type == "cuda" or self.amp_dtype == torch.bfloat16)
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=self.amp and self.amp_dtype == torch.float16
         )
