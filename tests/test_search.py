@@ -615,6 +615,31 @@ def test_amp_runs_the_supernet_under_bfloat16_autocast_and_keeps_float32_state(t
     engine.close()
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["unrolled=true"],
+        [
+            "relaxation.name=dints",
+            "relaxation.memory_target=0.5",
+            "data.crop_size=40",
+            "data.options={length: 16, size: 40}",
+        ],
+        ["selection.name=perturbation", "selection.eval_samples=4", "selection.tune_epochs=0"],
+    ],
+    ids=["unrolled", "dints", "perturbation"],
+)
+def test_amp_combines_with_the_unrolled_step_dints_and_perturbation(tmp_path, extra):
+    """bfloat16 autocast through the passes these add (the unrolled step's virtual step and
+    finite differences, the DiNTS terms and memory budget, the scoring of perturbations):
+    the search finishes, decodes, and keeps its state float32."""
+    result = run_search(tiny(tmp_path, "amp=true", *extra), log=None)
+    assert result.finished and result.genotype is not None
+    state = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
 def test_an_amp_search_resumes_bit_identically(tmp_path):
     full = run_search(tiny(tmp_path, "amp=true", name="full"), log=None)
     run_search(tiny(tmp_path, "amp=true", "max_steps=6", name="part"), log=None)
