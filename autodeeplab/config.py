@@ -466,9 +466,17 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "selection.tune_epochs": 1.0,
     "amp": False,
 }
-"""Keys added after run folders were first written, with the value under which a run behaves
-as runs did before the key existed. While a key holds that value it is left out of the config
-identity and hash, so a checkpoint written before the key existed still resumes."""
+"""Keys of the search config added after run folders were first written, with the value under
+which a run behaves as runs did before the key existed. While a key holds that value it is left
+out of the config identity and hash, so a checkpoint written before the key existed still
+resumes."""
+TRAIN_NEUTRAL_DEFAULTS: dict[str, Any] = {
+    "data.repeat": 1,
+    "model.aspp_rates": "paper",
+}
+"""The same for the train config. Its own dict: a key both configs have may be new in one and
+old in the other (``amp`` is new to the search, and the train config's ``amp: false`` has
+always been part of its identity)."""
 
 
 # ---------------------------------------------------------------------------- generic loader
@@ -671,14 +679,21 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _drop_neutral(flat: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in flat.items() if k not in NEUTRAL_DEFAULTS or v != NEUTRAL_DEFAULTS[k]}
+def neutral_defaults(cfg: Any) -> dict[str, Any]:
+    """:data:`TRAIN_NEUTRAL_DEFAULTS` for a :class:`TrainConfig`, :data:`NEUTRAL_DEFAULTS`
+    for a search config."""
+    return TRAIN_NEUTRAL_DEFAULTS if isinstance(cfg, TrainConfig) else NEUTRAL_DEFAULTS
 
 
 def identity(cfg: Any, ignore: frozenset[str] = RUNTIME_KEYS) -> dict[str, Any]:
-    """The flattened config without the keys in ``ignore`` (and without the keys of
-    :data:`NEUTRAL_DEFAULTS` that hold their neutral value): what a resumed run must match."""
-    return {k: v for k, v in _drop_neutral(flatten(to_dict(cfg))).items() if k not in ignore}
+    """The flattened config without the keys in ``ignore`` (and without the keys of its
+    :func:`neutral_defaults` that hold their neutral value): what a resumed run must match."""
+    neutral = neutral_defaults(cfg)
+    return {
+        k: v
+        for k, v in flatten(to_dict(cfg)).items()
+        if k not in ignore and (k not in neutral or v != neutral[k])
+    }
 
 
 def config_hash(cfg: Any, ignore: frozenset[str] = RUNTIME_KEYS) -> str:

@@ -22,6 +22,7 @@ from autodeeplab.config import (
     describe_ranges,
     flatten,
     from_dict,
+    identity,
     load_config,
     merge_overrides,
     save_config,
@@ -119,6 +120,20 @@ def test_hash_and_diff_ignore_runtime_keys():
     assert config_hash(a) != config_hash(c)
     diff = config_diff(to_dict(a), to_dict(c))
     assert len(diff) == 2 and diff[0].startswith("model.layers: 12 -> 6")
+
+
+def test_neutral_defaults_belong_to_their_config():
+    """A key added to the search config with a neutral value leaves its hash as it was; the
+    train config's key of the same name (``amp``, there since the first train runs) stays in
+    the train config's identity with every value, so old train runs keep their hash too."""
+    assert "amp" not in identity(SearchConfig())
+    assert identity(load_config(None, ["amp=true"]))["amp"] is True
+    for amp in (True, False):
+        train = load_config(None, [f"amp={str(amp).lower()}"], cls=TrainConfig)
+        assert identity(train)["amp"] is amp
+    # the keys both configs share with the same neutral value are dropped from both
+    for cls in (SearchConfig, TrainConfig):
+        assert "data.repeat" not in identity(cls()) and "model.aspp_rates" not in identity(cls())
 
 
 def test_float_fields_accept_yaml_1_1_exponent_strings(tmp_path):

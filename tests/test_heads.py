@@ -271,6 +271,7 @@ def test_new_head_key_at_its_paper_value_keeps_old_run_hashes(cls, ignore):
             "aux_skip",
             "relaxation",
             "selection",
+            "amp",
         ):
             del old[key]
         del old["model"]["selective_checkpoint"], old["model"]["path"]

@@ -42,6 +42,7 @@ from autodeeplab.config import (
     check_ranges,
     config_diff,
     config_hash,
+    neutral_defaults,
     save_config,
     to_dict,
 )
@@ -349,7 +350,12 @@ class EngineBase:
             )
         problems = []
         if state["config_hash"] != config_hash(self.cfg, self.runtime_keys):
-            diff = config_diff(state["config"], to_dict(self.cfg), self.runtime_keys)
+            diff = config_diff(
+                state["config"],
+                to_dict(self.cfg),
+                self.runtime_keys,
+                neutral_defaults(self.cfg),
+            )
             problems += diff or ["<none reported>"]
         problems += self._resume_problems(state)
         if problems:

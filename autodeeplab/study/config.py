@@ -9,6 +9,7 @@ from typing import Any
 
 from autodeeplab.config import (
     NEUTRAL_DEFAULTS,
+    TRAIN_NEUTRAL_DEFAULTS,
     ConfigError,
     apply_overrides,
     from_dict,
@@ -45,7 +46,8 @@ STUDY_RUNTIME_KEYS: frozenset[str] = frozenset(
 """Keys of the resolved study (``study.yaml``) that may change between runs. The ``seed``
 of the base configs is replaced by every trial's own seed."""
 STUDY_NEUTRAL_DEFAULTS: dict[str, Any] = {
-    **{f"{part}.{key}": v for part in ("train", "search") for key, v in NEUTRAL_DEFAULTS.items()},
+    **{f"train.{key}": v for key, v in TRAIN_NEUTRAL_DEFAULTS.items()},
+    **{f"search.{key}": v for key, v in NEUTRAL_DEFAULTS.items()},
     "random.multi_path": False,
     "random.path": None,
 }
