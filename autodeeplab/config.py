@@ -473,6 +473,7 @@ resumes."""
 TRAIN_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "data.repeat": 1,
     "model.aspp_rates": "paper",
+    "channels_last": False,
 }
 """The same for the train config. Its own dict: a key both configs have may be new in one and
 old in the other (``amp`` is new to the search, and the train config's ``amp: false`` has
@@ -790,6 +791,10 @@ class TrainConfig:
     (with ``float16`` it is ignored there)."""
     amp_dtype: str = "float16"
     """``float16`` (with loss scaling) or ``bfloat16``."""
+    channels_last: bool = False
+    """Keep the network and the training batches in channels-last memory layout (``NHWC``;
+    ``NDHWC`` for volumes): the same mathematics, often faster convolutions (oneDNN on the CPU,
+    tensor cores on the GPU)."""
     output: str = "runs/train"
     device: str = "auto"
     threads: int | None = bounded(None, ge=1, null="for PyTorch's default")

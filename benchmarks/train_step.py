@@ -8,8 +8,9 @@ Uses :meth:`autodeeplab.engine.train.TrainEngine.train_step` on random batches, 
 learning rate, drop path and loss are the real ones; data loading is not included. Each thread
 count runs ``--runs`` times ``--steps`` steps after ``--warmup`` steps; the median seconds per
 step are reported, and the ratio to the first thread count. ``--amp`` also times mixed precision
-(``--amp-dtype``: ``float16`` on CUDA, ``bfloat16`` on CUDA or the CPU), interleaved with float32
-run by run, and gives its speed-up over float32 at the same thread count.
+(``--amp-dtype``: ``float16`` on CUDA, ``bfloat16`` on CUDA or the CPU) and ``--channels-last``
+the channels-last layout (``channels_last: true``), each combination interleaved with the plain
+float32 step run by run; ``speedup_vs_plain`` is the ratio at the same thread count.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from autodeeplab.engine.train import TrainEngine
 from autodeeplab.genotype import RELEASED, Genotype
 
 
-def _engine(args: argparse.Namespace, out: str, amp: bool) -> TrainEngine:
+def _engine(args: argparse.Namespace, out: str, amp: bool, channels_last: bool) -> TrainEngine:
     overrides = [
         f"output={out}",
         f"device={args.device}",
         f"amp={str(amp).lower()}",
         f"amp_dtype={args.amp_dtype}",
+        f"channels_last={str(channels_last).lower()}",
         f"data.options={{length: {2 * args.batch}, size: {args.size}}}",
         f"data.crop_size={args.size}",
         f"data.batch_size={args.batch}",
@@ -80,6 +82,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", action="store_true", help="also time mixed precision")
+    p.add_argument("--channels-last", action="store_true", help="also time channels-last")
     p.add_argument(
         "--amp-dtype",
         choices=("float16", "bfloat16"),
@@ -93,35 +96,40 @@ def main() -> None:
         args.amp_dtype = "float16" if args.device.startswith("cuda") else "bfloat16"
 
     results = []
-    modes = [False, True] if args.amp else [False]
+    modes = [
+        (amp, layout)
+        for amp in ([False, True] if args.amp else [False])
+        for layout in ([False, True] if args.channels_last else [False])
+    ]
     for threads in args.threads:
         torch.set_num_threads(threads)
-        times: dict[bool, list[float]] = {amp: [] for amp in modes}
+        times: dict[tuple[bool, bool], list[float]] = {mode: [] for mode in modes}
         for _ in range(args.runs):  # the modes alternate, run by run
-            for amp in modes:
+            for amp, layout in modes:
                 with tempfile.TemporaryDirectory() as out:
-                    engine = _engine(args, out, amp)
+                    engine = _engine(args, out, amp, layout)
                     if engine.amp != amp:
                         raise SystemExit(f"amp_dtype {args.amp_dtype} is off on {args.device}")
-                    times[amp].append(_time_steps(engine, args))
+                    times[amp, layout].append(_time_steps(engine, args))
                     engine.close()
-        for amp in modes:
+        plain = statistics.median(times[False, False])
+        for amp, layout in modes:
+            median = statistics.median(times[amp, layout])
             results.append(
                 {
                     "threads": threads,
                     "amp": amp,
                     "amp_dtype": args.amp_dtype if amp else None,
-                    "s_per_step_median": statistics.median(times[amp]),
-                    "s_per_step_runs": times[amp],
-                    "images_per_s": args.batch / statistics.median(times[amp]),
+                    "channels_last": layout,
+                    "s_per_step_median": median,
+                    "s_per_step_runs": times[amp, layout],
+                    "images_per_s": args.batch / median,
+                    "speedup_vs_plain": plain / median,
                 }
             )
     base = results[0]["s_per_step_median"]
     for r in results:
         r["speedup_vs_first"] = base / r["s_per_step_median"]
-        if r["amp"]:
-            plain = next(q for q in results if q["threads"] == r["threads"] and not q["amp"])
-            r["amp_speedup"] = plain["s_per_step_median"] / r["s_per_step_median"]
     print(
         json.dumps(
             {

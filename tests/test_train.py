@@ -228,6 +228,37 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
     ]
 
 
+def test_channels_last_trains_the_same_network_and_resumes_exactly(tmp_path):
+    """``channels_last``: the parameters and the batches are in NHWC layout; one step computes
+    what the plain layout computes (to float32 rounding), a whole run the same losses, it
+    resumes bit for bit, and it writes a model folder that loads in the plain layout."""
+    plain = TrainEngine(tiny(tmp_path, name="plain-step"), log=None)
+    nhwc = TrainEngine(tiny(tmp_path, "channels_last=true", name="nhwc-step"), log=None)
+    conv = next(p for p in nhwc.model.parameters() if p.dim() == 4 and p.shape[-1] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    images, masks = torch.randn(2, 3, 32, 32), torch.randint(0, 7, (2, 32, 32))
+    torch.manual_seed(0)  # the same drop-path draws
+    loss = plain.train_step(images, masks)
+    torch.manual_seed(0)
+    assert nhwc.train_step(images, masks) == pytest.approx(loss, rel=1e-6)
+    for (name, p), q in zip(plain.model.named_parameters(), nhwc.model.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=name)
+    plain.close()
+    nhwc.close()
+    reference = run_train(tiny(tmp_path, name="plain"))
+    full = run_train(tiny(tmp_path, "channels_last=true", name="nhwc"))
+    assert [r["loss"] for r in full.history] == pytest.approx(
+        [r["loss"] for r in reference.history], rel=1e-4
+    )
+    run_train(tiny(tmp_path, "channels_last=true", "max_steps=4", name="split"))
+    run_train(tiny(tmp_path, "channels_last=true", name="split"), resume=True)
+    a = load_checkpoint(tmp_path / "nhwc" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "split" / "last.pt")["model"]
+    assert all(torch.equal(v, b[k]) for k, v in a.items())
+    loaded = load_model(tmp_path / "nhwc" / "model")
+    assert all(p.is_contiguous() for p in loaded.model.parameters())
+
+
 def test_resume_errors(tmp_path):
     run_train(tiny(tmp_path, "max_steps=2"))
     with pytest.raises(ValueError, match="--resume"):

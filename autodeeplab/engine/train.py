@@ -198,6 +198,14 @@ class TrainEngine(EngineBase):
         if self.world_size > 1 and config.model.sync_bn:
             convert_sync_batchnorm(self.model, self.device)
         self.model.to(self.device)
+        # NHWC / NDHWC: the layout the convolution kernels prefer, parameters included
+        self.memory_format = (
+            (torch.channels_last if self.spatial_dims == 2 else torch.channels_last_3d)
+            if config.channels_last
+            else torch.contiguous_format
+        )
+        if config.channels_last:
+            self.model.to(memory_format=self.memory_format)
         self.ddp: nn.Module = self.model
         if self.world_size > 1:
             self.ddp = DistributedDataParallel(
@@ -278,6 +286,7 @@ class TrainEngine(EngineBase):
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.set_drop_path(self.iteration / self.cfg.iterations)
+        images = images.contiguous(memory_format=self.memory_format)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             logits = self.ddp(images)  # (N, C, H, W)
         loss, value = global_batch_loss(logits, masks, self.cfg.optim.ignore_index, self.world_size)
