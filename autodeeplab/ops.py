@@ -80,14 +80,30 @@ class Layers:
     adaptive_avg_pool: type[nn.AdaptiveAvgPool2d] | type[nn.AdaptiveAvgPool3d]
     interpolation: str
     """``F.interpolate`` mode of the (bi/tri)linear resizing."""
+    channels_last: torch.memory_format
+    """The channels-last memory format (``NHWC`` / ``NDHWC``)."""
 
 
 _LAYERS: dict[int, Layers] = {
     2: Layers(
-        2, nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, "bilinear"
+        2,
+        nn.Conv2d,
+        nn.BatchNorm2d,
+        nn.MaxPool2d,
+        nn.AvgPool2d,
+        nn.AdaptiveAvgPool2d,
+        "bilinear",
+        torch.channels_last,
     ),
     3: Layers(
-        3, nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d, AvgPool3d, nn.AdaptiveAvgPool3d, "trilinear"
+        3,
+        nn.Conv3d,
+        nn.BatchNorm3d,
+        nn.MaxPool3d,
+        AvgPool3d,
+        nn.AdaptiveAvgPool3d,
+        "trilinear",
+        torch.channels_last_3d,
     ),
 }
 

@@ -105,13 +105,6 @@ def _plain_ops() -> tuple[str, ...]:
     return tuple(names)
 
 
-def _memory_format(spatial_dims: int):
-    """``torch.channels_last`` for images, ``torch.channels_last_3d`` for volumes."""
-    import torch
-
-    return torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
-
-
 def _rss_now() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -169,7 +162,7 @@ def run_one(args: argparse.Namespace) -> dict:
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
-    from autodeeplab import space
+    from autodeeplab import ops, space
     from autodeeplab.config import DataConfig, RelaxationConfig, SearchConfig, SupernetConfig
     from autodeeplab.engine.common import fused_optimizer
     from autodeeplab.search_model import RELAXATIONS, build_memory_budget
@@ -226,7 +219,7 @@ def run_one(args: argparse.Namespace) -> dict:
             **options,
         ).to(device)
         if layout is not None:
-            memory_format = _memory_format(args.spatial_dims)
+            memory_format = ops.layers(args.spatial_dims).channels_last
             model = model.to(memory_format=memory_format)
         if args.spatial_dims == 2:
             budget = build_memory_budget(cfg, args.num_classes)

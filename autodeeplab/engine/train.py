@@ -58,6 +58,7 @@ from autodeeplab.heads import resolve_atrous_rates
 from autodeeplab.inference import evaluate
 from autodeeplab.metrics import ConfusionMatrix
 from autodeeplab.network import AutoDeepLab, NetworkConfig
+from autodeeplab.ops import layers
 from autodeeplab.runfolder import json_ready
 from autodeeplab.saved_model import identity_normalization, save_model
 
@@ -198,13 +199,9 @@ class TrainEngine(EngineBase):
         if self.world_size > 1 and config.model.sync_bn:
             convert_sync_batchnorm(self.model, self.device)
         self.model.to(self.device)
-        # NHWC / NDHWC: the layout the convolution kernels prefer, parameters included
-        self.memory_format = (
-            (torch.channels_last if self.spatial_dims == 2 else torch.channels_last_3d)
-            if config.channels_last
-            else torch.contiguous_format
-        )
-        if config.channels_last:
+        self.memory_format = torch.contiguous_format
+        if config.channels_last:  # NHWC / NDHWC, parameters included
+            self.memory_format = layers(self.spatial_dims).channels_last
             self.model.to(memory_format=self.memory_format)
         self.ddp: nn.Module = self.model
         if self.world_size > 1:
